@@ -1,0 +1,164 @@
+"""Settings: the embedded defaults, then a `--config` file, then COSESSION_* variables.
+
+Every setting has a default in config/default.toml, so its type is known: a value from a file
+or the environment of the wrong type, or a key that does not exist, is an error that names it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+PRODUCT_VIEWER_CAP = 10  # rule 2: a setting may lower this, never raise it
+ENV_PREFIX = "COSESSION_"
+
+
+class SettingsError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    host: str
+    port: int
+    data_dir: str
+    public_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    max_viewers: int
+    grace_seconds: float
+    queue_max_bytes: int
+    endpoint_retries: int
+    endpoint_backoff_seconds: float
+    database_url: str
+
+
+@dataclass(frozen=True, slots=True)
+class Gateway:
+    flush_ms: int
+    flush_bytes: int
+    max_message_bytes: int
+    terminal_cols: int
+    terminal_rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class Ssh:
+    connect_timeout_seconds: float
+    keepalive_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Security:
+    secret_key: str
+    credential_key: str
+
+    def __repr__(self) -> str:
+        return "Security(<hidden>)"
+
+
+@dataclass(frozen=True, slots=True)
+class Demo:
+    enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    server: Server
+    engine: EngineSettings
+    gateway: Gateway
+    ssh: Ssh
+    security: Security
+    demo: Demo
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.server.data_dir).expanduser()
+
+    @property
+    def database_url(self) -> str:
+        return self.engine.database_url or f"sqlite:///{self.data_path / 'cosession.db'}"
+
+
+_SECTIONS = {f.name: f.type for f in fields(Settings)}
+
+
+def _defaults() -> dict[str, dict[str, Any]]:
+    text = resources.files("config").joinpath("default.toml").read_text()
+    return tomllib.loads(text)
+
+
+def _coerce(where: str, value: Any, like: Any) -> Any:
+    if isinstance(like, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+    elif isinstance(like, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif isinstance(like, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif isinstance(like, str) and isinstance(value, str):
+        return value
+    raise SettingsError(f"{where}: expected {type(like).__name__}, got {value!r}")
+
+
+def _merge(base: dict[str, dict[str, Any]], layer: Mapping[str, Any], origin: str) -> None:
+    for section, values in layer.items():
+        if section not in base or not isinstance(values, Mapping):
+            raise SettingsError(f"{origin}: unknown section [{section}]")
+        for key, value in values.items():
+            if key not in base[section]:
+                raise SettingsError(f"{origin}: unknown setting {section}.{key}")
+            base[section][key] = _coerce(f"{origin}: {section}.{key}", value, base[section][key])
+
+
+def _from_env(base: dict[str, dict[str, Any]], env: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+    layer: dict[str, dict[str, Any]] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX):].lower()
+        section, _, key = rest.partition("_")
+        if section in base and key in base[section]:
+            layer.setdefault(section, {})[key] = value
+    return layer
+
+
+def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None,
+         **overrides: dict[str, Any]) -> Settings:
+    """Build the settings. `overrides` (section → {key: value}) win over everything; tests and
+    command-line flags use them."""
+    merged = _defaults()
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                _merge(merged, tomllib.load(f), str(path))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"cannot read {path}: {exc}") from exc
+    _merge(merged, _from_env(merged, os.environ if env is None else env), "environment")
+    _merge(merged, overrides, "override")
+    cap = merged["engine"]["max_viewers"]
+    if not 0 <= cap <= PRODUCT_VIEWER_CAP:
+        raise SettingsError(
+            f"engine.max_viewers is {cap}: it may lower the cap of {PRODUCT_VIEWER_CAP} viewers, never raise it")
+    return Settings(**{name: cls(**merged[name]) for name, cls in
+                       ((n, globals()[t] if isinstance(t, str) else t) for n, t in _SECTIONS.items())})

@@ -1,0 +1,391 @@
+"""Every message that crosses an actor boundary, in one place.
+
+Commands are in the imperative (`Join`, `Terminate`), events and replies in the past tense
+(`Joined`, `Terminated`). All are frozen, slotted dataclasses: an actor never shares mutable
+state with another, it sends one of these.
+
+`reply_to` is any callable that accepts the reply and does not block (a future's
+`set_result`, a bridge that schedules onto the trio loop, a list's `append`). Actors answer
+through it instead of `ask()`, so no actor thread ever waits on another.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+ReplyTo = Callable[[Any], None]
+
+
+class Protocol(enum.StrEnum):
+    SSH = "ssh"
+    VNC = "vnc"
+    RDP = "rdp"
+    SYNTHETIC = "synthetic"
+    TELNET = "telnet"  # a real protocol that joint sessions do not support (rule 3)
+
+
+class Role(enum.StrEnum):
+    CONTROLLER = "controller"
+    VIEWER = "viewer"
+
+
+class SessionState(enum.StrEnum):
+    STARTING = "starting"
+    ACTIVE = "active"
+    DISCONNECTED = "disconnected"
+    ENDED = "ended"
+
+
+class EndReason(enum.StrEnum):
+    CONTROLLER_LEFT = "controller_left"
+    TERMINATED = "terminated"
+    EXPIRED = "expired"
+    ABANDONED = "abandoned"
+    ENDPOINT_FAILED = "endpoint_failed"
+    ENDPOINT_CLOSED = "endpoint_closed"
+    SESSION_FAILED = "session_failed"
+    ENGINE_STOPPED = "engine_stopped"
+
+
+class Reason(enum.StrEnum):
+    """Why something was refused. The value is what clients and the audit log see."""
+
+    VIEWER_CAP = "viewer_cap"
+    JOINT_SESSION_DISABLED = "joint_session_disabled"
+    PROTOCOL_NOT_SHAREABLE = "protocol_not_shareable"
+    NO_ACCESS = "no_access"
+    SESSION_ENDED = "session_ended"
+    UNKNOWN_SESSION = "unknown_session"
+    NOT_CONTROLLER = "not_controller"
+    NOT_ADMINISTRATOR = "not_administrator"
+    NOT_PERMITTED = "not_permitted"
+    NOT_A_PARTICIPANT = "not_a_participant"
+    CONTROL_NOT_TRANSFERABLE = "control_not_transferable"
+    NO_DEADLINE = "no_deadline"
+    DEADLINE_IN_PAST = "deadline_in_past"
+    ENDPOINT_UNAVAILABLE = "endpoint_unavailable"
+    MALFORMED = "malformed"
+    TOO_LARGE = "too_large"
+    UNKNOWN_MESSAGE = "unknown_message"
+
+
+# --- who and what ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    id: str
+    name: str
+    is_admin: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSpec:
+    """What the engine needs to know about an endpoint. Credentials are not here: they travel
+    only inside the endpoint connection (see protocols/base.py)."""
+
+    id: str
+    name: str
+    protocol: Protocol
+    joint_session: bool = True
+    host: str = ""
+    port: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    participant_id: str
+    user: User
+    role: Role
+
+
+# --- endpoint output ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """Output of the endpoint. `emitted_ns` is `time.perf_counter_ns()` when the endpoint
+    connection produced it, so fan-out latency can be measured at every receiver."""
+
+    data: bytes
+    emitted_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Keyframe:
+    """Everything a participant needs to show the screen as it is now."""
+
+    data: bytes
+    cols: int = 0
+    rows: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """Sent to a participant's sink before a keyframe that replaces frames it never got."""
+
+    dropped: int
+
+
+# --- commands to the engine and to a session -------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StartSession:
+    endpoint: EndpointSpec
+    controller: User
+    sink: Any  # engine.sinks.Sink
+    reply_to: ReplyTo
+    connection: Any = None  # protocols.base.EndpointConnection; the supervisor builds one if None
+    deadline: float | None = None
+    cols: int = 80
+    rows: int = 24
+    session_id: str | None = None
+    record: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    user: User
+    sink: Any
+    reply_to: ReplyTo
+    has_access: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    participant_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Disconnected:
+    """A participant's connection dropped without a Leave (a closed tab, a lost network)."""
+
+    participant_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Input:
+    participant_id: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Resize:
+    participant_id: str
+    cols: int
+    rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class Terminate:
+    by: User
+    reply_to: ReplyTo | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Eject:
+    participant_id: str
+    by: User
+    reason: str = ""
+    reply_to: ReplyTo | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TransferControl:
+    """Always refused (rule 6): to change controller, end the session and start a new one.
+    It exists so that a client asking for it gets a reasoned refusal, and the audit shows it."""
+
+    participant_id: str
+    to_participant_id: str
+    reply_to: ReplyTo | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Extend:
+    until: float
+    by: User
+    reply_to: ReplyTo | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Expire:
+    """Told by the clock at a deadline. Stale ones (the deadline moved since) are ignored."""
+
+    deadline: float
+
+
+@dataclass(frozen=True, slots=True)
+class GraceElapsed:
+    """Told by the clock when a disconnected controller's grace period ends."""
+
+    generation: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetJointSession:
+    endpoint_id: str
+    enabled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Describe:
+    reply_to: ReplyTo
+
+
+# --- replies --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    session_id: str
+    participant_id: str
+    role: Role
+    members: tuple[Member, ...]
+    state: SessionState
+    deadline: float | None = None
+    rejoined: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    reason: Reason
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A command was carried out (terminate, eject, extend)."""
+
+
+# --- events told to every participant --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ParticipantJoined:
+    member: Member
+
+
+@dataclass(frozen=True, slots=True)
+class ParticipantLeft:
+    member: Member
+    reason: str  # "left", "disconnected", "ejected", "failed"
+    by: User | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StateChanged:
+    state: SessionState
+    deadline: float | None = None
+    grace_until: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ejected:
+    """Told to the ejected participant only, before it is disconnected."""
+
+    by: User
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class InputRefused:
+    reason: Reason
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnded:
+    reason: EndReason
+    by: User | None = None
+    detail: str = ""
+
+
+# --- endpoint connection → EndpointActor ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointOpened:
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointClosed:
+    """The endpoint ended the connection normally (the shell exited)."""
+
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointError:
+    """The connection failed. `retryable` is False for errors a retry cannot fix (a changed
+    host key, bad credentials)."""
+
+    detail: str
+    retryable: bool = True
+
+
+# --- supervision ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChildFailed:
+    kind: str  # "participant", "endpoint", "session"
+    child_id: str
+    detail: str
+    children: tuple[Any, ...] = field(default=())  # a failed session's children, to stop
+
+
+# --- the audit log (told to the StoreActor) --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AuditSessionStarted:
+    session_id: str
+    endpoint_id: str
+    endpoint_name: str
+    protocol: str
+    controller_id: str
+    controller_name: str
+    started_at: float  # wall-clock seconds from the engine's clock
+    record: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AuditSessionEnded:
+    session_id: str
+    ended_at: float
+    reason: str
+    by: str | None = None  # user name of whoever ended it, if anyone did
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One row of the hash-chained event log. `detail` holds only plain JSON values and never
+    a credential."""
+
+    kind: str  # join, leave, refused, input_refused, terminate, expire, extend, ...
+    at: float
+    session_id: str | None = None
+    actor_id: str | None = None
+    actor_name: str | None = None
+    detail: tuple[tuple[str, Any], ...] = ()  # sorted key/value pairs: hashable and immutable
+
+    @staticmethod
+    def make(kind: str, at: float, session_id: str | None = None, actor: "User | None" = None,
+             **detail: Any) -> "AuditEvent":
+        return AuditEvent(kind, at, session_id, actor.id if actor else None,
+                          actor.name if actor else None, tuple(sorted(detail.items())))
+
+
+@dataclass(frozen=True, slots=True)
+class Flush:
+    """Answered with `Flushed` once every row told before it is committed."""
+
+    reply_to: ReplyTo
+
+
+@dataclass(frozen=True, slots=True)
+class Flushed:
+    rows: int  # event rows committed so far by this store
