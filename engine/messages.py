@@ -247,6 +247,7 @@ class Joined:
     state: SessionState
     deadline: float | None = None
     rejoined: bool = False
+    session: Any = None  # the SessionActor's ref: where this participant's Input, Leave... go
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,3 +390,116 @@ class Flush:
 @dataclass(frozen=True, slots=True)
 class Flushed:
     rows: int  # event rows committed so far by this store
+
+
+# --- inside the supervision tree (not for clients) ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """To the supervisor: deliver `message` to a live session, or refuse with unknown_session."""
+
+    session_id: str
+    message: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """To the supervisor: end every session (engine_stopped), then `reply_to(Accepted())`.
+    To a session: end with engine_stopped."""
+
+    reply_to: ReplyTo | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSummary:
+    """What a dashboard shows of one live session."""
+
+    session_id: str
+    endpoint: EndpointSpec
+    controller: User
+    members: tuple[Member, ...]
+    state: SessionState
+    started_at: float
+    deadline: float | None = None
+    grace_until: float | None = None
+    record: bool = False
+
+    @property
+    def viewers(self) -> tuple[Member, ...]:
+        return tuple(m for m in self.members if m.role is Role.VIEWER)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionUpdated:
+    summary: SessionSummary
+
+
+@dataclass(frozen=True, slots=True)
+class SessionFinished:
+    session_id: str
+    reason: EndReason
+    by: User | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Watch:
+    """To the supervisor: call `callback(SessionUpdated | SessionFinished)` on every change of
+    the live session list. The callback must not block (schedule onto the loop)."""
+
+    callback: ReplyTo
+
+
+@dataclass(frozen=True, slots=True)
+class OpenEndpoint:
+    cols: int
+    rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectEndpoint:
+    attempt: int
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointReady:
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointRetrying:
+    attempt: int
+    delay: float
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointFailed:
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointFinished:
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    participant_id: str
+    ref: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    participant_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendKeyframe:
+    participant_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncNeeded:
+    participant_id: str
+    dropped: int

@@ -1,0 +1,118 @@
+"""EndpointActor: one per session; owns the endpoint connection and the screen model, and fans
+the endpoint's frames out to the subscribed participants.
+
+Fan-out happens here, not in the session, so that a joiner's keyframe and the frames after it
+come from one sender, in order: the keyframe covers exactly the frames before it.
+
+Restart strategy (OTP's *transient*, bounded): a connection that fails with a retryable error
+is reopened after a backoff that doubles each time, at most `retries` times; the count resets
+once a connection has stayed open. Then the session is told `EndpointFailed` and ends.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pykka
+
+from engine.actors.base import describe_failure, send
+from engine.clock import Clock, Timer
+from engine.messages import (
+    ChildFailed, EndpointClosed, EndpointError, EndpointFailed, EndpointFinished, EndpointOpened,
+    EndpointReady, EndpointRetrying, Frame, Input, OpenEndpoint, ReconnectEndpoint, Resize,
+    SendKeyframe, Subscribe, Unsubscribe,
+)
+from engine.screen import ScreenModel
+from protocols.base import EndpointConnection, EndpointEvents
+
+log = logging.getLogger(__name__)
+
+
+class EndpointActor(pykka.ThreadingActor):
+    def __init__(self, session_ref: Any, session_id: str, connection: EndpointConnection,
+                 screen: ScreenModel, clock: Clock, retries: int, backoff: float) -> None:
+        super().__init__()
+        self._session = session_ref
+        self._session_id = session_id
+        self._connection = connection
+        self._screen = screen
+        self._clock = clock
+        self._retries = retries
+        self._backoff = backoff
+        self._subscribers: dict[str, Any] = {}
+        self._refs: list[Any] = []  # the hot path iterates a list, not a dict view
+        self._failures = 0
+        self._size = (80, 24)
+        self._retry_timer: Timer | None = None
+        self._closed = False
+
+    def on_receive(self, message: Any) -> None:
+        match message:
+            case Frame():
+                self._screen.feed(message.data)
+                for ref in self._refs:
+                    send(ref, message)
+            case Input(data=data):
+                self._connection.send_input(data)
+            case Resize(cols=cols, rows=rows):
+                self._size = (cols, rows)
+                self._screen.resize(cols, rows)
+                self._connection.resize(cols, rows)
+            case Subscribe(participant_id=pid, ref=ref):
+                send(ref, self._screen.keyframe())
+                self._subscribers[pid] = ref
+                self._refs = list(self._subscribers.values())
+            case Unsubscribe(participant_id=pid):
+                if self._subscribers.pop(pid, None) is not None:
+                    self._refs = list(self._subscribers.values())
+            case SendKeyframe(participant_id=pid):
+                send(self._subscribers.get(pid), self._screen.keyframe())
+            case OpenEndpoint(cols=cols, rows=rows):
+                self._size = (cols, rows)
+                self._screen.resize(cols, rows)
+                self._connection.open(EndpointEvents(self.actor_ref), cols, rows)
+            case ReconnectEndpoint():
+                self._retry_timer = None
+                if not self._closed:
+                    self._connection.open(EndpointEvents(self.actor_ref), *self._size)
+            case EndpointOpened(detail=detail):
+                self._failures = 0
+                send(self._session, EndpointReady(detail))
+            case EndpointClosed(detail=detail):
+                send(self._session, EndpointFinished(detail))
+            case EndpointError(detail=detail, retryable=retryable):
+                self._on_error(detail, retryable)
+            case _:
+                log.warning("endpoint of session %s ignored %r", self._session_id, type(message).__name__)
+
+    def _on_error(self, detail: str, retryable: bool) -> None:
+        if self._closed:
+            return
+        self._failures += 1
+        if not retryable or self._failures > self._retries:
+            send(self._session, EndpointFailed(detail))
+            return
+        delay = self._backoff * 2 ** (self._failures - 1)
+        send(self._session, EndpointRetrying(self._failures, delay, detail))
+        ref = self.actor_ref
+        self._retry_timer = self._clock.call_later(
+            delay, lambda: send(ref, ReconnectEndpoint(self._failures)))
+
+    def _close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+        try:
+            self._connection.close()
+        except Exception:
+            log.exception("closing the endpoint connection of session %s", self._session_id)
+
+    def on_stop(self) -> None:
+        self._close()
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        self._close()
+        send(self._session, ChildFailed("endpoint", self._session_id, describe_failure(exception_value)))

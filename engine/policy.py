@@ -1,0 +1,129 @@
+"""The rules of a joint session, as pure functions of its state.
+
+Each rule of the product lives here once. `SessionActor` builds a `SessionView` and asks;
+every function answers `None` (allowed) or a `Refused` with its reason. Nothing here does I/O,
+reads a clock or mutates anything, so each rule is tested by a table of cases
+(tests/unit/test_policy.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from config.settings import PRODUCT_VIEWER_CAP
+from engine.errors import IllegalTransition
+from engine.messages import Protocol, Reason, Refused, Role, SessionState, User
+
+# Rule 3: joint sessions exist for these protocols only. The synthetic endpoint stands in for
+# a terminal protocol in load tests and the demo, so it is shareable too.
+SHAREABLE_PROTOCOLS = frozenset({Protocol.SSH, Protocol.VNC, Protocol.RDP, Protocol.SYNTHETIC})
+
+# The session's state machine: starting → active ⇄ disconnected → ended.
+TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
+    SessionState.STARTING: frozenset({SessionState.ACTIVE, SessionState.DISCONNECTED, SessionState.ENDED}),
+    SessionState.ACTIVE: frozenset({SessionState.DISCONNECTED, SessionState.ENDED}),
+    SessionState.DISCONNECTED: frozenset({SessionState.ACTIVE, SessionState.ENDED}),
+    SessionState.ENDED: frozenset(),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SessionView:
+    """What the rules need to know about a session, and nothing else."""
+
+    state: SessionState
+    protocol: Protocol
+    joint_session: bool
+    controller: User
+    controller_connected: bool
+    viewer_count: int
+    max_viewers: int
+    deadline: float | None = None
+
+
+def transition(current: SessionState, target: SessionState) -> SessionState:
+    if target not in TRANSITIONS[current]:
+        raise IllegalTransition(current, target)
+    return target
+
+
+def viewer_cap(setting: int) -> int:
+    """Rule 2: a setting may lower the cap of ten viewers, never raise it."""
+    return max(0, min(setting, PRODUCT_VIEWER_CAP))
+
+
+def is_controller_return(view: SessionView, joiner: User) -> bool:
+    """Rule 8: during the grace period the controller may come back, as itself."""
+    return (view.state is SessionState.DISCONNECTED and not view.controller_connected
+            and joiner.id == view.controller.id)
+
+
+def check_join(view: SessionView, joiner: User, has_access: bool) -> Refused | None:
+    """Rules 2 and 3. The controller's return is not a join and is not capped."""
+    if view.state is SessionState.ENDED:
+        return Refused(Reason.SESSION_ENDED)
+    if is_controller_return(view, joiner):
+        return None
+    if not (has_access or joiner.is_admin):
+        return Refused(Reason.NO_ACCESS, "you have no access to this endpoint")
+    if view.protocol not in SHAREABLE_PROTOCOLS:
+        return Refused(Reason.PROTOCOL_NOT_SHAREABLE,
+                       f"joint sessions are not available for {view.protocol.value}")
+    if not view.joint_session:
+        return Refused(Reason.JOINT_SESSION_DISABLED, "joint sessions are turned off for this endpoint")
+    cap = viewer_cap(view.max_viewers)
+    if view.viewer_count >= cap:
+        return Refused(Reason.VIEWER_CAP, f"this session already has {cap} viewers")
+    return None
+
+
+def check_input(role: Role | None) -> Refused | None:
+    """Rule 1: only the controller's input reaches the endpoint."""
+    if role is None:
+        return Refused(Reason.NOT_A_PARTICIPANT)
+    if role is not Role.CONTROLLER:
+        return Refused(Reason.NOT_CONTROLLER, "viewers are read-only")
+    return None
+
+
+# The terminal size follows the controller's window; a viewer's never changes it.
+check_resize = check_input
+
+
+def check_terminate(by: User) -> Refused | None:
+    """Rule 5: an administrator may terminate any session; nobody else may."""
+    if not by.is_admin:
+        return Refused(Reason.NOT_ADMINISTRATOR, "only an administrator may terminate a session")
+    return None
+
+
+def check_eject(by: User, by_role: Role | None, target_role: Role | None) -> Refused | None:
+    """The controller or an administrator may eject one viewer. The controller is never
+    ejected (that would be a transfer of control): an administrator terminates instead."""
+    if target_role is None:
+        return Refused(Reason.NOT_A_PARTICIPANT, "no such participant in this session")
+    if target_role is Role.CONTROLLER:
+        return Refused(Reason.NOT_PERMITTED, "the controller cannot be ejected; terminate the session instead")
+    if by.is_admin or by_role is Role.CONTROLLER:
+        return None
+    return Refused(Reason.NOT_PERMITTED, "only the controller or an administrator may eject a viewer")
+
+
+def check_transfer() -> Refused:
+    """Rule 6: control is never transferred inside a session."""
+    return Refused(Reason.CONTROL_NOT_TRANSFERABLE,
+                   "control cannot be transferred: end this session and start a new one")
+
+
+def check_extend(view: SessionView, by: User, until: float, now: float) -> Refused | None:
+    """Rule 7: a deadline may be moved by an administrator, or for the controller once its
+    extension is approved (the approval is checked before the Extend is sent)."""
+    if not (by.is_admin or by.id == view.controller.id):
+        return Refused(Reason.NOT_PERMITTED, "only the controller or an administrator may extend")
+    if view.state is SessionState.ENDED:
+        return Refused(Reason.SESSION_ENDED)
+    if view.deadline is None:
+        return Refused(Reason.NO_DEADLINE, "this session has no deadline to extend")
+    if until <= now:
+        return Refused(Reason.DEADLINE_IN_PAST, "the new deadline has already passed")
+    return None

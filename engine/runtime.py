@@ -1,0 +1,209 @@
+"""`Engine`: the public surface of the actor system, for the gateway and for load testers.
+
+Two kinds of calls:
+- non-blocking (`submit_start`, `route`, `watch`, `set_joint_session`): safe on the trio loop;
+  answers come through the `reply_to` carried by each message;
+- blocking (`open_session`, `join_session`, `terminate`, `extend`, `stop`): for Python code
+  that drives the actors directly (load tests, scripts, tests). Never call them on the loop.
+
+Refusals are values: `open_session` and `join_session` return a `Participant` or a `Refused`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import re
+import threading
+import time
+from typing import Any, Callable
+
+import pykka
+
+from config.settings import Settings, load
+from engine.actors.base import send
+from engine.actors.supervisor import EngineSupervisor
+from engine.clock import Clock, SystemClock
+from engine.errors import EngineNotRunning, ReplyTimeout
+from engine.messages import (
+    Accepted, Disconnected, Eject, EndpointSpec, Extend, Flush, Flushed, Input, Join, Joined, Leave,
+    Protocol, Refused, Resize, Route, SessionSummary, SetJointSession, Shutdown, StartSession, Terminate,
+    TransferControl, User, Watch,
+)
+from engine.sinks import CollectingSink
+from engine.store import StoreActor
+
+log = logging.getLogger(__name__)
+
+# pykka names an actor's thread after its class; these are the engine's.
+_ACTOR_THREAD = re.compile(r"^(EngineSupervisor|SessionActor|EndpointActor|ParticipantActor|StoreActor)-\d+$")
+
+
+def actor_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if _ACTOR_THREAD.match(t.name)]
+
+
+class Participant:
+    """A controller's or viewer's handle on a session, for Python callers."""
+
+    def __init__(self, engine: "Engine", joined: Joined, sink: Any) -> None:
+        self._engine = engine
+        self.joined = joined
+        self.sink = sink
+
+    session_id = property(lambda self: self.joined.session_id)
+    participant_id = property(lambda self: self.joined.participant_id)
+    role = property(lambda self: self.joined.role)
+
+    def send_input(self, data: bytes | str) -> None:
+        send(self.joined.session, Input(self.participant_id, data.encode() if isinstance(data, str) else data))
+
+    def resize(self, cols: int, rows: int) -> None:
+        send(self.joined.session, Resize(self.participant_id, cols, rows))
+
+    def leave(self) -> None:
+        send(self.joined.session, Leave(self.participant_id))
+
+    def disconnect(self) -> None:
+        """As if the participant's tab closed."""
+        send(self.joined.session, Disconnected(self.participant_id))
+
+    def eject(self, participant_id: str, by: User, reason: str = "", timeout: float = 10) -> Accepted | Refused:
+        return self._engine._call(lambda r: self._engine.route(
+            self.session_id, Eject(participant_id, by, reason, r)), timeout)
+
+    def request_control(self, timeout: float = 10) -> Refused:
+        return self._engine._call(lambda r: self._engine.route(
+            self.session_id, TransferControl(self.participant_id, self.participant_id, r)), timeout)
+
+    def wait_for_output(self, needle: bytes | str, timeout: float = 5.0) -> bool:
+        needle = needle.encode() if isinstance(needle, str) else needle
+        return self.sink.wait_for(lambda s: needle in s.output, timeout)
+
+    def __repr__(self) -> str:
+        return f"Participant({self.participant_id}, {self.role.value}, session={self.session_id})"
+
+
+class Engine:
+    def __init__(self, settings: Settings | None = None, *, clock: Clock | None = None,
+                 database_url: str | None = None,
+                 connect: Callable[[StartSession], Any] | None = None) -> None:
+        self.settings = settings or load()
+        self._own_clock = clock is None
+        self._clock = clock
+        self._database_url = database_url or self.settings.database_url
+        self._connect = connect or self._default_connect
+        self._directory: dict[str, SessionSummary] = {}
+        self._store: Any = None
+        self._supervisor: Any = None
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def start(self) -> "Engine":
+        if self._own_clock:
+            self._clock = SystemClock()
+        self._store = StoreActor.start(self._database_url)
+        self._supervisor = EngineSupervisor.start(
+            store=self._store, clock=self._clock, settings=self.settings.engine,
+            connect=self._connect, directory=self._directory)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """End every session (engine_stopped), commit the audit log, stop every actor thread."""
+        if self._supervisor is None:
+            return
+        deadline = time.monotonic() + timeout
+        try:
+            self._call(lambda r: self._supervisor.tell(Shutdown(r)), timeout)
+        except (ReplyTimeout, pykka.ActorDeadError):
+            log.error("sessions did not all end within %.0f s; stopping their actors", timeout)
+        self._supervisor.stop(block=True, timeout=max(0.1, deadline - time.monotonic()))
+        self._supervisor = None
+        self._store.stop(block=True, timeout=max(0.1, deadline - time.monotonic()))  # commits on stop
+        self._store = None
+        for ref in pykka.ActorRegistry.get_all():  # anything orphaned by a failure
+            if _ACTOR_THREAD.match(f"{ref.actor_class.__name__}-0"):
+                ref.stop(block=False)
+        for thread in actor_threads():
+            thread.join(max(0.1, deadline - time.monotonic()))
+        if self._own_clock and self._clock is not None:
+            self._clock.stop()
+
+    def __enter__(self) -> "Engine":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    # --- non-blocking: safe on the event loop ------------------------------------------------
+
+    def submit_start(self, start: StartSession) -> None:
+        self._running().tell(start)
+
+    def route(self, session_id: str, message: Any) -> None:
+        self._running().tell(Route(session_id, message))
+
+    def watch(self, callback: Callable[[Any], None]) -> None:
+        self._running().tell(Watch(callback))
+
+    def set_joint_session(self, endpoint_id: str, enabled: bool) -> None:
+        self._running().tell(SetJointSession(endpoint_id, enabled))
+
+    def live_sessions(self) -> list[SessionSummary]:
+        return list(self._directory.values())
+
+    def session(self, session_id: str) -> SessionSummary | None:
+        return self._directory.get(session_id)
+
+    # --- blocking: for load testers and scripts, never on the event loop ---------------------
+
+    def open_session(self, endpoint: EndpointSpec, controller: User, *, connection: Any = None,
+                     sink: Any = None, deadline: float | None = None, cols: int = 80, rows: int = 24,
+                     record: bool = False, timeout: float = 10.0) -> Participant | Refused:
+        sink = sink if sink is not None else CollectingSink()
+        answer = self._call(lambda r: self.submit_start(StartSession(
+            endpoint, controller, sink, r, connection, deadline, cols, rows, record=record)), timeout)
+        return Participant(self, answer, sink) if isinstance(answer, Joined) else answer
+
+    def join_session(self, session_id: str, user: User, *, sink: Any = None, has_access: bool = True,
+                     timeout: float = 10.0) -> Participant | Refused:
+        sink = sink if sink is not None else CollectingSink()
+        answer = self._call(lambda r: self.route(session_id, Join(user, sink, r, has_access)), timeout)
+        return Participant(self, answer, sink) if isinstance(answer, Joined) else answer
+
+    def terminate(self, session_id: str, by: User, timeout: float = 10.0) -> Accepted | Refused:
+        return self._call(lambda r: self.route(session_id, Terminate(by, r)), timeout)
+
+    def extend(self, session_id: str, until: float, by: User, timeout: float = 10.0) -> Accepted | Refused:
+        return self._call(lambda r: self.route(session_id, Extend(until, by, r)), timeout)
+
+    def flush_audit(self, timeout: float = 10.0) -> Flushed:
+        if self._store is None:
+            raise EngineNotRunning("the engine is not running")
+        return self._call(lambda r: self._store.tell(Flush(r)), timeout)
+
+    # --- internals --------------------------------------------------------------------------
+
+    def _running(self) -> Any:
+        if self._supervisor is None:
+            raise EngineNotRunning("start the engine first")
+        return self._supervisor
+
+    def _call(self, tell: Callable[[Callable[[Any], None]], None], timeout: float) -> Any:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        tell(future.set_result)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError as exc:
+            raise ReplyTimeout(f"no reply within {timeout} s") from exc
+
+    def _default_connect(self, start: StartSession) -> Any:
+        if start.endpoint.protocol is Protocol.SYNTHETIC:
+            from protocols.synthetic import SyntheticConnection
+
+            return SyntheticConnection(self._clock)
+        raise ValueError(f"no connection given for a {start.endpoint.protocol.value} endpoint")

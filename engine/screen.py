@@ -1,0 +1,179 @@
+"""Screen models: what a late joiner needs to see the screen as it is now.
+
+`TerminalScreen` keeps a pyte screen of the endpoint's output and renders it as a keyframe:
+a byte string that, written to a fresh terminal, reproduces the current screen, including a
+full-screen program in the alternate screen (`top`, `vim`, `less`) and the primary screen
+beneath it, so that the joiner's terminal comes back to the shell when the program exits.
+
+Feeding pyte costs far more CPU than moving bytes, so output is fed lazily: it is appended to
+a buffer, and parsed only when a keyframe is asked for or the buffer grows large.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Protocol
+
+import pyte
+from pyte import graphics
+
+from engine.messages import Keyframe, Protocol
+
+_ALT_SCREEN_MODES = frozenset({1049 << 5, 1047 << 5, 47 << 5})
+# Private modes that change how the joiner's terminal behaves, restored in the keyframe.
+_CARRIED_PRIVATE_MODES = (1, 1000, 1002, 1003, 1006, 2004)
+_FEED_THRESHOLD = 256 * 1024
+
+_FG = {name: code for code, name in {**graphics.FG_ANSI, **graphics.FG_AIXTERM}.items()}
+_BG = {name: code for code, name in {**graphics.BG_ANSI, **graphics.BG_AIXTERM}.items()}
+
+
+class ScreenModel(Protocol):
+    def feed(self, data: bytes) -> None: ...
+
+    def resize(self, cols: int, rows: int) -> None: ...
+
+    def keyframe(self) -> Keyframe: ...
+
+
+class _AltScreen(pyte.Screen):
+    """pyte ignores the alternate screen; this keeps the primary screen aside while it is on."""
+
+    def __init__(self, columns: int, lines: int) -> None:
+        super().__init__(columns, lines)
+        self.saved_primary: tuple[Any, Any] | None = None
+
+    def set_mode(self, *modes: int, **kwargs: Any) -> None:
+        entering = (kwargs.get("private") and self.saved_primary is None
+                    and any((m << 5) in _ALT_SCREEN_MODES for m in modes))
+        if entering:
+            self.saved_primary = (copy.deepcopy(self.buffer), copy.copy(self.cursor))
+        super().set_mode(*modes, **kwargs)
+        if entering:
+            self.erase_in_display(2)
+
+    def reset_mode(self, *modes: int, **kwargs: Any) -> None:
+        leaving = (kwargs.get("private") and self.saved_primary is not None
+                   and any((m << 5) in _ALT_SCREEN_MODES for m in modes))
+        super().reset_mode(*modes, **kwargs)
+        if leaving:
+            buffer, cursor = self.saved_primary
+            self.buffer.clear()
+            self.buffer.update(buffer)
+            self.cursor = cursor
+            self.saved_primary = None
+
+    def reset(self) -> None:
+        super().reset()
+        self.saved_primary = None
+
+
+def _sgr(char: Any) -> str:
+    codes = ["0"]
+    if char.bold:
+        codes.append("1")
+    if char.italics:
+        codes.append("3")
+    if char.underscore:
+        codes.append("4")
+    if char.blink:
+        codes.append("5")
+    if char.reverse:
+        codes.append("7")
+    if char.strikethrough:
+        codes.append("9")
+    for colour, names, truecolor in ((char.fg, _FG, "38"), (char.bg, _BG, "48")):
+        if colour == "default":
+            continue
+        if colour in names:
+            codes.append(str(names[colour]))
+        elif len(colour) == 6:
+            try:
+                r, g, b = (int(colour[i:i + 2], 16) for i in (0, 2, 4))
+            except ValueError:
+                continue
+            codes.append(f"{truecolor};2;{r};{g};{b}")
+    return "\x1b[" + ";".join(codes) + "m"
+
+
+def _render_buffer(buffer: Any, columns: int, lines: int, default: Any) -> list[str]:
+    out: list[str] = []
+    for y in range(lines):
+        line = buffer[y]
+        # Trailing blanks in the default rendition are already there after a clear.
+        last = -1
+        for x in range(columns):
+            char = line[x]
+            if char.data not in ("", " ") or char[1:] != default[1:]:
+                last = x
+        out.append(f"\x1b[{y + 1};1H")
+        rendition = None
+        for x in range(last + 1):
+            char = line[x]
+            if char.data == "":  # the right half of a wide character
+                continue
+            sgr = _sgr(char)
+            if sgr != rendition:
+                out.append(sgr)
+                rendition = sgr
+            out.append(char.data)
+        if rendition is not None:
+            out.append("\x1b[0m")
+    return out
+
+
+class TerminalScreen:
+    def __init__(self, cols: int = 80, rows: int = 24) -> None:
+        self._screen = _AltScreen(cols, rows)
+        self._stream = pyte.ByteStream(self._screen)
+        self._pending = bytearray()
+
+    @property
+    def cols(self) -> int:
+        return self._screen.columns
+
+    @property
+    def rows(self) -> int:
+        return self._screen.lines
+
+    def feed(self, data: bytes) -> None:
+        self._pending += data
+        if len(self._pending) >= _FEED_THRESHOLD:
+            self._catch_up()
+
+    def resize(self, cols: int, rows: int) -> None:
+        self._catch_up()
+        self._screen.resize(lines=rows, columns=cols)
+
+    def display(self) -> list[str]:
+        """The visible text, one string per row (for tests and the dashboard's preview)."""
+        self._catch_up()
+        return list(self._screen.display)
+
+    def keyframe(self) -> Keyframe:
+        self._catch_up()
+        screen = self._screen
+        parts = ["\x1bc", f"\x1b[8;{screen.lines};{screen.columns}t"]
+        if screen.saved_primary is not None:
+            primary, primary_cursor = screen.saved_primary
+            parts += _render_buffer(primary, screen.columns, screen.lines, screen.default_char)
+            parts.append(f"\x1b[{primary_cursor.y + 1};{primary_cursor.x + 1}H\x1b[?1049h\x1b[H\x1b[2J")
+        parts += _render_buffer(screen.buffer, screen.columns, screen.lines, screen.default_char)
+        parts += [f"\x1b[?{mode}h" for mode in _CARRIED_PRIVATE_MODES if (mode << 5) in screen.mode]
+        parts.append(_sgr(screen.cursor.attrs))
+        parts.append(f"\x1b[{screen.cursor.y + 1};{screen.cursor.x + 1}H")
+        if screen.cursor.hidden:
+            parts.append("\x1b[?25l")
+        return Keyframe("".join(parts).encode("utf-8", "replace"), screen.columns, screen.lines)
+
+    def _catch_up(self) -> None:
+        if self._pending:
+            data, self._pending = bytes(self._pending), bytearray()
+            self._stream.feed(data)
+
+
+def screen_for(protocol: Protocol, cols: int, rows: int) -> ScreenModel:
+    """The screen model of a protocol. Graphical protocols bring their own framebuffer model."""
+    if protocol in (Protocol.VNC, Protocol.RDP):
+        raise NotImplementedError(f"no screen model for {protocol.value} yet")
+    return TerminalScreen(cols, rows)
