@@ -1,0 +1,5 @@
+"""Shared pytest configuration: fixture modules are registered here, one per line."""
+
+pytest_plugins = [
+    "tests.fixtures.browser",
+]
