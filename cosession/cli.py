@@ -6,7 +6,8 @@ import argparse
 import importlib
 import sys
 
-# command → (module, function that adds its arguments, function that runs it)
+# command → the module that implements it: its docstring's first line is the help, its
+# add_arguments(parser) declares the arguments and sets `run`.
 COMMANDS = {
     "serve": "cosession.serve",
     "loadtest": "cosession.loadtest",
@@ -27,7 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name != module_name:
                 raise
             continue  # not built yet
-        module.add_arguments(sub.add_parser(name, help=module.__doc__.strip().splitlines()[0]))
+        command = sub.add_parser(name, help=module.__doc__.strip().splitlines()[0])
+        # --config is accepted after the command too: `cosession serve --config FILE`
+        command.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                             help="a TOML file overriding config/default.toml")
+        module.add_arguments(command)
     return parser
 
 

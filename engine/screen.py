@@ -17,7 +17,8 @@ from typing import Any, Protocol
 import pyte
 from pyte import graphics
 
-from engine.messages import Keyframe, Protocol
+from engine import messages
+from engine.messages import Keyframe
 
 _ALT_SCREEN_MODES = frozenset({1049 << 5, 1047 << 5, 47 << 5})
 # Private modes that change how the joiner's terminal behaves, restored in the keyframe.
@@ -172,8 +173,8 @@ class TerminalScreen:
             self._stream.feed(data)
 
 
-def screen_for(protocol: Protocol, cols: int, rows: int) -> ScreenModel:
+def screen_for(protocol: messages.Protocol, cols: int, rows: int) -> ScreenModel:
     """The screen model of a protocol. Graphical protocols bring their own framebuffer model."""
-    if protocol in (Protocol.VNC, Protocol.RDP):
+    if protocol in (messages.Protocol.VNC, messages.Protocol.RDP):
         raise NotImplementedError(f"no screen model for {protocol.value} yet")
     return TerminalScreen(cols, rows)

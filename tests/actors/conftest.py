@@ -1,0 +1,56 @@
+import json
+
+import pytest
+import sqlalchemy as sa
+
+from config.settings import load
+from engine.clock import ManualClock
+from engine.messages import EndpointSpec, Protocol, User
+from engine.runtime import Engine, actor_threads
+from protocols.synthetic import SyntheticConnection
+
+ALICE = User("alice", "Alice")
+ADMIN = User("root", "Root", is_admin=True)
+SSH = EndpointSpec("ep1", "router-1", Protocol.SSH)
+
+
+def viewer(n: int) -> User:
+    return User(f"viewer{n}", f"Viewer {n}")
+
+
+@pytest.fixture
+def clock():
+    return ManualClock()
+
+
+@pytest.fixture
+def engine(tmp_path, clock):
+    assert actor_threads() == []
+    settings = load(env={}, engine={"grace_seconds": 30.0, "endpoint_retries": 2, "endpoint_backoff_seconds": 1.0})
+    engine = Engine(settings, clock=clock, database_url=f"sqlite:///{tmp_path / 'audit.db'}").start()
+    yield engine
+    engine.stop()
+    assert actor_threads() == [], "an actor thread outlived Engine.stop()"
+
+
+@pytest.fixture
+def connection(clock):
+    return SyntheticConnection(clock)
+
+
+@pytest.fixture
+def session(engine, connection):
+    controller = engine.open_session(SSH, ALICE, connection=connection)
+    assert controller.sink.wait_for(lambda s: any(getattr(e, "state", None) == "active" for e in s.events))
+    return controller
+
+
+def audit_rows(engine):
+    engine.flush_audit()
+    with sa.create_engine(engine._database_url).connect() as db:
+        rows = db.execute(sa.text("select kind, actor_name, detail from audit_events order by id")).all()
+    return [(kind, actor, json.loads(detail) if detail else {}) for kind, actor, detail in rows]
+
+
+def kinds(engine):
+    return [row[0] for row in audit_rows(engine)]
