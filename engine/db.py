@@ -1,0 +1,184 @@
+"""The schema: every table of cosession's database, in SQLAlchemy Core, on one `MetaData`.
+
+The same definitions run on SQLite (the default, a file in the data directory) and on
+PostgreSQL (any SQLAlchemy URL): queries elsewhere use Core constructs only, never
+SQLite-only SQL.
+
+The audit log is three tables:
+
+- ``sessions``: one row per session, inserted when it starts, completed when it ends;
+- ``audit_events``: the hash-chained event log (see `event_hash`), append-only;
+- ``audit_head``: one row (id 1) naming the chain's last event and the number of events,
+  updated in the same transaction as the events. It is how `engine.audit.verify` notices that
+  the newest rows were removed, which the chain alone cannot show.
+
+`engine.store.StoreActor` is the only writer of these tables.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import enum
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+log = logging.getLogger(__name__)
+
+metadata = sa.MetaData()
+
+# --- the audit log ---------------------------------------------------------------------------
+
+sessions = sa.Table(
+    "sessions", metadata,
+    sa.Column("id", sa.Text, primary_key=True),
+    sa.Column("endpoint_id", sa.Text, nullable=False),
+    sa.Column("endpoint_name", sa.Text, nullable=False),
+    sa.Column("protocol", sa.Text, nullable=False),
+    sa.Column("controller_id", sa.Text, nullable=False),
+    sa.Column("controller_name", sa.Text, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),  # wall-clock seconds since the epoch
+    sa.Column("ended_at", sa.Float, nullable=True),  # NULL while the session is live
+    sa.Column("end_reason", sa.Text, nullable=True),  # an engine.messages.EndReason value
+    sa.Column("ended_by", sa.Text, nullable=True),  # user name of whoever ended it, if anyone
+    sa.Column("record", sa.Boolean, nullable=False, default=False),
+    sa.Index("ix_sessions_started_at", "started_at"),
+    sa.Index("ix_sessions_ended_at", "ended_at"),
+    sa.Index("ix_sessions_endpoint_id", "endpoint_id"),
+    sa.Index("ix_sessions_controller_id", "controller_id"),
+    sa.Index("ix_sessions_controller_name", "controller_name"),
+)
+
+audit_events = sa.Table(
+    "audit_events", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("session_id", sa.Text, nullable=True),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("actor_id", sa.Text, nullable=True),
+    sa.Column("actor_name", sa.Text, nullable=True),
+    sa.Column("detail", sa.Text, nullable=False),  # canonical JSON object (`canonical_json`)
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+    sa.Index("ix_audit_events_session_id", "session_id", "id"),
+    sa.Index("ix_audit_events_kind", "kind", "id"),
+    sa.Index("ix_audit_events_at", "at"),
+    sa.Index("ix_audit_events_actor_id", "actor_id"),
+    sa.Index("ix_audit_events_actor_name", "actor_name"),
+    # SQLite: never reuse the id of a removed last row (AUTOINCREMENT)
+    sqlite_autoincrement=True,
+)
+
+audit_head = sa.Table(
+    "audit_head", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),  # always 1
+    sa.Column("last_id", sa.Integer, nullable=True),  # NULL: no event yet
+    sa.Column("last_hash", sa.String(64), nullable=False),
+    sa.Column("rows", sa.Integer, nullable=False),  # event rows in the chain
+)
+
+HEAD_ID = 1
+
+# --- the hash chain ----------------------------------------------------------------------------
+
+GENESIS_HASH = "0" * 64  # the prev_hash of the first event
+
+
+def plain(value: Any) -> Any:
+    """`value` as plain JSON values only, deterministically. Bytes become their length (a
+    terminal's bytes may hold a password), unknown objects their type name (their repr might
+    hold a secret), non-finite floats a string."""
+    if isinstance(value, enum.Enum):
+        return plain(value.value)
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value) if math.isfinite(value) else repr(value)
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return sorted((plain(v) for v in value), key=canonical_json)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"<{len(value)} bytes>"
+    return f"<{type(value).__name__}>"
+
+
+def canonical_json(value: Any) -> str:
+    """One text for one value: sorted keys, no spaces, ASCII only, floats by `repr` (which
+    round-trips), no NaN. `value` must already be plain (see `plain`)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def event_hash(prev_hash: str, at: float, session_id: str | None, kind: str, actor_id: str | None,
+               actor_name: str | None, detail: str) -> str:
+    """sha256 hex of ``prev_hash`` followed by the canonical JSON array
+    ``[at, session_id, kind, actor_id, actor_name, detail]``, where ``detail`` is the row's
+    stored canonical JSON text (a string inside the array). Exactly the values stored in the
+    row, as read back, so that anyone can recompute it."""
+    payload = canonical_json([float(at), session_id, kind, actor_id, actor_name, detail])
+    return hashlib.sha256((prev_hash + payload).encode("ascii")).hexdigest()
+
+
+# --- engines -------------------------------------------------------------------------------------
+
+
+def is_sqlite(url: str | sa.URL) -> bool:
+    return sa.make_url(url).get_backend_name() == "sqlite"
+
+
+def sqlite_path(url: str | sa.URL) -> Path | None:
+    """The file of a SQLite URL; None for an in-memory database or another backend."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    database = parsed.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    return Path(database).expanduser()
+
+
+def make_engine(url: str | sa.URL, *, create: bool = True) -> sa.Engine:
+    """A SQLAlchemy engine for `url`, with every table created (unless `create` is false).
+
+    SQLite: the file's parent directories are created, the journal is WAL (readers never block
+    the writer), and a connection waits up to 30 s for a lock instead of failing at once
+    (usable from any thread: each thread still takes its own connection from the pool)."""
+    if is_sqlite(url):
+        path = sqlite_path(url)
+        if path is not None and create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute("PRAGMA busy_timeout = 30000")
+                if path is not None:
+                    cursor.execute("PRAGMA journal_mode = WAL")
+                cursor.execute("PRAGMA foreign_keys = ON")
+            finally:
+                cursor.close()
+    else:
+        engine = sa.create_engine(url, pool_pre_ping=True)
+    if create:
+        create_tables(engine)
+    return engine
+
+
+def create_tables(engine: sa.Engine) -> None:
+    """Create what is missing. Two processes (or threads) may race to create the same table
+    on a new database: the loser tries again once and then sees the tables."""
+    try:
+        metadata.create_all(engine)
+    except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError) as exc:
+        log.debug("create_all raced (%s); trying again", exc)
+        metadata.create_all(engine)

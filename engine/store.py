@@ -1,0 +1,525 @@
+"""The audit store: the only writer of the audit log, and the read queries of the dashboard.
+
+`StoreActor` receives `AuditSessionStarted`, `AuditSessionEnded`, `AuditEvent` and `Flush`
+(engine/messages.py). Each of the first three becomes one hash-chained row of ``audit_events``
+(see `engine.db.event_hash`); the first two also insert or complete a ``sessions`` row.
+
+Rows are batched: the store commits when its inbox is empty, when 256 rows are pending, on
+`Flush` (answered with `Flushed` only once everything told before it is committed) and when it
+stops. A row is written only once committed; until then it is held in memory, never dropped:
+
+- a *transient* failure (the database is locked beyond the 30 s busy timeout, the connection
+  is lost, the disk is full) is logged and the whole batch is retried with a backoff, from a
+  fresh connection;
+- any other failure of a batch (a value the database refuses) is logged, and the batch is
+  written again one row per transaction, so that only the rows that fail on their own are
+  dropped, each one logged with its content.
+
+`AuditReader` runs the dashboard's sync queries on its own connections (from a worker thread,
+never on the event loop).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import pykka
+import sqlalchemy as sa
+
+from engine.db import (
+    GENESIS_HASH, HEAD_ID, audit_events, audit_head, canonical_json, event_hash, make_engine, plain, sessions,
+)
+from engine.messages import AuditEvent, AuditSessionEnded, AuditSessionStarted, Flush, Flushed
+
+log = logging.getLogger(__name__)
+
+BATCH_ROWS = 256  # commit at least this often, even while messages keep coming
+RETRY_FIRST_SECONDS = 0.05
+RETRY_MAX_SECONDS = 5.0
+_HEAD_RACES = 3  # how often to re-chain a batch when another writer moved the head
+
+
+# --- pending rows ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    """An event row as it will be stored (and read back): plain values, detail as text."""
+
+    at: float
+    session_id: str | None
+    kind: str
+    actor_id: str | None
+    actor_name: str | None
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Op:
+    event: _Event
+    session_start: dict[str, Any] | None = None  # a sessions row to insert
+    session_end: tuple[str, float, str, str | None] | None = None  # id, ended_at, reason, by
+
+
+@dataclass(frozen=True, slots=True)
+class _Head:
+    last_id: int | None
+    last_hash: str
+    rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class _RetryCommit:
+    """Told by the store's own backoff timer."""
+
+
+class _HeadMoved(Exception):
+    """The chain's head in the database is not the one this store last wrote."""
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _event(kind: str, at: float, session_id: Any, actor_id: Any, actor_name: Any, detail: dict[str, Any]) -> _Event:
+    return _Event(float(at), _text(session_id), str(kind), _text(actor_id), _text(actor_name),
+                  canonical_json(plain(detail)))
+
+
+def _op_for(message: Any) -> _Op | None:
+    match message:
+        case AuditEvent():
+            return _Op(_event(message.kind, message.at, message.session_id, message.actor_id,
+                              message.actor_name, dict(message.detail)))
+        case AuditSessionStarted():
+            row = {
+                "id": str(message.session_id), "endpoint_id": str(message.endpoint_id),
+                "endpoint_name": str(message.endpoint_name), "protocol": str(message.protocol),
+                "controller_id": str(message.controller_id), "controller_name": str(message.controller_name),
+                "started_at": float(message.started_at), "record": bool(message.record),
+            }
+            detail = {"endpoint_id": row["endpoint_id"], "endpoint_name": row["endpoint_name"],
+                      "protocol": row["protocol"], "record": row["record"]}
+            return _Op(_event("session_started", message.started_at, message.session_id, message.controller_id,
+                              message.controller_name, detail), session_start=row)
+        case AuditSessionEnded():
+            detail = {"reason": str(message.reason), "by": _text(message.by)}
+            return _Op(_event("session_ended", message.ended_at, message.session_id, None, message.by, detail),
+                       session_end=(str(message.session_id), float(message.ended_at), str(message.reason),
+                                    _text(message.by)))
+    return None
+
+
+def _transient(exc: BaseException) -> bool:
+    """Worth retrying the same rows later: the database, not the rows, is the problem."""
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError,
+                            sa.exc.TimeoutError, OSError, _HeadMoved))
+
+
+# --- the writer ----------------------------------------------------------------------------------
+
+
+class StoreActor(pykka.ThreadingActor):
+    """The only writer of the audit log. `StoreActor.start(url)` creates the database and its
+    tables in the caller's thread, so that a database that cannot be used fails the start with
+    its own error instead of a dead actor."""
+
+    def __init__(self, database_url: str) -> None:
+        super().__init__()
+        self._url = database_url
+        self._engine = make_engine(database_url)
+        self._conn: sa.Connection | None = None
+        self._head: _Head | None = None
+        self._pending: list[_Op] = []
+        self._flushes: list[Any] = []  # reply_to of Flush messages waiting for a commit
+        self._committed = 0  # event rows committed by this store
+        self._retry_delay = 0.0  # 0: not backing off
+        self._retry_timer: threading.Timer | None = None
+        self._stopping = False
+        self._notice: _Op | None = None  # written before the next batch (see _read_head)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        # Nothing here may raise: pykka would stop the actor without on_failure, and every
+        # later tell would fail. A database that is not there yet is retried like any other.
+        try:
+            self._connect()
+        except Exception as exc:
+            self._failed("cannot open the audit database", exc)
+            self._schedule_retry()
+
+    def on_stop(self) -> None:
+        self._stopping = True
+        self._cancel_retry()
+        if self._pending or self._flushes:
+            self._commit()
+        if self._pending:
+            log.error("audit store stopped with %d rows it could not write: %s", len(self._pending),
+                      "; ".join(_describe(op) for op in self._pending))
+        for reply_to in self._flushes:  # unanswered, they would wait for ever; the count says the truth
+            _reply(reply_to, Flushed(self._committed))
+        self._flushes.clear()
+        self._close()
+        self._engine.dispose()
+
+    def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
+        # on_receive never raises (see below); this is for a failure of pykka's own handling.
+        self.on_stop()
+
+    # --- messages -------------------------------------------------------------------------------
+
+    def on_receive(self, message: Any) -> None:
+        try:
+            self._receive(message)
+        except Exception:  # the store outlives any message
+            log.exception("audit store failed to handle %s", type(message).__name__)
+
+    def _receive(self, message: Any) -> None:
+        if isinstance(message, Flush):
+            self._flushes.append(message.reply_to)
+            self._commit()
+            return
+        if isinstance(message, _RetryCommit):
+            self._retry_timer = None
+            self._commit()
+            return
+        try:
+            op = _op_for(message)
+        except Exception:
+            log.exception("audit store could not encode %r; nothing written for it", message)
+            return
+        if op is None:
+            log.warning("audit store ignored an unknown message: %r", type(message).__name__)
+        else:
+            self._pending.append(op)
+        if self._retry_timer is not None:
+            return  # backing off: the timer commits (or Flush, or stop)
+        if len(self._pending) >= BATCH_ROWS or self.actor_inbox.empty():
+            self._commit()
+
+    # --- writing --------------------------------------------------------------------------------
+
+    def _commit(self) -> bool:
+        """Write every pending row; answer waiting flushes once nothing is pending."""
+        if self._pending:
+            batch = self._pending
+            try:
+                self._write_with_head_retry(batch)
+            except Exception as exc:
+                if _transient(exc):
+                    self._failed(f"cannot write {len(batch)} audit rows; keeping them to retry", exc)
+                    self._close()
+                    self._schedule_retry()
+                    return False
+                self._failed(f"a batch of {len(batch)} audit rows was refused; writing them one by one", exc)
+                if not self._write_one_by_one(batch):
+                    return False
+            else:
+                self._pending = []
+        self._retry_delay = 0.0
+        self._cancel_retry()
+        flushes, self._flushes = self._flushes, []
+        for reply_to in flushes:
+            _reply(reply_to, Flushed(self._committed))
+        return True
+
+    def _write_one_by_one(self, batch: list[_Op]) -> bool:
+        for index, op in enumerate(batch):
+            try:
+                self._write_with_head_retry([op])
+            except Exception as exc:
+                if _transient(exc):
+                    self._pending = batch[index:]
+                    self._failed(f"cannot write {len(self._pending)} audit rows; keeping them to retry", exc)
+                    self._close()
+                    self._schedule_retry()
+                    return False
+                log.error("audit row dropped, the database refused it: %s", _describe(op),
+                          exc_info=(type(exc), exc, exc.__traceback__))
+        self._pending = []
+        return True
+
+    def _write_with_head_retry(self, batch: list[_Op]) -> None:
+        for attempt in range(_HEAD_RACES):
+            try:
+                self._write(batch)
+                return
+            except _HeadMoved:
+                log.warning("another writer moved the audit chain's head; re-chaining %d rows", len(batch))
+                self._head = None  # re-read
+                if attempt == _HEAD_RACES - 1:
+                    raise
+
+    def _write(self, batch: list[_Op]) -> None:
+        conn = self._connect()
+        head = self._head
+        assert head is not None
+        if self._notice is not None:
+            batch = [self._notice, *batch]
+        rows = []
+        prev = head.last_hash
+        for op in batch:
+            e = op.event
+            digest = event_hash(prev, e.at, e.session_id, e.kind, e.actor_id, e.actor_name, e.detail)
+            rows.append({"at": e.at, "session_id": e.session_id, "kind": e.kind, "actor_id": e.actor_id,
+                         "actor_name": e.actor_name, "detail": e.detail, "prev_hash": prev, "hash": digest})
+            prev = digest
+        with conn.begin():
+            # The first statement writes, so SQLite takes its write lock (waiting for it up to
+            # the busy timeout) before this transaction reads anything.
+            ids = conn.execute(
+                audit_events.insert().returning(audit_events.c.id, sort_by_parameter_order=True), rows,
+            ).scalars().all()
+            for op in batch:
+                if op.session_start is not None:
+                    self._start_session(conn, op.session_start)
+                elif op.session_end is not None:
+                    self._end_session(conn, *op.session_end)
+            moved = conn.execute(
+                audit_head.update()
+                .where(audit_head.c.id == HEAD_ID, audit_head.c.last_hash == head.last_hash,
+                       audit_head.c.rows == head.rows)
+                .values(last_id=ids[-1], last_hash=prev, rows=head.rows + len(rows))
+            ).rowcount
+            if moved != 1:
+                raise _HeadMoved()
+        self._notice = None
+        self._head = _Head(ids[-1], prev, head.rows + len(rows))
+        self._committed += len(rows)
+
+    @staticmethod
+    def _start_session(conn: sa.Connection, row: dict[str, Any]) -> None:
+        exists = conn.execute(sa.select(sessions.c.id).where(sessions.c.id == row["id"])).first()
+        if exists is None:
+            conn.execute(sessions.insert().values(**row))
+        else:  # told twice: the later start wins, an end already written stays
+            log.warning("session %s started twice in the audit log", row["id"])
+            conn.execute(sessions.update().where(sessions.c.id == row["id"])
+                         .values(**{k: v for k, v in row.items() if k != "id"}))
+
+    @staticmethod
+    def _end_session(conn: sa.Connection, session_id: str, ended_at: float, reason: str, by: str | None) -> None:
+        done = conn.execute(
+            sessions.update().where(sessions.c.id == session_id, sessions.c.ended_at.is_(None))
+            .values(ended_at=ended_at, end_reason=reason, ended_by=by)
+        ).rowcount
+        if done != 1:  # the first end counts; the event row still records this one
+            log.info("session %s: end (%s) not applied to the sessions row: unknown or already ended",
+                     session_id, reason)
+
+    # --- the connection and the head ------------------------------------------------------------
+
+    def _connect(self) -> sa.Connection:
+        if self._conn is None or self._conn.invalidated or self._conn.closed:
+            self._close()
+            self._conn = self._engine.connect()
+        if self._head is None:
+            self._head = self._read_head(self._conn)
+        return self._conn
+
+    def _read_head(self, conn: sa.Connection) -> _Head:
+        """The chain's head as the database has it; created on a new database. A log whose head
+        row is gone gets a new one from its last row, and an `audit_head_rebuilt` event says so."""
+        try:
+            with conn.begin():
+                row = conn.execute(sa.select(audit_head).where(audit_head.c.id == HEAD_ID)).first()
+                if row is not None:
+                    return _Head(row.last_id, row.last_hash, row.rows)
+                last = conn.execute(sa.select(audit_events.c.id, audit_events.c.hash)
+                                    .order_by(audit_events.c.id.desc()).limit(1)).first()
+                count = conn.execute(sa.select(sa.func.count()).select_from(audit_events)).scalar_one()
+                head = _Head(last.id, last.hash, count) if last is not None else _Head(None, GENESIS_HASH, 0)
+                conn.execute(audit_head.insert().values(id=HEAD_ID, last_id=head.last_id,
+                                                        last_hash=head.last_hash, rows=head.rows))
+        except sa.exc.IntegrityError:  # another writer created it first
+            row = conn.execute(sa.select(audit_head).where(audit_head.c.id == HEAD_ID)).one()
+            conn.rollback()
+            return _Head(row.last_id, row.last_hash, row.rows)
+        if last is not None:
+            log.error("the audit log had %d event rows but no head row: rebuilt from row %d", count, last.id)
+            self._notice = _Op(_event("audit_head_rebuilt", time.time(), None, None, None,
+                                      {"last_id": last.id, "rows": count}))
+        return head
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:
+                log.debug("closing the audit connection failed", exc_info=True)
+            self._conn = None
+            self._head = None  # re-read with the next connection
+
+    # --- backoff --------------------------------------------------------------------------------
+
+    def _schedule_retry(self) -> None:
+        if self._stopping or self._retry_timer is not None:
+            return
+        self._retry_delay = min(RETRY_MAX_SECONDS, self._retry_delay * 2 or RETRY_FIRST_SECONDS)
+        timer = threading.Timer(self._retry_delay, _tell_quietly, (self.actor_ref, _RetryCommit()))
+        timer.name = "StoreActor-retry"
+        timer.daemon = True
+        self._retry_timer = timer
+        timer.start()
+
+    def _cancel_retry(self) -> None:
+        timer, self._retry_timer = self._retry_timer, None
+        if timer is not None:
+            timer.cancel()
+            if timer is not threading.current_thread():
+                timer.join()
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        log.error("%s (%d rows pending, %d committed): %s: %s", what, len(self._pending), self._committed,
+                  type(exc).__name__, exc, exc_info=(type(exc), exc, exc.__traceback__))
+
+
+def _tell_quietly(ref: Any, message: Any) -> None:
+    try:
+        ref.tell(message)
+    except pykka.ActorDeadError:
+        pass
+
+
+def _reply(reply_to: Any, message: Any) -> None:
+    try:
+        reply_to(message)
+    except Exception:
+        log.exception("a Flush's reply_to failed")
+
+
+def _describe(op: _Op) -> str:
+    e = op.event
+    return canonical_json({"at": e.at, "session_id": e.session_id, "kind": e.kind, "actor_id": e.actor_id,
+                           "actor_name": e.actor_name, "detail": e.detail})
+
+
+# --- the read side -------------------------------------------------------------------------------
+
+
+def _session_dict(row: Any) -> dict[str, Any]:
+    d = dict(row._mapping)
+    d["record"] = bool(d["record"])
+    d["live"] = d["ended_at"] is None
+    return d
+
+
+def _event_dict(row: Any) -> dict[str, Any]:
+    d = dict(row._mapping)
+    try:
+        d["detail"] = json.loads(d["detail"]) if d["detail"] else {}
+    except ValueError:
+        d["detail"] = {"unreadable": d["detail"]}
+    return d
+
+
+def _kinds(kind: str | Iterable[str] | None) -> list[str] | None:
+    if kind is None:
+        return None
+    return [kind] if isinstance(kind, str) else list(kind)
+
+
+class AuditReader:
+    """Sync read queries over the audit log, for the dashboard. Blocking: call them from a
+    worker thread (`trio.to_thread.run_sync`). Each call takes its own connection from this
+    reader's pool; with SQLite's WAL, reading never waits for the store's writes.
+
+    Rows are plain dicts. Times are wall-clock seconds (floats)."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._engine = make_engine(url)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    def sessions(self, live: bool | None = None, endpoint_id: str | None = None, user: str | None = None,
+                 since: float | None = None, until: float | None = None, end_reason: str | None = None,
+                 limit: int = 50, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """Sessions, newest first, and how many match in all.
+
+        `live`: True for sessions not ended yet, False for ended ones. `user`: an id or a name
+        that is the controller's or any participant's (the actor of a ``join`` event).
+        `since`/`until`: sessions that were live at some time in [since, until)."""
+        s = sessions.c
+        where = []
+        if live is True:
+            where.append(s.ended_at.is_(None))
+        elif live is False:
+            where.append(s.ended_at.is_not(None))
+        if endpoint_id is not None:
+            where.append(s.endpoint_id == endpoint_id)
+        if end_reason is not None:
+            where.append(s.end_reason == end_reason)
+        if since is not None:
+            where.append(sa.or_(s.ended_at.is_(None), s.ended_at >= since))
+        if until is not None:
+            where.append(s.started_at < until)
+        if user is not None:
+            e = audit_events.c
+            joined = sa.select(e.session_id).where(
+                e.kind == "join", e.session_id.is_not(None), sa.or_(e.actor_id == user, e.actor_name == user))
+            where.append(sa.or_(s.controller_id == user, s.controller_name == user, s.id.in_(joined)))
+        query = sa.select(sessions).where(*where)
+        with self._engine.connect() as conn:
+            total = conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one()
+            rows = conn.execute(query.order_by(s.started_at.desc(), s.id)
+                                .limit(max(0, limit)).offset(max(0, offset))).all()
+        return [_session_dict(r) for r in rows], total
+
+    def session(self, id: str) -> dict[str, Any] | None:
+        """One session, with ``participants``: everyone who joined it (from ``join`` events),
+        in order of their first join: dicts of ``actor_id``, ``actor_name``, ``role``."""
+        e = audit_events.c
+        with self._engine.connect() as conn:
+            row = conn.execute(sa.select(sessions).where(sessions.c.id == id)).first()
+            if row is None:
+                return None
+            joins = conn.execute(sa.select(e.actor_id, e.actor_name, e.detail)
+                                 .where(e.session_id == id, e.kind == "join").order_by(e.id)).all()
+        result = _session_dict(row)
+        seen: dict[tuple[Any, Any], dict[str, Any]] = {}
+        for actor_id, actor_name, detail in joins:
+            key = (actor_id, actor_name)
+            if key not in seen:
+                try:
+                    role = json.loads(detail).get("role")
+                except (ValueError, AttributeError):
+                    role = None
+                seen[key] = {"actor_id": actor_id, "actor_name": actor_name, "role": role}
+        result["participants"] = list(seen.values())
+        return result
+
+    def events(self, session_id: str | None = None, kind: str | Iterable[str] | None = None,
+               actor: str | None = None, since: float | None = None, until: float | None = None,
+               limit: int = 100, offset: int = 0, newest_first: bool = False) -> tuple[list[dict[str, Any]], int]:
+        """Event rows in the order they were written (or newest first), and how many match in
+        all. `kind`: one kind or several. `actor`: an id or a name. `since`/`until`: ``at`` in
+        [since, until). ``detail`` is returned parsed."""
+        e = audit_events.c
+        where = []
+        if session_id is not None:
+            where.append(e.session_id == session_id)
+        kinds = _kinds(kind)
+        if kinds is not None:
+            where.append(e.kind.in_(kinds))
+        if actor is not None:
+            where.append(sa.or_(e.actor_id == actor, e.actor_name == actor))
+        if since is not None:
+            where.append(e.at >= since)
+        if until is not None:
+            where.append(e.at < until)
+        with self._engine.connect() as conn:
+            total = conn.execute(sa.select(sa.func.count()).select_from(audit_events).where(*where)).scalar_one()
+            rows = conn.execute(sa.select(audit_events).where(*where)
+                                .order_by(e.id.desc() if newest_first else e.id)
+                                .limit(max(0, limit)).offset(max(0, offset))).all()
+        return [_event_dict(r) for r in rows], total
