@@ -1,0 +1,465 @@
+"""SSH endpoint connection: asyncssh on the gateway's trio loop, through trio-asyncio.
+
+Everything that knows about asyncssh or trio-asyncio lives in this module (and in the demo
+server, `protocols.demo_ssh`), so that trio-asyncio can be replaced without touching anything
+else. See docs/ssh.md for the design.
+
+Threads: `open`, `send_input`, `resize` and `close` are called from an actor thread. They only
+schedule work onto the trio loop through the `LoopBridge` and return at once. Everything else
+runs on the loop: one connection task per attempt (each `open` is one attempt), which owns an
+asyncio loop of its own (`trio_asyncio.open_loop()`), the asyncssh connection, the shell
+channel and a writer task fed by a bounded trio memory channel.
+
+Reports go to `EndpointEvents` (tells, never blocking) under a per-attempt lock, so that once
+`close()` has returned nothing more is reported. Terminal data stays bytes end to end.
+
+Credentials are used here and nowhere else: never logged, never in a reported detail, never in
+a repr.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import socket
+import threading
+from typing import Any, Callable
+
+import asyncssh
+import trio
+import trio_asyncio
+
+from engine.bridge import LoopBridge, LoopClosed
+from protocols.base import Credentials, EndpointEvents
+
+log = logging.getLogger(__name__)
+
+INPUT_QUEUE_CHUNKS = 512  # input chunks waiting for the endpoint; more are dropped, never waited for
+_CLOSE_GRACE = 2.0  # seconds to let a closing connection say goodbye before it is abandoned
+
+
+# --- host keys ------------------------------------------------------------------------------
+
+
+def _key_parts(openssh_key: str) -> tuple[str, bytes]:
+    """(algorithm, blob) of a public key in OpenSSH format: `TYPE BASE64 [COMMENT]`."""
+    parts = openssh_key.split()
+    if len(parts) < 2:
+        raise ValueError("not an OpenSSH public key (expected 'TYPE BASE64 [COMMENT]')")
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not an OpenSSH public key (bad base64)") from None
+    return parts[0], blob
+
+
+def fingerprint(openssh_key: str) -> str:
+    """The SHA256 fingerprint of an OpenSSH public key, as `ssh-keygen -l` prints it."""
+    _, blob = _key_parts(openssh_key)
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def _openssh_text(key: asyncssh.SSHKey) -> str:
+    """`TYPE BASE64` of a public key, without a comment."""
+    return " ".join(key.export_public_key("openssh").decode().split()[:2])
+
+
+# --- one attempt ----------------------------------------------------------------------------
+
+
+class _Failure(Exception):
+    """A failure whose detail is already written for the user (and safe to show)."""
+
+    def __init__(self, detail: str, retryable: bool) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retryable = retryable
+
+
+class _Attempt:
+    """State of one `open()`: its events sink, its cancel scope and its input queue.
+
+    `report` is the only way anything reaches `events`; it holds `lock` while telling, and
+    `close` takes the same lock, so a report never follows a `close()` that has returned.
+    """
+
+    def __init__(self, events: EndpointEvents, cols: int, rows: int) -> None:
+        self.events = events
+        self.lock = threading.Lock()
+        self.closed = False  # close() was called: report nothing more
+        self.finished = False  # closed or failed was reported
+        self.scope = trio.CancelScope()
+        self.input_send, self.input_recv = trio.open_memory_channel[bytes](INPUT_QUEUE_CHUNKS)
+        self.size = (cols, rows)
+        self.channel: Any = None  # the asyncssh shell channel, once open (loop only)
+        self.server_key: asyncssh.SSHKey | None = None
+        self.mismatched_key: asyncssh.SSHKey | None = None
+        self.dropped_chunks = 0
+
+    def report(self, what: str, *args: Any) -> None:
+        with self.lock:
+            if self.closed or self.finished:
+                return
+            if what in ("closed", "failed"):
+                self.finished = True
+            try:
+                getattr(self.events, what)(*args)
+            except Exception:  # a dead actor must not take the connection task down
+                log.exception("ssh: reporting %s failed", what)
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+
+    # the three below run on the loop (scheduled with bridge.call_soon)
+
+    def feed(self, data: bytes) -> None:
+        try:
+            self.input_send.send_nowait(data)
+        except trio.WouldBlock:
+            self.dropped_chunks += 1
+            if self.dropped_chunks == 1 or self.dropped_chunks % 100 == 0:
+                log.warning("ssh: input queue full, %d input chunk(s) dropped so far", self.dropped_chunks)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            log.debug("ssh: input after the connection ended was dropped")
+
+    def apply_size(self) -> None:
+        channel = self.channel
+        if channel is None:
+            return  # the shell is not open yet; it will be opened with self.size
+        try:
+            channel.change_terminal_size(*self.size)
+        except Exception as exc:  # the channel may be closing
+            log.debug("ssh: terminal resize not sent: %s", type(exc).__name__)
+
+    def cancel(self) -> None:
+        self.scope.cancel()
+
+
+class _Client(asyncssh.SSHClient):
+    """Checks the server's host key during key exchange, before any credential is sent."""
+
+    def __init__(self, attempt: _Attempt, known_key: str | None) -> None:
+        self._attempt = attempt
+        self._known_blob = _key_parts(known_key)[1] if known_key else None
+
+    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
+        # Only called for keys not already trusted; with a pinned key that means a mismatch.
+        if self._known_blob is None:
+            self._attempt.server_key = key
+            return True
+        if key.public_data == self._known_blob:  # pragma: no cover - asyncssh trusts it first
+            self._attempt.server_key = key
+            return True
+        self._attempt.mismatched_key = key
+        return False
+
+
+class _Shell(asyncssh.SSHClientSession):
+    """The shell channel's callbacks (on the loop, in asyncio context)."""
+
+    def __init__(self, attempt: _Attempt) -> None:
+        self._attempt = attempt
+        self.exit_status: int | None = None
+        self.exit_signal: str | None = None
+        self.error: Exception | None = None
+        self.can_write = trio.Event()
+        self.can_write.set()
+
+    def data_received(self, data: bytes, datatype: Any) -> None:
+        self._attempt.report("output", data)
+
+    def exit_status_received(self, status: int) -> None:
+        self.exit_status = status
+
+    def exit_signal_received(self, signal: str, core_dumped: bool, msg: str, lang: str) -> None:
+        self.exit_signal = signal
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.error = exc
+        self.can_write.set()  # let the writer notice the end
+
+    def pause_writing(self) -> None:
+        self.can_write = trio.Event()
+
+    def resume_writing(self) -> None:
+        self.can_write.set()
+
+
+# --- the connection -------------------------------------------------------------------------
+
+
+class SshConnection:
+    """An interactive shell on an SSH endpoint, as an `EndpointConnection`."""
+
+    def __init__(self, bridge: LoopBridge, host: str, port: int, credentials: Credentials, *,
+                 known_host_key: str | None, on_host_key: Callable[[str], None] | None = None,
+                 connect_timeout: float = 10.0, keepalive_interval: float = 15.0,
+                 keepalive_count_max: int = 3, term_type: str = "xterm-256color") -> None:
+        if known_host_key is not None:
+            _key_parts(known_host_key)  # refuse a malformed pin now, not at connect time
+        self._bridge = bridge
+        self._host = host
+        self._port = port
+        self._credentials = credentials
+        self._known_host_key = known_host_key
+        self._on_host_key = on_host_key
+        self._connect_timeout = connect_timeout
+        self._keepalive_interval = keepalive_interval
+        self._keepalive_count_max = keepalive_count_max
+        self._term_type = term_type
+        self._lock = threading.Lock()
+        self._attempt: _Attempt | None = None
+        self._closed = False
+        self._client_key: asyncssh.SSHKey | None = None  # the imported private key, kept for retries
+
+    @property
+    def where(self) -> str:
+        return f"{self._host}:{self._port}"
+
+    def __repr__(self) -> str:
+        return f"SshConnection({self._credentials.username}@{self.where})"
+
+    # --- the EndpointConnection contract (called from actor threads) -------------------------
+
+    def open(self, events: EndpointEvents, cols: int, rows: int) -> None:
+        with self._lock:
+            if self._closed:
+                log.debug("ssh %s: open after close ignored", self.where)
+                return
+            previous, self._attempt = self._attempt, _Attempt(events, cols, rows)
+            attempt = self._attempt
+        if previous is not None:
+            self._stop(previous)
+        try:
+            self._bridge.spawn(self._run, attempt)
+        except LoopClosed:
+            attempt.report("failed", "the gateway's network loop is not running", False)
+
+    def send_input(self, data: bytes) -> None:
+        attempt = self._attempt
+        if attempt is None or attempt.closed or not data:
+            return
+        try:
+            self._bridge.call_soon(attempt.feed, bytes(data))
+        except LoopClosed:
+            log.debug("ssh %s: input dropped, loop closed", self.where)
+
+    def resize(self, cols: int, rows: int) -> None:
+        attempt = self._attempt
+        if attempt is None or attempt.closed:
+            return
+        attempt.size = (cols, rows)
+        try:
+            self._bridge.call_soon(attempt.apply_size)
+        except LoopClosed:
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            attempt = self._attempt
+        if attempt is not None:
+            self._stop(attempt)
+
+    def _stop(self, attempt: _Attempt) -> None:
+        attempt.close()
+        try:
+            self._bridge.call_soon(attempt.cancel)
+        except LoopClosed:
+            pass  # nothing runs on a closed loop
+
+    # --- on the loop -------------------------------------------------------------------------
+
+    async def _run(self, attempt: _Attempt) -> None:
+        """One attempt, from connect to the shell's end. Lets no exception out but the
+        bridge's own cancellation: an exception here would take the gateway down."""
+        try:
+            with attempt.scope:
+                async with trio_asyncio.open_loop():
+                    await self._session(attempt)
+        except BaseException as exc:
+            cancelled, failure = _split_cancelled(exc)
+            if failure is not None:
+                self._report_failure(attempt, failure)
+            if cancelled is not None:
+                raise cancelled from None
+        finally:
+            attempt.channel = None
+            attempt.input_recv.close()
+
+    async def _session(self, attempt: _Attempt) -> None:
+        client_key = await self._load_client_key()
+        creds = self._credentials
+        known = self._known_host_key
+        # an SSHKey, never the text: asyncssh would take a string for a file name
+        trusted = [asyncssh.import_public_key(known)] if known else []
+        conn = None
+        try:
+            conn = await trio_asyncio.aio_as_trio(asyncssh.connect)(
+                self._host, self._port,
+                client_factory=lambda: _Client(attempt, known),
+                known_hosts=(trusted, [], []),
+                username=creds.username,
+                password=creds.password or None,
+                client_keys=[client_key] if client_key is not None else None,
+                # nothing from the gateway's own account: no ~/.ssh/config, keys, agent, CAs
+                config=None, agent_path=None, x509_trusted_certs=None,
+                gss_auth=False, gss_kex=False, host_based_auth=False,
+                connect_timeout=self._connect_timeout,
+                keepalive_interval=self._keepalive_interval,
+                keepalive_count_max=self._keepalive_count_max,
+            )
+            self._record_host_key(attempt, conn)
+            shell: _Shell | None = None
+
+            def make_shell() -> _Shell:
+                nonlocal shell
+                shell = _Shell(attempt)
+                return shell
+
+            channel, _ = await trio_asyncio.aio_as_trio(conn.create_session)(
+                make_shell, term_type=self._term_type, term_size=attempt.size, encoding=None)
+            assert shell is not None
+            attempt.channel = channel
+            attempt.apply_size()  # a resize may have come while the channel was opening
+            version = conn.get_extra_info("server_version") or "SSH server"
+            log.info("ssh %s: shell open for %s (%s)", self.where, creds.username, version)
+            attempt.report("opened", f"{creds.username}@{self.where} ({version})")
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_input, attempt, channel, shell)
+                await trio_asyncio.aio_as_trio(channel.wait_closed)()
+                nursery.cancel_scope.cancel()
+
+            if shell.error is not None:
+                raise shell.error
+            if shell.exit_signal is not None:
+                detail = f"remote shell ended by signal {shell.exit_signal}"
+            elif shell.exit_status is not None:
+                detail = f"remote shell exited with status {shell.exit_status}"
+            else:
+                detail = "remote shell closed the session"
+            log.info("ssh %s: %s", self.where, detail)
+            attempt.report("closed", detail)
+        except asyncssh.PermissionDenied:
+            if conn is None:
+                self._record_host_key(attempt, None)  # the key exchange completed
+            raise
+        finally:
+            if conn is not None:
+                conn.close()
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = trio.current_time() + _CLOSE_GRACE
+                    await trio_asyncio.aio_as_trio(conn.wait_closed)()
+                if scope.cancelled_caught:
+                    conn.abort()
+
+    async def _write_input(self, attempt: _Attempt, channel: Any, shell: _Shell) -> None:
+        async for data in attempt.input_recv:
+            await shell.can_write.wait()  # the endpoint's window is full: let the queue fill
+            if shell.error is not None or channel.is_closing():
+                return
+            channel.write(data)
+
+    async def _load_client_key(self) -> asyncssh.SSHKey | None:
+        creds = self._credentials
+        if not creds.private_key:
+            return None
+        if self._client_key is None:
+            try:
+                # decrypting a key runs a deliberately slow KDF: keep it off the loop
+                self._client_key = await trio.to_thread.run_sync(
+                    asyncssh.import_private_key, creds.private_key, creds.passphrase or None)
+            except (asyncssh.KeyImportError, ValueError, TypeError) as exc:
+                # asyncssh's messages are fixed texts; still, none of them is passed on as is
+                reason = str(exc)
+                if "bcrypt" in reason:
+                    detail = ("the private key is in OpenSSH's encrypted format, which needs the "
+                              "'bcrypt' package on the gateway")
+                elif "Passphrase must be specified" in reason:
+                    detail = "the private key is encrypted and no passphrase was given"
+                else:
+                    detail = "the private key could not be read (wrong passphrase or not a supported private key)"
+                raise _Failure(detail, retryable=False) from None
+        return self._client_key
+
+    def _record_host_key(self, attempt: _Attempt, conn: Any) -> None:
+        if self._known_host_key is not None:
+            return
+        key = attempt.server_key or (conn.get_server_host_key() if conn is not None else None)
+        if key is None:
+            return
+        text = _openssh_text(key)
+        # pin it for this connection's retries; the caller records it for the endpoint
+        self._known_host_key = text
+        log.info("ssh %s: host key %s accepted on first use", self.where, fingerprint(text))
+        if self._on_host_key is not None and not attempt.closed:
+            try:
+                self._on_host_key(text)
+            except Exception:
+                log.exception("ssh %s: on_host_key failed", self.where)
+
+    def _report_failure(self, attempt: _Attempt, exc: BaseException) -> None:
+        detail, retryable, unexpected = self._describe(attempt, exc)
+        if unexpected:
+            log.error("ssh %s: %s", self.where, detail, exc_info=exc)
+        else:
+            log.warning("ssh %s: %s (%s)", self.where, detail, "retryable" if retryable else "final")
+        attempt.report("failed", detail, retryable)
+
+    def _describe(self, attempt: _Attempt, exc: BaseException) -> tuple[str, bool, bool]:
+        """(detail, retryable, unexpected). Details name the endpoint and never a secret."""
+        where = self.where
+        if isinstance(exc, _Failure):
+            return exc.detail, exc.retryable, False
+        if attempt.mismatched_key is not None:
+            expected = fingerprint(self._known_host_key or "")
+            got = attempt.mismatched_key.get_fingerprint("sha256")
+            return (f"host key of {where} changed (expected {expected}, got {got}); "
+                    "an administrator must accept the new key", False, False)
+        if isinstance(exc, asyncssh.PermissionDenied):
+            return f"authentication failed for user {self._credentials.username}", False, False
+        if isinstance(exc, asyncssh.HostKeyNotVerifiable):
+            return f"host key of {where} could not be verified", False, False
+        if isinstance(exc, asyncssh.KeyExchangeFailed) and self._known_host_key is not None:
+            return (f"key exchange with {where} failed; its host key may have changed "
+                    f"(expected {fingerprint(self._known_host_key)})", False, False)
+        if isinstance(exc, asyncssh.ConnectionLost):
+            if "keepalive" in str(exc).lower():
+                return f"{where} stopped answering keepalives", True, False
+            return f"connection to {where} lost", True, False
+        if isinstance(exc, asyncssh.ProtocolNotSupported):
+            return f"{where} speaks an unsupported SSH protocol version", False, False
+        if isinstance(exc, asyncssh.DisconnectError):
+            return f"{where} disconnected: {exc.reason}", True, False
+        if isinstance(exc, ConnectionRefusedError):
+            return f"connection to {where} refused", True, False
+        if isinstance(exc, (TimeoutError, trio.TooSlowError)):
+            return f"connection to {where} timed out after {self._connect_timeout:g} s", True, False
+        if isinstance(exc, socket.gaierror):
+            return f"cannot resolve host {self._host}", True, False
+        if isinstance(exc, OSError):
+            return f"cannot connect to {where}: {exc.strerror or type(exc).__name__}", True, False
+        return f"internal error in the SSH connection to {where} ({type(exc).__name__})", True, True
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def _split_cancelled(exc: BaseException) -> tuple[BaseException | None, BaseException | None]:
+    """(what must propagate, the first real failure) of what ended an attempt."""
+    leaves = _leaves(exc)
+    failures = [leaf for leaf in leaves if isinstance(leaf, Exception)]
+    others = [leaf for leaf in leaves if not isinstance(leaf, Exception)]
+    if not others:
+        return None, failures[0] if failures else None
+    if isinstance(exc, BaseExceptionGroup):
+        propagate, _ = exc.split(lambda e: not isinstance(e, Exception))
+        return propagate, failures[0] if failures else None
+    return exc, None
