@@ -36,6 +36,7 @@ class EngineSettings:
     queue_max_bytes: int
     endpoint_retries: int
     endpoint_backoff_seconds: float
+    endpoint_retry_window_seconds: float
     database_url: str
 
 

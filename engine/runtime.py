@@ -26,7 +26,7 @@ from engine.actors.supervisor import EngineSupervisor
 from engine.clock import Clock, SystemClock
 from engine.errors import EngineNotRunning, ReplyTimeout
 from engine.messages import (
-    Accepted, Disconnected, Eject, EndpointSpec, Extend, Flush, Flushed, Input, Join, Joined, Leave,
+    Accepted, Describe, Disconnected, Eject, EndpointSpec, Extend, Flush, Flushed, Input, Join, Joined, Leave,
     Protocol, Refused, Resize, Route, SessionSummary, SetJointSession, Shutdown, StartSession, Terminate,
     TransferControl, User, Watch,
 )
@@ -180,6 +180,10 @@ class Engine:
 
     def extend(self, session_id: str, until: float, by: User, timeout: float = 10.0) -> Accepted | Refused:
         return self._call(lambda r: self.route(session_id, Extend(until, by, r)), timeout)
+
+    def describe(self, session_id: str, timeout: float = 10.0) -> SessionSummary | Refused:
+        """The session as it is after every message sent to it before this call."""
+        return self._call(lambda r: self.route(session_id, Describe(r)), timeout)
 
     def flush_audit(self, timeout: float = 10.0) -> Flushed:
         if self._store is None:

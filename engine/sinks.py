@@ -111,13 +111,15 @@ class OutboundQueue:
         return self._pending_bytes
 
     def _drop_pending_data(self, count: bool = True) -> None:
+        """Drop frames and any keyframe not yet taken: a newer keyframe will replace them all.
+        Control events stay, in order."""
         kept = []
         for item in self._items:
             if item.kind == "data":
                 if count:
                     self.dropped_frames += len(item.value)
                     self.delivered_frames -= len(item.value)
-            elif item.kind != "keyframe":
+            elif item.kind == "event" and not isinstance(item.value, Resync):
                 kept.append(item)
         self._items = kept
         self._pending_bytes = 0

@@ -4,13 +4,15 @@ the endpoint's frames out to the subscribed participants.
 Fan-out happens here, not in the session, so that a joiner's keyframe and the frames after it
 come from one sender, in order: the keyframe covers exactly the frames before it.
 
-Restart strategy (OTP's *transient*, bounded): a connection that fails with a retryable error
-is reopened after a backoff that doubles each time, at most `retries` times; the count resets
-once a connection has stayed open. Then the session is told `EndpointFailed` and ends.
+Restart strategy (OTP's *transient*, with an intensity bound): a connection that fails with a
+retryable error is reopened after a backoff that doubles with each recent failure; more than
+`retries` failures within `window` seconds and the session is told `EndpointFailed` and ends.
+The window, not a reset on reconnect, bounds an endpoint that accepts and drops at once.
 """
 
 from __future__ import annotations
 
+import collections
 import logging
 from typing import Any
 
@@ -31,7 +33,7 @@ log = logging.getLogger(__name__)
 
 class EndpointActor(pykka.ThreadingActor):
     def __init__(self, session_ref: Any, session_id: str, connection: EndpointConnection,
-                 screen: ScreenModel, clock: Clock, retries: int, backoff: float) -> None:
+                 screen: ScreenModel, clock: Clock, retries: int, backoff: float, window: float) -> None:
         super().__init__()
         self._session = session_ref
         self._session_id = session_id
@@ -40,9 +42,10 @@ class EndpointActor(pykka.ThreadingActor):
         self._clock = clock
         self._retries = retries
         self._backoff = backoff
+        self._window = window
         self._subscribers: dict[str, Any] = {}
         self._refs: list[Any] = []  # the hot path iterates a list, not a dict view
-        self._failures = 0
+        self._failures: collections.deque[float] = collections.deque()
         self._size = (80, 24)
         self._retry_timer: Timer | None = None
         self._closed = False
@@ -77,7 +80,6 @@ class EndpointActor(pykka.ThreadingActor):
                 if not self._closed:
                     self._connection.open(EndpointEvents(self.actor_ref), *self._size)
             case EndpointOpened(detail=detail):
-                self._failures = 0
                 send(self._session, EndpointReady(detail))
             case EndpointClosed(detail=detail):
                 send(self._session, EndpointFinished(detail))
@@ -89,15 +91,18 @@ class EndpointActor(pykka.ThreadingActor):
     def _on_error(self, detail: str, retryable: bool) -> None:
         if self._closed:
             return
-        self._failures += 1
-        if not retryable or self._failures > self._retries:
+        now = self._clock.now()
+        while self._failures and self._failures[0] <= now - self._window:
+            self._failures.popleft()
+        self._failures.append(now)
+        attempt = len(self._failures)
+        if not retryable or attempt > self._retries:
             send(self._session, EndpointFailed(detail))
             return
-        delay = self._backoff * 2 ** (self._failures - 1)
-        send(self._session, EndpointRetrying(self._failures, delay, detail))
+        delay = self._backoff * 2 ** (attempt - 1)
         ref = self.actor_ref
-        self._retry_timer = self._clock.call_later(
-            delay, lambda: send(ref, ReconnectEndpoint(self._failures)))
+        self._retry_timer = self._clock.call_later(delay, lambda: send(ref, ReconnectEndpoint(attempt)))
+        send(self._session, EndpointRetrying(attempt, delay, detail))
 
     def _close(self) -> None:
         if self._closed:

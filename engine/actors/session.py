@@ -110,6 +110,7 @@ class SessionActor(pykka.ThreadingActor):
                     self._set_state(SessionState.ACTIVE)
             case EndpointRetrying(attempt=attempt, delay=delay, detail=detail):
                 self._audit("endpoint_retry", attempt=attempt, delay=delay, error=detail)
+                self._broadcast(message)  # everyone sees "reconnecting", not a frozen screen
             case EndpointFailed(detail=detail):
                 self._audit("endpoint_failure", error=detail)
                 self._end(EndReason.ENDPOINT_FAILED, detail=detail)
@@ -136,7 +137,8 @@ class SessionActor(pykka.ThreadingActor):
         self._endpoint = EndpointActor.start(
             self.actor_ref, self._id, start.connection,
             screen_for(start.endpoint.protocol, start.cols, start.rows), self._clock,
-            self._settings.endpoint_retries, self._settings.endpoint_backoff_seconds)
+            self._settings.endpoint_retries, self._settings.endpoint_backoff_seconds,
+            self._settings.endpoint_retry_window_seconds)
         member = self._add(start.controller, Role.CONTROLLER, start.sink)
         self._controller_pid = member.participant_id
         self._endpoint.tell(OpenEndpoint(start.cols, start.rows))

@@ -1,4 +1,6 @@
 import json
+import threading
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -18,6 +20,12 @@ def viewer(n: int) -> User:
     return User(f"viewer{n}", f"Viewer {n}")
 
 
+def make_engine(settings, clock, tmp_path):
+    """An engine whose endpoints are synthetic: the network is not what these tests test."""
+    return Engine(settings, clock=clock, database_url=f"sqlite:///{tmp_path / 'audit.db'}",
+                  connect=lambda start: SyntheticConnection(clock))
+
+
 @pytest.fixture
 def clock():
     return ManualClock()
@@ -27,7 +35,7 @@ def clock():
 def engine(tmp_path, clock):
     assert actor_threads() == []
     settings = load(env={}, engine={"grace_seconds": 30.0, "endpoint_retries": 2, "endpoint_backoff_seconds": 1.0})
-    engine = Engine(settings, clock=clock, database_url=f"sqlite:///{tmp_path / 'audit.db'}").start()
+    engine = make_engine(settings, clock, tmp_path).start()
     yield engine
     engine.stop()
     assert actor_threads() == [], "an actor thread outlived Engine.stop()"
@@ -43,6 +51,18 @@ def session(engine, connection):
     controller = engine.open_session(SSH, ALICE, connection=connection)
     assert controller.sink.wait_for(lambda s: any(getattr(e, "state", None) == "active" for e in s.events))
     return controller
+
+
+def wait_until(predicate, timeout=5.0):
+    """Poll a condition that no sink reports (a connection's counters) until it holds or the
+    bound passes. A bound on waiting for the actors, not a wait for time to pass."""
+    done = threading.Event()
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        done.wait(0.001)
+    return True
 
 
 def audit_rows(engine):

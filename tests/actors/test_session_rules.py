@@ -7,7 +7,8 @@ from engine.messages import (
     SessionEnded, SessionState, StateChanged, Ejected,
 )
 from engine.runtime import Participant
-from tests.actors.conftest import ADMIN, ALICE, SSH, audit_rows, kinds, viewer
+from config.settings import load
+from tests.actors.conftest import make_engine, wait_until, ADMIN, ALICE, SSH, audit_rows, kinds, viewer
 
 
 def ended(participant, reason):
@@ -40,16 +41,13 @@ def test_the_eleventh_viewer_is_refused_and_nothing_else_changes(engine, session
     assert all(isinstance(v, Participant) for v in viewers)
     refused = engine.join_session(session.session_id, viewer(10))
     assert refused == Refused(Reason.VIEWER_CAP, "this session already has 10 viewers")
-    summary = engine.session(session.session_id)
+    summary = engine.describe(session.session_id)
     assert len(summary.viewers) == 10 and summary.state is SessionState.ACTIVE
     assert kinds(engine).count("join") == 10 and kinds(engine).count("join_refused") == 1
 
 
 def test_a_lowered_cap_is_enforced(tmp_path, clock):
-    from config.settings import load
-    from engine.runtime import Engine
-    with Engine(load(env={}, engine={"max_viewers": 2}), clock=clock,
-                database_url=f"sqlite:///{tmp_path / 'a.db'}") as engine:
+    with make_engine(load(env={}, engine={"max_viewers": 2}), clock, tmp_path) as engine:
         controller = engine.open_session(SSH, ALICE)
         assert [type(engine.join_session(controller.session_id, viewer(n))).__name__ for n in range(3)] == [
             "Participant", "Participant", "Refused"]
@@ -66,7 +64,7 @@ def test_the_toggle_applies_to_the_next_join_of_a_live_session(engine, session):
     assert isinstance(engine.join_session(session.session_id, viewer(1)), Participant)
     engine.set_joint_session(SSH.id, False)
     assert engine.join_session(session.session_id, viewer(2)).reason is Reason.JOINT_SESSION_DISABLED
-    assert len(engine.session(session.session_id).viewers) == 1  # who already watches stays
+    assert len(engine.describe(session.session_id).viewers) == 1  # who already watches stays
 
 
 def test_unshareable_protocol_and_no_access_are_refused(engine):
@@ -97,7 +95,7 @@ def test_administrator_terminates_for_everyone_at_once(engine, session, connecti
         assert ended(p, EndReason.TERMINATED)
         assert p.sink.events_of(SessionEnded)[0].by == ADMIN
         assert p.sink.wait_for(lambda s: s.closed)
-    assert connection.closed and engine.live_sessions() == []
+    assert wait_until(lambda: connection.closed) and wait_until(lambda: engine.live_sessions() == [])
     assert engine.join_session(session.session_id, viewer(2)).reason is Reason.SESSION_ENDED
     rows = audit_rows(engine)
     assert ("terminate_refused", "Alice", {"reason": "not_administrator"}) in rows
@@ -116,7 +114,7 @@ def test_expiry_at_the_deadline_and_extension(engine, clock):
     assert bob.sink.wait_for(lambda s: any(isinstance(e, StateChanged) and e.deadline == clock.now() + 60
                                            for e in s.events))
     clock.advance(45)  # the old deadline passes: its timer fires and is ignored
-    assert engine.session(controller.session_id).state is SessionState.ACTIVE
+    assert engine.describe(controller.session_id).state is SessionState.ACTIVE
     clock.advance(16)
     assert ended(controller, EndReason.EXPIRED) and ended(bob, EndReason.EXPIRED)
     assert kinds(engine)[-3:] == ["extend", "expire", "session_ended"]
@@ -139,11 +137,15 @@ def test_controller_disconnect_grace_and_return(engine, session, clock):
     back.send_input(b"back\r")
     assert back.wait_for_output(b"back")
     clock.advance(5)  # the first grace timer fires now and is ignored
-    assert engine.session(session.session_id).state is SessionState.ACTIVE
+    assert engine.describe(session.session_id).state is SessionState.ACTIVE
     back.disconnect()
-    clock.advance(31)
+    assert bob.sink.wait_for(lambda s: [e.state for e in s.events_of(StateChanged)].count(
+        SessionState.DISCONNECTED) == 2)
+    clock.advance(29)
+    assert engine.describe(session.session_id).state is SessionState.DISCONNECTED
+    clock.advance(2)
     assert ended(bob, EndReason.ABANDONED)
-    assert engine.live_sessions() == []
+    assert wait_until(lambda: engine.live_sessions() == [])
     assert ["disconnect", "reconnect", "disconnect"] == [k for k in kinds(engine) if k in ("disconnect", "reconnect")]
 
 
@@ -164,4 +166,4 @@ def test_eject_one_viewer(engine, session):
     assert bob.sink.wait_for(lambda s: any(e.reason == "ejected" and e.by == ALICE
                                            for e in s.events_of(ParticipantLeft)))
     assert session.eject(session.participant_id, ADMIN).reason is Reason.NOT_PERMITTED
-    assert [len(engine.session(session.session_id).viewers)] == [1]
+    assert [len(engine.describe(session.session_id).viewers)] == [1]
