@@ -83,6 +83,41 @@ audit_head = sa.Table(
 
 HEAD_ID = 1
 
+# --- users, endpoints and who may use which (dashboard/accounts.py, dashboard/endpoints.py) --------
+
+users = sa.Table(
+    "users", metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(64), nullable=False, unique=True),
+    sa.Column("password_hash", sa.Text, nullable=False),  # argon2id (argon2-cffi)
+    sa.Column("is_admin", sa.Boolean, nullable=False, default=False),
+    sa.Column("created_at", sa.Float, nullable=False),  # wall-clock seconds since the epoch
+)
+
+endpoints = sa.Table(
+    "endpoints", metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False, unique=True),
+    sa.Column("protocol", sa.String(16), nullable=False),  # an engine.messages.Protocol value
+    sa.Column("host", sa.String(255), nullable=False, default=""),
+    sa.Column("port", sa.Integer, nullable=False, default=0),
+    sa.Column("username", sa.String(255), nullable=False, default=""),
+    sa.Column("secret", sa.LargeBinary, nullable=True),  # AES-GCM blob (dashboard/secrets.py); key not here
+    sa.Column("secret_kind", sa.String(16), nullable=True),  # 'password' | 'private_key' | NULL
+    sa.Column("joint_session", sa.Boolean, nullable=False, default=True),
+    sa.Column("host_key", sa.Text, nullable=True),  # trusted SSH host key, OpenSSH 'TYPE BASE64'
+    sa.Column("pending_host_key", sa.Text, nullable=True),  # a changed key awaiting an administrator
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+endpoint_access = sa.Table(
+    "endpoint_access", metadata,
+    sa.Column("endpoint_id", sa.String(36), sa.ForeignKey("endpoints.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("user_id", sa.String(36), sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    sa.Index("ix_endpoint_access_user_id", "user_id"),
+)
+
 # --- the hash chain ----------------------------------------------------------------------------
 
 GENESIS_HASH = "0" * 64  # the prev_hash of the first event
