@@ -2,5 +2,6 @@
 
 pytest_plugins = [
     "tests.fixtures.browser",
+    "tests.fixtures.gateway",
     "tests.fixtures.openssh",
 ]

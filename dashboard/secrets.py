@@ -1,0 +1,125 @@
+"""Key material and the encryption of stored endpoint credentials.
+
+Two keys, each from the settings or, when the setting is empty, from a file in the data
+directory that the first start generates (mode 0600) and every later start reuses:
+
+- ``secret_key`` (``<data_dir>/secret_key``) signs session cookies and share links;
+- ``credential_key`` (``<data_dir>/credential_key``, 32 bytes, base64) encrypts stored
+  endpoint credentials with AES-256-GCM. It never goes into the database.
+
+A ciphertext blob is ``version (1 byte) | nonce (12 bytes) | ciphertext+tag``. Each blob may be
+bound to a context (an endpoint's id) as associated data, so a blob copied onto another row
+does not decrypt there.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import secrets as _random
+from pathlib import Path
+from typing import Callable
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from config.settings import Settings
+
+SECRET_KEY_FILE = "secret_key"
+CREDENTIAL_KEY_FILE = "credential_key"
+_VERSION = b"\x01"
+_NONCE_BYTES = 12
+
+
+class KeyMaterialError(ValueError):
+    """A configured or stored key is unusable (wrong length, not base64, unreadable)."""
+
+
+class DecryptionFailed(ValueError):
+    """A blob does not decrypt with this key and context (another key, tampered, or moved)."""
+
+
+def ensure_data_dir(path: Path) -> Path:
+    """Create the data directory (0700 when we create it) and return it."""
+    path = path.expanduser()
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def _read_or_create(path: Path, make: Callable[[], str]) -> str:
+    """The key in `path`, created by `make()` with mode 0600 if the file does not exist yet.
+    Two processes starting at once agree: O_EXCL lets one write, the other reads its key."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        value = path.read_text().strip()
+        if value:
+            return value
+        raise KeyMaterialError(f"{path} is empty: remove it to generate a new key, or restore the old one")
+    value = make()
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return value
+
+
+def _decode_credential_key(text: str, where: str) -> bytes:
+    text = text.strip()
+    try:
+        if "-" in text or "_" in text:
+            key = base64.urlsafe_b64decode(text)
+        else:
+            key = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise KeyMaterialError(f"{where}: the credential key is not base64") from exc
+    if len(key) != 32:
+        raise KeyMaterialError(f"{where}: the credential key must be 32 bytes (base64), not {len(key)}")
+    return key
+
+
+class Secrets:
+    """The gateway's two keys, and AES-GCM for stored credentials."""
+
+    def __init__(self, secret_key: str, credential_key: bytes) -> None:
+        if len(secret_key) < 16:
+            raise KeyMaterialError("security.secret_key is too short (at least 16 characters)")
+        if len(credential_key) != 32:
+            raise KeyMaterialError("the credential key must be 32 bytes")
+        self.secret_key = secret_key
+        self._aead = AESGCM(credential_key)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Secrets":
+        """The keys from the settings, or from (newly generated) files in the data directory."""
+        data = settings.data_path
+        secret_key = settings.security.secret_key
+        if not secret_key:
+            ensure_data_dir(data)
+            secret_key = _read_or_create(data / SECRET_KEY_FILE, lambda: _random.token_urlsafe(48))
+        text = settings.security.credential_key
+        where = "security.credential_key"
+        if not text:
+            ensure_data_dir(data)
+            where = str(data / CREDENTIAL_KEY_FILE)
+            text = _read_or_create(data / CREDENTIAL_KEY_FILE,
+                                   lambda: base64.b64encode(AESGCM.generate_key(bit_length=256)).decode())
+        return cls(secret_key, _decode_credential_key(text, where))
+
+    def encrypt(self, plaintext: str, *, context: str = "") -> bytes:
+        nonce = os.urandom(_NONCE_BYTES)
+        return _VERSION + nonce + self._aead.encrypt(nonce, plaintext.encode("utf-8"), context.encode())
+
+    def decrypt(self, blob: bytes, *, context: str = "") -> str:
+        blob = bytes(blob)
+        if len(blob) < 1 + _NONCE_BYTES + 16 or blob[:1] != _VERSION:
+            raise DecryptionFailed("not a credential blob")
+        nonce, body = blob[1:1 + _NONCE_BYTES], blob[1 + _NONCE_BYTES:]
+        try:
+            return self._aead.decrypt(nonce, body, context.encode()).decode("utf-8")
+        except InvalidTag as exc:
+            raise DecryptionFailed("the credential does not decrypt with this key") from exc
+
+    def __repr__(self) -> str:
+        return "Secrets(<hidden>)"
