@@ -1,0 +1,238 @@
+"""Run the gateway: the web application, the engine and (unless disabled) a demo SSH endpoint.
+
+One trio event loop owns every socket: the loop bridge (endpoint connections), Hypercorn's
+trio worker (HTTP and websockets) and the demo SSH server. The engine's actors run in their
+own threads: started before the loop, stopped when it ends (Ctrl-C or SIGTERM).
+
+On the first start (no users yet) it creates an administrator ``admin`` and, with the demo
+enabled, a user ``demo`` who may use the demo endpoint, and prints their passwords once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+log = logging.getLogger("cosession.serve")
+
+DEMO_ENDPOINT = "demo"
+DEMO_USER = "demo"
+ADMIN_USER = "admin"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="address to listen on (default: server.host, 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to listen on (default: server.port, 8080; 0: any free)")
+    parser.add_argument("--data-dir", metavar="DIR", help="database, keys, recordings (default: server.data_dir)")
+    parser.add_argument("--no-demo", action="store_true", help="do not start the demo SSH endpoint")
+    parser.set_defaults(run=run)
+
+
+@dataclass
+class _FirstRun:
+    admin_password: str | None = None
+    demo_password: str | None = None
+
+
+def _say(text: str = "") -> None:
+    print(text, flush=True)
+
+
+def _settings(args: argparse.Namespace) -> Any:
+    from config.settings import load
+
+    server = {key: value for key, value in
+              (("host", args.host), ("port", args.port), ("data_dir", args.data_dir)) if value is not None}
+    overrides: dict[str, dict[str, Any]] = {"server": server}
+    if args.no_demo:
+        overrides["demo"] = {"enabled": False}
+    return load(getattr(args, "config", None), **overrides)
+
+
+def bootstrap_users(services: Any, *, demo: bool) -> _FirstRun:
+    """On an empty users table: `admin` (administrator) and, with the demo, `demo`."""
+    from dashboard.accounts import generate_password
+
+    first = _FirstRun()
+    if services.users.count() == 0:
+        first.admin_password = generate_password()
+        services.users.create(ADMIN_USER, first.admin_password, is_admin=True)
+        if demo:
+            first.demo_password = generate_password()
+            services.users.create(DEMO_USER, first.demo_password)
+    return first
+
+
+def register_demo_endpoint(services: Any, demo: Any) -> Any:
+    """Create or refresh the `demo` endpoint for a demo SSH server that just started: its
+    address, its credential (stored encrypted) and its host key (known, so trusted). The demo
+    user may use it. An administrator's Joint Session toggle is kept on a refresh."""
+    from engine.messages import Protocol
+
+    endpoints = services.endpoints
+    record = endpoints.get_by_name(DEMO_ENDPOINT)
+    if record is None:
+        record = endpoints.create(DEMO_ENDPOINT, Protocol.SSH, demo.host, demo.port, username=demo.username,
+                                  password=demo.password, joint_session=True)
+    else:
+        record = endpoints.update(record.id, protocol=Protocol.SSH, host=demo.host, port=demo.port,
+                                  username=demo.username, password=demo.password)
+    endpoints.trust_host_key(record.id, demo.host_key_openssh)
+    user = services.users.get_by_name(DEMO_USER)
+    if user is not None:
+        endpoints.grant(record.id, user.id)
+    return endpoints.get(record.id)
+
+
+def _demo_server() -> Any:
+    try:
+        from protocols.demo_ssh import serve_demo_ssh
+    except ModuleNotFoundError as exc:
+        if exc.name != "protocols.demo_ssh":
+            raise
+        return None
+    return serve_demo_ssh
+
+
+def _check_trio_asyncio() -> str | None:
+    """asyncssh runs on the trio loop through trio-asyncio; say so now if it is missing."""
+    try:
+        import trio_asyncio  # noqa: F401
+    except ImportError as exc:
+        return f"trio-asyncio is not installed ({exc}): SSH endpoints will not work"
+    return None
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+def _bind(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _serve(services: Any, first: _FirstRun) -> None:
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    from dashboard.app import create_app
+    from dashboard.services import default_public_url
+
+    settings = services.settings
+    # Ctrl-C and SIGTERM end the loop through this receiver, never as a KeyboardInterrupt.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(services.bridge.serve)
+
+            demo_record = None
+            if settings.demo.enabled:
+                serve_demo_ssh = _demo_server()
+                if serve_demo_ssh is None:
+                    _say("note: the demo SSH endpoint is not available in this build; starting without it")
+                else:
+                    demo = await nursery.start(functools.partial(serve_demo_ssh, "127.0.0.1", 0))
+                    demo_record = await trio.to_thread.run_sync(register_demo_endpoint, services, demo)
+
+            config = Config()
+            config.bind = [_bind(settings.server.host, settings.server.port)]
+            config.accesslog = None
+            config.errorlog = logging.getLogger("hypercorn.error")
+            config.graceful_timeout = 3.0
+            shutdown = trio.Event()
+            app = create_app(services)
+            binds = await nursery.start(functools.partial(serve, app, config, shutdown_trigger=shutdown.wait))
+            port = int(binds[0].rsplit(":", 1)[1]) if binds else settings.server.port
+            if not settings.server.public_url:
+                services.public_url = default_public_url(settings, port)
+
+            _banner(services, binds, first, demo_record)
+
+            async for signum in signals:
+                _say(f"\n{signal.Signals(signum).name}: stopping (sessions end, the audit log is committed) ...")
+                break
+            # The engine stops while the loop still runs, so that endpoint connections close
+            # cleanly; off the loop, in a worker thread, since Engine.stop() blocks.
+            await trio.to_thread.run_sync(services.engine.stop)
+            shutdown.set()
+            with trio.move_on_after(config.graceful_timeout + 2):
+                while len(nursery.child_tasks) > (2 if demo_record is not None else 1):
+                    await trio.sleep(0.05)
+            nursery.cancel_scope.cancel()
+
+
+def _banner(services: Any, binds: list[str], first: _FirstRun, demo_record: Any) -> None:
+    url = services.public_url
+    _say()
+    _say(f"cosession is running: open {url}/")
+    if len(binds) > 1 or (binds and not binds[0].startswith(url)):
+        _say(f"  (listening on {', '.join(binds)})")
+    if first.admin_password:
+        _say()
+        _say("First start: created these accounts. The passwords are shown only this once;")
+        _say("to add or reset accounts later use `cosession admin create NAME`.")
+        _say(f"  administrator  name: {ADMIN_USER:<6}  password: {first.admin_password}")
+        if first.demo_password:
+            _say(f"  viewer         name: {DEMO_USER:<6}  password: {first.demo_password}")
+    if demo_record is not None:
+        _say()
+        _say(f"Demo endpoint '{demo_record.name}': an SSH server on {demo_record.address}, joint sessions on.")
+        _say("Try a joint session: sign in as admin, start a session on 'demo' and copy its share")
+        _say("link; open it in a private window signed in as demo: you watch read-only, live.")
+    _say()
+    _say("Press Ctrl-C to stop.")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from config.settings import SettingsError
+    from dashboard.secrets import KeyMaterialError
+    from dashboard.services import Services
+    from engine.bridge import LoopBridge
+    from engine.runtime import Engine
+
+    try:
+        settings = _settings(args)
+    except SettingsError as exc:
+        print(f"cosession serve: {exc}", file=sys.stderr)
+        return 2
+    problem = _check_trio_asyncio()
+    if problem:
+        print(f"cosession serve: warning: {problem}", file=sys.stderr)
+
+    engine = Engine(settings)
+    bridge = LoopBridge()
+    try:
+        services = Services.build(settings, engine, bridge)
+    except (KeyMaterialError, OSError) as exc:
+        print(f"cosession serve: {exc}", file=sys.stderr)
+        return 1
+    try:
+        first = bootstrap_users(services, demo=settings.demo.enabled and _demo_server() is not None)
+        engine.start()
+        try:
+            trio.run(_serve, services, first)
+        except BaseException as exc:
+            leaves = _leaves(exc)
+            if all(isinstance(e, KeyboardInterrupt) for e in leaves):
+                pass  # a Ctrl-C before the signal receiver was open
+            elif all(isinstance(e, (OSError, KeyboardInterrupt)) for e in leaves):
+                # the port is taken, the address does not exist ...
+                print(f"cosession serve: {next(e for e in leaves if isinstance(e, OSError))}", file=sys.stderr)
+                return 1
+            else:
+                raise
+        finally:
+            engine.stop()  # idempotent: already stopped on the loop after a signal
+    finally:
+        services.close()
+    _say("stopped.")
+    return 0
