@@ -1,0 +1,382 @@
+// cosession: the session page. One websocket to the gateway (docs/protocol.md): binary messages
+// are terminal data (bytes, never decoded here), text messages are small JSON control messages.
+// Only the controller's terminal sends anything to the endpoint; a viewer's has no input path.
+(function () {
+  "use strict";
+
+  const config = JSON.parse(document.getElementById("session-config").textContent);
+  const $ = (id) => document.getElementById(id);
+  const encoder = new TextEncoder();
+  const INPUT_CHUNK = 16384; // well under the gateway's max_message_bytes
+
+  const REASONS = {
+    viewer_cap: "This session already has the most viewers it may have",
+    joint_session_disabled: "Joint sessions are turned off for this endpoint",
+    protocol_not_shareable: "Sessions on this kind of endpoint cannot be shared",
+    no_access: "You have no access to this endpoint",
+    session_ended: "This session has ended",
+    unknown_session: "There is no such session",
+    not_controller: "Viewers are read-only",
+    not_permitted: "Not permitted",
+    control_not_transferable: "Control cannot be transferred: end this session and start a new one",
+    endpoint_unavailable: "The endpoint is not available",
+    malformed: "The gateway could not read a message from this page",
+    too_large: "A message from this page was too large",
+    unknown_message: "The gateway did not understand a message from this page",
+    not_signed_in: "You are signed out: sign in again",
+    credentials_required: "This endpoint needs a user name and a password or key",
+    invalid_share_link: "This share link is not valid",
+    unexpected_message: "Unexpected message",
+    too_many_refusals: "Too many refused messages: the gateway closed the connection",
+    timeout: "The gateway closed an idle connection",
+    internal_error: "Internal error in the gateway",
+  };
+  const ENDINGS = {
+    controller_left: "The controller ended the session",
+    terminated: "The session was terminated",
+    expired: "The session's time ran out",
+    abandoned: "The controller did not come back in time",
+    endpoint_failed: "The connection to the endpoint failed",
+    endpoint_closed: "The remote session closed",
+    session_failed: "The session failed",
+    engine_stopped: "The gateway stopped",
+  };
+
+  const session = {
+    role: null,
+    participantId: null,
+    sessionId: config.session_id || null,
+    members: new Map(),
+    state: null,
+    ended: false,
+    fatal: false,
+    left: false,
+    joinedOnce: false,
+    reconnects: 0,
+    ws: null,
+    inputRefusals: 0,
+    size: null,
+  };
+  window.cosession = session; // for tests and the curious: state only, nothing secret
+
+  // --- the terminal ----------------------------------------------------------------------------
+
+  const term = new Terminal({
+    cursorBlink: true,
+    disableStdin: true, // until the gateway says this page is the controller
+    scrollback: 2000,
+    fontFamily: '"DejaVu Sans Mono", ui-monospace, Menlo, Consolas, monospace',
+    fontSize: 14,
+  });
+  const fit = new FitAddon.FitAddon();
+  term.loadAddon(fit);
+  window.cosessionTerminal = term;
+  let opened = false;
+
+  function openTerminal() {
+    if (opened) return;
+    $("terminal-wrap").hidden = false;
+    term.open($("terminal"));
+    opened = true;
+  }
+
+  // After the bytes already written: resize (a viewer follows the controller's PTY size).
+  function resizeInOrder(cols, rows) {
+    if (!cols || !rows) return;
+    term.write(new Uint8Array(0), () => {
+      if (term.cols !== cols || term.rows !== rows) term.resize(cols, rows);
+    });
+  }
+
+  function proposedSize() {
+    const dims = opened ? fit.proposeDimensions() : null;
+    if (dims && dims.cols > 1 && dims.rows > 1) return { cols: dims.cols, rows: dims.rows };
+    return { cols: term.cols, rows: term.rows };
+  }
+
+  // --- the page --------------------------------------------------------------------------------
+
+  function reasonText(reason, detail) {
+    const text = ENDINGS[reason] || REASONS[reason] || reason;
+    return detail ? `${text}: ${detail}` : text;
+  }
+
+  function notice(text, kind, reason) {
+    const el = $("notice");
+    el.textContent = text;
+    el.className = "notice " + (kind || "info");
+    el.dataset.reason = reason || "";
+    el.hidden = false;
+  }
+
+  function setState(state) {
+    session.state = state;
+    const el = $("state");
+    el.textContent = state;
+    el.dataset.state = state;
+    el.className = "state state-" + state;
+    document.querySelector(".session").dataset.state = state;
+  }
+
+  function renderMembers() {
+    const list = $("viewers");
+    list.textContent = "";
+    let viewers = 0;
+    for (const m of session.members.values()) {
+      if (m.role === "controller") {
+        $("controller").textContent = m.user.name;
+        continue;
+      }
+      viewers += 1;
+      const li = document.createElement("li");
+      li.textContent = m.user.name + (m.participant_id === session.participantId ? " (you)" : "");
+      li.dataset.participant = m.participant_id;
+      list.appendChild(li);
+    }
+    $("viewer-count").textContent = String(viewers);
+  }
+
+  function showRole(role) {
+    const el = $("role");
+    el.hidden = false;
+    el.textContent = role === "controller" ? "you control this session" : "you are watching (read-only)";
+    el.dataset.role = role;
+    $("readonly-note").hidden = role !== "viewer";
+    const leave = $("leave");
+    leave.hidden = false;
+    leave.textContent = role === "controller" ? "End session" : "Leave";
+  }
+
+  function showShare(url) {
+    if (!url) return;
+    $("share").hidden = false;
+    $("share-url").value = url;
+  }
+
+  $("copy-share").addEventListener("click", () => {
+    const input = $("share-url");
+    input.select();
+    if (navigator.clipboard) navigator.clipboard.writeText(input.value).catch(() => {});
+  });
+
+  $("leave").addEventListener("click", () => {
+    if (session.role === "controller" && !window.confirm("End this session for everyone?")) return;
+    session.left = true;
+    send({ type: "leave" });
+  });
+
+  // --- the websocket ---------------------------------------------------------------------------
+
+  function wsUrl(path) {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    return `${scheme}//${location.host}${path}`;
+  }
+
+  function send(message) {
+    const ws = session.ws;
+    if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(message));
+  }
+
+  function connect(path, first) {
+    const ws = new WebSocket(wsUrl(path));
+    ws.binaryType = "arraybuffer";
+    session.ws = ws;
+    ws.onopen = () => ws.send(JSON.stringify(first()));
+    ws.onmessage = (event) => {
+      if (typeof event.data !== "string") {
+        term.write(new Uint8Array(event.data));
+        return;
+      }
+      let message;
+      try {
+        message = JSON.parse(event.data);
+      } catch (e) {
+        return;
+      }
+      onControl(message);
+    };
+    ws.onclose = () => {
+      if (session.ws !== ws) return;
+      session.ws = null;
+      if (session.ended || session.fatal || session.left) return;
+      if (session.joinedOnce && session.reconnects < 5) {
+        // a lost network: come back (a controller within its grace period stays controller)
+        const delay = 500 * 2 ** session.reconnects;
+        session.reconnects += 1;
+        notice("Connection to the gateway lost; reconnecting…", "warn", "reconnecting");
+        setTimeout(() => joinSession(), delay);
+      } else if (!session.joinedOnce) {
+        notice("Could not connect to the gateway.", "error", "connection_failed");
+      } else {
+        notice("Connection to the gateway lost.", "error", "connection_lost");
+      }
+    };
+  }
+
+  let controllerInput = false;
+
+  function enableControllerInput() {
+    // Registered only once the gateway has said this page is the controller.
+    if (controllerInput) return;
+    controllerInput = true;
+    term.options.disableStdin = false;
+    term.onData((data) => sendInput(encoder.encode(data)));
+    term.onBinary((data) => {
+      const bytes = new Uint8Array(data.length);
+      for (let i = 0; i < data.length; i++) bytes[i] = data.charCodeAt(i) & 0xff;
+      sendInput(bytes);
+    });
+    term.onResize(({ cols, rows }) => send({ type: "resize", cols, rows }));
+    let pending = null;
+    window.addEventListener("resize", () => {
+      clearTimeout(pending);
+      pending = setTimeout(() => fit.fit(), 60);
+    });
+  }
+
+  function sendInput(bytes) {
+    const ws = session.ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN || session.role !== "controller") return;
+    for (let i = 0; i < bytes.length; i += INPUT_CHUNK) ws.send(bytes.subarray(i, i + INPUT_CHUNK));
+  }
+
+  function onControl(m) {
+    switch (m.type) {
+      case "joined":
+        session.joinedOnce = true;
+        session.reconnects = 0;
+        session.role = m.role;
+        session.participantId = m.participant_id;
+        session.sessionId = m.session_id;
+        session.members = new Map(m.members.map((x) => [x.participant_id, x]));
+        if (m.controller) $("controller").textContent = m.controller.name;
+        $("viewer-cap").textContent = String(m.max_viewers);
+        openTerminal();
+        showRole(m.role);
+        showShare(m.share_url);
+        setState(m.state);
+        renderMembers();
+        $("notice").hidden = true;
+        if (config.mode === "start" && history.replaceState) {
+          // a reload now returns to this session (rule 8), and the URL is the one to share
+          history.replaceState(null, "", m.session_url);
+          config.mode = "session";
+        }
+        if (m.role === "controller") {
+          enableControllerInput();
+          fit.fit();
+          send({ type: "resize", cols: term.cols, rows: term.rows });
+          term.focus();
+        }
+        break;
+      case "participant_joined":
+        session.members.set(m.member.participant_id, m.member);
+        renderMembers();
+        break;
+      case "participant_left":
+        session.members.delete(m.member.participant_id);
+        renderMembers();
+        break;
+      case "state":
+        setState(m.state);
+        if (m.state === "disconnected" && session.role === "viewer") {
+          notice("The controller is disconnected; the session waits for them to come back.", "warn", "disconnected");
+        } else if (m.state === "active" && $("notice").dataset.reason === "disconnected") {
+          $("notice").hidden = true;
+        }
+        break;
+      case "reset":
+        // the keyframe that follows starts with a terminal reset; a viewer takes the PTY's size
+        if (session.role !== "controller") resizeInOrder(m.cols, m.rows);
+        session.size = { cols: m.cols, rows: m.rows };
+        break;
+      case "size":
+        session.size = { cols: m.cols, rows: m.rows };
+        if (session.role !== "controller") resizeInOrder(m.cols, m.rows);
+        break;
+      case "resync":
+        notice(`Fell behind: ${m.dropped} update(s) skipped, screen resynchronised.`, "info", "resync");
+        break;
+      case "reconnecting":
+        notice(`The endpoint connection dropped; reconnecting (attempt ${m.attempt})…`, "warn", "reconnecting");
+        break;
+      case "ended": {
+        session.ended = true;
+        setState("ended");
+        let text = reasonText(m.reason, m.detail);
+        if (m.by && (m.reason === "terminated" || m.reason === "controller_left")) text += ` (by ${m.by.name})`;
+        notice(text + ".", m.reason === "endpoint_failed" || m.reason === "session_failed" ? "error" : "info", m.reason);
+        $("leave").hidden = true;
+        term.options.disableStdin = true;
+        break;
+      }
+      case "ejected":
+        session.ended = true;
+        setState("ended");
+        notice(`You were removed from the session by ${m.by ? m.by.name : "someone"}${m.reason ? ": " + m.reason : ""}.`, "info", "ejected");
+        break;
+      case "refused":
+        if (m.fatal) {
+          session.fatal = true;
+          if (!session.joinedOnce) setState("refused");
+          notice(reasonText(m.reason, m.detail) + ".", "error", m.reason);
+        } else if (m.of === "input" || m.reason === "not_controller") {
+          session.inputRefusals += 1;
+          notice("Read-only: your keystrokes are not sent to the endpoint.", "info", m.reason);
+        } else {
+          notice(reasonText(m.reason, m.detail) + ".", "warn", m.reason);
+        }
+        break;
+      default:
+        break; // pong, stream, or a newer gateway's message: nothing to show
+    }
+  }
+
+  function joinSession() {
+    openTerminal();
+    const path = `/ws/sessions/${encodeURIComponent(session.sessionId)}`;
+    connect(path, () => ({ type: "join" }));
+  }
+
+  // --- the three ways into a session -----------------------------------------------------------
+
+  if (config.mode === "start") {
+    const form = $("start-form");
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const data = new FormData(form);
+      let credentials = null;
+      if (data.has("username")) {
+        credentials = { username: String(data.get("username") || "") };
+        for (const name of ["password", "private_key", "passphrase"]) {
+          const value = String(data.get(name) || "");
+          if (value) credentials[name] = value;
+        }
+      }
+      // nothing typed stays in the page once it has been handed to the websocket
+      for (const el of form.querySelectorAll("input[type=password], textarea")) el.value = "";
+      $("start-card").hidden = true;
+      openTerminal();
+      fit.fit();
+      const { cols, rows } = proposedSize();
+      connect(config.ws_url, () => {
+        const message = { type: "start", cols, rows };
+        if (credentials) message.credentials = credentials;
+        credentials = null;
+        return message;
+      });
+    });
+  } else if (config.mode === "join") {
+    $("join-button").addEventListener("click", () => {
+      // joining from a share link opens the session in a window of its own
+      const win = window.open(config.session_url, "cosession-" + config.session_id);
+      if (!win) {
+        location.assign(config.session_url);
+        return;
+      }
+      $("join-opened").hidden = false;
+    });
+  } else {
+    joinSession();
+  }
+})();

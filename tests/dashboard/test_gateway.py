@@ -1,0 +1,418 @@
+"""The websocket gateway against the real application on Hypercorn's trio worker, with
+synthetic endpoints: joining, the role checks, refusals and their audit, coalescing, slow viewers.
+
+The gateway runs in its own thread and trio loop (``live_gateway``); these tests are trio tests
+with trio-websocket clients, exactly as `cosession join` talks to a gateway.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, HandshakeError
+
+from cosession.join import connect_socket, login, open_socket, send_json
+from engine.messages import Protocol
+from tests.fixtures.gateway import gateway_clock, gateway_connect, gateway_overrides, live_gateway  # noqa: F401
+
+DEADLINE = 10  # seconds: a bound on waiting for the gateway, never a wait for time
+PASSWORD = "correct horse battery"
+
+
+class Client:
+    """A participant's websocket, with what it received."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.output = bytearray()
+        self.controls: list[dict[str, Any]] = []
+        self.binary_messages = 0
+        self.closed = False
+        self._cursor = 0
+
+    async def send(self, message: dict[str, Any] | str | bytes) -> None:
+        if isinstance(message, dict):
+            await send_json(self.ws, message)
+        else:
+            await self.ws.send_message(message)
+
+    async def next(self) -> bytes | dict[str, Any]:
+        message = await self.ws.get_message()
+        if isinstance(message, bytes):
+            self.binary_messages += 1
+            self.output += message
+            return message
+        control = json.loads(message)
+        self.controls.append(control)
+        return control
+
+    async def until(self, predicate: Any, deadline: float = DEADLINE) -> Any:
+        """Read until `predicate(message)` holds for a message; that message."""
+        with trio.fail_after(deadline):
+            while True:
+                try:
+                    message = await self.next()
+                except ConnectionClosed:
+                    self.closed = True
+                    raise
+                if predicate(message):
+                    return message
+
+    async def control(self, kind: str, deadline: float = DEADLINE, **fields: Any) -> dict[str, Any]:
+        """The next control message of `kind` (with `fields`) not returned before, whether it
+        was already received or is still to come."""
+        def matches(m: Any) -> bool:
+            return isinstance(m, dict) and m.get("type") == kind and all(m.get(k) == v for k, v in fields.items())
+
+        for index in range(self._cursor, len(self.controls)):
+            if matches(self.controls[index]):
+                self._cursor = index + 1
+                return self.controls[index]
+        message = await self.until(matches, deadline)
+        self._cursor = len(self.controls)
+        return message
+
+    async def output_contains(self, needle: bytes, deadline: float = DEADLINE) -> None:
+        if needle in self.output:
+            return
+        await self.until(lambda m: needle in self.output, deadline)
+
+    async def until_closed(self, deadline: float = DEADLINE) -> None:
+        with trio.fail_after(deadline):
+            try:
+                while True:
+                    await self.next()
+            except ConnectionClosed:
+                self.closed = True
+
+
+class Harness:
+    def __init__(self, gateway: Any, nursery: trio.Nursery) -> None:
+        self.gateway = gateway
+        self.nursery = nursery
+        self.cookies: dict[str, str] = {}
+        self.sockets: list[Any] = []
+        self.endpoint = gateway.create_endpoint("synth", Protocol.SYNTHETIC, host="")
+
+    def user(self, name: str, *, grant: bool = True, admin: bool = False) -> str:
+        user = self.gateway.create_user(name, PASSWORD, admin=admin)
+        if grant:
+            self.gateway.grant(self.endpoint, user)
+        return name
+
+    async def cookie(self, name: str) -> str:
+        if name not in self.cookies:
+            self.cookies[name] = await trio.to_thread.run_sync(login, self.gateway.base_url, name, PASSWORD)
+        return self.cookies[name]
+
+    async def open(self, name: str | None, path: str, **kwargs: Any) -> Client:
+        cookie = await self.cookie(name) if name else None
+        ws = await connect_socket(self.nursery, self.gateway.base_url, path, cookie, **kwargs)
+        self.sockets.append(ws)
+        return Client(ws)
+
+    async def start(self, name: str, cols: int = 80, rows: int = 24) -> tuple[Client, dict[str, Any]]:
+        client = await self.open(name, f"/ws/endpoints/{self.endpoint.id}/start")
+        await client.send({"type": "start", "cols": cols, "rows": rows})
+        joined = await client.control("joined")
+        return client, joined
+
+    async def join(self, name: str, session_id: str, **join: Any) -> tuple[Client, dict[str, Any]]:
+        client = await self.open(name, f"/ws/sessions/{session_id}")
+        await client.send({"type": "join", **join})
+        answer = await client.until(lambda m: isinstance(m, dict) and m["type"] in ("joined", "refused"))
+        return client, answer
+
+    def connection(self, session_id: str) -> Any:
+        return self.gateway.app.state.gateway.sessions[session_id].connection
+
+    async def audit(self, kind: str) -> list[dict[str, Any]]:
+        def read() -> list[dict[str, Any]]:
+            self.gateway.engine.flush_audit()
+            rows, _ = self.gateway.services.audit_reader.events(kind=kind, limit=10_000)
+            return rows
+
+        return await trio.to_thread.run_sync(read)
+
+    async def close(self) -> None:
+        for ws in self.sockets:
+            with trio.move_on_after(5):
+                await ws.aclose()
+
+
+@pytest.fixture
+async def harness(live_gateway, nursery):  # noqa: F811
+    h = Harness(live_gateway, nursery)
+    yield h
+    await h.close()
+
+
+async def session_with_viewer(h: Harness) -> tuple[Client, Client, str]:
+    h.user("alice")
+    h.user("bob")
+    controller, joined = await h.start("alice")
+    sid = joined["session_id"]
+    viewer, answer = await h.join("bob", sid)
+    assert answer["type"] == "joined" and answer["role"] == "viewer", answer
+    return controller, viewer, sid
+
+
+# --- joining and output ---------------------------------------------------------------------------
+
+
+async def test_controller_and_viewer_see_the_endpoint_output_as_binary(harness):
+    controller, viewer, sid = await session_with_viewer(harness)
+    await controller.control("state", state="active")
+    harness.connection(sid).emit(b"hello \xff\xfe binary-safe\r\n")
+    await controller.output_contains(b"hello \xff\xfe binary-safe")
+    await viewer.output_contains(b"hello \xff\xfe binary-safe")
+    # the viewer's first delivery was the keyframe, announced by a reset
+    assert viewer.controls[0]["type"] == "joined"
+    assert viewer.controls[1]["type"] == "reset"
+    await controller.control("participant_joined")
+
+
+async def test_the_joined_message_describes_the_session(harness):
+    controller, viewer, sid = await session_with_viewer(harness)
+    joined = viewer.controls[0]
+    assert joined["role"] == "viewer" and joined["controller"]["name"] == "alice"
+    assert joined["max_viewers"] == 3 and joined["endpoint"]["name"] == "synth"
+    assert [m["role"] for m in joined["members"]] == ["controller", "viewer"]
+    assert f"/sessions/{sid}?share=" in joined["share_url"]
+
+
+async def test_controller_input_reaches_the_endpoint_and_its_echo_everyone(harness):
+    controller, viewer, sid = await session_with_viewer(harness)
+    await controller.send(b"echo me\r")
+    await viewer.output_contains(b"echo me")
+    assert harness.connection(sid).inputs_received == 1
+
+
+async def test_viewer_follows_the_controllers_terminal_size(harness):
+    controller, viewer, sid = await session_with_viewer(harness)
+    await controller.send({"type": "resize", "cols": 132, "rows": 40})
+    await viewer.control("size", cols=132, rows=40)
+    with trio.fail_after(DEADLINE):
+        while harness.connection(sid).size != (132, 40):
+            await trio.sleep(0.01)
+
+
+# --- refusals -------------------------------------------------------------------------------------
+
+OVERSIZED = 65536 + 1
+
+CASES = [
+    # (who sends, message, reason, audit kind)
+    ("viewer", b"touch /tmp/pwned\r", "not_controller", "input_refused"),
+    ("viewer", {"type": "resize", "cols": 10, "rows": 5}, "not_controller", "message_refused"),
+    ("viewer", {"type": "stream", "rate": 100}, "not_controller", "message_refused"),
+    ("viewer", {"type": "leave", "participant_id": "CONTROLLER"}, "malformed", "message_refused"),
+    ("controller", {"type": "resize", "cols": 100, "rows": 30, "participant_id": "VIEWER"}, "malformed",
+     "message_refused"),
+    ("controller", "{not json", "malformed", "message_refused"),
+    ("controller", "[1, 2, 3]", "malformed", "message_refused"),
+    ("controller", {"type": 7}, "malformed", "message_refused"),
+    ("controller", {"kind": "resize"}, "malformed", "message_refused"),
+    ("controller", {"type": "format_disk"}, "unknown_message", "message_refused"),
+    ("controller", {"type": "resize", "cols": 0, "rows": 24}, "malformed", "message_refused"),
+    ("controller", {"type": "resize", "cols": "80", "rows": 24}, "malformed", "message_refused"),
+    ("controller", {"type": "resize", "cols": True, "rows": 24}, "malformed", "message_refused"),
+    ("controller", {"type": "start", "cols": 80, "rows": 24}, "unexpected_message", "message_refused"),
+    ("controller", "[" * 50_000, "malformed", "message_refused"),
+    ("controller", "x" * OVERSIZED, "too_large", "message_refused"),
+    ("controller", b"y" * OVERSIZED, "too_large", "message_refused"),
+    ("viewer", json.dumps({"type": "resize", "cols": 1, "rows": 1, "pad": "z" * OVERSIZED}), "too_large",
+     "message_refused"),
+]
+
+
+@pytest.mark.parametrize("who, message, reason, kind", CASES,
+                         ids=[f"{c[0]}-{c[2]}-{i}" for i, c in enumerate(CASES)])
+async def test_a_refused_message_is_answered_audited_and_the_session_goes_on(harness, who, message, reason, kind):
+    controller, viewer, sid = await session_with_viewer(harness)
+    sender = controller if who == "controller" else viewer
+    if isinstance(message, dict):
+        message = {k: ({"CONTROLLER": controller.controls[0]["participant_id"],
+                        "VIEWER": viewer.controls[0]["participant_id"]}.get(v, v) if isinstance(v, str) else v)
+                   for k, v in message.items()}
+    await sender.send(message)
+    refusal = await sender.control("refused")
+    assert refusal["reason"] == reason and not refusal.get("fatal")
+    # the session goes on: the endpoint still reaches both, the controller still types
+    harness.connection(sid).emit(b"still alive\r\n")
+    await controller.output_contains(b"still alive")
+    await viewer.output_contains(b"still alive")
+    await controller.send(b"typed")
+    await viewer.output_contains(b"typed")
+    assert harness.connection(sid).inputs_received == 1  # only the controller's
+    rows = await harness.audit(kind)
+    assert any(r["detail"].get("reason") == reason and r["session_id"] == sid for r in rows), rows
+    row = next(r for r in rows if r["detail"].get("reason") == reason)
+    assert row["actor_name"] == ("alice" if who == "controller" else "bob")
+    assert row["detail"]["role"] == who
+    # the audit row never holds what was sent
+    assert "pwned" not in json.dumps(rows) and "format_disk" not in json.dumps(rows)
+
+
+async def test_viewer_input_is_refused_and_never_reaches_the_endpoint(harness):
+    controller, viewer, sid = await session_with_viewer(harness)
+    for _ in range(5):
+        await viewer.send(b"rm -rf /\r")
+    for _ in range(5):
+        await viewer.control("refused", reason="not_controller", of="input")
+    assert harness.connection(sid).inputs_received == 0
+    assert len(await harness.audit("input_refused")) == 5
+
+
+async def test_request_for_control_is_refused_by_the_engine(harness):
+    controller, viewer, sid = await session_with_viewer(harness)
+    await viewer.send({"type": "request_control"})
+    refusal = await viewer.control("refused", of="request_control")
+    assert refusal["reason"] == "control_not_transferable"
+    assert await harness.audit("transfer_refused")
+
+
+async def test_too_many_refusals_close_the_connection_not_the_session(harness):
+    controller, viewer, sid = await session_with_viewer(harness)
+    for _ in range(101):
+        await viewer.send("{")
+    await viewer.until_closed()
+    await controller.control("participant_left")
+    harness.connection(sid).emit(b"after the flood\r\n")
+    await controller.output_contains(b"after the flood")
+
+
+# --- who may open a websocket ---------------------------------------------------------------------
+
+
+async def test_another_sites_origin_is_refused_at_the_handshake(harness):
+    harness.user("alice")
+    cookie = await harness.cookie("alice")
+    with pytest.raises(BaseExceptionGroup) as refused:
+        async with open_socket(harness.gateway.base_url, f"/ws/endpoints/{harness.endpoint.id}/start", cookie,
+                               origin="http://evil.example"):
+            pass
+    assert refused.group_contains(HandshakeError, match="403")
+    assert any(r["detail"]["reason"] == "bad_origin" for r in await harness.audit("websocket_refused"))
+
+
+async def test_a_signed_out_client_is_refused(harness):
+    client = await harness.open(None, f"/ws/endpoints/{harness.endpoint.id}/start")
+    refusal = await client.control("refused")
+    assert refusal == {"type": "refused", "reason": "not_signed_in", "detail": "sign in first", "fatal": True}
+    await client.until_closed()
+
+
+async def test_starting_without_access_is_refused(harness):
+    harness.user("mallory", grant=False)
+    client = await harness.open("mallory", f"/ws/endpoints/{harness.endpoint.id}/start")
+    await client.send({"type": "start", "cols": 80, "rows": 24})
+    refusal = await client.control("refused")
+    assert refusal["reason"] == "no_access" and refusal["fatal"]
+
+
+async def test_joining_without_access_is_refused_by_the_engine(harness):
+    controller, viewer, sid = await session_with_viewer(harness)
+    harness.user("mallory", grant=False)
+    client, answer = await harness.join("mallory", sid)
+    assert answer["type"] == "refused" and answer["reason"] == "no_access" and answer["fatal"]
+    rows = await harness.audit("join_refused")
+    assert rows and rows[-1]["actor_name"] == "mallory"
+
+
+async def test_a_forged_share_token_is_refused(harness):
+    controller, viewer, sid = await session_with_viewer(harness)
+    token = controller.controls[0]["share_url"].split("share=")[1]
+    harness.user("carol")
+    for forged in (token[:-2] + ("AA" if not token.endswith("AA") else "BB"), "garbage", token + "x"):
+        client, answer = await harness.join("carol", sid, share=forged)
+        assert answer["reason"] == "invalid_share_link", answer
+    client, answer = await harness.join("carol", sid, share=token)
+    assert answer["type"] == "joined"
+
+
+async def test_joining_an_ended_session_is_refused(harness):
+    controller, viewer, sid = await session_with_viewer(harness)
+    await controller.send({"type": "leave"})
+    ended = await viewer.control("ended")
+    assert ended["reason"] == "controller_left" and ended["by"]["name"] == "alice"
+    await viewer.until_closed()
+    harness.user("carol")
+    client, answer = await harness.join("carol", sid)
+    assert answer["reason"] == "session_ended"
+
+
+async def test_first_message_must_be_the_right_one(harness):
+    harness.user("alice")
+    client = await harness.open("alice", f"/ws/endpoints/{harness.endpoint.id}/start")
+    await client.send({"type": "join"})
+    assert (await client.control("refused"))["reason"] == "unexpected_message"
+    await client.send(b"early input")
+    assert (await client.control("refused"))["reason"] == "unexpected_message"
+    await client.send({"type": "start", "cols": 80, "rows": 24})
+    assert (await client.control("joined"))["role"] == "controller"
+
+
+# --- viewers, the cap, leaving and coming back ----------------------------------------------------
+
+
+@pytest.fixture
+def gateway_overrides():  # noqa: F811
+    return {"engine": {"max_viewers": 3}}
+
+
+async def test_the_viewer_past_the_cap_is_refused_and_nothing_else_changes(harness):
+    controller, first, sid = await session_with_viewer(harness)
+    for name in ("v2", "v3"):
+        harness.user(name)
+        _, answer = await harness.join(name, sid)
+        assert answer["type"] == "joined"
+    harness.user("v4")
+    client, answer = await harness.join("v4", sid)
+    assert answer["type"] == "refused" and answer["reason"] == "viewer_cap" and answer["fatal"]
+    assert "3 viewers" in answer["detail"]
+    await client.until_closed()
+    harness.connection(sid).emit(b"unchanged\r\n")
+    await first.output_contains(b"unchanged")
+
+
+async def test_a_viewer_who_leaves_is_seen_to_leave(harness):
+    controller, viewer, sid = await session_with_viewer(harness)
+    await viewer.send({"type": "leave"})
+    left = await controller.control("participant_left")
+    assert left["member"]["user"]["name"] == "bob" and left["reason"] == "left"
+    await viewer.until_closed()
+
+
+async def test_the_controller_comes_back_within_the_grace_period(harness):
+    controller, viewer, sid = await session_with_viewer(harness)
+    await controller.ws.aclose()
+    await viewer.control("state", state="disconnected")
+    back, answer = await harness.join("alice", sid)
+    assert answer["type"] == "joined" and answer["role"] == "controller" and answer["rejoined"]
+    await viewer.control("state", state="active")
+    await back.send(b"i am back")
+    await viewer.output_contains(b"i am back")
+
+
+# --- output: coalescing, slow viewers ------------------------------------------------------------
+
+
+async def test_many_tiny_frames_go_out_as_few_websocket_messages(harness):
+    controller, viewer, sid = await session_with_viewer(harness)
+    await viewer.control("reset")
+    connection = harness.connection(sid)
+    before = viewer.binary_messages
+
+    def emit_many() -> None:
+        for i in range(2000):
+            connection.emit(b"%05d," % i)
+
+    await trio.to_thread.run_sync(emit_many)
+    await viewer.output_contains(b"01999,")
+    received = viewer.binary_messages - before
+    assert b"".join(b"%05d," % i for i in range(2000)) in viewer.output  # every byte, in order
+    assert received < 200, f"{received} websocket messages for 2000 frames"
