@@ -320,11 +320,13 @@ class SshConnection:
                 shell = _Shell(attempt)
                 return shell
 
+            opened_size = attempt.size
             channel, _ = await trio_asyncio.aio_as_trio(conn.create_session)(
-                make_shell, term_type=self._term_type, term_size=attempt.size, encoding=None)
+                make_shell, term_type=self._term_type, term_size=opened_size, encoding=None)
             assert shell is not None
             attempt.channel = channel
-            attempt.apply_size()  # a resize may have come while the channel was opening
+            if attempt.size != opened_size:  # a resize came while the channel was opening
+                attempt.apply_size()
             version = conn.get_extra_info("server_version") or "SSH server"
             log.info("ssh %s: shell open for %s (%s)", self.where, creds.username, version)
             attempt.report("opened", f"{creds.username}@{self.where} ({version})")

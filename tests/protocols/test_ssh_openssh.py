@@ -164,8 +164,8 @@ async def test_keepalive_timeout_is_retryable(ssh_bridge, openssh):
 
 async def test_close_is_idempotent_and_silent(ssh_bridge, openssh):
     conn, events = await open_shell(ssh_bridge, openssh)
-    conn.send_input(b"while :; do echo tick; done\n")  # output keeps coming until the close
-    await events.wait_output(b"tick")
+    conn.send_input(b"while :; do echo tick-$((1+1)); done\n")  # output keeps coming until the close
+    await events.wait_output(b"tick-2")
     conn.close()
     count = len(events.events)
     conn.close()
