@@ -101,12 +101,19 @@ def _demo_server() -> Any:
     return serve_demo_ssh
 
 
-def _check_trio_asyncio() -> str | None:
-    """asyncssh runs on the trio loop through trio-asyncio; say so now if it is missing."""
+async def _check_trio_asyncio() -> str | None:
+    """asyncssh runs on this trio loop through trio-asyncio (each SSH connection opens its own
+    asyncio loop, see protocols/ssh.py); say so at start-up if that cannot work here."""
     try:
-        import trio_asyncio  # noqa: F401
+        import trio_asyncio
     except ImportError as exc:
         return f"trio-asyncio is not installed ({exc}): SSH endpoints will not work"
+    try:
+        async with trio_asyncio.open_loop():
+            pass
+    except Exception as exc:  # the detail goes to the log, a short note to the console
+        log.exception("trio-asyncio cannot open a loop")
+        return f"trio-asyncio cannot open an asyncio loop ({type(exc).__name__}): SSH endpoints will not work"
     return None
 
 
@@ -132,6 +139,9 @@ async def _serve(services: Any, first: _FirstRun) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
             await nursery.start(services.bridge.serve)
+            problem = await _check_trio_asyncio()
+            if problem:
+                _say(f"warning: {problem}")
 
             demo_record = None
             if settings.demo.enabled:
@@ -139,8 +149,12 @@ async def _serve(services: Any, first: _FirstRun) -> None:
                 if serve_demo_ssh is None:
                     _say("note: the demo SSH endpoint is not available in this build; starting without it")
                 else:
-                    demo = await nursery.start(functools.partial(serve_demo_ssh, "127.0.0.1", 0))
-                    demo_record = await trio.to_thread.run_sync(register_demo_endpoint, services, demo)
+                    try:
+                        demo = await nursery.start(functools.partial(serve_demo_ssh, "127.0.0.1", 0))
+                        demo_record = await trio.to_thread.run_sync(register_demo_endpoint, services, demo)
+                    except Exception:  # the gateway is useful without its demo
+                        log.exception("the demo SSH endpoint did not start")
+                        _say("warning: the demo SSH endpoint did not start (see the log); going on without it")
 
             config = Config()
             config.bind = [_bind(settings.server.host, settings.server.port)]
@@ -204,10 +218,6 @@ def run(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"cosession serve: {exc}", file=sys.stderr)
         return 2
-    problem = _check_trio_asyncio()
-    if problem:
-        print(f"cosession serve: warning: {problem}", file=sys.stderr)
-
     engine = Engine(settings)
     bridge = LoopBridge()
     try:
