@@ -6,15 +6,16 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import logging
+import os
 import re
 import threading
 import time
+import uuid
 
 import pykka
 import pytest
 import sqlalchemy as sa
 
-from engine import store as store_module
 from engine.audit import verify
 from engine.db import GENESIS_HASH, audit_events, audit_head, event_hash, sessions
 from engine.messages import AuditEvent, AuditSessionEnded, AuditSessionStarted, Flush, Flushed, User
@@ -28,9 +29,27 @@ CAROL = User("carol", "Carol")
 # --- helpers, shared with test_audit_chain.py ----------------------------------------------------
 
 
-@pytest.fixture
-def url(tmp_path):
-    return f"sqlite:///{tmp_path / 'data' / 'audit.db'}"
+# The same tests run on PostgreSQL too when this names a server (a fresh database is created
+# for each test and dropped after it), e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres
+POSTGRES_URL = os.environ.get("COSESSION_TEST_POSTGRES_URL", "")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"] if POSTGRES_URL else ["sqlite"])
+def url(request, tmp_path):
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'data' / 'audit.db'}"
+        return
+    base = sa.make_url(POSTGRES_URL)
+    name = f"cosession_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+        yield base.set(database=name).render_as_string(hide_password=False)
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        admin.dispose()
 
 
 @pytest.fixture
@@ -187,6 +206,13 @@ def test_stop_commits_pending_rows(url, start_store):
     assert verify(url).ok
 
 
+def test_an_unusable_database_fails_the_start_with_its_own_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OSError):  # the data directory cannot be created under a file
+        StoreActor.start(f"sqlite:///{tmp_path / 'file' / 'audit.db'}")
+    assert pykka.ActorRegistry.get_all() == []
+
+
 def test_unknown_messages_are_logged_and_ignored(url, start_store, caplog):
     ref = start_store(url)
     with caplog.at_level(logging.WARNING, logger="engine.store"):
@@ -198,6 +224,8 @@ def test_unknown_messages_are_logged_and_ignored(url, start_store, caplog):
 
 
 def test_a_briefly_locked_database_delays_the_commit_and_loses_nothing(url, start_store):
+    if not url.startswith("sqlite"):
+        pytest.skip("SQLite's database lock")
     ref = start_store(url)
     write_some(ref, 5)
     blocker = sa.create_engine(url)
@@ -380,7 +408,3 @@ def test_reader_events_filters_and_pagination(reader_log):
     assert ([e["id"] for e in page], total) == ([4, 5, 6], 10)
     page, _ = r.events(limit=2, newest_first=True)
     assert [e["kind"] for e in page] == ["login", "join"]
-
-
-def test_module_constants_are_sane():
-    assert store_module.BATCH_ROWS == 256
