@@ -198,6 +198,20 @@ def test_security_headers(live_gateway, client):
     assert "frame-ancestors 'none'" in headers["content-security-policy"]
 
 
+def test_static_and_vendor_files(live_gateway, client):
+    assert client.get("/static/app.css").status_code == 200
+    xterm = client.get("/vendor/@xterm/xterm/lib/xterm.js")
+    assert xterm.status_code == 200 and "javascript" in xterm.headers["content-type"]
+    assert client.get("/vendor/../pyproject.toml").status_code == 404
+
+
+@pytest.mark.parametrize("gateway_overrides", [{"server": {"public_url": "https://gw.example"}}])
+def test_cookie_is_secure_behind_an_https_public_url(live_gateway, client):
+    assert live_gateway.services.public_url == "https://gw.example"
+    flags = [part.strip().lower() for part in client.get("/login").headers["set-cookie"].split(";")]
+    assert "secure" in flags
+
+
 # --- units --------------------------------------------------------------------------------
 
 
