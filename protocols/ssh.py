@@ -38,6 +38,13 @@ log = logging.getLogger(__name__)
 
 INPUT_QUEUE_CHUNKS = 512  # input chunks waiting for the endpoint; more are dropped, never waited for
 _CLOSE_GRACE = 2.0  # seconds to let a closing connection say goodbye before it is abandoned
+# Host key algorithms offered on first use, in OpenSSH's order: plain keys only (a host
+# certificate would need a trusted CA, and it is the key that is recorded and pinned). Once a
+# key is pinned, asyncssh offers only that key's own algorithms.
+_FIRST_USE_HOST_KEY_ALGS = (
+    "ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521",
+    "rsa-sha2-512", "rsa-sha2-256", "ssh-rsa",
+)
 
 
 # --- host keys ------------------------------------------------------------------------------
@@ -160,13 +167,18 @@ class _Client(asyncssh.SSHClient):
 class _Shell(asyncssh.SSHClientSession):
     """The shell channel's callbacks (on the loop, in asyncio context)."""
 
-    def __init__(self, attempt: _Attempt) -> None:
+    def __init__(self, attempt: _Attempt, opened_detail: str) -> None:
         self._attempt = attempt
+        self._opened_detail = opened_detail
         self.exit_status: int | None = None
         self.exit_signal: str | None = None
         self.error: Exception | None = None
         self.can_write = trio.Event()
         self.can_write.set()
+
+    def session_started(self) -> None:
+        # here, not once create_session returns: asyncssh starts delivering data before that
+        self._attempt.report("opened", self._opened_detail)
 
     def data_received(self, data: bytes, datatype: Any) -> None:
         self._attempt.report("output", data)
@@ -196,6 +208,7 @@ class SshConnection:
 
     def __init__(self, bridge: LoopBridge, host: str, port: int, credentials: Credentials, *,
                  known_host_key: str | None, on_host_key: Callable[[str], None] | None = None,
+                 on_host_key_changed: Callable[[str], None] | None = None,
                  connect_timeout: float = 10.0, keepalive_interval: float = 15.0,
                  keepalive_count_max: int = 3, term_type: str = "xterm-256color") -> None:
         if known_host_key is not None:
@@ -206,6 +219,7 @@ class SshConnection:
         self._credentials = credentials
         self._known_host_key = known_host_key
         self._on_host_key = on_host_key
+        self._on_host_key_changed = on_host_key_changed
         self._connect_timeout = connect_timeout
         self._keepalive_interval = keepalive_interval
         self._keepalive_count_max = keepalive_count_max
@@ -302,6 +316,7 @@ class SshConnection:
                 self._host, self._port,
                 client_factory=lambda: _Client(attempt, known),
                 known_hosts=(trusted, [], []),
+                server_host_key_algs=() if known else _FIRST_USE_HOST_KEY_ALGS,
                 username=creds.username,
                 password=creds.password or None,
                 client_keys=[client_key] if client_key is not None else None,
@@ -313,23 +328,16 @@ class SshConnection:
                 keepalive_count_max=self._keepalive_count_max,
             )
             self._record_host_key(attempt, conn)
-            shell: _Shell | None = None
-
-            def make_shell() -> _Shell:
-                nonlocal shell
-                shell = _Shell(attempt)
-                return shell
+            version = conn.get_extra_info("server_version") or "SSH server"
+            shell = _Shell(attempt, f"{creds.username}@{self.where} ({version})")
 
             opened_size = attempt.size
             channel, _ = await trio_asyncio.aio_as_trio(conn.create_session)(
-                make_shell, term_type=self._term_type, term_size=opened_size, encoding=None)
-            assert shell is not None
+                lambda: shell, term_type=self._term_type, term_size=opened_size, encoding=None)
             attempt.channel = channel
             if attempt.size != opened_size:  # a resize came while the channel was opening
                 attempt.apply_size()
-            version = conn.get_extra_info("server_version") or "SSH server"
             log.info("ssh %s: shell open for %s (%s)", self.where, creds.username, version)
-            attempt.report("opened", f"{creds.username}@{self.where} ({version})")
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_input, attempt, channel, shell)
@@ -347,8 +355,12 @@ class SshConnection:
             log.info("ssh %s: %s", self.where, detail)
             attempt.report("closed", detail)
         except asyncssh.PermissionDenied:
-            if conn is None:
-                self._record_host_key(attempt, None)  # the key exchange completed
+            self._record_host_key(attempt, None)  # the key exchange completed
+            raise
+        except asyncssh.KeyExchangeFailed:
+            if known and attempt.mismatched_key is None:
+                # the server no longer has a key of the pinned key's type: find out what it has
+                attempt.mismatched_key = await self._probe_host_key(known)
             raise
         finally:
             if conn is not None:
@@ -388,6 +400,18 @@ class SshConnection:
                 raise _Failure(detail, retryable=False) from None
         return self._client_key
 
+    async def _probe_host_key(self, known: str) -> asyncssh.SSHKey | None:
+        """The server's current host key, from a key exchange without authentication."""
+        try:
+            with trio.move_on_after(self._connect_timeout):
+                key = await trio_asyncio.aio_as_trio(asyncssh.get_server_host_key)(
+                    self._host, self._port, config=None, server_host_key_algs=_FIRST_USE_HOST_KEY_ALGS)
+                if key is not None and key.public_data != _key_parts(known)[1]:
+                    return key
+        except Exception as exc:
+            log.debug("ssh %s: host key probe failed: %s", self.where, type(exc).__name__)
+        return None
+
     def _record_host_key(self, attempt: _Attempt, conn: Any) -> None:
         if self._known_host_key is not None:
             return
@@ -404,8 +428,18 @@ class SshConnection:
             except Exception:
                 log.exception("ssh %s: on_host_key failed", self.where)
 
+    def _host_key_changed(self, attempt: _Attempt, key: asyncssh.SSHKey) -> None:
+        if self._on_host_key_changed is None or attempt.closed:
+            return
+        try:
+            self._on_host_key_changed(_openssh_text(key))
+        except Exception:
+            log.exception("ssh %s: on_host_key_changed failed", self.where)
+
     def _report_failure(self, attempt: _Attempt, exc: BaseException) -> None:
         detail, retryable, unexpected = self._describe(attempt, exc)
+        if attempt.mismatched_key is not None:
+            self._host_key_changed(attempt, attempt.mismatched_key)
         if unexpected:
             log.error("ssh %s: %s", self.where, detail, exc_info=exc)
         else:

@@ -145,9 +145,9 @@ async def test_sshd_killed_mid_session_is_retryable(ssh_bridge, openssh):
     assert f"{openssh.host}:{openssh.port}" in end[1]
 
     # a retry of the same connection is a fresh attempt: refused now, still retryable
-    conn.open(events, 80, 24)
-    await events.wait_for(lambda: len([e for e in events.events if e[0] == "failed"]) == 2)
-    assert events.last("failed") == ("failed", f"connection to {openssh.host}:{openssh.port} refused", True)
+    retry = EventRecorder()
+    conn.open(retry, 80, 24)
+    assert await retry.wait_end() == ("failed", f"connection to {openssh.host}:{openssh.port} refused", True)
     conn.close()
 
 
