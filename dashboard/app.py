@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
+import trio
 from markupsafe import Markup, escape
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -28,6 +29,8 @@ HERE = Path(__file__).resolve().parent
 TEMPLATES_DIR = HERE / "templates"
 STATIC_DIR = HERE / "static"
 VENDOR_DIR = HERE / "frontend" / "node_modules"  # npm packages (xterm.js), from `npm ci`
+
+PASSWORD_CHECKS = 2  # argon2 verifications at once (each takes 64 MiB); the others wait
 
 # (route name, label, administrators only). An entry shows only when a route of that name
 # exists, so a page that is not built yet never shows as a broken link.
@@ -109,8 +112,6 @@ async def render(conn: HTTPConnection, name: str, context: dict[str, Any] | None
 
 
 async def home(request: Request) -> Response:
-    import trio
-
     from dashboard.auth import require_user
 
     user = await require_user(request)
@@ -191,4 +192,5 @@ def create_app(services: Any) -> Starlette:
     app.state.services = services
     app.state.templates = templates
     app.state.login_throttle = auth.LoginThrottle()
+    app.state.password_limiter = trio.CapacityLimiter(PASSWORD_CHECKS)
     return app

@@ -192,7 +192,10 @@ async def _sign_in(conn: Request, name: str, password: str) -> User | None | str
     if throttle.blocked(client, name):
         services.audit_event("login_failed", None, name=name, remote=client, reason="throttled")
         return "throttled"
-    user = await trio.to_thread.run_sync(services.users.authenticate, name, password)
+    # argon2 takes 64 MiB and tens of ms per check: a few at a time, so that a flood of sign-in
+    # attempts queues up instead of taking every worker thread and the memory with it.
+    user = await trio.to_thread.run_sync(services.users.authenticate, name, password,
+                                         limiter=conn.app.state.password_limiter)
     if user is None:
         throttle.failed(client, name)
         services.audit_event("login_failed", None, name=name, remote=client, reason="invalid_credentials")
