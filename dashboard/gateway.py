@@ -43,9 +43,15 @@ from protocols.base import Credentials
 
 log = logging.getLogger(__name__)
 
+# What sending to a client that has gone away raises (Starlette turns only OSError into
+# WebSocketDisconnect; Hypercorn's own stream errors and a close racing a send surface as these).
+CLIENT_GONE = (WebSocketDisconnect, OSError, RuntimeError, trio.BrokenResourceError, trio.ClosedResourceError,
+               trio.BusyResourceError)
+
 FIRST_MESSAGE_SECONDS = 60.0  # a client that opens a websocket and says nothing is closed
 REPLY_SECONDS = 15.0  # the engine answers a start or a join in milliseconds; this is a bound
 MAX_REFUSALS = 100  # refused messages on one connection before it is closed (audit flood)
+CLOSE_LINGER = 5.0  # after our close frame, how long to wait for the client's
 CLOSE_NORMAL = 1000
 CLOSE_POLICY = 1008  # websocket close code: policy violation
 CLOSE_REFUSED = 4403  # ours: a start or join was refused (the refusal message says why)
@@ -134,6 +140,14 @@ class _Wire:
     message: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class _CloseRequest:
+    """Queued after a last message: the sender closes the websocket once it has sent it."""
+
+    code: int
+    reason: str
+
+
 class _ChannelClosed(Exception):
     pass
 
@@ -168,6 +182,8 @@ class Channel:
         self.left = False
         self.ended = False
         self._gone = False  # the handler has returned: a late Joined is left at once
+        self.closing = False  # our close frame is sent: what the client still sends is dropped
+        self._receive_scope = trio.CancelScope()
 
     # actor threads → loop
 
@@ -199,10 +215,22 @@ class Channel:
         await self.websocket.send({"type": "websocket.send", "bytes": data})
 
     async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
+        """Send the close frame. The handler then still reads until the client's close arrives
+        (at most CLOSE_LINGER seconds): returning from an ASGI websocket handler while Hypercorn
+        answers a close from the client races its unlocked send_eof against that answer
+        (trio.BusyResourceError in Hypercorn's connection task, which takes the server down)."""
+        self.closing = True
+        self._receive_scope.deadline = min(self._receive_scope.deadline, trio.current_time() + CLOSE_LINGER)
         try:
             await self.websocket.close(code, reason or None)
-        except (RuntimeError, WebSocketDisconnect, OSError):
+        except CLIENT_GONE:
             pass  # already closed by either side
+
+    async def linger(self) -> None:
+        """After `close` in the handler's own task: read until the client's close arrives."""
+        with self._receive_scope:
+            while await self.receive() is not None:
+                pass
 
     def post(self, message: dict[str, Any]) -> None:
         """Queue a gateway message for this client (any time after the join, from the loop)."""
@@ -236,14 +264,15 @@ class Channel:
         self.post(self.refuse(reason, detail, of, size))
 
     async def refuse_fatally(self, reason: str, detail: str = "", *, audit: bool = True) -> None:
-        """A start or join that cannot go ahead: say why, then close."""
+        """A start or join that cannot go ahead: say why, close, wait for the client's close."""
         if audit:
             self.services.audit_event("websocket_refused", self.user, self.session_id, reason=str(reason))
         try:
             await self._send_text(wire.refused(reason, detail, fatal=True))
-        except (WebSocketDisconnect, OSError, RuntimeError):
+        except CLIENT_GONE:
             pass
         await self.close(CLOSE_REFUSED, str(reason))
+        await self.linger()
 
     # receiving
 
@@ -251,7 +280,7 @@ class Channel:
         """The next ASGI message, or None once the client has gone."""
         try:
             message = await self.websocket.receive()
-        except (WebSocketDisconnect, RuntimeError):
+        except CLIENT_GONE:
             return None
         if message["type"] == "websocket.disconnect":
             return None
@@ -322,10 +351,10 @@ class Channel:
         try:
             await self._send_text(self._joined_message(joined, endpoint, controller))
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._sender, nursery.cancel_scope)
+                nursery.start_soon(self._sender)
                 await self._receiver()
                 nursery.cancel_scope.cancel()
-        except (WebSocketDisconnect, OSError):
+        except CLIENT_GONE:
             pass
         finally:
             self.live.channels.discard(self)
@@ -346,9 +375,10 @@ class Channel:
             "session_url": f"/sessions/{joined.session_id}",
         }
 
-    async def _sender(self, cancel_scope: trio.CancelScope) -> None:
+    async def _sender(self) -> None:
         """Drain the queue: at most one batch per flush window (sooner when `flush_bytes` are
-        pending), merged frames as one binary message, keyframes after a reset."""
+        pending), merged frames as one binary message, keyframes after a reset. When the queue
+        closes (the participant is gone from the session) the websocket is closed."""
         last_flush = -math.inf
         try:
             while True:
@@ -362,17 +392,18 @@ class Channel:
                 self._flush_now = trio.Event()
                 last_flush = trio.current_time()
                 for item in items:
-                    await self._deliver(item)
+                    if await self._deliver(item):
+                        return
                 if self.queue.closed:
                     for item in self.queue.take():  # anything that came with the close
                         await self._deliver(item)
                     await self.close(CLOSE_NORMAL, "session ended" if self.ended else "")
-                    break
-        except (WebSocketDisconnect, OSError, RuntimeError):
-            pass  # the client went away; the receiver sees it too
-        cancel_scope.cancel()
+                    return
+        except CLIENT_GONE:
+            self._receive_scope.cancel()  # the client went away; the receiver need not wait
 
-    async def _deliver(self, item: Any) -> None:
+    async def _deliver(self, item: Any) -> bool:
+        """Send one queue item; True if it asked to close the websocket."""
         if item.kind == "data":
             data = b"".join(frame.data for frame in item.value)
             for start in range(0, len(data), wire.MAX_FRAME_BYTES):
@@ -385,31 +416,39 @@ class Channel:
             event = item.value
             if isinstance(event, _Wire):
                 await self._send_text(event.message)
-                return
-            if isinstance(event, SessionEnded):
-                self.ended = True
-            message = wire.event_json(event)
-            if message is not None:
-                await self._send_text(message)
+            elif isinstance(event, _CloseRequest):
+                await self.close(event.code, event.reason)
+                return True
+            else:
+                if isinstance(event, SessionEnded):
+                    self.ended = True
+                message = wire.event_json(event)
+                if message is not None:
+                    await self._send_text(message)
+        return False
 
     async def _receiver(self) -> None:
-        while True:
-            message = await self.receive()
-            if message is None:
-                return
-            request, error = self.decode(message)
-            if error is not None:
-                self.refuse_queued(error.reason, error.detail, error.kind, _size(message))
-            else:
-                self.handle(request, _size(message))
-            if self.refusals > MAX_REFUSALS:
-                self.services.audit_event("websocket_closed", self.user, self.session_id,
-                                          reason=wire.WireReason.TOO_MANY_REFUSALS.value,
-                                          participant=self.joined.participant_id if self.joined else None)
-                self.post(wire.refused(wire.WireReason.TOO_MANY_REFUSALS,
-                                       "too many refused messages: closing", fatal=True))
-                await trio.sleep(0)  # let the sender take the message before the close
-                return
+        """Until the client's close (or CLOSE_LINGER after ours): check and handle each message."""
+        with self._receive_scope:
+            while True:
+                message = await self.receive()
+                if message is None:
+                    return
+                if self.closing:
+                    continue
+                request, error = self.decode(message)
+                if error is not None:
+                    self.refuse_queued(error.reason, error.detail, error.kind, _size(message))
+                else:
+                    self.handle(request, _size(message))
+                if self.refusals > MAX_REFUSALS:
+                    self.closing = True
+                    self.services.audit_event("websocket_closed", self.user, self.session_id,
+                                              reason=wire.WireReason.TOO_MANY_REFUSALS.value,
+                                              participant=self.joined.participant_id if self.joined else None)
+                    self.post(wire.refused(wire.WireReason.TOO_MANY_REFUSALS,
+                                           "too many refused messages: closing", fatal=True))
+                    self.queue.event(_CloseRequest(CLOSE_POLICY, "too many refused messages"))
 
     # what a participant may send: the common part; the rest is its role's
 
@@ -518,9 +557,15 @@ async def _open(websocket: WebSocket) -> tuple[Gateway, User] | None:
     if user is None:
         services.audit_event("websocket_refused", None, None, reason=wire.WireReason.NOT_SIGNED_IN.value,
                              path=websocket.url.path)
-        await websocket.send_text(wire.dumps(wire.refused(wire.WireReason.NOT_SIGNED_IN, "sign in first",
-                                                          fatal=True)))
-        await websocket.close(CLOSE_REFUSED)
+        try:
+            await websocket.send_text(wire.dumps(wire.refused(wire.WireReason.NOT_SIGNED_IN, "sign in first",
+                                                              fatal=True)))
+            await websocket.close(CLOSE_REFUSED)
+            with trio.move_on_after(CLOSE_LINGER):  # see Channel.close
+                while (await websocket.receive())["type"] != "websocket.disconnect":
+                    pass
+        except CLIENT_GONE:
+            pass
         return None
     return gateway, user
 
@@ -622,6 +667,7 @@ async def start_socket(websocket: WebSocket) -> None:
         await channel.serve(answer, record.spec, user, connection)
     except _ChannelClosed:
         await channel.close(CLOSE_POLICY, "too many refused messages")
+        await channel.linger()
     finally:
         channel._gone = True
 
@@ -661,6 +707,7 @@ async def session_socket(websocket: WebSocket) -> None:
         await channel.serve(answer, endpoint, controller)
     except _ChannelClosed:
         await channel.close(CLOSE_POLICY, "too many refused messages")
+        await channel.linger()
     finally:
         channel._gone = True
 

@@ -16,7 +16,6 @@ from trio_websocket import ConnectionClosed, HandshakeError
 
 from cosession.join import connect_socket, login, open_socket, send_json
 from engine.messages import Protocol
-from tests.fixtures.gateway import gateway_clock, gateway_connect, gateway_overrides, live_gateway  # noqa: F401
 
 DEADLINE = 10  # seconds: a bound on waiting for the gateway, never a wait for time
 PASSWORD = "correct horse battery"
@@ -144,7 +143,7 @@ class Harness:
 
 
 @pytest.fixture
-async def harness(live_gateway, nursery):  # noqa: F811
+async def harness(live_gateway, nursery):
     h = Harness(live_gateway, nursery)
     yield h
     await h.close()
@@ -360,7 +359,7 @@ async def test_first_message_must_be_the_right_one(harness):
 
 
 @pytest.fixture
-def gateway_overrides():  # noqa: F811
+def gateway_overrides():
     return {"engine": {"max_viewers": 3}}
 
 
