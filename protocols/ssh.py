@@ -37,6 +37,7 @@ from protocols.base import Credentials, EndpointEvents
 log = logging.getLogger(__name__)
 
 INPUT_QUEUE_CHUNKS = 512  # input chunks waiting for the endpoint; more are dropped, never waited for
+OUTPUT_CHUNK = 64 * 1024  # output packets that arrive together are reported as one chunk up to this
 _CLOSE_GRACE = 2.0  # seconds to let a closing connection say goodbye before it is abandoned
 # Host key algorithms offered on first use, in OpenSSH's order: plain keys only (a host
 # certificate would need a trusted CA, and it is the key that is recorded and pinned). Once a
@@ -113,8 +114,13 @@ class _Attempt:
                 self.finished = True
             try:
                 getattr(self.events, what)(*args)
-            except Exception:  # a dead actor must not take the connection task down
-                log.exception("ssh: reporting %s failed", what)
+            except Exception:
+                # Nobody is listening any more (a dead actor): report nothing more, and end
+                # the connection rather than leave it open with no one to close it.
+                log.exception("ssh: reporting %s failed; closing the connection", what)
+                self.closed = True
+                if trio.lowlevel.in_trio_run():
+                    self.scope.cancel()
 
     def close(self) -> None:
         with self.lock:
@@ -167,9 +173,12 @@ class _Client(asyncssh.SSHClient):
 class _Shell(asyncssh.SSHClientSession):
     """The shell channel's callbacks (on the loop, in asyncio context)."""
 
-    def __init__(self, attempt: _Attempt, opened_detail: str) -> None:
+    def __init__(self, attempt: _Attempt, opened_detail: str, loop: Any) -> None:
         self._attempt = attempt
         self._opened_detail = opened_detail
+        self._loop = loop
+        self._pending = bytearray()
+        self._flush_scheduled = False
         self.exit_status: int | None = None
         self.exit_signal: str | None = None
         self.error: Exception | None = None
@@ -181,7 +190,21 @@ class _Shell(asyncssh.SSHClientSession):
         self._attempt.report("opened", self._opened_detail)
 
     def data_received(self, data: bytes, datatype: Any) -> None:
-        self._attempt.report("output", data)
+        # asyncssh hands over one SSH packet at a time (OpenSSH sends 4 KiB ones from a PTY);
+        # the packets of one socket read are reported together: fewer, larger frames.
+        self._pending += data
+        if len(self._pending) >= OUTPUT_CHUNK:
+            self.flush()
+        elif not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self._flush_scheduled = False
+        if self._pending:
+            data = bytes(self._pending)
+            self._pending.clear()
+            self._attempt.report("output", data)
 
     def exit_status_received(self, status: int) -> None:
         self.exit_status = status
@@ -190,6 +213,7 @@ class _Shell(asyncssh.SSHClientSession):
         self.exit_signal = signal
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.flush()
         self.error = exc
         self.can_write.set()  # let the writer notice the end
 
@@ -292,8 +316,8 @@ class SshConnection:
         bridge's own cancellation: an exception here would take the gateway down."""
         try:
             with attempt.scope:
-                async with trio_asyncio.open_loop():
-                    await self._session(attempt)
+                async with trio_asyncio.open_loop() as loop:
+                    await self._session(attempt, loop)
         except BaseException as exc:
             cancelled, failure = _split_cancelled(exc)
             if failure is not None:
@@ -304,7 +328,7 @@ class SshConnection:
             attempt.channel = None
             attempt.input_recv.close()
 
-    async def _session(self, attempt: _Attempt) -> None:
+    async def _session(self, attempt: _Attempt, loop: Any) -> None:
         client_key = await self._load_client_key()
         creds = self._credentials
         known = self._known_host_key
@@ -329,7 +353,7 @@ class SshConnection:
             )
             self._record_host_key(attempt, conn)
             version = conn.get_extra_info("server_version") or "SSH server"
-            shell = _Shell(attempt, f"{creds.username}@{self.where} ({version})")
+            shell = _Shell(attempt, f"{creds.username}@{self.where} ({version})", loop)
 
             opened_size = attempt.size
             channel, _ = await trio_asyncio.aio_as_trio(conn.create_session)(
@@ -344,6 +368,7 @@ class SshConnection:
                 await trio_asyncio.aio_as_trio(channel.wait_closed)()
                 nursery.cancel_scope.cancel()
 
+            shell.flush()
             if shell.error is not None:
                 raise shell.error
             if shell.exit_signal is not None:

@@ -23,12 +23,14 @@ USER, PASSWORD = "alice", "s3cret-pass-phrase"
 class _Server(asyncssh.SSHServer):
     def __init__(self, connections: set) -> None:
         self._connections = connections
+        self._conn = None
 
     def connection_made(self, conn) -> None:
+        self._conn = conn
         self._connections.add(conn)
 
     def connection_lost(self, exc) -> None:
-        self._connections.discard(self)
+        self._connections.discard(self._conn)
 
     def begin_auth(self, username: str) -> bool:
         return True
@@ -40,10 +42,11 @@ class _Server(asyncssh.SSHServer):
         return (username, password) == (USER, PASSWORD)
 
 
-async def serve_scripted(handler, host_key=None, *, task_status=trio.TASK_STATUS_IGNORED):
-    """asyncssh's server on this trio loop; each session runs `handler(process)` (asyncio)."""
+async def serve_scripted(handler, host_key=None, connections=None, *, task_status=trio.TASK_STATUS_IGNORED):
+    """asyncssh's server on this trio loop; each session runs `handler(process)` (asyncio).
+    Started with (port, host key); `connections` (a set) holds the open connections."""
     key = host_key or asyncssh.generate_private_key("ssh-ed25519")
-    connections: set = set()
+    connections = set() if connections is None else connections
     async with trio_asyncio.open_loop():
         acceptor = await trio_asyncio.aio_as_trio(asyncssh.create_server)(
             lambda: _Server(connections), "127.0.0.1", 0, server_host_keys=[key],
@@ -247,3 +250,21 @@ async def test_no_secret_in_any_log_record(ssh_bridge, nursery, caplog):
     assert caplog.records
     for record in caplog.records:
         assert PASSWORD not in record.getMessage() and PASSWORD not in str(record.args)
+
+
+async def test_a_dead_events_sink_ends_the_connection(ssh_bridge, nursery, caplog):
+    """If reporting fails (the actor died without closing us), the connection closes itself
+    instead of staying open with nobody to close it."""
+
+    class DeadSink(EventRecorder):
+        def output(self, data: bytes) -> None:
+            raise RuntimeError("actor is dead")
+
+    connections: set = set()
+    port, key = await nursery.start(serve_scripted, echo_then_exit, None, connections)
+    events = DeadSink()
+    connection(ssh_bridge, port, key).open(events, 80, 24)
+    await events.wait_for(lambda: events.kinds() == ["opened"])
+    await until(lambda: any("closing the connection" in r.getMessage() for r in caplog.records))
+    await until(lambda: not connections)  # the server saw the client go
+    assert events.kinds() == ["opened"]
