@@ -47,7 +47,15 @@ _STOP_GRACE = 2.0
 # Run in the child before the shell: make the PTY (stdin) the controlling terminal of the new
 # session (start_new_session made one), then become the shell. A separate tiny interpreter
 # instead of `preexec_fn`, which is not safe in a process with threads (the actors).
-_CTTY_SHIM = "import fcntl,os,sys,termios;fcntl.ioctl(0,termios.TIOCSCTTY,0);os.execvp(sys.argv[1],sys.argv[1:])"
+_CTTY_SHIM = """
+import fcntl, os, sys, termios
+fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+try:
+    os.execvp(sys.argv[1], sys.argv[1:])
+except OSError as exc:
+    sys.stderr.write(f"demo ssh: cannot run {sys.argv[1]}: {exc.strerror}\\r\\n")
+    sys.exit(127)
+"""
 
 
 @dataclass(frozen=True, repr=False)

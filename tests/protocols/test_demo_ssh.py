@@ -159,3 +159,11 @@ async def test_openssh_client(demo, tmp_path):
             env=env, capture_stdout=True, capture_stderr=True, check=False, stdin=b"")
     assert result.returncode == 7, result.stderr
     assert re.search(rb"/dev/pts/\d+", result.stdout), result.stdout
+
+
+async def test_a_shell_that_cannot_run_is_reported(ssh_bridge, nursery):
+    demo = await nursery.start(lambda task_status: serve_demo_ssh(shell="/nonexistent/shell", task_status=task_status))
+    events = EventRecorder()
+    connection(ssh_bridge, demo).open(events, 80, 24)
+    assert await events.wait_end() == ("closed", "remote shell exited with status 127")
+    assert b"cannot run /nonexistent/shell: No such file or directory" in events.received
