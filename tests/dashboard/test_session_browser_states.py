@@ -1,0 +1,119 @@
+"""The session page's states in Chromium, on a synthetic endpoint: the controller's return after
+a reload (rule 8), an administrator's terminate with who did it, a viewer leaving, the join
+dialog's refusals."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from dashboard import share
+from engine.messages import Protocol
+
+pytestmark = pytest.mark.browser
+
+PASSWORD = "correct horse battery"
+WAIT = 15_000
+
+
+class Site:
+    def __init__(self, gateway: Any, browser: Browser) -> None:
+        self.gateway = gateway
+        self.browser = browser
+        self.contexts: list[Any] = []
+        self.endpoint = gateway.create_endpoint("synth", Protocol.SYNTHETIC, host="")
+
+    def user(self, name: str, *, admin: bool = False, grant: bool = True) -> Any:
+        user = self.gateway.create_user(name, PASSWORD, admin=admin)
+        if grant:
+            self.gateway.grant(self.endpoint, user)
+        return user
+
+    def signed_in(self, name: str) -> Page:
+        context = self.browser.new_context()
+        self.contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(WAIT)
+        self.gateway.login(page, name, PASSWORD)
+        return page
+
+    def start(self, page: Page) -> str:
+        page.goto(self.gateway.url(f"/connect/{self.endpoint.id}"))
+        page.get_by_test_id("connect").click()
+        page.wait_for_function("() => window.cosession.state === 'active'")
+        return page.evaluate("() => window.cosession.sessionId")
+
+    def open_session(self, name: str, session_id: str) -> Page:
+        page = self.signed_in(name)
+        page.goto(self.gateway.url(f"/sessions/{session_id}"))
+        page.wait_for_function("() => window.cosession && window.cosession.role !== null")
+        return page
+
+
+@pytest.fixture
+def site(live_gateway, browser):
+    s = Site(live_gateway, browser)
+    yield s
+    for context in s.contexts:
+        context.close()
+
+
+def test_reloading_the_controllers_page_keeps_control(site):
+    site.user("alice")
+    site.user("bob")
+    alice = site.signed_in("alice")
+    sid = site.start(alice)
+    bob = site.open_session("bob", sid)
+    alice.reload()
+    alice.wait_for_function("() => window.cosession && window.cosession.role === 'controller'")
+    expect(alice.get_by_test_id("state")).to_have_text("active")
+    expect(bob.get_by_test_id("state")).to_have_text("active")
+    # typing still reaches the endpoint (the synthetic endpoint echoes it) and the viewer
+    alice.locator(".xterm-helper-textarea").focus()
+    alice.keyboard.type("back again")
+    bob.wait_for_function("() => document.querySelector('.xterm-rows').textContent.includes('back again')")
+
+
+def test_an_administrators_terminate_shows_who_ended_it(site):
+    site.user("alice")
+    site.user("bob")
+    root = site.user("root", admin=True, grant=False)
+    alice = site.signed_in("alice")
+    sid = site.start(alice)
+    bob = site.open_session("bob", sid)
+    assert site.gateway.engine.terminate(sid, root).__class__.__name__ == "Accepted"
+    for page in (alice, bob):
+        notice = page.get_by_test_id("notice")
+        expect(notice).to_have_attribute("data-reason", "terminated")
+        expect(notice).to_contain_text("terminated (by root)")
+        expect(page.get_by_test_id("state")).to_have_text("ended")
+
+
+def test_a_viewer_who_leaves_disappears_from_the_controllers_list(site):
+    site.user("alice")
+    site.user("bob")
+    alice = site.signed_in("alice")
+    sid = site.start(alice)
+    bob = site.open_session("bob", sid)
+    expect(alice.get_by_test_id("viewers")).to_contain_text("bob")
+    bob.get_by_role("button", name="Leave").click()
+    expect(alice.get_by_test_id("viewer-count")).to_have_text("0")
+    expect(alice.get_by_test_id("viewers")).not_to_contain_text("bob")
+
+
+def test_the_join_dialog_refuses_a_forged_link_and_an_ended_session(site):
+    site.user("alice")
+    site.user("bob")
+    alice = site.signed_in("alice")
+    sid = site.start(alice)
+    link = share.share_url(site.gateway.services, sid)
+    bob = site.signed_in("bob")
+    bob.goto(link[:-4] + "AAAA")
+    expect(bob.get_by_role("heading", name="Invalid share link")).to_be_visible()
+    alice.once("dialog", lambda dialog: dialog.accept())
+    alice.get_by_role("button", name="End session").click()
+    expect(alice.get_by_test_id("notice")).to_have_attribute("data-reason", "controller_left")
+    bob.goto(link)
+    expect(bob.get_by_role("heading", name="Session ended")).to_be_visible()
