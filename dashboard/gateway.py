@@ -66,6 +66,7 @@ class LiveSession:
 
     session_id: str
     endpoint: EndpointSpec
+    controller: User
     connection: Any = None  # the endpoint connection, if this gateway built it
     channels: set["Channel"] = field(default_factory=set)
     size: tuple[int, int] = (80, 24)
@@ -91,10 +92,10 @@ class Gateway:
         if isinstance(change, SessionFinished):
             self.sessions.pop(change.session_id, None)
 
-    def live(self, session_id: str, endpoint: EndpointSpec) -> LiveSession:
+    def live(self, session_id: str, endpoint: EndpointSpec, controller: User) -> LiveSession:
         live = self.sessions.get(session_id)
         if live is None:
-            live = self.sessions[session_id] = LiveSession(session_id, endpoint)
+            live = self.sessions[session_id] = LiveSession(session_id, endpoint, controller)
         return live
 
 
@@ -344,7 +345,7 @@ class Channel:
         self.rights = RIGHTS[joined.role]
         self.session_id = joined.session_id
         self.gateway.watch()
-        self.live = self.gateway.live(joined.session_id, endpoint)
+        self.live = self.gateway.live(joined.session_id, endpoint, controller)
         if connection is not None:
             self.live.connection = connection
         self.live.channels.add(self)
@@ -616,6 +617,19 @@ def _build_connection(services: Any, record: Any, credentials: Credentials | Non
 # --- the websocket routes ----------------------------------------------------------------------
 
 
+def _session_parties(gateway: Gateway, session_id: str) -> tuple[EndpointSpec | None, User | None]:
+    """A live session's endpoint and controller: from this gateway's own sessions (the engine's
+    directory is updated a moment after a start is answered, and a viewer may be quicker),
+    else from the engine's directory."""
+    live = gateway.sessions.get(session_id)
+    if live is not None:
+        return live.endpoint, live.controller
+    summary: SessionSummary | None = gateway.services.engine.session(session_id)
+    if summary is not None:
+        return summary.endpoint, summary.controller
+    return None, None
+
+
 async def start_socket(websocket: WebSocket) -> None:
     opened = await _open(websocket)
     if opened is None:
@@ -689,9 +703,9 @@ async def session_socket(websocket: WebSocket) -> None:
             await channel.refuse_fatally(wire.WireReason.INVALID_SHARE_LINK,
                                          "this share link is not valid: it was altered or is for another session")
             return
-        summary: SessionSummary | None = services.engine.session(session_id)
-        has_access = summary is not None and await trio.to_thread.run_sync(
-            services.endpoints.has_access, user, summary.endpoint.id)
+        endpoint, controller = _session_parties(gateway, session_id)
+        has_access = endpoint is not None and await trio.to_thread.run_sync(
+            services.endpoints.has_access, user, endpoint.id)
         # the engine decides (and audits) every join, including refusals for unknown sessions
         answer = await channel.await_joined(lambda reply_to: services.engine.route(
             session_id, Join(user, channel.queue, reply_to, has_access)))
@@ -700,11 +714,9 @@ async def session_socket(websocket: WebSocket) -> None:
                                          answer.detail if answer else "the engine did not answer",
                                          audit=answer is None)
             return
-        if summary is None:  # it started between the lookup and the join: look again
-            summary = services.engine.session(session_id)
-        endpoint = summary.endpoint if summary else EndpointSpec("", "", Protocol.SSH)
-        controller = summary.controller if summary else user
-        await channel.serve(answer, endpoint, controller)
+        if endpoint is None or controller is None:  # it started between the lookup and the join
+            endpoint, controller = _session_parties(gateway, session_id)
+        await channel.serve(answer, endpoint or EndpointSpec("", "", Protocol.SSH), controller or user)
     except _ChannelClosed:
         await channel.close(CLOSE_POLICY, "too many refused messages")
         await channel.linger()
@@ -737,17 +749,16 @@ async def session_page(request: Request) -> Response:
         return await _page_refused(request, "Invalid share link",
                                    "This share link is not valid: it was altered, or it is not a cosession "
                                    "share link. Ask for the link again.", 403, "invalid_share_link")
-    summary = services.engine.session(session_id)
-    if summary is None:
+    endpoint, controller = _session_parties(gateway_of(request), session_id)
+    if endpoint is None or controller is None:
         return await _page_refused(request, "Session ended",
                                    "This session has ended (or never existed). A share link works only "
                                    "while its session is live.", 410, "session_ended")
-    is_controller = summary.controller.id == user.id
-    if not is_controller and not await trio.to_thread.run_sync(services.endpoints.has_access, user,
-                                                               summary.endpoint.id):
+    is_controller = controller.id == user.id
+    if not is_controller and not await trio.to_thread.run_sync(services.endpoints.has_access, user, endpoint.id):
         services.audit_event("share_link_refused", user, session_id, reason=Reason.NO_ACCESS.value)
         return await _page_refused(request, "No access",
-                                   f"You have no access to the endpoint {summary.endpoint.name}, so you "
+                                   f"You have no access to the endpoint {endpoint.name}, so you "
                                    "cannot join its sessions. Ask an administrator for access.", 403, "no_access")
     config = {
         "mode": "join" if token is not None else "session",
@@ -755,15 +766,15 @@ async def session_page(request: Request) -> Response:
         "ws_url": f"/ws/sessions/{session_id}",
         "session_url": f"/sessions/{session_id}",
         "share": token,
-        "endpoint": {"id": summary.endpoint.id, "name": summary.endpoint.name,
-                     "protocol": summary.endpoint.protocol.value},
-        "controller": wire.user_json(summary.controller),
+        "endpoint": {"id": endpoint.id, "name": endpoint.name, "protocol": endpoint.protocol.value},
+        "controller": wire.user_json(controller),
         "you": wire.user_json(user),
         "max_viewers": policy.viewer_cap(services.settings.engine.max_viewers),
     }
+    summary = services.engine.session(session_id)  # None for a moment after the start
     return await render(request, "session.html", {
-        "config": config, "summary": summary, "endpoint_name": summary.endpoint.name,
-        "joint_session": summary.endpoint.joint_session, "is_controller": is_controller,
+        "config": config, "summary": summary, "endpoint_name": endpoint.name,
+        "joint_session": (summary.endpoint if summary else endpoint).joint_session, "is_controller": is_controller,
     })
 
 
