@@ -595,21 +595,26 @@ def _build_connection(services: Any, record: Any, credentials: Credentials | Non
 
         endpoint_id = spec.id
 
-        def on_host_key(key: str) -> None:  # first use: trust it for this endpoint
-            async def record_key() -> None:
+        def in_the_database(method: Callable[[str, str], Any], what: str) -> Callable[[str], None]:
+            def call(key: str) -> None:  # from the connection's task: write in a worker thread
+                async def write() -> None:
+                    try:
+                        await trio.to_thread.run_sync(method, endpoint_id, key)
+                    except Exception:
+                        log.exception("recording the %s of endpoint %s", what, endpoint_id)
                 try:
-                    await trio.to_thread.run_sync(services.endpoints.record_host_key, endpoint_id, key)
-                except Exception:
-                    log.exception("recording the host key of endpoint %s", endpoint_id)
-            try:
-                services.bridge.spawn(record_key)
-            except LoopClosed:
-                pass
+                    services.bridge.spawn(write)
+                except LoopClosed:
+                    pass
+            return call
 
         assert credentials is not None
         return SshConnection(
             services.bridge, spec.host, spec.port, credentials, known_host_key=record.host_key,
-            on_host_key=on_host_key, connect_timeout=services.settings.ssh.connect_timeout_seconds,
+            # first use: trust the key for this endpoint; a changed key: keep it for an administrator
+            on_host_key=in_the_database(services.endpoints.record_host_key, "host key"),
+            on_host_key_changed=in_the_database(services.endpoints.note_changed_host_key, "changed host key"),
+            connect_timeout=services.settings.ssh.connect_timeout_seconds,
             keepalive_interval=services.settings.ssh.keepalive_seconds)
     raise ValueError(f"sessions on {spec.protocol.value} endpoints are not available here")
 
