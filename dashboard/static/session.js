@@ -56,6 +56,8 @@
     ws: null,
     inputRefusals: 0,
     size: null,
+    deadline: null, // the session expires then (rule 7), seconds since the epoch
+    graceUntil: null, // a disconnected controller may come back until then (rule 8)
   };
   window.cosession = session; // for tests and the curious: state only, nothing secret
 
@@ -117,6 +119,34 @@
     el.className = "state state-" + state;
     document.querySelector(".session").dataset.state = state;
   }
+
+  // --- countdowns: the session's expiry, a disconnected controller's grace period -------------
+
+  function formatLeft(seconds) {
+    const s = Math.max(0, Math.round(seconds));
+    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
+    const mm = String(m).padStart(h ? 2 : 1, "0"), ss = String(r).padStart(2, "0");
+    return h ? `${h}:${mm}:${ss}` : `${mm}:${ss}`;
+  }
+
+  function renderCountdown() {
+    const el = $("countdown");
+    const now = Date.now() / 1000;
+    if (session.ended) {
+      el.hidden = true;
+    } else if (session.state === "disconnected" && session.graceUntil) {
+      el.hidden = false;
+      el.dataset.kind = "grace";
+      el.textContent = `controller away: ends in ${formatLeft(session.graceUntil - now)}`;
+    } else if (session.deadline) {
+      el.hidden = false;
+      el.dataset.kind = "deadline";
+      el.textContent = `expires in ${formatLeft(session.deadline - now)}`;
+    } else {
+      el.hidden = true;
+    }
+  }
+  setInterval(renderCountdown, 1000);
 
   function renderMembers() {
     const list = $("viewers");
@@ -249,6 +279,7 @@
         session.participantId = m.participant_id;
         session.sessionId = m.session_id;
         session.members = new Map(m.members.map((x) => [x.participant_id, x]));
+        session.deadline = m.deadline;
         if (m.controller) $("controller").textContent = m.controller.name;
         $("viewer-cap").textContent = String(m.max_viewers);
         openTerminal();
@@ -256,6 +287,7 @@
         showShare(m.share_url);
         setState(m.state);
         renderMembers();
+        renderCountdown();
         $("notice").hidden = true;
         if (config.mode === "start" && history.replaceState) {
           // a reload now returns to this session (rule 8), and the URL is the one to share
@@ -278,7 +310,10 @@
         renderMembers();
         break;
       case "state":
+        session.deadline = m.deadline;
+        session.graceUntil = m.grace_until;
         setState(m.state);
+        renderCountdown();
         if (m.state === "disconnected" && session.role === "viewer") {
           notice("The controller is disconnected; the session waits for them to come back.", "warn", "disconnected");
         } else if (m.state === "active" && $("notice").dataset.reason === "disconnected") {

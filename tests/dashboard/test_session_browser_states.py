@@ -117,3 +117,19 @@ def test_the_join_dialog_refuses_a_forged_link_and_an_ended_session(site):
     expect(alice.get_by_test_id("notice")).to_have_attribute("data-reason", "controller_left")
     bob.goto(link)
     expect(bob.get_by_role("heading", name="Session ended")).to_be_visible()
+
+
+def test_viewers_see_the_expiry_countdown_and_the_controllers_grace_period(site):
+    alice = site.user("alice")
+    site.user("bob")
+    engine = site.gateway.engine
+    controller = engine.open_session(site.endpoint.spec, alice, deadline=engine.clock.now() + 3600)
+    bob = site.open_session("bob", controller.session_id)
+    countdown = bob.get_by_test_id("countdown")
+    expect(countdown).to_have_attribute("data-kind", "deadline")
+    expect(countdown).to_contain_text("expires in 1:00:0")  # 1:00:00 or a second less
+    controller.disconnect()  # as if the controller's tab closed
+    expect(bob.get_by_test_id("state")).to_have_text("disconnected")
+    expect(countdown).to_have_attribute("data-kind", "grace")
+    expect(countdown).to_contain_text("controller away: ends in")
+    expect(bob.get_by_test_id("notice")).to_have_attribute("data-reason", "disconnected")
