@@ -23,7 +23,7 @@ from typing import Any
 
 from config.settings import Settings, load
 from engine.clock import Clock
-from engine.messages import EndpointSpec, Frame, InputRefused, Keyframe, Protocol, Refused, Resync, User
+from engine.messages import EndpointSpec, Frame, InputRefused, Keyframe, Protocol, Refused, User
 from engine.runtime import Engine, Participant, actor_threads
 from protocols.synthetic import SyntheticConnection
 
@@ -65,7 +65,7 @@ class LatencySink:
             self.latencies_ms.append(latency)
         return True
 
-    def keyframe(self, keyframe: Keyframe, resync: Resync | None) -> None:
+    def keyframe(self, keyframe: Keyframe, resync: bool = False) -> None:
         pass
 
     def event(self, event: Any) -> None:
@@ -157,6 +157,7 @@ def run_engine_loadtest(options: Options, settings: Settings | None = None,
         clock = engine.clock
         connections: list[SyntheticConnection] = []
         sinks: list[LatencySink] = []
+        session_sinks: list[list[LatencySink]] = []  # per session, for the final count
         participants: list[Participant] = []
         refusals: Counter[str] = Counter()
         inputs = _Inputs(clock, options.input_rate)
@@ -173,6 +174,7 @@ def run_engine_loadtest(options: Options, settings: Settings | None = None,
                     continue
                 connections.append(connection)
                 sinks.append(sink)
+                session_sinks.append([sink])
                 participants.append(answer)
                 report.sessions_started += 1
                 for v in range(options.viewers):
@@ -183,6 +185,7 @@ def run_engine_loadtest(options: Options, settings: Settings | None = None,
                         refusals[joined.reason.value] += 1
                     else:
                         sinks.append(viewer_sink)
+                        session_sinks[-1].append(viewer_sink)
                         participants.append(joined)
                         report.viewers_joined += 1
                 if progress:
@@ -199,7 +202,8 @@ def run_engine_loadtest(options: Options, settings: Settings | None = None,
                 time.sleep(min(0.1, left))  # the load test's own run time, not a test waiting
             inputs.stop()
             for connection in connections:
-                connection.start_stream(0)  # a rate of 0 keeps the last timer: stop streams below
+                connection.stop_stream()
+            _wait_for_deliveries(connections, session_sinks)
             report.audit_rows = engine.flush_audit().rows
         except Exception as exc:  # report, then still stop everything
             report.errors.append(f"{type(exc).__name__}: {exc}")
@@ -223,6 +227,18 @@ def run_engine_loadtest(options: Options, settings: Settings | None = None,
         report.threads_after_stop = threading.active_count()
         _check(report)
     return report
+
+
+def _wait_for_deliveries(connections: list[SyntheticConnection], session_sinks: list[list[LatencySink]],
+                         bound: float = 30.0) -> None:
+    """After the streams stop, let the frames in flight arrive: every frame an endpoint emitted
+    is due to every participant of its session (all joined before the streams started)."""
+    deadline = time.monotonic() + bound
+    pending = list(zip(connections, session_sinks))
+    while pending and time.monotonic() < deadline:
+        pending = [(c, ss) for c, ss in pending if any(s.frames < c.frames_emitted for s in ss)]
+        if pending:
+            time.sleep(0.01)
 
 
 def _check(report: Report) -> None:
@@ -295,17 +311,19 @@ class _Bar:
     def __init__(self) -> None:
         from rich.progress import Progress
 
-        self._progress = Progress(transient=True, console=None)
+        # Started on first use, after the load test has counted its threads.
+        self._progress = Progress(transient=True)
         self._tasks: dict[str, Any] = {}
-        self._progress.start()
 
     def __call__(self, phase: str, done: float, total: float) -> None:
+        if not self._tasks:
+            self._progress.start()
         if phase not in self._tasks:
             label = "starting sessions" if phase == "setup" else "running load"
             self._tasks[phase] = self._progress.add_task(label, total=total)
         self._progress.update(self._tasks[phase], completed=done)
         if phase == "run" and total - done < 0.11:
-            self._progress.stop()
+            self._progress.stop()  # its refresh thread ends before the threads are counted
 
 
 def _print_table(report: Report) -> None:

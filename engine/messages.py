@@ -124,7 +124,7 @@ class Keyframe:
 
 @dataclass(frozen=True, slots=True)
 class Resync:
-    """Sent to a participant's sink before a keyframe that replaces frames it never got."""
+    """Put in a participant's queue before a keyframe that replaces frames it never got."""
 
     dropped: int
 
@@ -485,21 +485,13 @@ class EndpointFinished:
 
 @dataclass(frozen=True, slots=True)
 class Subscribe:
+    """To the EndpointActor: send this participant a keyframe, then every frame, straight into
+    its sink (its bounded queue), so a frame wakes one thread, not one per participant."""
+
     participant_id: str
-    ref: Any
+    sink: Any
 
 
 @dataclass(frozen=True, slots=True)
 class Unsubscribe:
     participant_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class SendKeyframe:
-    participant_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class ResyncNeeded:
-    participant_id: str
-    dropped: int

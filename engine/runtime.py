@@ -108,24 +108,34 @@ class Engine:
             connect=self._connect, directory=self._directory)
         return self
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """End every session (engine_stopped), commit the audit log, stop every actor thread."""
+    def stop(self, timeout: float = 120.0) -> None:
+        """End every session (engine_stopped), commit the audit log, stop every actor thread.
+        Never raises: past `timeout` whatever is left is stopped without waiting for sessions to
+        end, and the problem is logged. Stopping thousands of actors takes seconds: pykka's
+        registry and CPython's thread bookkeeping are linear in the number of threads (see
+        docs/benchmarks.md)."""
         if self._supervisor is None:
             return
         deadline = time.monotonic() + timeout
+
+        def left() -> float:
+            return max(0.1, deadline - time.monotonic())
+
         try:
-            self._call(lambda r: self._supervisor.tell(Shutdown(r)), timeout)
+            self._call(lambda r: self._supervisor.tell(Shutdown(r)), left())
         except (ReplyTimeout, pykka.ActorDeadError):
             log.error("sessions did not all end within %.0f s; stopping their actors", timeout)
-        self._supervisor.stop(block=True, timeout=max(0.1, deadline - time.monotonic()))
-        self._supervisor = None
-        self._store.stop(block=True, timeout=max(0.1, deadline - time.monotonic()))  # commits on stop
-        self._store = None
+        for name in ("_supervisor", "_store"):  # the store last: it commits what was told to it
+            try:
+                getattr(self, name).stop(block=True, timeout=left())
+            except (pykka.Timeout, pykka.ActorDeadError):
+                log.error("%s did not stop in time", name.strip("_"))
+            setattr(self, name, None)
         for ref in pykka.ActorRegistry.get_all():  # anything orphaned by a failure
             if _ACTOR_THREAD.match(f"{ref.actor_class.__name__}-0"):
                 ref.stop(block=False)
         for thread in actor_threads():
-            thread.join(max(0.1, deadline - time.monotonic()))
+            thread.join(left())
         if self._own_clock and self._clock is not None:
             self._clock.stop()
 

@@ -1,9 +1,10 @@
 """Where a participant's deliveries go: the end of the engine, the start of a client.
 
-A `ParticipantActor` calls its sink from its own thread; a sink never blocks. `OutboundQueue`
-is the bounded queue between an actor and a client that drains at its own pace (a websocket,
-a Python test): when it overflows, its pending frames are dropped and the participant is
-resynchronised from a keyframe, so a slow viewer never slows anyone else.
+Frames and keyframes are put in a sink by the session's EndpointActor; control events by the
+participant's own ParticipantActor. A sink is thread-safe and never blocks. `OutboundQueue`
+is the bounded queue between the engine and a client that drains at its own pace (a
+websocket, a Python test): when it overflows, its pending frames are dropped and the endpoint
+puts a keyframe in their place, so a slow viewer never slows anyone else.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ class Sink(Protocol):
     def offer(self, frame: Frame) -> bool:
         """Take a frame, or return False if full: the participant then asks for a keyframe."""
 
-    def keyframe(self, keyframe: Keyframe, resync: Resync | None) -> None:
-        """The screen as it is now; replaces any frames still pending."""
+    def keyframe(self, keyframe: Keyframe, resync: bool = False) -> None:
+        """The screen as it is now; replaces any frames still pending. `resync`: it follows
+        a refused offer."""
 
     def event(self, event: Any) -> None:
         """A control event (joined, left, state, ended). Never dropped."""
@@ -49,6 +51,7 @@ class OutboundQueue:
         self._items: list[Item] = []
         self._pending_bytes = 0
         self.closed = False
+        self._dropped_since_keyframe = 0
         self.dropped_frames = 0
         self.delivered_frames = 0
         self.resyncs = 0
@@ -57,9 +60,12 @@ class OutboundQueue:
 
     def offer(self, frame: Frame) -> bool:
         with self._lock:
+            if self.closed:
+                return True  # the participant is gone; nothing to resynchronise
             if self._pending_bytes + len(frame.data) > self._max_bytes:
                 self._drop_pending_data()
                 self.dropped_frames += 1
+                self._dropped_since_keyframe += 1
                 return False
             was_empty = not self._items
             if self._items and self._items[-1].kind == "data":
@@ -72,13 +78,14 @@ class OutboundQueue:
             self._ready()
         return True
 
-    def keyframe(self, keyframe: Keyframe, resync: Resync | None) -> None:
+    def keyframe(self, keyframe: Keyframe, resync: bool = False) -> None:
         with self._lock:
             self._drop_pending_data(count=False)
             was_empty = not self._items
-            if resync is not None:
+            if resync:
                 self.resyncs += 1
-                self._items.append(Item("event", resync))
+                self._items.append(Item("event", Resync(self._dropped_since_keyframe)))
+            self._dropped_since_keyframe = 0
             self._items.append(Item("keyframe", keyframe))
         if was_empty:
             self._ready()
@@ -118,6 +125,7 @@ class OutboundQueue:
             if item.kind == "data":
                 if count:
                     self.dropped_frames += len(item.value)
+                    self._dropped_since_keyframe += len(item.value)
                     self.delivered_frames -= len(item.value)
             elif item.kind == "event" and not isinstance(item.value, Resync):
                 kept.append(item)
@@ -148,12 +156,12 @@ class CollectingSink:
             self._cond.notify_all()
         return True
 
-    def keyframe(self, keyframe: Keyframe, resync: Resync | None) -> None:
+    def keyframe(self, keyframe: Keyframe, resync: bool = False) -> None:
         with self._cond:
             self.keyframes.append(keyframe)
             self.output += keyframe.data
-            if resync is not None:
-                self.events.append(resync)
+            if resync:
+                self.events.append(Resync(0))
             self._cond.notify_all()
 
     def event(self, event: Any) -> None:

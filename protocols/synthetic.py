@@ -72,6 +72,12 @@ class SyntheticConnection:
             self._next_at = self._clock.now() + 1.0 / rate
             self._timer = self._clock.call_at(self._next_at, self._tick)
 
+    def stop_stream(self) -> None:
+        with self._lock:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
     def _tick(self) -> None:
         with self._lock:
             if self._closed or self._events is None:

@@ -2,7 +2,12 @@
 the endpoint's frames out to the subscribed participants.
 
 Fan-out happens here, not in the session, so that a joiner's keyframe and the frames after it
-come from one sender, in order: the keyframe covers exactly the frames before it.
+come from one sender, in order: the keyframe covers exactly the frames before it. Frames go
+straight into each participant's sink (a thread-safe bounded queue), not through the
+participant's actor: a frame then wakes one thread instead of one per participant, which is
+most of the cost of fan-out (docs/benchmarks.md). When a sink refuses a frame (it is full),
+its pending frames are gone and a keyframe takes their place at once. A sink that raises is
+that participant's failure, reported to the session; the other participants never notice.
 
 Restart strategy (OTP's *transient*, with an intensity bound): a connection that fails with a
 retryable error is reopened after a backoff that doubles with each recent failure; more than
@@ -22,8 +27,8 @@ from engine.actors.base import describe_failure, send
 from engine.clock import Clock, Timer
 from engine.messages import (
     ChildFailed, EndpointClosed, EndpointError, EndpointFailed, EndpointFinished, EndpointOpened,
-    EndpointReady, EndpointRetrying, Frame, Input, OpenEndpoint, ReconnectEndpoint, Resize,
-    SendKeyframe, Subscribe, Unsubscribe,
+    EndpointReady, EndpointRetrying, Frame, Input, OpenEndpoint, ReconnectEndpoint, Resize, Subscribe,
+    Unsubscribe,
 )
 from engine.screen import ScreenModel
 from protocols.base import EndpointConnection, EndpointEvents
@@ -43,8 +48,8 @@ class EndpointActor(pykka.ThreadingActor):
         self._retries = retries
         self._backoff = backoff
         self._window = window
-        self._subscribers: dict[str, Any] = {}
-        self._refs: list[Any] = []  # the hot path iterates a list, not a dict view
+        self._subscribers: dict[str, Any] = {}  # participant id → sink
+        self._fanout: list[tuple[str, Any]] = []  # the hot path iterates a list, not a dict view
         self._failures: collections.deque[float] = collections.deque()
         self._size = (80, 24)
         self._retry_timer: Timer | None = None
@@ -54,23 +59,28 @@ class EndpointActor(pykka.ThreadingActor):
         match message:
             case Frame():
                 self._screen.feed(message.data)
-                for ref in self._refs:
-                    send(ref, message)
+                for pid, sink in self._fanout:
+                    try:
+                        if not sink.offer(message):
+                            sink.keyframe(self._screen.keyframe(), resync=True)
+                    except Exception as exc:
+                        self._sink_failed(pid, exc)
             case Input(data=data):
                 self._connection.send_input(data)
             case Resize(cols=cols, rows=rows):
                 self._size = (cols, rows)
                 self._screen.resize(cols, rows)
                 self._connection.resize(cols, rows)
-            case Subscribe(participant_id=pid, ref=ref):
-                send(ref, self._screen.keyframe())
-                self._subscribers[pid] = ref
-                self._refs = list(self._subscribers.values())
+            case Subscribe(participant_id=pid, sink=sink):
+                self._subscribers[pid] = sink
+                self._fanout = list(self._subscribers.items())
+                try:
+                    sink.keyframe(self._screen.keyframe())
+                except Exception as exc:
+                    self._sink_failed(pid, exc)
             case Unsubscribe(participant_id=pid):
                 if self._subscribers.pop(pid, None) is not None:
-                    self._refs = list(self._subscribers.values())
-            case SendKeyframe(participant_id=pid):
-                send(self._subscribers.get(pid), self._screen.keyframe())
+                    self._fanout = list(self._subscribers.items())
             case OpenEndpoint(cols=cols, rows=rows):
                 self._size = (cols, rows)
                 self._screen.resize(cols, rows)
@@ -87,6 +97,12 @@ class EndpointActor(pykka.ThreadingActor):
                 self._on_error(detail, retryable)
             case _:
                 log.warning("endpoint of session %s ignored %r", self._session_id, type(message).__name__)
+
+    def _sink_failed(self, pid: str, exc: Exception) -> None:
+        log.error("the sink of participant %s failed", pid, exc_info=exc)
+        if self._subscribers.pop(pid, None) is not None:
+            self._fanout = list(self._subscribers.items())
+            send(self._session, ChildFailed("participant", pid, describe_failure(exc)))
 
     def _on_error(self, detail: str, retryable: bool) -> None:
         if self._closed:

@@ -1,9 +1,10 @@
-"""ParticipantActor: one per controller or viewer; delivers to that participant's sink.
+"""ParticipantActor: one per controller or viewer. It delivers the session's control events to
+the participant's sink, and it is the participant's place in the supervision tree: its
+failure is reported to the session, which removes it and goes on.
 
 It holds no reference to the endpoint: a participant has no path to the endpoint's input
-(read-only is structural). Frames come from the EndpointActor, events from the SessionActor.
-When the sink is full it drops frames until a keyframe resynchronises it, so a slow viewer
-costs nobody else anything.
+(read-only is structural). Frames do not pass through it: the EndpointActor puts them straight
+into the participant's bounded sink (see engine/actors/endpoint.py for why).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 import pykka
 
 from engine.actors.base import describe_failure, send
-from engine.messages import ChildFailed, Frame, Keyframe, Member, Resync, ResyncNeeded
+from engine.messages import ChildFailed, Member
 
 log = logging.getLogger(__name__)
 
@@ -25,30 +26,9 @@ class ParticipantActor(pykka.ThreadingActor):
         self._session = session_ref
         self._member = member
         self._sink = sink
-        self._awaiting_keyframe = False
-        self._dropped_since_keyframe = 0
-        self.frames_dropped = 0
 
     def on_receive(self, message: Any) -> None:
-        if isinstance(message, Frame):
-            self._on_frame(message)
-        elif isinstance(message, Keyframe):
-            resync = Resync(self._dropped_since_keyframe) if self._awaiting_keyframe else None
-            self._awaiting_keyframe = False
-            self._dropped_since_keyframe = 0
-            self._sink.keyframe(message, resync)
-        else:
-            self._sink.event(message)
-
-    def _on_frame(self, frame: Frame) -> None:
-        if self._awaiting_keyframe:
-            self._dropped_since_keyframe += 1
-            self.frames_dropped += 1
-        elif not self._sink.offer(frame):
-            self._awaiting_keyframe = True
-            self._dropped_since_keyframe = 1
-            self.frames_dropped += 1
-            send(self._session, ResyncNeeded(self._member.participant_id, 1))
+        self._sink.event(message)
 
     def on_stop(self) -> None:
         self._sink.close()

@@ -25,7 +25,7 @@ from engine.messages import (
     Accepted, AuditEvent, AuditSessionEnded, AuditSessionStarted, ChildFailed, Describe, Disconnected,
     Eject, Ejected, EndpointFailed, EndpointFinished, EndpointReady, EndpointRetrying, EndReason, Expire,
     Extend, GraceElapsed, Input, InputRefused, Join, Joined, Leave, Member, OpenEndpoint,
-    ParticipantJoined, ParticipantLeft, Reason, Refused, Resize, ResyncNeeded, Role, SendKeyframe, SessionEnded,
+    ParticipantJoined, ParticipantLeft, Reason, Refused, Resize, Role, SessionEnded,
     SessionFinished, SessionState, SessionSummary, SessionUpdated, SetJointSession, Shutdown,
     StartSession, StateChanged, Subscribe, Terminate, TransferControl, Unsubscribe, User,
 )
@@ -103,8 +103,6 @@ class SessionActor(pykka.ThreadingActor):
             case GraceElapsed(generation=generation):
                 if generation == self._grace_generation and self._state is SessionState.DISCONNECTED:
                     self._end(EndReason.ABANDONED, detail="the controller did not come back in time")
-            case ResyncNeeded(participant_id=pid, dropped=dropped):
-                send(self._endpoint, SendKeyframe(pid))
             case EndpointReady():
                 if self._state is SessionState.STARTING:
                     self._set_state(SessionState.ACTIVE)
@@ -205,7 +203,7 @@ class SessionActor(pykka.ThreadingActor):
         member = Member(f"{self._id[:8]}-{next(self._pids)}", user, role)
         ref = ParticipantActor.start(self.actor_ref, member, sink)
         self._participants[member.participant_id] = _Participant(member, ref)
-        self._endpoint.tell(Subscribe(member.participant_id, ref))
+        self._endpoint.tell(Subscribe(member.participant_id, sink))
         return member
 
     def _remove(self, pid: str, reason: str, by: User | None = None, stop: bool = True) -> Member | None:
