@@ -56,6 +56,7 @@
     ws: null,
     inputRefusals: 0,
     size: null,
+    timings: {}, // performance.now() of: connect, joined, keyframe (written to the terminal)
     deadline: null, // the session expires then (rule 7), seconds since the epoch
     graceUntil: null, // a disconnected controller may come back until then (rule 8)
   };
@@ -210,11 +211,20 @@
   function connect(path, first) {
     const ws = new WebSocket(wsUrl(path));
     ws.binaryType = "arraybuffer";
+    session.timings = { connect: performance.now() };
+    let keyframeNext = false;
     session.ws = ws;
     ws.onopen = () => ws.send(JSON.stringify(first()));
     ws.onmessage = (event) => {
       if (typeof event.data !== "string") {
-        term.write(new Uint8Array(event.data));
+        if (keyframeNext) {
+          keyframeNext = false;
+          term.write(new Uint8Array(event.data), () => {
+            if (!session.timings.keyframe) session.timings.keyframe = performance.now();
+          });
+        } else {
+          term.write(new Uint8Array(event.data));
+        }
         return;
       }
       let message;
@@ -223,6 +233,8 @@
       } catch (e) {
         return;
       }
+      if (message.type === "joined") session.timings.joined = performance.now();
+      if (message.type === "reset") keyframeNext = true;
       onControl(message);
     };
     ws.onclose = () => {
