@@ -306,7 +306,7 @@ class Channel:
                     await self.refuse_now(error.reason, error.detail, error.kind, _size(message))
                 elif not isinstance(request, expected):
                     await self.refuse_now(wire.WireReason.UNEXPECTED_MESSAGE,
-                                          f"send {wire.kind_of(expected.__new__(expected))} first",
+                                          f"send {wire.kind_of(expected)} first",
                                           wire.kind_of(request))
                 else:
                     return request
@@ -490,13 +490,12 @@ class ControllerRights:
                 send(joined.session, Input(joined.participant_id, request.data))
         elif isinstance(request, wire.ResizeRequest):
             send(joined.session, Resize(joined.participant_id, request.cols, request.rows))
-            if (request.cols, request.rows) != live.size:
-                live.size = (request.cols, request.rows)
-                # The engine tells participants of no resize; the viewers served here follow it.
-                message = {"type": "size", "cols": request.cols, "rows": request.rows}
-                for other in list(live.channels):
-                    if other is not channel and not other.queue.closed:
-                        other.post(message)
+            live.size = (request.cols, request.rows)
+            # The engine tells participants of no resize; the viewers served here follow it.
+            message = {"type": "size", "cols": request.cols, "rows": request.rows}
+            for other in list(live.channels):
+                if other is not channel and not other.queue.closed:
+                    other.post(message)
         elif isinstance(request, wire.StreamRequest):
             self._stream(channel, live, request, size)
         else:

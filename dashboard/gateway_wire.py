@@ -245,13 +245,14 @@ def decode(message: dict[str, Any], max_bytes: int) -> Any:
 
 
 def kind_of(request: Any) -> str:
-    """The wire type of a decoded request (for refusals and the audit log)."""
-    if isinstance(request, TerminalInput):
+    """The wire type of a decoded request, or of a request class (for refusals and the audit log)."""
+    cls = request if isinstance(request, type) else type(request)
+    if cls is TerminalInput:
         return "input"
-    for kind, parser in _KINDS.items():
-        if isinstance(request, parser):
+    for kind, request_class in _KINDS.items():
+        if cls is request_class:
             return kind
-    return type(request).__name__
+    return cls.__name__
 
 
 _KINDS: dict[str, type] = {
