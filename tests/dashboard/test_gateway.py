@@ -192,11 +192,19 @@ async def test_controller_input_reaches_the_endpoint_and_its_echo_everyone(harne
 
 async def test_viewer_follows_the_controllers_terminal_size(harness):
     controller, viewer, sid = await session_with_viewer(harness)
-    await controller.send({"type": "resize", "cols": 132, "rows": 40})
-    await viewer.control("size", cols=132, rows=40)
-    with trio.fail_after(DEADLINE):
-        while harness.connection(sid).size != (132, 40):
-            await trio.sleep(0.01)
+    for cols, rows in ((132, 40), (80, 24)):  # back to the start's size too
+        await controller.send({"type": "resize", "cols": cols, "rows": rows})
+        await viewer.control("size", cols=cols, rows=rows)
+        # the PTY follows (the synthetic endpoint records its size)
+        await controller.send({"type": "ping", "id": cols})
+        await controller.control("pong", id=cols)
+        with trio.fail_after(DEADLINE):
+            while harness.connection(sid).size != (cols, rows):
+                await trio.sleep(0.01)  # a poll interval: the resize crosses two actors
+    # a viewer's resize never changes it
+    await viewer.send({"type": "resize", "cols": 20, "rows": 5})
+    await viewer.control("refused", reason="not_controller")
+    assert harness.connection(sid).size == (80, 24)
 
 
 # --- refusals -------------------------------------------------------------------------------------
