@@ -207,6 +207,21 @@ async def test_viewer_follows_the_controllers_terminal_size(harness):
     assert harness.connection(sid).size == (80, 24)
 
 
+@pytest.mark.xfail(strict=True, reason="engine/screen.py: pyte's parser calls select_graphic_rendition("
+                   "private=True) for CSI ? Ps m (vim 9 sends CSI ? 4 m) and raises TypeError when the keyframe "
+                   "is rendered; the endpoint actor then fails the joiner's sink")
+async def test_a_viewer_can_join_after_a_private_sgr(harness):
+    harness.user("alice")
+    harness.user("bob")
+    controller, joined = await harness.start("alice")
+    harness.connection(joined["session_id"]).emit(b"\x1b[?4mvim was here\r\n")
+    await controller.output_contains(b"vim was here")
+    viewer, answer = await harness.join("bob", joined["session_id"])
+    assert answer["type"] == "joined"
+    await viewer.control("reset", deadline=3)
+    await viewer.output_contains(b"vim was here", deadline=3)
+
+
 # --- refusals -------------------------------------------------------------------------------------
 
 OVERSIZED = 65536 + 1
