@@ -178,6 +178,8 @@ def create_app(services: Any) -> Starlette:
         Route("/", home, methods=["GET"], name="home"),
         *auth.routes,                   # /login, /logout, /api/login, /api/logout, /api/me
         *endpoints.routes,              # /endpoints... (administrators)
+        *importlib.import_module("dashboard.audit_pages").routes,  # /audit, its exports (administrators)
+        *importlib.import_module("dashboard.api").routes,  # /api/sessions, /api/endpoints, /api/audit...
         *_gateway_routes(),             # session websockets, session pages, share links
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         Mount("/vendor", StaticFiles(directory=VENDOR_DIR, check_dir=False), name="vendor"),
