@@ -509,8 +509,10 @@ class ControllerRights:
         if not isinstance(connection, SyntheticConnection):
             channel.refuse_queued(Reason.NOT_PERMITTED, "stream is for synthetic endpoints", "stream", size)
             return
-        # start_stream(0) leaves a running stream alone; one frame in 30 years stops it
-        connection.start_stream(request.rate if request.rate > 0 else 1e-9)
+        if request.rate > 0:
+            connection.start_stream(request.rate)
+        else:
+            connection.stop_stream()
         channel.post({"type": "stream", "rate": request.rate, "frames_emitted": connection.frames_emitted,
                       "inputs_received": connection.inputs_received, "input_bytes": connection.input_bytes})
 
