@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from contextlib import aclosing
 from typing import Any, Awaitable, Callable, Mapping
 
 import sqlalchemy as sa
@@ -109,11 +110,16 @@ async def json_body(request: Request, fields: Mapping[str, tuple[type, ...]],
     media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media_type != "application/json":
         raise ApiError(415, "unsupported_media_type", "send application/json")
+    too_large = ApiError(413, "too_large", f"the body is larger than {MAX_BODY} bytes")
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        raise too_large
     raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY:
-            raise ApiError(413, "too_large", f"the body is larger than {MAX_BODY} bytes")
+    async with aclosing(request.stream()) as chunks:
+        async for chunk in chunks:
+            raw += chunk
+            if len(raw) > MAX_BODY:
+                raise too_large
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -268,8 +274,10 @@ async def session_detail(request: Request) -> Response:
         participants = []
     else:
         data = _stored_json(stored, summary, cap)  # state "unknown": live in the log, not in the engine
-        participants = [{"id": p["actor_id"], "name": p["actor_name"], "role": p["role"]}
-                        for p in stored["participants"]]
+        # the controller first (starting is not a join), then everyone who joined, once each
+        participants = [{"id": stored["controller_id"], "name": stored["controller_name"], "role": "controller"}]
+        participants += [{"id": p["actor_id"], "name": p["actor_name"], "role": p["role"]}
+                         for p in stored["participants"] if p["actor_id"] != stored["controller_id"]]
     data["participants"] = participants
     data["members"] = ([{"id": m.user.id, "name": m.user.name, "role": m.role.value} for m in summary.members]
                        if summary is not None else [])

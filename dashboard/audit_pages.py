@@ -86,6 +86,8 @@ def parse_time(text: str | None, name: str, *, end_of_day: bool = False) -> floa
             if end_of_day:
                 moment += timedelta(days=1)
             return moment.timestamp()
+        # "...T12:00 02:00": a "+" that a query string turned into a space
+        text = re.sub(r"(T[0-9:.]+) ([0-9]{2}:?[0-9]{2})$", r"\1+\2", text)
         moment = datetime.fromisoformat(text.replace(" ", "T", 1))
     except (ValueError, OverflowError):
         raise BadInput(name, f"{text!r} is not a date (YYYY-MM-DD), a date and time "
