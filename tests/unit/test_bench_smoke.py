@@ -1,0 +1,106 @@
+"""bench/ssh_websocket.py at a tiny size (1 run, 2 viewers, 1 MB): every figure of the report
+comes out, for cosession and for tmux, and the docs section is written in place. It keeps the
+benchmark from rotting; it measures nothing."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.openssh import _skip_reason
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "bench" / "ssh_websocket.py"
+
+pytestmark = pytest.mark.openssh
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("bench_ssh_websocket", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[spec.name]
+        raise
+    return module
+
+
+def _skip_unless_runnable() -> None:
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    for tool in ("tmux", "ssh"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"the benchmark needs {tool}")
+
+
+DOC = """# Benchmarks
+
+## The engine (actors only, no network)
+
+(measurements follow)
+
+## Joint SSH sessions through real websockets
+
+Written by hand, kept.
+
+(measurements follow)
+
+## A later section
+
+kept too
+"""
+
+
+def test_the_benchmark_produces_every_figure(tmp_path):
+    _skip_unless_runnable()
+    bench = _bench_module()
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text(DOC)
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--runs", "1", "--viewers", "2", "--cat-mb", "1", "--lines", "10",
+         "--late", "1", "--idle", "0.2", "--parallel", "2", "--json", "--quiet", "--write-docs", str(docs)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+
+    run = report["runs"][0]
+    for kind in ("cosession", "tmux"):
+        figures = run[kind]
+        assert figures["lines_complete"] and figures["par_lines_complete"] and figures["cat_complete"], figures
+        assert figures["lines_lost"] == 0 and figures["late_samples_bad"] == 0, figures
+        assert figures["cat_received_mb"] > 0 and figures["cat_effective_mbps"] > 0
+    only = {"cosession": {"gateway_p50_ms", "gateway_p99_ms", "gateway_rtt_p50_ms", "late_join_ms",
+                          "gateway_peak_rss_mb"},
+            "tmux": {"late_fresh_ssh_ms"}}
+    for key, _, _ in bench.FIGURES:
+        entry = report["summary"][key]
+        for kind in ("cosession", "tmux"):
+            if key in only["tmux" if kind == "cosession" else "cosession"]:
+                assert kind not in entry, (key, kind)
+            else:
+                assert isinstance(entry[kind]["median"], (int, float)), (key, kind, entry)
+        if key not in bench.NOT_COMPARED:
+            assert "ratio" in entry or entry["tmux"]["median"] == 0, (key, entry)
+    assert report["machine"]["nproc"] >= 1 and report["machine"]["python"]
+
+    text = docs.read_text()
+    assert text.count(bench.BEGIN) == 1 and text.count(bench.END) == 1
+    section = text.split("## Joint SSH sessions through real websockets")[1].split("## A later section")[0]
+    assert "Written by hand, kept." in section and "| Line latency, input → each viewer, p50, ms |" in section
+    assert "(measurements follow)" not in section
+    assert text.split("## Joint SSH")[0] == DOC.split("## Joint SSH")[0]  # the other section untouched
+    assert text.endswith("## A later section\n\nkept too\n")
+
+    # a second write replaces the block, nothing else
+    bench.write_docs(docs, f"{bench.BEGIN}\nnew table\n{bench.END}")
+    again = docs.read_text()
+    assert "new table" in again and "| Line latency" not in again and "Written by hand, kept." in again
