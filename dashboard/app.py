@@ -108,23 +108,6 @@ async def render(conn: HTTPConnection, name: str, context: dict[str, Any] | None
                                        headers=headers)
 
 
-# --- the placeholder dashboard (the real one replaces it) -----------------------------------
-
-
-async def home(request: Request) -> Response:
-    from dashboard.auth import require_user
-
-    user = await require_user(request)
-    services = request.app.state.services
-    sessions = services.engine.live_sessions()
-    endpoints = await trio.to_thread.run_sync(services.endpoints.accessible, user)
-    if not user.is_admin:
-        mine = {e.id for e in endpoints}
-        sessions = [s for s in sessions if s.endpoint.id in mine
-                    or any(m.user.id == user.id for m in s.members)]
-    return await render(request, "home.html", {"sessions": sessions, "endpoints": endpoints})
-
-
 # --- security headers -----------------------------------------------------------------------
 
 
@@ -171,13 +154,13 @@ def _gateway_routes() -> list[BaseRoute]:
 
 def create_app(services: Any) -> Starlette:
     """The whole web application for `services` (dashboard.services.Services)."""
-    from dashboard import auth, endpoints
+    from dashboard import auth, endpoints, pages
     from dashboard.csrf import CsrfMiddleware
 
     routes: list[BaseRoute] = [
-        Route("/", home, methods=["GET"], name="home"),
         *auth.routes,                   # /login, /logout, /api/login, /api/logout, /api/me
         *endpoints.routes,              # /endpoints... (administrators)
+        *pages.routes,                  # /, /connections, /endpoints/{id}, terminate, /events/sessions
         *importlib.import_module("dashboard.audit_pages").routes,  # /audit, its exports (administrators)
         *importlib.import_module("dashboard.api").routes,  # /api/sessions, /api/endpoints, /api/audit...
         *_gateway_routes(),             # session websockets, session pages, share links
