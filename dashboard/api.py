@@ -31,7 +31,7 @@ from dashboard.auth import Forbidden, require_admin, require_user
 from dashboard.endpoints import ADMIN_PROTOCOLS, EndpointError, EndpointRecord
 from engine.db import audit_events, sessions as t_sessions
 from engine.errors import EngineNotRunning
-from engine.messages import Accepted, EndReason, Reason, Refused, SessionSummary, Terminate, User
+from engine.messages import Accepted, EndReason, Flush, Reason, Refused, SessionSummary, Terminate, User
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ DEFAULT_LIMIT = 50
 MAX_OFFSET = 10**9
 MAX_BODY = 64 * 1024
 ENGINE_REPLY_SECONDS = 10.0
+FLUSH_SECONDS = 2.0  # a bound on waiting for the audit store's commit after a terminate
 _SESSION_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 
@@ -300,6 +301,9 @@ async def terminate_session(request: Request) -> Response:
     if reply is None:
         raise ApiError(504, "engine_timeout", f"the engine did not answer within {ENGINE_REPLY_SECONDS:.0f} s")
     if isinstance(reply, Accepted):
+        # the engine wrote the terminate row before it answered: once the store has committed
+        # it, a script that reads the audit log next finds it there
+        await ask_engine(services, lambda reply_to: services.audit(Flush(reply_to)), timeout=FLUSH_SECONDS)
         return JSONResponse({"terminated": True, "session_id": session_id, "by": _who(user)})
     if not isinstance(reply, Refused):
         log.error("unexpected answer to Terminate: %r", reply)
