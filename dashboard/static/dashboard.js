@@ -85,6 +85,7 @@
     if (old) {
       old.replaceWith(el);
     } else {
+      window.cosessionLive.firstSeen[row.id] = Date.now(); // for tests: when it appeared here
       // newest first
       const later = Array.from(body.children).find((tr) => parseFloat(tr.dataset.started) < row.started_at);
       body.insertBefore(el, later || null);
@@ -140,7 +141,7 @@
     state.dataset.testid = "state";
     state.textContent = "ended";
     const why = document.createElement("span");
-    why.className = "muted";
+    why.className = "muted end-reason";
     why.dataset.testid = "end-reason";
     why.dataset.reason = reason;
     why.textContent = (ENDINGS[reason] || reason) + (by ? ` (${by})` : "");
@@ -181,7 +182,7 @@
   }
 
   const source = containers.map((c) => c.dataset.eventsUrl).find((u) => u);
-  window.cosessionLive = { events: 0, snapshots: 0, connected: false };
+  window.cosessionLive = { events: 0, snapshots: 0, connected: false, firstSeen: {} };
   if (source && window.EventSource) {
     const events = new EventSource(source);
     for (const kind of ["snapshot", "upsert", "remove"]) {
