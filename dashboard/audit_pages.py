@@ -28,7 +28,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
-from typing import Any, AsyncIterator, Mapping
+from typing import Any, Mapping
 from urllib.parse import parse_qsl, urlencode
 
 import sqlalchemy as sa
@@ -386,6 +386,71 @@ async def verify_now(request: Request) -> Response:
 # --- export ----------------------------------------------------------------------------------
 
 
+class ExportStream:
+    """The text of an export, one chunk per page of rows, each page read from the reader in a
+    worker thread when the previous chunk has been sent. At most `total` rows (the count when
+    the export started), in the reader's order (oldest first), as CSV or JSON.
+
+    A plain async iterator rather than an async generator: a client that goes away in the
+    middle of a download leaves no half-run generator for the garbage collector to finalise."""
+
+    def __init__(self, fmt: str, reader: Any, filters: dict[str, Any], first: list[dict[str, Any]], total: int,
+                 head: dict[str, Any]) -> None:
+        self._fmt = fmt
+        self._reader = reader
+        self._filters = filters
+        self._rows: list[dict[str, Any]] | None = first
+        self._total = total
+        self._offset = 0
+        self._state = "head"  # head, rows, tail, done
+        self._head = head
+        self._first_row = True
+
+    def __aiter__(self) -> "ExportStream":
+        return self
+
+    async def __anext__(self) -> str:
+        if self._state == "head":
+            self._state = "rows"
+            return self._render_head()
+        if self._state == "rows":
+            if self._rows is None and self._offset < self._total:
+                offset = self._offset
+                self._rows, _ = await trio.to_thread.run_sync(
+                    lambda: self._reader.events(**self._filters, limit=EXPORT_PAGE, offset=offset))
+            rows = (self._rows or [])[: max(0, self._total - self._offset)]
+            self._rows = None
+            if rows:
+                self._offset += len(rows)
+                return self._render(rows)
+            self._state = "tail"
+        if self._state == "tail":
+            self._state = "done"
+            if self._fmt == "json":
+                return "\n]}\n"
+        raise StopAsyncIteration
+
+    def _render_head(self) -> str:
+        if self._fmt == "csv":
+            return _csv_text([list(CSV_COLUMNS)])
+        return json.dumps(self._head, ensure_ascii=False)[:-1] + ', "events": ['
+
+    def _render(self, rows: list[dict[str, Any]]) -> str:
+        if self._fmt == "csv":
+            return _csv_text([csv_row(row) for row in rows])
+        chunk = []
+        for row in rows:
+            chunk.append(("\n" if self._first_row else ",\n") + json.dumps(event_json(row), ensure_ascii=False))
+            self._first_row = False
+        return "".join(chunk)
+
+
+def _csv_text(rows: list[list[Any]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\r\n").writerows(rows)
+    return buffer.getvalue()
+
+
 async def export_response(request: Request, fmt: str, *, api: bool) -> Response:
     """The filtered set as a CSV or JSON download, oldest first (the chain's order). The number
     of rows is fixed when the export starts: rows written meanwhile are not part of it."""
@@ -405,51 +470,15 @@ async def export_response(request: Request, fmt: str, *, api: bool) -> Response:
     services.audit_event("audit_exported", admin, format=fmt, rows=total, filters=filters.as_json())
     exported_at = time.time()
 
-    async def pages() -> AsyncIterator[list[dict[str, Any]]]:
-        rows, offset = first, 0
-        while rows:
-            rows = rows[: max(0, total - offset)]
-            if not rows:
-                return
-            yield rows
-            offset += len(rows)
-            if offset >= total:
-                return
-            rows, _ = await trio.to_thread.run_sync(
-                lambda: reader.events(**kwargs, limit=EXPORT_PAGE, offset=offset))
-
-    async def as_csv() -> AsyncIterator[str]:
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\r\n")
-        writer.writerow(CSV_COLUMNS)
-        async for rows in pages():
-            for row in rows:
-                writer.writerow(csv_row(row))
-            yield buffer.getvalue()
-            buffer.seek(0)
-            buffer.truncate()
-        if buffer.tell():
-            yield buffer.getvalue()
-
-    async def as_json() -> AsyncIterator[str]:
-        head = {"exported_at": iso_utc(exported_at), "order": "oldest_first", "filters": filters.as_json(),
-                "total": total}
-        yield json.dumps(head, ensure_ascii=False)[:-1] + ', "events": ['
-        separator = "\n"
-        async for rows in pages():
-            chunk = []
-            for row in rows:
-                chunk.append(separator + json.dumps(event_json(row), ensure_ascii=False, sort_keys=False))
-                separator = ",\n"
-            yield "".join(chunk)
-        yield "\n]}\n"
-
+    head = {"exported_at": iso_utc(exported_at), "order": "oldest_first", "filters": filters.as_json(),
+            "total": total}
+    stream = ExportStream(fmt, reader, kwargs, first, total, head)
     stamp = datetime.fromtimestamp(exported_at, timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     headers = {"Content-Disposition": f'attachment; filename="cosession-audit-{stamp}.{fmt}"',
                "Cache-Control": "no-store", "X-Total-Count": str(total)}
     if fmt == "csv":
-        return StreamingResponse(as_csv(), media_type="text/csv; charset=utf-8", headers=headers)
-    return StreamingResponse(as_json(), media_type="application/json", headers=headers)
+        return StreamingResponse(stream, media_type="text/csv; charset=utf-8", headers=headers)
+    return StreamingResponse(stream, media_type="application/json", headers=headers)
 
 
 async def export_csv(request: Request) -> Response:
