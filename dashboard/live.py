@@ -287,26 +287,26 @@ class _Stream:
 
 
 async def _events(stream: _Stream, hub: LiveHub) -> AsyncIterator[str]:
+    # Never yield inside a cancel scope: the consumer (Starlette's send) runs while this
+    # generator is suspended, and the scope's deadline would cancel the consumer instead.
     with hub.subscribe() as subscriber:
         yield f"retry: {RETRY_MS}\n\n" + stream.snapshot()
         ends_at = trio.current_time() + STREAM_SECONDS
         while trio.current_time() < ends_at:
+            chunk = ": ping\n\n"  # unless a change comes within the heartbeat
             with trio.move_on_after(min(HEARTBEAT_SECONDS, max(0.0, ends_at - trio.current_time()))):
                 try:
-                    first = await subscriber.receive.receive()
+                    batch = [await subscriber.receive.receive()]
                 except (trio.EndOfChannel, trio.ClosedResourceError):
                     return  # dropped: the browser reconnects to a fresh snapshot
-                batch = [first]
                 while True:
                     try:
                         batch.append(subscriber.receive.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                         break
                 chunk = stream.changes(batch)
-                if chunk:
-                    yield chunk
-                continue
-            yield ": ping\n\n"
+            if chunk:
+                yield chunk
 
 
 async def session_events(request: Request) -> Response:

@@ -312,3 +312,14 @@ def test_the_endpoint_pages_stream_has_that_endpoints_sessions_only(site):
     assert kind == "snapshot" and [r["id"] for r in data["rows"]] == [on_box.session_id]
     assert data["rows"][0]["can_terminate"] is True
     stream.close()
+
+
+def test_the_stream_pings_while_idle_and_ends_so_that_the_browser_reconnects(site, monkeypatch):
+    from dashboard import live
+
+    monkeypatch.setattr(live, "HEARTBEAT_SECONDS", 0.05)
+    monkeypatch.setattr(live, "STREAM_SECONDS", 0.4)
+    with site.client("bob").stream("GET", "/events/sessions", timeout=10.0) as answer:
+        lines = list(answer.iter_lines())  # the server ends it
+    assert lines[:3] == ["retry: 1000", "", "event: snapshot"]
+    assert lines.count(": ping") >= 2
