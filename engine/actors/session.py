@@ -79,7 +79,7 @@ class SessionActor(pykka.ThreadingActor):
             case Input():
                 self._on_input(message)
             case StartSession():
-                self._on_start(message)
+                self._open(message)
             case Join():
                 self._on_join(message)
             case Leave(participant_id=pid):
@@ -128,7 +128,9 @@ class SessionActor(pykka.ThreadingActor):
 
     # --- lifecycle --------------------------------------------------------------------------
 
-    def _on_start(self, start: StartSession) -> None:
+    def _open(self, start: StartSession) -> None:
+        """The first message: children start here, not in on_start, so that their failure
+        reaches on_failure (pykka skips it for an exception in on_start)."""
         self._store.tell(AuditSessionStarted(
             self._id, start.endpoint.id, start.endpoint.name, start.endpoint.protocol.value,
             start.controller.id, start.controller.name, self._started_at, start.record))
