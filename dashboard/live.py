@@ -133,9 +133,34 @@ def row_model(summary: SessionSummary, audience: Audience, cap: int) -> dict[str
     }
 
 
-def render_row(conn: HTTPConnection, row: dict[str, Any], now: float, *, back: str = "/") -> str:
+_ID = "__ID__"
+
+
+def row_context(conn: HTTPConnection) -> dict[str, Any]:
+    """What `_live_row.html` and `_connection_row.html` need besides the row: the paths of the
+    endpoint page, the session window and Terminate (worked out once per application: Starlette's
+    url_for costs milliseconds, tried against every route), and the CSRF token of the forms."""
+    from dashboard.csrf import FIELD, csrf_token
+
+    state = conn.app.state
+    paths = getattr(state, "live_row_paths", None)
+    if paths is None:
+        app = conn.app
+        paths = state.live_row_paths = {
+            "endpoint": str(app.url_path_for("endpoint_page", endpoint_id=_ID)),
+            "session": str(app.url_path_for("session", session_id=_ID)),
+            "terminate": str(app.url_path_for("session_terminate", session_id=_ID)),
+        }
+    root = conn.scope.get("root_path", "")
+    return {"paths": {k: root + v for k, v in paths.items()}, "csrf_field_name": FIELD, "csrf": csrf_token(conn),
+            "path_id": _ID}
+
+
+def render_row(conn: HTTPConnection, row: dict[str, Any], now: float, *, back: str = "/",
+               context: dict[str, Any] | None = None) -> str:
     """The row's ``<tr>``, from the template the pages include (templates/_live_row.html)."""
-    return templates.env.get_template("_live_row.html").render(request=conn, row=row, now=now, back=back)
+    return templates.env.get_template("_live_row.html").render(
+        row=row, now=now, back=back, **(context if context is not None else row_context(conn)))
 
 
 def live_rows(services: Any, audience: Audience) -> list[dict[str, Any]]:
@@ -251,9 +276,10 @@ class _Stream:
         self.services = request.app.state.services
         self.cap = policy.viewer_cap(self.services.settings.engine.max_viewers)
         self.shown: set[str] = set()
+        self.context = row_context(request)
 
     def row(self, model: dict[str, Any], now: float) -> dict[str, Any]:
-        return {**model, "html": render_row(self.request, model, now, back=self.back)}
+        return {**model, "html": render_row(self.request, model, now, back=self.back, context=self.context)}
 
     def snapshot(self) -> str:
         now = self.services.now()

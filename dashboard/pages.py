@@ -246,7 +246,7 @@ async def home(request: Request) -> Response:
     return await render(request, "dashboard.html", {
         "rows": live.live_rows(services, audience), "now": services.now(), "back": "/",
         "events_url": _events_url(request, "/"), "endpoints": endpoints, "max_viewers": _cap(services),
-        "flash": _take_flash(request)})
+        "flash": _take_flash(request), **live.row_context(request)})
 
 
 async def connections(request: Request) -> Response:
@@ -276,7 +276,7 @@ async def connections(request: Request) -> Response:
         "prev_url": filters.url(path, pages["page"] - 1) if pages["page"] > 1 else None,
         "next_url": filters.url(path, pages["page"] + 1) if pages["page"] < pages["pages"] else None,
         "reasons": END_REASONS, "now": services.now(), "back": back, "max_viewers": _cap(services),
-        "events_url": _events_url(request, back), "flash": _take_flash(request)})
+        "events_url": _events_url(request, back), "flash": _take_flash(request), **live.row_context(request)})
 
 
 async def endpoint_page(request: Request) -> Response:
@@ -294,7 +294,7 @@ async def endpoint_page(request: Request) -> Response:
     page = _page_number(request.query_params.get("page"))
     path = request.url.path
     context: dict[str, Any] = {"record": record, "tab": tab, "now": services.now(), "max_viewers": _cap(services),
-                               "flash": _take_flash(request)}
+                               "flash": _take_flash(request), **live.row_context(request)}
     if tab == "connections":
         audience = await live.audience_for(services, user, endpoint_id)
 

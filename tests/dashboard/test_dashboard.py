@@ -120,7 +120,7 @@ def test_join_where_allowed_and_terminate_for_administrators_only(site):
     session = site.start(site.box, site.alice)
     sid = session.session_id
     bob = row_html(site.client("bob").get("/").text, sid)
-    assert f'href="{site.gateway.url(f"/sessions/{sid}")}"' in bob and 'target="_blank"' in bob
+    assert f'href="/sessions/{sid}"' in bob and 'target="_blank"' in bob
     assert 'data-testid="join"' in bob and 'data-testid="terminate"' not in bob
     admin = row_html(site.client("root").get("/").text, sid)
     assert 'data-testid="join"' in admin and 'data-testid="terminate"' in admin

@@ -203,6 +203,8 @@ def test_connections_and_endpoint_pages_follow_the_engine(site, live_gateway):
     expect(row(root, on_web.session_id).get_by_test_id("state")).to_have_text("ended")
     expect(row(root, on_web.session_id).get_by_test_id("end-reason")).to_have_text("ended by the controller (alice)")
     expect(row(root, on_web.session_id).get_by_test_id("terminate")).to_have_count(0)
+    open_on(web, "carol")  # a new session is announced, not slipped into a paged, filtered list
+    expect(root.get_by_test_id("new-sessions")).to_contain_text("Sessions have started")
 
     alice = site.signed_in("alice")
     alice.goto(site.gateway.url(f"/endpoints/{db.id}"))
