@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from dashboard import share
-from engine.messages import ParticipantJoined, Protocol
+from engine.messages import ParticipantJoined, Protocol, SessionState
 from protocols.synthetic import SyntheticConnection
 
 PASSWORD = "correct horse battery"
@@ -25,7 +25,11 @@ def session(live_gateway):
     alice = gw.services.users.get_by_name("alice")
     connection = SyntheticConnection(gw.engine.clock)
     controller = gw.engine.open_session(endpoint.spec, alice, connection=connection)
+    # the connection opens when the endpoint actor gets to it: emit once it is open
+    assert controller.sink.wait_for(lambda s: any(getattr(e, "state", None) == SessionState.ACTIVE
+                                                  for e in s.events))
     connection.emit(b"before the join\r\n")
+    assert controller.wait_for_output("before the join")
     return gw, controller, connection
 
 
