@@ -323,3 +323,26 @@ def test_the_stream_pings_while_idle_and_ends_so_that_the_browser_reconnects(sit
         lines = list(answer.iter_lines())  # the server ends it
     assert lines[:3] == ["retry: 1000", "", "event: snapshot"]
     assert lines.count(": ping") >= 2
+
+
+def test_a_disconnected_session_shows_its_grace_period_and_offers_its_controller_a_return(site, live_gateway):
+    session = site.start(site.box, site.alice)
+    session.disconnect()  # as if alice's tab closed (rule 8)
+    settle(live_gateway.engine, session.session_id)
+    summary = live_gateway.engine.session(session.session_id)
+    assert summary.state.value == "disconnected" and summary.grace_until is not None
+    admin = row_html(site.client("root").get("/").text, session.session_id)
+    assert 'data-testid="state">disconnected<' in admin
+    assert f'data-until="{summary.grace_until}" data-testid="grace"' in admin
+    alice = row_html(site.client("alice").get("/").text, session.session_id)
+    assert re.search(r'href="/sessions/[0-9a-f]+" target="_blank" rel="noopener" title="Come back to your '
+                     r'session as its controller" data-testid="join">Return<', alice)
+
+
+def test_a_session_with_a_deadline_is_expiring_with_its_countdown(site, live_gateway):
+    deadline = live_gateway.services.now() + 600
+    session = live_gateway.engine.open_session(site.box.spec, site.alice, deadline=deadline)
+    settle(live_gateway.engine, session.session_id)
+    bob = row_html(site.client("bob").get("/").text, session.session_id)
+    assert 'data-testid="state">expiring<' in bob
+    assert f'data-until="{deadline}" data-testid="countdown"' in bob
