@@ -211,10 +211,8 @@ def test_a_viewer_who_joins_while_top_runs_sees_the_controllers_screen(site):
     type_line(alice, "top -d 2")
     alice.wait_for_function(f"() => ({SCREEN})().includes('load average')")
 
-    began = time.monotonic()
     bob = site.join("bob", share_url(alice))
     bob.wait_for_function(f"() => ({SCREEN})().includes('load average')")
-    first_screen = time.monotonic() - began
     assert bob.evaluate("() => [window.cosessionTerminal.cols, window.cosessionTerminal.rows]") == \
         alice.evaluate("() => [window.cosessionTerminal.cols, window.cosessionTerminal.rows]")
 
@@ -225,7 +223,6 @@ def test_a_viewer_who_joins_while_top_runs_sees_the_controllers_screen(site):
     timings = bob.evaluate("() => window.cosession.timings")
     keyframe_ms = timings["keyframe"] - timings["connect"]
     assert keyframe_ms < 1000, f"the late joiner's keyframe took {keyframe_ms:.0f} ms ({timings})"
-    assert first_screen < 5, f"the late joiner's window took {first_screen:.2f} s to show the screen"
 
     alice.locator(".xterm-helper-textarea").focus()
     alice.keyboard.press("q")
