@@ -17,7 +17,7 @@ from trio_websocket import ConnectionClosed, HandshakeError
 from cosession.join import connect_socket, login, open_socket, send_json
 from engine.messages import Protocol
 
-DEADLINE = 10  # seconds: a bound on waiting for the gateway, never a wait for time
+DEADLINE = 30  # seconds: a bound on waiting for the gateway, never a wait for time
 PASSWORD = "correct horse battery"
 
 

@@ -16,7 +16,7 @@ from engine.messages import Protocol, User
 pytestmark = [pytest.mark.browser, pytest.mark.openssh]
 
 PASSWORD = "correct horse battery"
-WAIT = 15_000  # ms: a bound on waiting for the page, never a wait for time to pass
+WAIT = 30_000  # ms: a bound on waiting for the page, never a wait for time to pass
 
 SCREEN = """() => {
   const t = window.cosessionTerminal, b = t.buffer.active, rows = [];

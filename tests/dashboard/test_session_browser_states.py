@@ -16,7 +16,7 @@ from engine.messages import Protocol
 pytestmark = pytest.mark.browser
 
 PASSWORD = "correct horse battery"
-WAIT = 15_000
+WAIT = 30_000
 
 
 class Site:
