@@ -335,6 +335,22 @@ async def _events(stream: _Stream, hub: LiveHub) -> AsyncIterator[str]:
                 yield chunk
 
 
+class EventStreamResponse(StreamingResponse):
+    """A StreamingResponse that always closes its generator in its own task. When the browser
+    goes away, Starlette cancels the response while the generator waits at a ``yield`` (the
+    send was in progress); left alone, the generator would keep its subscription until the
+    garbage collector finalises it (trio warns about exactly that)."""
+
+    media_type = "text/event-stream"
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.body_iterator.aclose()  # type: ignore[attr-defined]
+
+
 async def session_events(request: Request) -> Response:
     """``GET /events/sessions[?endpoint=ID]``: the live list as server-sent events."""
     from dashboard.auth import current_user
@@ -353,8 +369,8 @@ async def session_events(request: Request) -> Response:
     back = request.query_params.get("back") or "/"
     if not back.startswith("/") or back.startswith("//") or "\\" in back:
         back = "/"
-    return StreamingResponse(_events(_Stream(request, audience, back), hub), media_type="text/event-stream",
-                             headers={"cache-control": "no-store", "x-accel-buffering": "no"})
+    return EventStreamResponse(_events(_Stream(request, audience, back), hub),
+                               headers={"cache-control": "no-store", "x-accel-buffering": "no"})
 
 
 routes = [

@@ -3,9 +3,11 @@ the live gateway: who sees which session, who may terminate, what the event stre
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 import threading
+import time
 from typing import Any, Iterator
 
 import httpx
@@ -346,3 +348,20 @@ def test_a_session_with_a_deadline_is_expiring_with_its_countdown(site, live_gat
     bob = row_html(site.client("bob").get("/").text, session.session_id)
     assert 'data-testid="state">expiring<' in bob
     assert f'data-until="{deadline}" data-testid="countdown"' in bob
+
+
+def test_a_browser_that_goes_away_mid_send_leaves_no_subscription_behind(site, live_gateway, monkeypatch):
+    from dashboard import live
+
+    # a first message far larger than the socket buffers: the server is still sending it when
+    # the client goes away, so the response is cancelled while its generator waits at a yield
+    monkeypatch.setattr(live._Stream, "snapshot", lambda self: ": " + "x" * 16_000_000 + "\n\n")
+    with site.client("bob").stream("GET", "/events/sessions", timeout=10.0) as answer:
+        assert next(answer.iter_raw()).startswith(b"retry: 1000")
+        hub: live.LiveHub = live_gateway.app.state.live_hub
+        assert live_gateway.call_on_loop(lambda: len(hub.subscribers)) == 1
+    deadline = time.monotonic() + 10
+    while live_gateway.call_on_loop(lambda: len(hub.subscribers)) and time.monotonic() < deadline:
+        pass  # each check is a round trip through the gateway's loop
+    assert live_gateway.call_on_loop(lambda: len(hub.subscribers)) == 0
+    gc.collect()  # and no generator left for the collector to finalise (trio would warn)
