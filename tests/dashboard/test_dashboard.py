@@ -357,7 +357,8 @@ def test_a_browser_that_goes_away_mid_send_leaves_no_subscription_behind(site, l
     # the client goes away, so the response is cancelled while its generator waits at a yield
     monkeypatch.setattr(live._Stream, "snapshot", lambda self: ": " + "x" * 16_000_000 + "\n\n")
     with site.client("bob").stream("GET", "/events/sessions", timeout=10.0) as answer:
-        assert next(answer.iter_raw()).startswith(b"retry: 1000")
+        received = answer.iter_raw()
+        assert next(received).startswith(b"retry: 1000")
         hub: live.LiveHub = live_gateway.app.state.live_hub
         assert live_gateway.call_on_loop(lambda: len(hub.subscribers)) == 1
     deadline = time.monotonic() + 10
