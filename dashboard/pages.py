@@ -31,12 +31,13 @@ from dashboard import live
 from engine import policy
 from engine.bridge import LoopClosed
 from engine.errors import EngineNotRunning
-from engine.messages import Accepted, EndReason, Refused, Terminate, User
+from engine.messages import Accepted, EndReason, Flush, Refused, Terminate, User
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 25
 TERMINATE_REPLY_SECONDS = 10.0  # the engine answers in milliseconds; this is a bound
+AUDIT_FLUSH_SECONDS = 2.0  # a bound on waiting for the audit store's commit after a terminate
 END_REASONS = {
     EndReason.CONTROLLER_LEFT.value: "ended by the controller",
     EndReason.TERMINATED.value: "terminated by an administrator",
@@ -333,6 +334,13 @@ async def terminate_session(services: Any, session_id: str, by: User,
     services.engine.route(session_id, Terminate(by, services.bridge.reply_to(on_reply)))
     with trio.move_on_after(timeout):
         await done.wait()
+    if answer and isinstance(answer[0], Accepted):
+        # the engine told the store the terminate before it answered: once that is committed,
+        # the Audit page opened next lists it
+        committed = trio.Event()
+        services.audit(Flush(services.bridge.reply_to(lambda _flushed: committed.set())))
+        with trio.move_on_after(AUDIT_FLUSH_SECONDS):
+            await committed.wait()
     return answer[0] if answer else None
 
 

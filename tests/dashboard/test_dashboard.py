@@ -166,6 +166,9 @@ def test_terminate_asks_for_confirmation_then_ends_the_session_for_everyone(site
     answer = root.post(f"/sessions/{sid}/terminate", data={"next": "/connections", "confirmed": "yes"})
     assert answer.status_code == 303 and answer.headers["location"] == "/connections"
     assert "Terminated alice&#39;s session on box" in root.get("/connections").text  # the flash
+    # committed before the answer: the audit log read next has it
+    events, _ = live_gateway.services.audit_reader.events(session_id=sid, kind="terminate")
+    assert [e["actor_name"] for e in events] == ["root"]
     gone(live_gateway.engine, sid)
     for participant in (session, viewer):
         end = ended(participant)
