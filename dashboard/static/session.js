@@ -33,7 +33,7 @@
   };
   const ENDINGS = {
     controller_left: "The controller ended the session",
-    terminated: "The session was terminated",
+    terminated: "An administrator ended this session",
     expired: "The session's time ran out",
     abandoned: "The controller did not come back in time",
     endpoint_failed: "The connection to the endpoint failed",
@@ -351,7 +351,8 @@
         session.ended = true;
         setState("ended");
         let text = reasonText(m.reason, m.detail);
-        if (m.by && (m.reason === "terminated" || m.reason === "controller_left")) text += ` (by ${m.by.name})`;
+        if (m.by && m.reason === "terminated") text = `An administrator, ${m.by.name}, ended this session`;
+        else if (m.by && m.reason === "controller_left") text += ` (${m.by.name})`;
         notice(text + ".", m.reason === "endpoint_failed" || m.reason === "session_failed" ? "error" : "info", m.reason);
         $("leave").hidden = true;
         term.options.disableStdin = true;

@@ -126,7 +126,7 @@ def test_start_join_and_terminate_from_the_dashboard(site, live_gateway):
     for page in (alice, watching):
         notice = page.get_by_test_id("notice")
         expect(notice).to_have_attribute("data-reason", "terminated")
-        expect(notice).to_contain_text("(by root)")
+        expect(notice).to_contain_text("An administrator, root, ended this session")
         expect(page.get_by_test_id("state")).to_have_text("ended")
     assert messages and messages[0].startswith("Terminate alice's session on synth?")
     expect(row(root, sid)).to_have_count(0)

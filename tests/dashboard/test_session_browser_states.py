@@ -88,7 +88,7 @@ def test_an_administrators_terminate_shows_who_ended_it(site):
     for page in (alice, bob):
         notice = page.get_by_test_id("notice")
         expect(notice).to_have_attribute("data-reason", "terminated")
-        expect(notice).to_contain_text("terminated (by root)")
+        expect(notice).to_contain_text("An administrator, root, ended this session")
         expect(page.get_by_test_id("state")).to_have_text("ended")
 
 
