@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.dashboard.test_audit_page_browser import VIEWPORT, save_screenshot
+from tests.fixtures.screenshots import VIEWPORT, save_screenshot
 
 ROOT_PASSWORD = "root-password-1"
 SECRET = "vnc-s3cret-1"

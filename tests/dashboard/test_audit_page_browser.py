@@ -6,33 +6,17 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from engine.messages import Protocol, SessionEnded
+from tests.fixtures.screenshots import VIEWPORT, save_screenshot
 
 ROOT_PASSWORD = "root-password-1"
 PASSWORD = "user-password-1"
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-VIEWPORT = {"width": 1280, "height": 800}
 
 pytestmark = pytest.mark.browser
-
-
-def save_screenshot(page: Any, name: str) -> bytes:
-    """A 1280×800 screenshot of the page as it is. Written to docs/screenshots/NAME when that
-    file is missing, or always with COSESSION_SCREENSHOTS=1 (so that a test run does not
-    rewrite the committed images with a new clock in them)."""
-    page.set_viewport_size(VIEWPORT)
-    image = page.screenshot(full_page=False)
-    target = SCREENSHOTS / name
-    if os.environ.get("COSESSION_SCREENSHOTS") == "1" or not target.exists():
-        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(image)
-    return image
 
 
 def test_the_audit_page_lists_an_administrators_terminate(live_gateway, page):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,12 +14,12 @@ from playwright.sync_api import Browser, Page, expect
 
 from engine.messages import Protocol, SessionFinished
 from protocols.synthetic import SyntheticConnection
+from tests.fixtures.screenshots import save_screenshot
 
 pytestmark = pytest.mark.browser
 
 PASSWORD = "correct horse battery"
 WAIT = 15_000  # ms: a bound on waiting for the page, never a wait for time to pass
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 VIEWPORT = {"width": 1280, "height": 800}
 
 
@@ -80,7 +79,7 @@ def test_start_join_and_terminate_from_the_dashboard(site, live_gateway):
     root = site.signed_in("root")
     live(root)
     expect(root.get_by_test_id("no-sessions")).to_contain_text("No live sessions right now")
-    root.screenshot(path=str(SHOTS / "dashboard-empty.png"))
+    save_screenshot(root, "dashboard-empty.png")
     root.evaluate("() => { window.notReloaded = true; }")
 
     # a controller starts a session: it shows on the administrator's dashboard within a second
@@ -188,14 +187,14 @@ def test_connections_and_endpoint_pages_follow_the_engine(site, live_gateway):
     expect(row(root, on_db.session_id).get_by_test_id("state")).to_have_text("expiring")
     first = countdown.inner_text()
     expect(countdown).not_to_have_text(first, timeout=3000)  # it ticks in the page
-    root.screenshot(path=str(SHOTS / "dashboard.png"))
+    save_screenshot(root, "dashboard.png")
 
     root.goto(site.gateway.url("/connections"))
     live(root)
     expect(root.get_by_test_id("connection-row")).to_have_count(5)
     expect(root.get_by_test_id("end-reason").filter(has_text="terminated by an administrator (root)")) \
         .to_have_count(1)
-    root.screenshot(path=str(SHOTS / "connections.png"))
+    save_screenshot(root, "connections.png")
     # live rows follow the engine in place: a viewer joins, then the session ends
     engine.join_session(on_web.session_id, users["carol"])
     expect(row(root, on_web.session_id).get_by_test_id("viewers")).to_have_text("2: dave, carol")
@@ -211,7 +210,7 @@ def test_connections_and_endpoint_pages_follow_the_engine(site, live_gateway):
     live(alice)
     expect(row(alice, on_db.session_id).get_by_test_id("join")).to_be_visible()
     expect(alice.get_by_test_id("access")).to_have_attribute("href", site.gateway.url(f"/connect/{db.id}"))
-    alice.screenshot(path=str(SHOTS / "endpoint.png"))
+    save_screenshot(alice, "endpoint.png")
     end(on_db, terminate=True)
     expect(row(alice, on_db.session_id)).to_have_count(0)  # it leaves the live list
     expect(alice.get_by_test_id("no-sessions")).to_contain_text("No live sessions on db-primary")
