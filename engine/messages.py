@@ -69,6 +69,18 @@ class Reason(enum.StrEnum):
     MALFORMED = "malformed"
     TOO_LARGE = "too_large"
     UNKNOWN_MESSAGE = "unknown_message"
+    # the access model (engine/access.py, docs/access.md)
+    NO_WEB_SESSION = "no_web_session"
+    APPROVAL_REQUIRED = "approval_required"
+    APPROVAL_PENDING = "approval_pending"
+    APPROVAL_DENIED = "approval_denied"
+    APPROVAL_EXPIRED = "approval_expired"
+    MFA_REQUIRED = "mfa_required"
+    MFA_INVALID = "mfa_invalid"
+    MFA_REUSED = "mfa_reused"
+    CREDENTIALS_REQUIRED = "credentials_required"
+    NOT_SUPERVISOR = "not_supervisor"
+    CLIPBOARD_NOT_ALLOWED = "clipboard_not_allowed"
 
 
 # --- who and what ---------------------------------------------------------------------------
