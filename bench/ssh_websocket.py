@@ -40,16 +40,19 @@ Each run measures both systems with the same workload (the order alternates betw
    viewers may get a keyframe instead of the bytes they missed (cosession's resyncs; tmux too
    stops writing to a client that falls behind and redraws it), so both are given, with the
    resync count.
-4. **late joiner**: with ``top -d 2`` running, one viewer leaves and a new one joins, `--late`
+4. **Ctrl-C**: the controller runs ``yes | head -c N`` (`--flood-mb`) and presses Ctrl-C as soon
+   as its output shows, then types a marker line: the time from the Ctrl-C to the marker, at
+   the controller and at the last viewer (how long a runaway command keeps the terminal).
+5. **late joiner**: with ``top -d 5`` running, one viewer leaves and a new one joins, `--late`
    times. cosession: from the start of the websocket's TCP connect to the receipt of the
    keyframe (the binary message after ``reset``), the user already signed in. tmux: from
    starting ``ssh -tt ... tmux attach`` to the last byte of the attach redraw (the first burst
    containing top's header, ended by 150 ms of quiet), both over a fresh SSH connection (key
    exchange and authentication included) and over an already open one (ControlMaster).
-5. **CPU**: process CPU time (utime+stime from ``/proc``, children included) over the wall time
+6. **CPU**: process CPU time (utime+stime from ``/proc``, children included) over the wall time
    of a phase: the *fan-out process* (the gateway; the tmux server) and the *server total*
    (that plus sshd and everything under it: sshd's session processes, the shell, ``cat``).
-6. **parallel**: `--parallel` sessions at once (each a controller and N viewers; for tmux one
+7. **parallel**: `--parallel` sessions at once (each a controller and N viewers; for tmux one
    tmux server with that many sessions), the lines workload in all of them; latency and CPU
    per session.
 
@@ -111,11 +114,13 @@ class Options:
     viewers: int = 10
     cat_mb: float = 50.0
     lines: int = 200
-    line_interval: float = 0.02
+    line_interval: float = 0.05
     late: int = 5
     idle: float = 3.0
     parallel: int = 3
+    flood_mb: float = 10.0
     progress: bool = True
+    settings: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # gateway overrides
 
 
 def say(options: Options, text: str) -> None:
@@ -155,12 +160,30 @@ def gateway_child() -> int:
 
     base.EndpointEvents.output = output  # type: ignore[method-assign]
 
+    # How much of the gateway's CPU the screen model's parser (pyte) takes: the CPU time of the
+    # thread that runs TerminalScreen._catch_up (an endpoint actor), around each call.
+    from engine import screen
+
+    parse_ns = [0]
+    original_catch_up = screen.TerminalScreen._catch_up
+
+    def catch_up(self: Any) -> None:
+        began = time.thread_time_ns()
+        try:
+            original_catch_up(self)
+        finally:
+            spent = time.thread_time_ns() - began
+            with lock:
+                parse_ns[0] += spent
+
+    screen.TerminalScreen._catch_up = catch_up  # type: ignore[method-assign]
+
     def reply(message: dict[str, Any]) -> None:
         sys.stdout.write(REPLY_PREFIX + json.dumps(message) + "\n")
         sys.stdout.flush()
 
     with tempfile.TemporaryDirectory(prefix="cosession-bench-gw-") as tmp:
-        gateway = InProcessGateway(load(env={}), Path(tmp)).start()
+        gateway = InProcessGateway(load(env={}, **config.get("settings", {})), Path(tmp)).start()
         try:
             services = gateway.services
             endpoints = []
@@ -182,7 +205,9 @@ def gateway_child() -> int:
                         marks.clear()
                     reply({"marks": {str(k): v for k, v in taken.items()}})
                 elif command == "stats":
-                    reply(_proc_status(os.getpid()))
+                    with lock:
+                        parsed = parse_ns[0]
+                    reply({**_proc_status(os.getpid()), "screen_parse_s": parsed / 1e9})
                 elif command == "stop":
                     break
         finally:
@@ -267,6 +292,15 @@ def _proc_status(pid: int) -> dict[str, Any]:
             if key in ("VmHWM", "VmRSS", "Threads"):
                 status[key] = int(value.split()[0])
     return status
+
+
+def cpu_pressure() -> float | None:
+    """The share of the last 10 s in which some runnable task waited for a CPU (PSI), in %."""
+    try:
+        line = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return None
+    return float(line.split("avg10=")[1].split()[0])
 
 
 def _children_map() -> dict[int, list[int]]:
@@ -396,6 +430,7 @@ class WsClient:
         self.ended: dict[str, Any] | None = None
         self.resyncs = 0
         self.left_seen = 0  # participant_left messages
+        self.messages = 0  # binary messages (terminal data and keyframes)
         self.keyframes = 0
         self.keyframe_ns = 0
         self.keyframe_data = b""
@@ -428,6 +463,7 @@ class WsClient:
                 message = await self.socket.get_message()
                 now = time.perf_counter_ns()
                 if isinstance(message, bytes):
+                    self.messages += 1
                     if self._keyframe_next:
                         self._keyframe_next = False
                         self.keyframes += 1
@@ -795,6 +831,7 @@ async def phase_lines(ctx: Context, sides: list[Side]) -> dict[str, Any]:
     sent: dict[int, int] = {}
     owner: dict[int, Side] = {}
     groups = sides[0].cpu_groups()
+    messages_before = {id(v): getattr(v, "messages", 0) for side in sides for v in side.viewers}
     before, t0 = cpu_sample(groups), time.perf_counter()
     start = trio.current_time()
 
@@ -834,14 +871,17 @@ async def phase_lines(ctx: Context, sides: list[Side]) -> dict[str, Any]:
                 every.append(max(got))
             if (t := side.controller.receiver.marks.get(mark)) is not None:
                 echo.append((t - sent[mark]) / 1e6)
+    per_line = [(getattr(v, "messages", 0) - messages_before[id(v)]) / options.lines
+                for side in sides for v in side.viewers]
     result = {
         "line_p50_ms": pct(each, 50), "line_p99_ms": pct(each, 99),
+        "line_messages_per_line": _median(per_line) if isinstance(sides[0], CosessionSide) else None,
         "line_all_p50_ms": pct(every, 50), "line_all_p99_ms": pct(every, 99),
         "line_echo_p50_ms": pct(echo, 50),
         "lines_lost": lost, "lines_complete": complete,
         "cpu_lines_fanout_pct": 100 * cpu["fanout"] / wall / len(sides),
         "cpu_lines_total_pct": 100 * (cpu["fanout"] + cpu["sshd"]) / wall / len(sides),
-        "_sent": sent, "_owner": owner,
+        "_sent": sent, "_owner": owner, "_line_all_ms": [round(x, 3) for x in every],
     }
     return result
 
@@ -855,6 +895,7 @@ async def gateway_latency(ctx: Context, side: CosessionSide, lines: dict[str, An
     sent, owner = lines["_sent"], lines["_owner"]
     fanout: list[float] = []
     rtt: list[float] = []
+    per_line: list[float] = []  # the median over the viewers, per line
     missing = 0
     for mark, s in owner.items():
         if s is not side:
@@ -863,11 +904,12 @@ async def gateway_latency(ctx: Context, side: CosessionSide, lines: dict[str, An
             missing += 1
             continue
         rtt.append((emitted[mark] - sent[mark]) / 1e6)
-        for viewer in side.viewers:
-            if (t := viewer.receiver.marks.get(mark)) is not None:
-                fanout.append((t - emitted[mark]) / 1e6)
+        got = [(t - emitted[mark]) / 1e6 for v in side.viewers if (t := v.receiver.marks.get(mark)) is not None]
+        fanout.extend(got)
+        if got:
+            per_line.append(round(statistics.median(got), 3))
     return {"gateway_p50_ms": pct(fanout, 50), "gateway_p99_ms": pct(fanout, 99),
-            "gateway_rtt_p50_ms": pct(rtt, 50), "gateway_marks_missing": missing}
+            "gateway_rtt_p50_ms": pct(rtt, 50), "gateway_marks_missing": missing, "_gateway_line_ms": per_line}
 
 
 async def phase_cat(ctx: Context, side: Side) -> dict[str, Any]:
@@ -876,6 +918,7 @@ async def phase_cat(ctx: Context, side: Side) -> dict[str, Any]:
     mark = ctx.mark()
     start_bytes = [v.receiver.total_bytes for v in side.viewers]
     start_resyncs = [getattr(v, "resyncs", 0) for v in side.viewers]
+    parse_before = await _screen_parse_seconds(ctx, side)
     before, t0 = cpu_sample(groups), time.perf_counter()
     sent = time.perf_counter_ns()
     await side.controller.send(f"cat {ctx.cat_path}; printf 'BM%dE\\n' {mark}\r".encode())
@@ -883,6 +926,7 @@ async def phase_cat(ctx: Context, side: Side) -> dict[str, Any]:
     complete = await wait_all(side.everyone, lambda c: mark in c.receiver.marks, timeout)
     after, t1 = cpu_sample(groups), time.perf_counter()
     cpu = cpu_seconds(before, after)
+    parse_after = await _screen_parse_seconds(ctx, side)
     effective, received, seconds, got_bytes = [], [], [], []
     for v, b0 in zip(side.viewers, start_bytes):
         t = v.receiver.marks.get(mark)
@@ -894,20 +938,58 @@ async def phase_cat(ctx: Context, side: Side) -> dict[str, Any]:
         effective.append(ctx.cat_bytes / dt / 1e6)
         received.append((v.receiver.total_bytes - b0) / dt / 1e6)
     resyncs = sum(getattr(v, "resyncs", 0) - r0 for v, r0 in zip(side.viewers, start_resyncs))
+    controller_at = side.controller.receiver.marks.get(mark)
     return {
         "cat_effective_mbps": _median(effective), "cat_effective_min_mbps": min(effective) if effective else None,
         "cat_received_mbps": _median(received), "cat_seconds": max(seconds) if seconds else None,
         "cat_received_mb": _median([b / 1e6 for b in got_bytes]), "cat_resyncs": resyncs,
+        "cat_controller_s": None if controller_at is None else (controller_at - sent) / 1e9,
         "cat_complete": complete,
         "cpu_cat_fanout_s": cpu["fanout"], "cpu_cat_total_s": cpu["fanout"] + cpu["sshd"],
         "cpu_cat_fanout_pct": 100 * cpu["fanout"] / (t1 - t0),
+        "cpu_cat_screen_s": None if parse_before is None else parse_after - parse_before,
     }
+
+
+async def _screen_parse_seconds(ctx: Context, side: Side) -> float | None:
+    """The gateway's CPU seconds in its screen model's parser so far (cosession only)."""
+    import trio
+
+    if not isinstance(side, CosessionSide):
+        return None
+    return (await trio.to_thread.run_sync(ctx.gateway.call, "stats"))["screen_parse_s"]
+
+
+async def phase_interrupt(ctx: Context, side: Side) -> dict[str, Any]:
+    """The controller runs ``yes | head -c N`` and presses Ctrl-C as soon as the output shows,
+    then types a marker line: how long until its prompt is back (Ctrl-C → the marker)."""
+    options = ctx.options
+    mark = ctx.mark()
+    controller = side.controller
+    start_bytes = controller.receiver.total_bytes
+    await controller.send(f"yes | head -c {int(options.flood_mb * 1e6)}\r".encode())
+    def showing() -> bool:  # lines of y, however drawn (tmux may draw only the final screen)
+        received = controller.receiver.total_bytes - start_bytes
+        return received > 0 and controller.receiver.recent[-received:].count(b"y") > 20
+
+    if not await controller.receiver.wait_for(showing, 30):
+        raise BenchError(f"{side.kind}: yes did not start within 30 s")
+    interrupted = time.perf_counter_ns()
+    await controller.send(b"\x03")
+    await controller.send(line_command(mark))
+    complete = await wait_all(side.everyone, lambda c: mark in c.receiver.marks, 30 + 6 * options.flood_mb)
+    back = [(t - interrupted) / 1e6 for v in side.viewers if (t := v.receiver.marks.get(mark)) is not None]
+    at = controller.receiver.marks.get(mark)
+    return {"interrupt_ms": None if at is None else (at - interrupted) / 1e6,
+            "interrupt_all_ms": max(back) if len(back) == len(side.viewers) else None,
+            "interrupt_received_mb": (controller.receiver.total_bytes - start_bytes) / 1e6,
+            "interrupt_complete": complete}
 
 
 async def phase_late(ctx: Context, side: Side) -> dict[str, Any]:
     """`top` runs; one viewer leaves; new viewers join, one at a time."""
     options = ctx.options
-    await side.controller.send(b"top -d 2\r")
+    await side.controller.send(b"top -d 5\r")  # a refresh seldom falls in tmux's attach burst
     if not await wait_all(side.everyone, lambda c: TOP_TEXT in c.receiver.recent, 20):
         raise BenchError(f"{side.kind}: top did not show within 20 s")
     await side.drop_viewer()
@@ -915,6 +997,7 @@ async def phase_late(ctx: Context, side: Side) -> dict[str, Any]:
     if isinstance(side, CosessionSide):
         samples = [await side.late_join(n) for n in range(options.late)]
         result["late_ms"] = _median([s["ms"] for s in samples])
+        result["late_max_ms"] = max((s["ms"] for s in samples if s["ms"] is not None), default=None)
         result["late_join_ms"] = _median([s["join_ms"] for s in samples])
         result["late_keyframe_kb"] = _median([s["bytes"] / 1024 for s in samples])
     else:
@@ -923,6 +1006,7 @@ async def phase_late(ctx: Context, side: Side) -> dict[str, Any]:
         muxed = [await side.late_join(n, via_master=True) for n in range(options.late)]
         samples = fresh + muxed
         result["late_ms"] = _median([s["ms"] for s in muxed])
+        result["late_max_ms"] = max((s["ms"] for s in muxed if s["ms"] is not None), default=None)
         result["late_fresh_ssh_ms"] = _median([s["ms"] for s in fresh])
         result["late_keyframe_kb"] = _median([s["bytes"] / 1024 for s in muxed])
     result["late_samples_bad"] = sum(1 for s in samples if s["ms"] is None or not s["top_on_screen"])
@@ -955,7 +1039,7 @@ async def measure_side(ctx: Context, kind: str) -> dict[str, Any]:
 
     options = ctx.options
     cls = CosessionSide if kind == "cosession" else TmuxSide
-    figures: dict[str, Any] = {}
+    figures: dict[str, Any] = {"load1": os.getloadavg()[0], "cpu_pressure_pct": cpu_pressure()}
     side = await cls.open(ctx, 0, options.viewers)
     try:
         await side.prepare()
@@ -963,8 +1047,10 @@ async def measure_side(ctx: Context, kind: str) -> dict[str, Any]:
         lines = await phase_lines(ctx, [side])
         if isinstance(side, CosessionSide):
             figures.update(await gateway_latency(ctx, side, lines))
-        figures.update({k: v for k, v in lines.items() if not k.startswith("_")})
+        figures.update({k: v for k, v in lines.items() if k not in ("_sent", "_owner")})
         figures.update(await phase_cat(ctx, side))
+        if options.flood_mb > 0:
+            figures.update(await phase_interrupt(ctx, side))
         figures.update(await phase_late(ctx, side))
     finally:
         with trio.move_on_after(30) as scope:
@@ -1096,6 +1182,7 @@ def run_benchmark(options: Options) -> dict[str, Any]:
         gateway = GatewayProcess({
             "host": server.host, "port": server.port, "username": server.username, "private_key": private,
             "host_key": server.host_key, "sessions": max(1, options.parallel), "users": user_names(options),
+            "settings": options.settings,
         }, work / "gateway.log")
         say(options, f"gateway on {gateway.info['base_url']} (pid {gateway.pid})")
         ctx = Context(options, server, work / "id_ed25519", cat_path, cat_bytes, gateway, {}, tmux_socket,
@@ -1153,7 +1240,7 @@ def machine_info() -> dict[str, Any]:
 # Report
 # =================================================================================================
 
-# key, label, unit, which way is better ("low"/"high"), compared with tmux
+# key, label, unit; a ratio cosession / tmux is given for every key not in NOT_COMPARED
 FIGURES: list[tuple[str, str, str]] = [
     ("line_p50_ms", "Line latency, input → each viewer, p50", "ms"),
     ("line_p99_ms", "Line latency, input → each viewer, p99", "ms"),
@@ -1164,13 +1251,19 @@ FIGURES: list[tuple[str, str, str]] = [
     ("gateway_p99_ms", "Fan-out latency, gateway gets the line from sshd → each viewer, p99", "ms"),
     ("gateway_rtt_p50_ms", "Input → gateway gets the line back from sshd, p50", "ms"),
     ("lines_lost", "Line markers never received (all viewers, all lines)", ""),
+    ("line_messages_per_line", "Websocket messages per line, per viewer", ""),
     ("cat_effective_mbps", "cat: file size / time to show its end, per viewer (median)", "MB/s"),
     ("cat_effective_min_mbps", "cat: the same, slowest viewer", "MB/s"),
     ("cat_received_mbps", "cat: bytes received / that time, per viewer (median)", "MB/s"),
     ("cat_received_mb", "cat: bytes received per viewer (median)", "MB"),
     ("cat_seconds", "cat: time until the last viewer shows its end", "s"),
+    ("cat_controller_s", "cat: time until the controller itself shows its end", "s"),
     ("cat_resyncs", "cat: resyncs (all viewers)", ""),
+    ("interrupt_ms", "Ctrl-C as `yes | head -c N` starts showing → the controller's prompt is back", "ms"),
+    ("interrupt_all_ms", "The same → every viewer shows the prompt", "ms"),
+    ("interrupt_received_mb", "The same: bytes the controller received", "MB"),
     ("late_ms", "Late joiner: connect → keyframe (tmux: over an open SSH connection)", "ms"),
+    ("late_max_ms", "Late joiner: the slowest of the samples (tmux: over an open SSH connection)", "ms"),
     ("late_join_ms", "Late joiner: join message sent → keyframe", "ms"),
     ("late_fresh_ssh_ms", "Late joiner: new ssh + tmux attach → screen drawn", "ms"),
     ("late_keyframe_kb", "Late joiner: keyframe / attach redraw size", "KiB"),
@@ -1180,17 +1273,21 @@ FIGURES: list[tuple[str, str, str]] = [
     ("cpu_lines_total_pct", "CPU during lines, server total, % of a core", "%"),
     ("cpu_cat_fanout_s", "CPU for the whole cat, fan-out process", "s"),
     ("cpu_cat_total_s", "CPU for the whole cat, server total", "s"),
+    ("cpu_cat_screen_s", "CPU for the whole cat, of which the screen model's parser (pyte)", "s"),
     ("cpu_cat_fanout_pct", "CPU during cat, fan-out process, % of a core", "%"),
     ("gateway_peak_rss_mb", "Gateway peak RSS (whole run)", "MB"),
+    ("load1", "Machine: load average (1 min) when the side's run began", ""),
+    ("cpu_pressure_pct", "Machine: CPU pressure (PSI some avg10) when the side's run began", "%"),
     ("par_line_p50_ms", "PARALLEL sessions: line latency, input → each viewer, p50", "ms"),
     ("par_line_p99_ms", "PARALLEL sessions: line latency, input → each viewer, p99", "ms"),
     ("par_lines_lost", "PARALLEL sessions: line markers never received", ""),
     ("par_cpu_lines_fanout_pct", "PARALLEL sessions: CPU per session, fan-out process, % of a core", "%"),
     ("par_cpu_lines_total_pct", "PARALLEL sessions: CPU per session, server total, % of a core", "%"),
 ]
-NOT_COMPARED = {"lines_lost", "cat_resyncs", "par_lines_lost", "late_join_ms", "late_fresh_ssh_ms",
-                "gateway_p50_ms", "gateway_p99_ms", "gateway_rtt_p50_ms", "gateway_peak_rss_mb",
-                "cat_received_mb", "late_keyframe_kb", "cpu_idle_fanout_pct", "cpu_idle_total_pct"}
+NOT_COMPARED = {"lines_lost", "line_messages_per_line", "cat_resyncs", "par_lines_lost", "late_join_ms", "late_fresh_ssh_ms",
+                "gateway_p50_ms", "gateway_p99_ms", "gateway_rtt_p50_ms", "gateway_peak_rss_mb", "cpu_cat_screen_s",
+                "cat_received_mb", "late_keyframe_kb", "interrupt_received_mb", "cpu_idle_fanout_pct", "cpu_idle_total_pct", "load1",
+                "cpu_pressure_pct"}
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -1229,6 +1326,14 @@ def _cell(entry: dict[str, Any] | None) -> str:
     return f"{_num(entry['median'])} ({_num(entry['min'])}–{_num(entry['max'])})"
 
 
+def _settings_text(options: dict[str, Any]) -> str:
+    changed = options.get("settings") or {}
+    if not changed:
+        return "default settings (flush 16 ms / 64 KiB, 1 MiB queue per participant)"
+    return "settings changed from the defaults: " + ", ".join(
+        f"`{section}.{key} = {value}`" for section, values in changed.items() for key, value in values.items())
+
+
 def markdown(report: dict[str, Any]) -> str:
     options, machine, summary = report["options"], report["machine"], report["summary"]
     runs = len(report["runs"])
@@ -1243,10 +1348,10 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"Workload: 1 controller + {options['viewers']} viewers, terminal {COLS}x{ROWS}; "
         f"{options['lines']} lines every {options['line_interval'] * 1000:g} ms; "
-        f"cat of {report['cat_bytes'] / 1e6:.0f} MB; {options['late']} late joiners during `top`; "
+        f"cat of {report['cat_bytes'] / 1e6:.0f} MB; Ctrl-C on `yes | head -c` {options.get('flood_mb', 0):g} MB; "
+        f"{options['late']} late joiners during `top`; "
         f"{options['parallel']} sessions in parallel for the PARALLEL rows. "
-        f"cosession: default settings (flush 16 ms / 64 KiB, 1 MiB queue per participant), gateway in "
-        f"its own process. tmux: {options['viewers'] + 1} `ssh -tt` clients running `tmux attach` "
+        f"cosession: {_settings_text(options)}, gateway in its own process. tmux: {options['viewers'] + 1} `ssh -tt` clients running `tmux attach` "
         f"to one session, `status off`.",
         "",
         "| Figure | cosession | tmux + ssh | cosession / tmux |",
@@ -1294,13 +1399,18 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--viewers", type=int, default=10, help="viewers per session (the cap is 10)")
     parser.add_argument("--cat-mb", type=float, default=50.0, help="size of the file the controller cats, MB")
     parser.add_argument("--lines", type=int, default=200, help="marker lines in the latency phase")
-    parser.add_argument("--line-interval", type=float, default=0.02, help="seconds between two lines")
+    parser.add_argument("--line-interval", type=float, default=0.05, help="seconds between two lines")
     parser.add_argument("--late", type=int, default=5, help="late joiners (samples) per run")
     parser.add_argument("--idle", type=float, default=3.0, help="seconds of the idle CPU phase")
     parser.add_argument("--parallel", type=int, default=3, help="sessions in the parallel phase (1: skip it)")
+    parser.add_argument("--flood-mb", type=float, default=10.0,
+                        help="MB of `yes` the controller interrupts with Ctrl-C (0: skip the phase)")
+    parser.add_argument("--setting", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a gateway setting for a diagnostic run (VALUE is JSON), e.g. gateway.flush_ms=0")
     parser.add_argument("--json", action="store_true", help="print the whole report as JSON")
     parser.add_argument("--write-docs", metavar="FILE", help="write the table into FILE's section")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.add_argument("--from-json", metavar="FILE", help="measure nothing: render a report saved by --json")
     parser.add_argument("--gateway-child", action="store_true", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
@@ -1312,11 +1422,26 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.viewers <= 10:
         print("--viewers: 1 to 10 (the product's cap)", file=sys.stderr)
         return 2
+    settings: dict[str, dict[str, Any]] = {}
+    for item in args.setting:
+        name, _, value = item.partition("=")
+        section, _, key = name.partition(".")
+        if not (section and key and value):
+            print(f"--setting {item!r}: expected SECTION.KEY=VALUE", file=sys.stderr)
+            return 2
+        try:
+            settings.setdefault(section, {})[key] = json.loads(value)
+        except ValueError:
+            settings.setdefault(section, {})[key] = value
     options = Options(runs=args.runs, viewers=args.viewers, cat_mb=args.cat_mb, lines=args.lines,
                       line_interval=args.line_interval, late=args.late, idle=args.idle,
-                      parallel=max(1, args.parallel), progress=not args.quiet)
+                      parallel=max(1, args.parallel), flood_mb=args.flood_mb, progress=not args.quiet,
+                      settings=settings)
     try:
-        report = run_benchmark(options)
+        if args.from_json:
+            report = json.loads(Path(args.from_json).read_text())
+        else:
+            report = run_benchmark(options)
     except BenchError as exc:
         print(f"bench/ssh_websocket.py: {exc}", file=sys.stderr)
         return 1

@@ -67,7 +67,7 @@ def test_the_benchmark_produces_every_figure(tmp_path):
     docs.write_text(DOC)
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--runs", "1", "--viewers", "2", "--cat-mb", "1", "--lines", "10",
-         "--late", "1", "--idle", "0.2", "--parallel", "2", "--json", "--quiet", "--write-docs", str(docs)],
+         "--late", "1", "--idle", "0.2", "--parallel", "2", "--flood-mb", "0.3", "--json", "--quiet", "--write-docs", str(docs)],
         cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
@@ -76,10 +76,11 @@ def test_the_benchmark_produces_every_figure(tmp_path):
     for kind in ("cosession", "tmux"):
         figures = run[kind]
         assert figures["lines_complete"] and figures["par_lines_complete"] and figures["cat_complete"], figures
+        assert figures["interrupt_complete"], figures
         assert figures["lines_lost"] == 0 and figures["late_samples_bad"] == 0, figures
         assert figures["cat_received_mb"] > 0 and figures["cat_effective_mbps"] > 0
     only = {"cosession": {"gateway_p50_ms", "gateway_p99_ms", "gateway_rtt_p50_ms", "late_join_ms",
-                          "gateway_peak_rss_mb"},
+                          "gateway_peak_rss_mb", "cpu_cat_screen_s", "line_messages_per_line"},
             "tmux": {"late_fresh_ssh_ms"}}
     for key, _, _ in bench.FIGURES:
         entry = report["summary"][key]
