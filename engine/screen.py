@@ -5,13 +5,21 @@ a byte string that, written to a fresh terminal, reproduces the current screen, 
 full-screen program in the alternate screen (`top`, `vim`, `less`) and the primary screen
 beneath it, so that the joiner's terminal comes back to the shell when the program exits.
 
-Feeding pyte costs far more CPU than moving bytes, so output is fed lazily: it is appended to
-a buffer, and parsed only when a keyframe is asked for or the buffer grows large.
+Parsing costs far more CPU than moving bytes: pyte parses about 1 MB/s, an SSH session can
+print 100 MB/s. So the hot path only appends output to a buffer. It is parsed a small step at a
+time when the endpoint actor is idle (`idle()`), and in full when a keyframe is asked for.
+During a burst (`cat` of a large file) the buffer is cut to its recent tail: after that much
+output the screen *is* the tail, and parsing what scrolled away would only delay everyone. A
+cheap scan of the bytes cut keeps track of the alternate screen.
+
+A parsing failure (pyte meets a sequence it cannot handle) is logged and skipped: the screen
+model serves late joiners, it must never end a session.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 from typing import Any, Protocol
 
 import pyte
@@ -20,10 +28,16 @@ from pyte import graphics
 from engine import messages
 from engine.messages import Keyframe
 
+log = logging.getLogger(__name__)
+
 _ALT_SCREEN_MODES = frozenset({1049 << 5, 1047 << 5, 47 << 5})
 # Private modes that change how the joiner's terminal behaves, restored in the keyframe.
 _CARRIED_PRIVATE_MODES = (1, 1000, 1002, 1003, 1006, 2004)
-_FEED_THRESHOLD = 256 * 1024
+_IDLE_STEP = 16 * 1024     # parsed per idle moment of the endpoint actor
+_BURST = 256 * 1024        # more pending than this: keep only the tail (also bounds a keyframe's cost)
+_TAIL = 64 * 1024          # what a burst keeps: many screens' worth of output
+_ALT_ENTER = (b"\x1b[?1049h", b"\x1b[?1047h", b"\x1b[?47h")
+_ALT_EXIT = (b"\x1b[?1049l", b"\x1b[?1047l", b"\x1b[?47l")
 
 _FG = {name: code for code, name in {**graphics.FG_ANSI, **graphics.FG_AIXTERM}.items()}
 _BG = {name: code for code, name in {**graphics.BG_ANSI, **graphics.BG_AIXTERM}.items()}
@@ -31,6 +45,8 @@ _BG = {name: code for code, name in {**graphics.BG_ANSI, **graphics.BG_AIXTERM}.
 
 class ScreenModel(Protocol):
     def feed(self, data: bytes) -> None: ...
+
+    def idle(self) -> None: ...
 
     def resize(self, cols: int, rows: int) -> None: ...
 
@@ -67,6 +83,12 @@ class _AltScreen(pyte.Screen):
     def reset(self) -> None:
         super().reset()
         self.saved_primary = None
+
+    def select_graphic_rendition(self, *attrs: int, private: bool = False) -> None:
+        # CSI ? Ps m (vim sends CSI ? 4 m) is a private query, not a rendition: pyte passes
+        # private=True, which its own method does not accept.
+        if not private:
+            super().select_graphic_rendition(*attrs)
 
 
 def _sgr(char: Any) -> str:
@@ -128,6 +150,8 @@ class TerminalScreen:
         self._screen = _AltScreen(cols, rows)
         self._stream = pyte.ByteStream(self._screen)
         self._pending = bytearray()
+        self.bytes_skipped = 0  # cut during bursts, never parsed
+        self.parse_errors = 0
 
     @property
     def cols(self) -> int:
@@ -138,9 +162,17 @@ class TerminalScreen:
         return self._screen.lines
 
     def feed(self, data: bytes) -> None:
+        """The hot path: append, and during a burst cut to the tail. Never parses."""
         self._pending += data
-        if len(self._pending) >= _FEED_THRESHOLD:
-            self._catch_up()
+        if len(self._pending) > _BURST:
+            self._skip_to_tail()
+
+    def idle(self) -> None:
+        """Parse one small step of what is pending (called when the endpoint actor is idle)."""
+        if self._pending:
+            step = bytes(self._pending[:_IDLE_STEP])
+            del self._pending[:_IDLE_STEP]
+            self._parse(step)
 
     def resize(self, cols: int, rows: int) -> None:
         self._catch_up()
@@ -170,7 +202,32 @@ class TerminalScreen:
     def _catch_up(self) -> None:
         if self._pending:
             data, self._pending = bytes(self._pending), bytearray()
+            self._parse(data)
+
+    def _parse(self, data: bytes) -> None:
+        try:
             self._stream.feed(data)
+        except Exception:
+            self.parse_errors += 1
+            if self.parse_errors == 1:
+                log.warning("the terminal model could not parse some output; skipped", exc_info=True)
+
+    def _skip_to_tail(self) -> None:
+        """Keep the last _TAIL bytes from a line start; start the screen afresh beneath them,
+        in the alternate screen if the bytes cut left it on."""
+        cut = len(self._pending) - _TAIL
+        newline = self._pending.find(b"\n", cut)
+        if newline != -1:
+            cut = newline + 1
+        dropped = bytes(self._pending[:cut])
+        del self._pending[:cut]
+        self.bytes_skipped += len(dropped)
+        entered = max(dropped.rfind(seq) for seq in _ALT_ENTER)
+        exited = max(dropped.rfind(seq) for seq in _ALT_EXIT)
+        in_alt = entered > exited if entered != exited else self._screen.saved_primary is not None
+        self._screen.reset()
+        if in_alt:
+            self._screen.set_mode(1049, private=True)
 
 
 def screen_for(protocol: messages.Protocol, cols: int, rows: int) -> ScreenModel:

@@ -65,6 +65,8 @@ class EndpointActor(pykka.ThreadingActor):
                             sink.keyframe(self._screen.keyframe(), resync=True)
                     except Exception as exc:
                         self._sink_failed(pid, exc)
+                if self.actor_inbox.empty():  # parse the screen only when nobody waits
+                    self._screen.idle()
             case Input(data=data):
                 self._connection.send_input(data)
             case Resize(cols=cols, rows=rows):

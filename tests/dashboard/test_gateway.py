@@ -207,9 +207,6 @@ async def test_viewer_follows_the_controllers_terminal_size(harness):
     assert harness.connection(sid).size == (80, 24)
 
 
-@pytest.mark.xfail(strict=True, reason="engine/screen.py: pyte's parser calls select_graphic_rendition("
-                   "private=True) for CSI ? Ps m (vim 9 sends CSI ? 4 m) and raises TypeError when the keyframe "
-                   "is rendered; the endpoint actor then fails the joiner's sink")
 async def test_a_viewer_can_join_after_a_private_sgr(harness):
     harness.user("alice")
     harness.user("bob")
