@@ -118,6 +118,97 @@ endpoint_access = sa.Table(
     sa.Index("ix_endpoint_access_user_id", "user_id"),
 )
 
+# --- the access model (issue 6; decisions in engine/access.py, docs/access.md) -----------------
+# Not wired into any repository or page yet. A principal is a user or a group: its id names a
+# row of `users` or of `groups` by `principal_kind`, so it has no foreign key; whoever deletes a
+# user or a group removes its rows here in the same transaction.
+
+PRINCIPAL_KINDS = ("user", "group")
+ASSET_ROLES = ("viewer", "user", "supervisor", "owner")  # engine.access.AssetRole, lowest first
+WEB_SESSION_SETTINGS = ("deny", "allow", "record")  # engine.access.WebSession
+REQUEST_STATES = ("pending", "approved", "denied", "expired")  # engine.access.ApprovalState
+
+
+def _one_of(column: str, values: tuple[str, ...], name: str) -> sa.CheckConstraint:
+    return sa.CheckConstraint(sa.column(column).in_(values), name=name)
+
+
+groups = sa.Table(
+    "groups", metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False, unique=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+group_members = sa.Table(
+    "group_members", metadata,
+    sa.Column("group_id", sa.String(36), sa.ForeignKey("groups.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("user_id", sa.String(36), sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    sa.Index("ix_group_members_user_id", "user_id"),
+)
+
+asset_roles = sa.Table(
+    "asset_roles", metadata,
+    sa.Column("endpoint_id", sa.String(36), sa.ForeignKey("endpoints.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("principal_kind", sa.String(8), primary_key=True),  # 'user' | 'group'
+    sa.Column("principal_id", sa.String(36), primary_key=True),
+    sa.Column("role", sa.String(16), nullable=False),  # 'viewer' | 'user' | 'supervisor' | 'owner'
+    _one_of("principal_kind", PRINCIPAL_KINDS, "ck_asset_roles_principal_kind"),
+    _one_of("role", ASSET_ROLES, "ck_asset_roles_role"),
+    sa.Index("ix_asset_roles_principal", "principal_kind", "principal_id"),
+)
+
+access_profiles = sa.Table(
+    "access_profiles", metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False, unique=True),
+    sa.Column("web_session", sa.String(8), nullable=False, default="deny"),  # 'deny' | 'allow' | 'record'
+    sa.Column("clipboard_upload", sa.Boolean, nullable=False, default=False),
+    sa.Column("clipboard_download", sa.Boolean, nullable=False, default=False),
+    sa.Column("file_transfer", sa.Boolean, nullable=False, default=False),
+    sa.Column("mfa_required", sa.Boolean, nullable=False, default=False),
+    _one_of("web_session", WEB_SESSION_SETTINGS, "ck_access_profiles_web_session"),
+)
+
+profile_assignments = sa.Table(
+    "profile_assignments", metadata,
+    sa.Column("endpoint_id", sa.String(36), sa.ForeignKey("endpoints.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("principal_kind", sa.String(8), primary_key=True),  # 'user' | 'group'
+    sa.Column("principal_id", sa.String(36), primary_key=True),
+    sa.Column("profile_id", sa.String(36), sa.ForeignKey("access_profiles.id", ondelete="CASCADE"),
+              primary_key=True),
+    _one_of("principal_kind", PRINCIPAL_KINDS, "ck_profile_assignments_principal_kind"),
+    sa.Index("ix_profile_assignments_principal", "principal_kind", "principal_id"),
+    sa.Index("ix_profile_assignments_profile_id", "profile_id"),
+)
+
+approval_policies = sa.Table(
+    "approval_policies", metadata,
+    sa.Column("endpoint_id", sa.String(36), sa.ForeignKey("endpoints.id", ondelete="CASCADE"),
+              primary_key=True),  # no row: no approval required
+    sa.Column("requires_approval", sa.Boolean, nullable=False, default=False),
+)
+
+access_requests = sa.Table(
+    "access_requests", metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("user_id", sa.String(36), sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("endpoint_id", sa.String(36), sa.ForeignKey("endpoints.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False, default=""),
+    sa.Column("window_start", sa.Float, nullable=False),  # wall-clock seconds since the epoch
+    sa.Column("window_end", sa.Float, nullable=False),
+    sa.Column("state", sa.String(16), nullable=False, default="pending"),
+    sa.Column("approver_id", sa.String(36), sa.ForeignKey("users.id", ondelete="SET NULL"), nullable=True),
+    sa.Column("decided_at", sa.Float, nullable=True),  # NULL while pending
+    sa.Column("requested_at", sa.Float, nullable=False),  # orders a user's requests: the latest decides
+    _one_of("state", REQUEST_STATES, "ck_access_requests_state"),
+    sa.CheckConstraint("window_end > window_start", name="ck_access_requests_window"),
+    sa.Index("ix_access_requests_user_endpoint", "user_id", "endpoint_id", "requested_at"),
+    sa.Index("ix_access_requests_endpoint_state", "endpoint_id", "state"),
+)
+
 # --- the hash chain ----------------------------------------------------------------------------
 
 GENESIS_HASH = "0" * 64  # the prev_hash of the first event
