@@ -338,3 +338,14 @@ def test_a_token_is_accepted_once():
     assert access.check_totp(SECRET, token(STEP), first.step, NOW + 5).reason is Reason.MFA_REUSED
     # the next step's token is fresh
     assert access.check_totp(SECRET, token(STEP + 1), first.step, NOW + 30) == TotpAccepted(STEP + 1)
+
+
+# --- the schema stores exactly these values ---------------------------------------------------------------------
+
+
+def test_the_schema_allows_exactly_the_enums_values():
+    from engine import db
+
+    assert db.ASSET_ROLES == tuple(r.value for r in R)  # lowest first, as ranked
+    assert db.WEB_SESSION_SETTINGS == tuple(w.value for w in W)
+    assert db.REQUEST_STATES == tuple(a.value for a in A)
