@@ -19,7 +19,6 @@ import re
 from contextlib import aclosing
 from typing import Any, Awaitable, Callable, Mapping
 
-import sqlalchemy as sa
 import trio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -29,7 +28,6 @@ from dashboard import audit_pages
 from dashboard.audit_pages import BadInput, iso_utc, parse_int, parse_time
 from dashboard.auth import Forbidden, require_admin, require_user
 from dashboard.endpoints import ADMIN_PROTOCOLS, EndpointError, EndpointRecord
-from engine.db import audit_events, sessions as t_sessions
 from engine.errors import EngineNotRunning
 from engine.messages import Accepted, EndReason, Flush, Reason, Refused, SessionSummary, Terminate, User
 
@@ -150,24 +148,6 @@ def _session_id(request: Request) -> str:
 
 
 # --- the engine ------------------------------------------------------------------------------
-
-
-async def ask_engine(services: Any, submit: Callable[[Callable[[Any], None]], None],
-                     timeout: float = ENGINE_REPLY_SECONDS) -> Any:
-    """`submit(reply_to)` tells the engine a message carrying `reply_to`; the reply, delivered on
-    the loop by the bridge, or None after `timeout` seconds. Never blocks the loop."""
-    done = trio.Event()
-    answer: list[Any] = []
-
-    def on_reply(reply: Any) -> None:
-        if not answer:
-            answer.append(reply)
-            done.set()
-
-    submit(services.bridge.reply_to(on_reply))
-    with trio.move_on_after(timeout):
-        await done.wait()
-    return answer[0] if answer else None
 
 
 # --- visibility ------------------------------------------------------------------------------
@@ -297,13 +277,14 @@ async def terminate_session(request: Request) -> Response:
                              reason=Reason.NOT_ADMINISTRATOR.value, via="api")
         raise Forbidden("Only an administrator may terminate a session.")
     session_id = _session_id(request)
-    reply = await ask_engine(services, lambda reply_to: services.engine.route(session_id, Terminate(user, reply_to)))
+    reply = await services.bridge.request(
+        lambda reply_to: services.engine.route(session_id, Terminate(user, reply_to)), ENGINE_REPLY_SECONDS)
     if reply is None:
         raise ApiError(504, "engine_timeout", f"the engine did not answer within {ENGINE_REPLY_SECONDS:.0f} s")
     if isinstance(reply, Accepted):
         # the engine wrote the terminate row before it answered: once the store has committed
         # it, a script that reads the audit log next finds it there
-        await ask_engine(services, lambda reply_to: services.audit(Flush(reply_to)), timeout=FLUSH_SECONDS)
+        await services.bridge.request(lambda reply_to: services.audit(Flush(reply_to)), FLUSH_SECONDS)
         return JSONResponse({"terminated": True, "session_id": session_id, "by": _who(user)})
     if not isinstance(reply, Refused):
         log.error("unexpected answer to Terminate: %r", reply)
@@ -325,45 +306,6 @@ async def terminate_session(request: Request) -> Response:
 # --- connections (live and ended) -----------------------------------------------------------
 
 CONNECTION_PARAMS = ("endpoint", "user", "since", "until", "end_reason", "live", "limit", "offset")
-
-
-def _visible_sessions(db: sa.Engine, viewer: User, endpoint_ids: set[str], *, live: bool | None,
-                      endpoint_id: str | None, user: str | None, since: float | None, until: float | None,
-                      end_reason: str | None, limit: int, offset: int) -> tuple[list[dict[str, Any]], int]:
-    """`AuditReader.sessions` for a non-administrator: the same filters, restricted to sessions on
-    `endpoint_ids` (the viewer's) or that the viewer controlled or joined. Blocking."""
-    s, e = t_sessions.c, audit_events.c
-
-    def joined_by(who: str) -> Any:
-        return sa.select(e.session_id).where(e.kind == "join", e.session_id.is_not(None),
-                                             sa.or_(e.actor_id == who, e.actor_name == who))
-
-    where: list[Any] = [sa.or_(s.endpoint_id.in_(sorted(endpoint_ids)), s.controller_id == viewer.id,
-                               s.id.in_(joined_by(viewer.id)))]
-    if live is True:
-        where.append(s.ended_at.is_(None))
-    elif live is False:
-        where.append(s.ended_at.is_not(None))
-    if endpoint_id is not None:
-        where.append(s.endpoint_id == endpoint_id)
-    if end_reason is not None:
-        where.append(s.end_reason == end_reason)
-    if since is not None:
-        where.append(sa.or_(s.ended_at.is_(None), s.ended_at >= since))
-    if until is not None:
-        where.append(s.started_at < until)
-    if user is not None:
-        where.append(sa.or_(s.controller_id == user, s.controller_name == user, s.id.in_(joined_by(user))))
-    selected = sa.select(t_sessions).where(*where)
-    with db.connect() as conn:
-        total = conn.execute(sa.select(sa.func.count()).select_from(selected.subquery())).scalar_one()
-        rows = conn.execute(selected.order_by(s.started_at.desc(), s.id).limit(limit).offset(offset)).all()
-    result = []
-    for row in rows:
-        d = dict(row._mapping)
-        d["live"] = d["ended_at"] is None
-        result.append(d)
-    return result, total
 
 
 def _bool_param(params: Mapping[str, str], name: str) -> bool | None:
@@ -406,10 +348,9 @@ async def list_connections(request: Request) -> Response:
                 endpoint_id = by_name.id
         filters = dict(live=live, endpoint_id=endpoint_id, user=user, since=since, until=until,
                        end_reason=end_reason, limit=limit, offset=offset)
-        if viewer.is_admin:
-            return services.audit_reader.sessions(**filters)
-        mine = {r.id for r in services.endpoints.accessible(viewer)}
-        return _visible_sessions(services.db, viewer, mine, **filters)
+        if not viewer.is_admin:
+            filters["visible_to"] = (viewer.id, [r.id for r in services.endpoints.accessible(viewer)])
+        return services.audit_reader.sessions(**filters)
 
     rows, total = await trio.to_thread.run_sync(load)
     cap = _max_viewers(services)

@@ -111,15 +111,10 @@ def sessions_page(services: Any, viewer: User, query: dict[str, Any], page: int)
     arguments of `AuditReader.sessions`), and how many match. Administrators see every session;
     a user those on their endpoints and those they controlled or joined: the same query as
     the JSON API's ``GET /api/connections``, so the page and the API never disagree. Blocking."""
-    from dashboard.api import _visible_sessions
-
     window = {"limit": PAGE_SIZE, "offset": (page - 1) * PAGE_SIZE}
-    if viewer.is_admin:
-        return services.audit_reader.sessions(**query, **window)
-    filters = {"live": None, "endpoint_id": None, "user": None, "since": None, "until": None, "end_reason": None,
-               **query, **window}
-    mine = {r.id for r in services.endpoints.accessible(viewer)}
-    return _visible_sessions(services.db, viewer, mine, **filters)
+    if not viewer.is_admin:
+        window["visible_to"] = (viewer.id, [r.id for r in services.endpoints.accessible(viewer)])
+    return services.audit_reader.sessions(**query, **window)
 
 
 def _viewers_of(reader: Any, session_id: str) -> list[str]:
@@ -323,25 +318,13 @@ async def terminate_session(services: Any, session_id: str, by: User,
                             timeout: float = TERMINATE_REPLY_SECONDS) -> Accepted | Refused | None:
     """Ask the engine to end a session for everyone, as `by`; its answer, or None if it gave
     none within `timeout`. Never blocks the loop: the reply comes back through the bridge."""
-    done = trio.Event()
-    answer: list[Any] = []
-
-    def on_reply(reply: Any) -> None:
-        if not answer:
-            answer.append(reply)
-            done.set()
-
-    services.engine.route(session_id, Terminate(by, services.bridge.reply_to(on_reply)))
-    with trio.move_on_after(timeout):
-        await done.wait()
-    if answer and isinstance(answer[0], Accepted):
+    answer = await services.bridge.request(
+        lambda reply_to: services.engine.route(session_id, Terminate(by, reply_to)), timeout)
+    if isinstance(answer, Accepted):
         # the engine told the store the terminate before it answered: once that is committed,
         # the Audit page opened next lists it
-        committed = trio.Event()
-        services.audit(Flush(services.bridge.reply_to(lambda _flushed: committed.set())))
-        with trio.move_on_after(AUDIT_FLUSH_SECONDS):
-            await committed.wait()
-    return answer[0] if answer else None
+        await services.bridge.request(lambda reply_to: services.audit(Flush(reply_to)), AUDIT_FLUSH_SECONDS)
+    return answer
 
 
 async def terminate(request: Request) -> Response:

@@ -65,6 +65,22 @@ class LoopBridge:
 
         self.call_soon(start)
 
+    async def request(self, submit: Callable[[Callable[[Any], None]], None], timeout: float) -> Any:
+        """On the loop: `submit(reply_to)` tells an actor a message carrying `reply_to`; wait for
+        the reply without blocking the loop. None if none came within `timeout` seconds."""
+        done = trio.Event()
+        answer: list[Any] = []
+
+        def on_reply(reply: Any) -> None:
+            if not answer:
+                answer.append(reply)
+                done.set()
+
+        submit(self.reply_to(on_reply))
+        with trio.move_on_after(timeout):
+            await done.wait()
+        return answer[0] if answer else None
+
     def reply_to(self, fn: Callable[[Any], Any]) -> Callable[[Any], None]:
         """A `reply_to` for actor messages that delivers the reply to `fn` on the loop."""
 

@@ -427,6 +427,13 @@ def _kinds(kind: str | Iterable[str] | None) -> list[str] | None:
     return [kind] if isinstance(kind, str) else list(kind)
 
 
+def _joined_by(who: str) -> Any:
+    """The ids of the sessions that `who` (an id or a name) joined."""
+    e = audit_events.c
+    return sa.select(e.session_id).where(e.kind == "join", e.session_id.is_not(None),
+                                         sa.or_(e.actor_id == who, e.actor_name == who))
+
+
 class AuditReader:
     """Sync read queries over the audit log, for the dashboard. Blocking: call them from a
     worker thread (`trio.to_thread.run_sync`). Each call takes its own connection from this
@@ -443,14 +450,21 @@ class AuditReader:
 
     def sessions(self, live: bool | None = None, endpoint_id: str | None = None, user: str | None = None,
                  since: float | None = None, until: float | None = None, end_reason: str | None = None,
-                 limit: int = 50, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+                 limit: int = 50, offset: int = 0,
+                 visible_to: tuple[str, Iterable[str]] | None = None) -> tuple[list[dict[str, Any]], int]:
         """Sessions, newest first, and how many match in all.
 
         `live`: True for sessions not ended yet, False for ended ones. `user`: an id or a name
         that is the controller's or any participant's (the actor of a ``join`` event).
-        `since`/`until`: sessions that were live at some time in [since, until)."""
+        `since`/`until`: sessions that were live at some time in [since, until).
+        `visible_to=(user_id, endpoint_ids)`: only what that user may see: sessions on those
+        endpoints, or that the user controlled or joined (None: everything, for administrators)."""
         s = sessions.c
         where = []
+        if visible_to is not None:
+            viewer_id, endpoint_ids = visible_to
+            where.append(sa.or_(s.endpoint_id.in_(sorted(endpoint_ids)), s.controller_id == viewer_id,
+                                s.id.in_(_joined_by(viewer_id))))
         if live is True:
             where.append(s.ended_at.is_(None))
         elif live is False:
@@ -464,10 +478,7 @@ class AuditReader:
         if until is not None:
             where.append(s.started_at < until)
         if user is not None:
-            e = audit_events.c
-            joined = sa.select(e.session_id).where(
-                e.kind == "join", e.session_id.is_not(None), sa.or_(e.actor_id == user, e.actor_name == user))
-            where.append(sa.or_(s.controller_id == user, s.controller_name == user, s.id.in_(joined)))
+            where.append(sa.or_(s.controller_id == user, s.controller_name == user, s.id.in_(_joined_by(user))))
         query = sa.select(sessions).where(*where)
         with self._engine.connect() as conn:
             total = conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one()
