@@ -23,6 +23,7 @@
     malformed: "The gateway could not read a message from this page",
     too_large: "A message from this page was too large",
     unknown_message: "The gateway did not understand a message from this page",
+    not_a_participant: "That viewer is no longer in this session",
     not_signed_in: "You are signed out: sign in again",
     credentials_required: "This endpoint needs a user name and a password or key",
     invalid_share_link: "This share link is not valid",
@@ -45,6 +46,8 @@
   const session = {
     role: null,
     participantId: null,
+    you: config.you || null, // {id, name, admin}: the signed-in user (the joined message repeats it)
+    pendingEject: null, // {participant_id, name} of the last eject sent, to word its refusal
     sessionId: config.session_id || null,
     members: new Map(),
     state: null,
@@ -104,11 +107,12 @@
     return detail ? `${text}: ${detail}` : text;
   }
 
-  function notice(text, kind, reason) {
+  function notice(text, kind, reason, of) {
     const el = $("notice");
     el.textContent = text;
     el.className = "notice " + (kind || "info");
     el.dataset.reason = reason || "";
+    el.dataset.of = of || "";
     el.hidden = false;
   }
 
@@ -149,10 +153,18 @@
   }
   setInterval(renderCountdown, 1000);
 
+  // The controller, or an administrator in the session, may eject a viewer (never the controller:
+  // control is not transferred, rule 6). The gateway and the engine decide; this only offers it.
+  function canEject() {
+    if (session.ended || session.fatal || session.left || !session.role) return false;
+    return session.role === "controller" || Boolean(session.you && session.you.admin);
+  }
+
   function renderMembers() {
     const list = $("viewers");
     list.textContent = "";
     let viewers = 0;
+    const eject = canEject();
     for (const m of session.members.values()) {
       if (m.role === "controller") {
         $("controller").textContent = m.user.name;
@@ -160,11 +172,37 @@
       }
       viewers += 1;
       const li = document.createElement("li");
-      li.textContent = m.user.name + (m.participant_id === session.participantId ? " (you)" : "");
+      const you = m.participant_id === session.participantId;
+      const name = document.createElement("span");
+      name.className = "viewer-name";
+      name.textContent = m.user.name + (you ? " (you)" : "");
+      li.appendChild(name);
       li.dataset.participant = m.participant_id;
+      li.dataset.name = m.user.name;
+      if (eject && !you) {
+        const button = document.createElement("button");
+        button.type = "button";
+        button.className = "eject";
+        button.textContent = "Eject";
+        button.title = `Remove ${m.user.name} from this session`;
+        button.setAttribute("aria-label", `Eject ${m.user.name}`);
+        button.setAttribute("data-testid", "eject");
+        button.addEventListener("click", () => askEject(m));
+        li.appendChild(button);
+      }
       list.appendChild(li);
     }
     $("viewer-count").textContent = String(viewers);
+  }
+
+  const EJECT_REASON_MAX = 200; // a short reason: it is shown to the viewer and audited
+
+  function askEject(member) {
+    const answer = window.prompt(`Remove ${member.user.name} from this session? Reason (optional):`, "");
+    if (answer === null) return; // cancelled
+    const reason = answer.trim().slice(0, EJECT_REASON_MAX);
+    session.pendingEject = { participant_id: member.participant_id, name: member.user.name };
+    send({ type: "eject", participant_id: member.participant_id, reason });
   }
 
   function showRole(role) {
@@ -290,6 +328,7 @@
         session.role = m.role;
         session.participantId = m.participant_id;
         session.sessionId = m.session_id;
+        if (m.you) session.you = m.you;
         session.members = new Map(m.members.map((x) => [x.participant_id, x]));
         session.deadline = m.deadline;
         if (m.controller) $("controller").textContent = m.controller.name;
@@ -320,6 +359,10 @@
       case "participant_left":
         session.members.delete(m.member.participant_id);
         renderMembers();
+        if (m.reason === "ejected") {
+          const by = m.by ? ` by ${m.by.name}` : "";
+          notice(`${m.member.user.name} was removed from this session${by}.`, "info", "participant_ejected");
+        }
         break;
       case "state":
         session.deadline = m.deadline;
@@ -356,18 +399,29 @@
         notice(text + ".", m.reason === "endpoint_failed" || m.reason === "session_failed" ? "error" : "info", m.reason);
         $("leave").hidden = true;
         term.options.disableStdin = true;
+        renderMembers(); // no more Eject buttons
         break;
       }
       case "ejected":
+        // the gateway closes the websocket next; ended: the page does not reconnect
         session.ended = true;
         setState("ended");
-        notice(`You were removed from the session by ${m.by ? m.by.name : "someone"}${m.reason ? ": " + m.reason : ""}.`, "info", "ejected");
+        notice(`You were removed from this session by ${m.by ? m.by.name : "someone"}${m.reason ? ": " + m.reason : "."}`,
+          "warn", "ejected");
+        $("leave").hidden = true;
+        $("readonly-note").hidden = true;
+        term.options.disableStdin = true;
+        renderMembers();
         break;
       case "refused":
         if (m.fatal) {
           session.fatal = true;
           if (!session.joinedOnce) setState("refused");
           notice(reasonText(m.reason, m.detail) + ".", "error", m.reason);
+        } else if (m.of === "eject") {
+          const who = session.pendingEject ? ` ${session.pendingEject.name}` : "";
+          session.pendingEject = null;
+          notice(`Could not eject${who}: ${reasonText(m.reason, m.detail)}.`, "warn", m.reason, "eject");
         } else if (m.of === "input" || m.reason === "not_controller") {
           session.inputRefusals += 1;
           notice("Read-only: your keystrokes are not sent to the endpoint.", "info", m.reason);
