@@ -35,7 +35,7 @@ from engine import policy
 from engine.actors.base import send
 from engine.bridge import LoopClosed
 from engine.messages import (
-    Disconnected, EndpointSpec, Frame, Input, Join, Joined, Keyframe, Leave, Protocol, Reason, Refused,
+    Disconnected, Eject, EndpointSpec, Frame, Input, Join, Joined, Keyframe, Leave, Protocol, Reason, Refused,
     Resize, Role, SessionEnded, SessionFinished, SessionSummary, StartSession, TransferControl, User,
 )
 from engine.sinks import OutboundQueue
@@ -463,6 +463,10 @@ class Channel:
             # always refused by the engine (rule 6), which audits it; the refusal comes back here
             self.services.engine.route(joined.session_id, TransferControl(
                 joined.participant_id, joined.participant_id, self.services.bridge.reply_to(self._control_reply)))
+        elif isinstance(request, wire.EjectRequest):
+            # the engine decides (controller or administrator; never the controller) and audits
+            self.services.engine.route(joined.session_id, Eject(
+                request.participant_id, self.user, request.reason, self.services.bridge.reply_to(self._eject_reply)))
         elif isinstance(request, wire.Ping):
             self.post({"type": "pong", "id": request.id})
         elif isinstance(request, (wire.Start, wire.JoinRequest)):
@@ -474,6 +478,10 @@ class Channel:
     def _control_reply(self, reply: Any) -> None:
         if isinstance(reply, Refused) and not self.queue.closed:
             self.post(wire.refused(reply.reason, reply.detail, "request_control"))
+
+    def _eject_reply(self, reply: Any) -> None:
+        if isinstance(reply, Refused) and not self.queue.closed:
+            self.post(wire.refused(reply.reason, reply.detail, "eject"))
 
 
 class ControllerRights:

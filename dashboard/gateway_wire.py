@@ -91,6 +91,15 @@ class RequestControl:
 
 
 @dataclass(frozen=True, slots=True)
+class EjectRequest:
+    """Remove one viewer. The engine decides whether the sender may (controller or
+    administrator) and audits either way."""
+
+    participant_id: str
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class StreamRequest:
     """Synthetic endpoints only: emit `rate` frames per second from now on (0 stops) and
     answer with the endpoint's own counters."""
@@ -122,8 +131,9 @@ def _str(obj: dict[str, Any], name: str, *, required: bool = False, limit: int =
 def _only(obj: dict[str, Any], kind: str, allowed: frozenset[str]) -> None:
     extra = sorted(set(obj) - allowed - {"type"})
     if extra:
-        # A client never names a participant or a session in a message: the gateway knows who
-        # is speaking from the connection. An extra field is refused, not ignored.
+        # A client never names itself or a session in a message: the gateway knows who is
+        # speaking from the connection (eject names the viewer to remove, never the sender).
+        # An extra field is refused, not ignored.
         raise WireError(Reason.MALFORMED, f"unexpected field {extra[0]!r} in {kind}", kind)
 
 
@@ -170,6 +180,12 @@ def _parse_empty(kind: str, make: Any) -> Any:
     return parse
 
 
+def _parse_eject(obj: dict[str, Any]) -> EjectRequest:
+    _only(obj, "eject", frozenset({"participant_id", "reason"}))
+    return EjectRequest(_str(obj, "participant_id", required=True, limit=64) or "",
+                        _str(obj, "reason", limit=200) or "")
+
+
 def _parse_stream(obj: dict[str, Any]) -> StreamRequest:
     _only(obj, "stream", frozenset({"rate"}))
     rate = obj.get("rate")
@@ -194,6 +210,7 @@ PARSERS: dict[str, Any] = {
     "resize": _parse_resize,
     "leave": _parse_empty("leave", LeaveRequest),
     "request_control": _parse_empty("request_control", RequestControl),
+    "eject": _parse_eject,
     "stream": _parse_stream,
     "ping": _parse_ping,
 }
@@ -257,7 +274,7 @@ def kind_of(request: Any) -> str:
 
 _KINDS: dict[str, type] = {
     "start": Start, "join": JoinRequest, "resize": ResizeRequest, "leave": LeaveRequest,
-    "request_control": RequestControl, "stream": StreamRequest, "ping": Ping,
+    "request_control": RequestControl, "eject": EjectRequest, "stream": StreamRequest, "ping": Ping,
 }
 
 

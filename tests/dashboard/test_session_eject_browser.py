@@ -2,30 +2,23 @@
 administrator in the session) removes one viewer with a reason; that viewer's page says who did it
 and why and stops; the others' lists follow and their terminals go on; a viewer has no button.
 
-The page sends ``{"type": "eject", "participant_id", "reason"}`` on its websocket. While the
-gateway's codec (dashboard/gateway_wire.py) has no ``eject`` message, the tests' websocket route
-plays that one part of the gateway: it hands the page's request to the engine as ``Eject`` from
-the signed-in controller, and sends any refusal back as the gateway would (``refused`` with
-``of: "eject"``). Once the codec knows ``eject``, the route forwards everything untouched and
-the same tests run end to end."""
+The page sends ``{"type": "eject", "participant_id", "reason"}`` on its websocket; the tests'
+websocket route records those messages and forwards everything untouched to the real gateway."""
 
 from __future__ import annotations
 
-import concurrent.futures
 import json
 from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, Page, WebSocketRoute, expect
 
-from dashboard import gateway_wire as wire
-from engine.messages import Eject, Protocol, Refused, User
+from engine.messages import Protocol, User
 
 pytestmark = pytest.mark.browser
 
 PASSWORD = "correct horse battery"
 WAIT = 30_000  # ms: a bound on waiting for the page, never a wait for time to pass
-GATEWAY_HAS_EJECT = "eject" in wire.PARSERS
 TERMINAL_TEXT = "() => document.querySelector('.xterm-rows').textContent"
 
 
@@ -65,14 +58,10 @@ class Site:
 
 
 class EjectRoute:
-    """Routes a page's websocket through Playwright and records the eject messages it sends.
-    Without gateway support for ``eject``, does the gateway's part (see the module's docstring)."""
+    """Routes a page's websocket through Playwright and records the eject messages it sends."""
 
-    def __init__(self, site: Site, page: Page, user: User) -> None:
-        self.site = site
-        self.user = user
+    def __init__(self, page: Page) -> None:
         self.sent: list[dict[str, Any]] = []
-        self.session_id: str | None = None
         page.route_web_socket("**/ws/**", self._route)
 
     def _route(self, ws: WebSocketRoute) -> None:
@@ -83,22 +72,10 @@ class EjectRoute:
                 request = json.loads(message)
                 if request.get("type") == "eject":
                     self.sent.append(request)
-                    if not GATEWAY_HAS_EJECT:
-                        self._eject(ws, request)
-                        return
             server.send(message)
 
         ws.on_message(from_page)
         server.on_message(ws.send)
-
-    def _eject(self, ws: WebSocketRoute, request: dict[str, Any]) -> None:
-        assert self.session_id is not None
-        done: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        self.site.gateway.engine.route(self.session_id, Eject(
-            request["participant_id"], self.user, request.get("reason", ""), done.set_result))
-        reply = done.result(10)
-        if isinstance(reply, Refused):
-            ws.send(wire.dumps(wire.refused(reply.reason, reply.detail, "eject")))
 
 
 @pytest.fixture
@@ -115,12 +92,12 @@ def participant_id(page: Page) -> str:
 
 
 def test_the_controller_ejects_one_of_two_viewers_with_a_reason(site):
-    alice_user = site.user("alice")
+    site.user("alice")
     site.user("bob")
     site.user("carol")
     alice = site.signed_in("alice")
-    route = EjectRoute(site, alice, alice_user)
-    sid = route.session_id = site.start(alice)
+    route = EjectRoute(alice)
+    sid = site.start(alice)
     bob = site.open_session("bob", sid)
     carol = site.open_session("carol", sid)
     expect(alice.get_by_test_id("viewer-count")).to_have_text("2")
@@ -178,13 +155,12 @@ def test_the_controller_ejects_one_of_two_viewers_with_a_reason(site):
 def test_an_administrator_who_joined_as_a_viewer_may_eject_the_other_viewers(site):
     site.user("alice")
     site.user("bob")
-    root_user = site.user("root", admin=True)
+    site.user("root", admin=True)
     alice = site.signed_in("alice")
     sid = site.start(alice)
     bob = site.open_session("bob", sid)
     root = site.signed_in("root")
-    route = EjectRoute(site, root, root_user)
-    route.session_id = sid
+    route = EjectRoute(root)
     root.goto(site.gateway.url(f"/sessions/{sid}"))
     root.wait_for_function("() => window.cosession && window.cosession.role === 'viewer'")
     expect(root.get_by_test_id("viewers")).to_contain_text("root (you)")
@@ -202,11 +178,11 @@ def test_an_administrator_who_joined_as_a_viewer_may_eject_the_other_viewers(sit
 
 
 def test_a_refused_eject_is_shown_to_the_controller(site):
-    alice_user = site.user("alice")
+    site.user("alice")
     bob_user = site.user("bob")
     alice = site.signed_in("alice")
-    route = EjectRoute(site, alice, alice_user)
-    sid = route.session_id = site.start(alice)
+    route = EjectRoute(alice)
+    sid = site.start(alice)
     bob = site.gateway.engine.join_session(sid, bob_user)  # a viewer outside the browser
     expect(alice.get_by_role("button", name="Eject bob")).to_be_visible()
 
