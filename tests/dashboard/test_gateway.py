@@ -294,6 +294,33 @@ async def test_request_for_control_is_refused_by_the_engine(harness):
     assert await harness.audit("transfer_refused")
 
 
+@pytest.mark.parametrize("target, reason", [("CONTROLLER", "not_permitted"), ("VIEWER", "not_permitted"),
+                                            ("nobody-1", "not_a_participant")])
+async def test_a_viewer_cannot_eject_anyone(harness, target, reason):
+    controller, viewer, sid = await session_with_viewer(harness)
+    pid = {"CONTROLLER": controller.controls[0]["participant_id"],
+           "VIEWER": viewer.controls[0]["participant_id"]}.get(target, target)
+    await viewer.send({"type": "eject", "participant_id": pid, "reason": "mine now"})
+    refusal = await viewer.control("refused", of="eject")
+    assert refusal["reason"] == reason
+    rows = await harness.audit("eject_refused")
+    assert rows and rows[-1]["actor_name"] == "bob"
+    harness.connection(sid).emit(b"both still here\r\n")
+    await controller.output_contains(b"both still here")
+    await viewer.output_contains(b"both still here")
+
+
+async def test_the_controller_ejects_a_viewer_through_the_gateway(harness):
+    controller, viewer, sid = await session_with_viewer(harness)
+    await controller.send({"type": "eject", "participant_id": viewer.controls[0]["participant_id"],
+                           "reason": "wrong ticket"})
+    ejected = await viewer.control("ejected")
+    assert ejected["by"]["name"] == "alice" and ejected["reason"] == "wrong ticket"
+    left = await controller.control("participant_left", reason="ejected")
+    assert left["by"]["name"] == "alice"
+    assert (await harness.audit("eject"))[-1]["actor_name"] == "alice"
+
+
 async def test_too_many_refusals_close_the_connection_not_the_session(harness):
     controller, viewer, sid = await session_with_viewer(harness)
     for _ in range(101):
