@@ -41,9 +41,9 @@ Each run measures both systems with the same workload (the order alternates betw
    stops writing to a client that falls behind and redraws it), so both are given, with the
    resync count.
 4. **Ctrl-C**: the controller runs ``yes | head -c N`` (`--flood-mb`) and presses Ctrl-C
-   `--interrupt-after` seconds later, then types a marker line: the time from the Ctrl-C to the
-   marker, at the controller and at the last viewer (how long a runaway command keeps the
-   terminal after the user gave up on it).
+   `--interrupt-after` seconds later, then types a marker line once its terminal shows ``^C``:
+   the time from the Ctrl-C to the marker, at the controller and at the last viewer (how long
+   a runaway command keeps the terminal after the user gave up on it).
 5. **late joiner**: with ``top -d 5`` running, one viewer leaves and a new one joins, `--late`
    times. cosession: from the start of the websocket's TCP connect to the receipt of the
    keyframe (the binary message after ``reset``), the user already signed in. tmux: from
@@ -73,6 +73,7 @@ import math
 import os
 import platform
 import pty
+import pwd
 import re
 import select
 import shlex
@@ -511,6 +512,15 @@ class WsClient:
             await self.socket.aclose()
 
 
+def _die_with_parent() -> None:
+    """In a child before exec: SIGTERM when the benchmark's process dies, however it dies (an
+    ssh client on a pty of ours would otherwise outlive it)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class PtyClient:
     """A program (ssh) on its own pseudo-terminal of 80x24; we are its keyboard and screen."""
 
@@ -524,7 +534,7 @@ class PtyClient:
         self.start_ns = time.perf_counter_ns()
         try:
             self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env,
-                                         start_new_session=True, close_fds=True)
+                                         start_new_session=True, close_fds=True, preexec_fn=_die_with_parent)
         except BaseException:
             os.close(master)
             raise
@@ -964,8 +974,9 @@ async def _screen_parse_seconds(ctx: Context, side: Side) -> float | None:
 
 async def phase_interrupt(ctx: Context, side: Side) -> dict[str, Any]:
     """The controller runs ``yes | head -c N`` and presses Ctrl-C `interrupt_after` seconds
-    later (a person's reaction), then types a marker line: how long until its prompt is back
-    (Ctrl-C → the marker), at the controller and at the last viewer."""
+    later (a person's reaction), then, once its terminal shows the ``^C``, types a marker line:
+    how long until its prompt is back (Ctrl-C → the marker), at the controller and at the last
+    viewer."""
     import trio
 
     options = ctx.options
@@ -976,9 +987,19 @@ async def phase_interrupt(ctx: Context, side: Side) -> dict[str, Any]:
     await controller.send(f"yes | head -c {int(options.flood_mb * 1e6)}\r".encode())
     await trio.sleep_until(began + options.interrupt_after)  # the reaction time is the workload
     interrupted = time.perf_counter_ns()
+    interrupted_at = controller.receiver.total_bytes
     await controller.send(b"\x03")
+    # Type the next line once the terminal shows the ^C, as a person would: typed at once, it
+    # may arrive while bash handles the interrupt at its prompt, which discards it.
+    timeout = 30 + 6 * options.flood_mb
+
+    def shown() -> bool:
+        received = controller.receiver.total_bytes - interrupted_at
+        return received > 0 and b"^C" in controller.receiver.recent[-received:]
+
+    await controller.receiver.wait_for(shown, timeout)
     await controller.send(line_command(mark))
-    complete = await wait_all(side.everyone, lambda c: mark in c.receiver.marks, 30 + 6 * options.flood_mb)
+    complete = await wait_all(side.everyone, lambda c: mark in c.receiver.marks, timeout)
     back = [(t - interrupted) / 1e6 for v in side.viewers if (t := v.receiver.marks.get(mark)) is not None]
     at = controller.receiver.marks.get(mark)
     return {"interrupt_ms": None if at is None else (at - interrupted) / 1e6,
@@ -1105,10 +1126,11 @@ async def _main(ctx: Context) -> list[dict[str, Any]]:
     import trio
 
     options = ctx.options
-    await _login_all(ctx, user_names(options))
     runs = []
     async with trio.open_nursery() as nursery:
         ctx.nursery = nursery
+        nursery.start_soon(_stop_on_signals)
+        await _login_all(ctx, user_names(options))
         ctx.master = await _start_master(ctx)
         for run in range(options.runs):
             order = ["cosession", "tmux"] if run % 2 == 0 else ["tmux", "cosession"]
@@ -1124,6 +1146,16 @@ async def _main(ctx: Context) -> list[dict[str, Any]]:
             runs.append(result)
         nursery.cancel_scope.cancel()
     return runs
+
+
+async def _stop_on_signals() -> None:
+    """SIGTERM or SIGHUP during the run: stop it as Ctrl-C does (a KeyboardInterrupt out of the
+    run's nursery), so that everything it started is stopped."""
+    import trio
+
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+        async for signum in signals:
+            raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _fmt(value: Any) -> str:
@@ -1188,7 +1220,10 @@ def run_benchmark(options: Options) -> dict[str, Any]:
         say(options, f"gateway on {gateway.info['base_url']} (pid {gateway.pid})")
         ctx = Context(options, server, work / "id_ed25519", cat_path, cat_bytes, gateway, {}, tmux_socket,
                       str(work / "ctl"))
-        runs = trio.run(_main, ctx)
+        try:
+            runs = trio.run(_main, ctx)
+        except BaseExceptionGroup as group:
+            raise _first_cause(group) from group
     finally:
         if ctx is not None:
             for client in ctx.pty_clients:
@@ -1198,6 +1233,8 @@ def run_benchmark(options: Options) -> dict[str, Any]:
             with contextlib.suppress(Exception):
                 subprocess.run(["runuser", "-u", server.username, "--", "tmux", "-L", tmux_socket, "kill-server"],
                                capture_output=True, timeout=10)
+            with contextlib.suppress(Exception):
+                (Path("/tmp") / f"tmux-{pwd.getpwnam(server.username).pw_uid}" / tmux_socket).unlink(missing_ok=True)
         if gateway is not None:
             gateway.stop()
         if server is not None:
@@ -1213,6 +1250,24 @@ def run_benchmark(options: Options) -> dict[str, Any]:
         "runs": runs,
         "summary": summarise(runs),
     }
+
+
+def _first_cause(group: BaseExceptionGroup) -> BaseException:
+    """What to report of the run nursery's failures: an interruption, else our own error, else
+    the first failure."""
+    leaves: list[BaseException] = []
+    todo: list[BaseException] = [group]
+    while todo:
+        exc = todo.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            todo.extend(exc.exceptions)
+        else:
+            leaves.append(exc)
+    for kind in (KeyboardInterrupt, BenchError):
+        for exc in leaves:
+            if isinstance(exc, kind):
+                return exc
+    return leaves[0] if leaves else group
 
 
 def command_line() -> str:
@@ -1285,10 +1340,12 @@ FIGURES: list[tuple[str, str, str]] = [
     ("par_cpu_lines_fanout_pct", "PARALLEL sessions: CPU per session, fan-out process, % of a core", "%"),
     ("par_cpu_lines_total_pct", "PARALLEL sessions: CPU per session, server total, % of a core", "%"),
 ]
-NOT_COMPARED = {"lines_lost", "line_messages_per_line", "cat_resyncs", "par_lines_lost", "late_join_ms", "late_fresh_ssh_ms",
-                "gateway_p50_ms", "gateway_p99_ms", "gateway_rtt_p50_ms", "gateway_peak_rss_mb", "cpu_cat_screen_s",
-                "cat_received_mb", "late_keyframe_kb", "interrupt_received_mb", "cpu_idle_fanout_pct", "cpu_idle_total_pct", "load1",
-                "cpu_pressure_pct"}
+NOT_COMPARED = {
+    "lines_lost", "line_messages_per_line", "cat_resyncs", "par_lines_lost", "late_join_ms", "late_fresh_ssh_ms",
+    "gateway_p50_ms", "gateway_p99_ms", "gateway_rtt_p50_ms", "gateway_peak_rss_mb", "cpu_cat_screen_s",
+    "cat_received_mb", "late_keyframe_kb", "interrupt_received_mb", "cpu_idle_fanout_pct", "cpu_idle_total_pct",
+    "load1", "cpu_pressure_pct",
+}
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -1353,7 +1410,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"`yes | head -c` {options.get('flood_mb', 0):g} MB; "
         f"{options['late']} late joiners during `top`; "
         f"{options['parallel']} sessions in parallel for the PARALLEL rows. "
-        f"cosession: {_settings_text(options)}, gateway in its own process. tmux: {options['viewers'] + 1} `ssh -tt` clients running `tmux attach` "
+        f"cosession: {_settings_text(options)}, gateway in its own process. "
+        f"tmux: {options['viewers'] + 1} `ssh -tt` clients running `tmux attach` "
         f"to one session, `status off`.",
         "",
         "| Figure | cosession | tmux + ssh | cosession / tmux |",
@@ -1437,10 +1495,16 @@ def main(argv: list[str] | None = None) -> int:
             settings.setdefault(section, {})[key] = json.loads(value)
         except ValueError:
             settings.setdefault(section, {})[key] = value
+    # SIGINT is ignored in a job started in the background by a shell without job control:
+    # take it back (trio handles it), and make SIGTERM and SIGHUP stop the set-up and tear-down
+    # the same way (during the run, `_stop_on_signals`), so that what the run started is stopped.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGHUP, signal.default_int_handler)
     options = Options(runs=args.runs, viewers=args.viewers, cat_mb=args.cat_mb, lines=args.lines,
                       line_interval=args.line_interval, late=args.late, idle=args.idle,
-                      parallel=max(1, args.parallel), flood_mb=args.flood_mb, interrupt_after=args.interrupt_after, progress=not args.quiet,
-                      settings=settings)
+                      parallel=max(1, args.parallel), flood_mb=args.flood_mb, interrupt_after=args.interrupt_after,
+                      progress=not args.quiet, settings=settings)
     try:
         if args.from_json:
             report = json.loads(Path(args.from_json).read_text())
@@ -1449,6 +1513,9 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         print(f"bench/ssh_websocket.py: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("bench/ssh_websocket.py: interrupted; everything it started is stopped", file=sys.stderr)
+        return 130
     block = markdown(report)
     if args.write_docs:
         write_docs(Path(args.write_docs), block)
