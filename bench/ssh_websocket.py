@@ -1243,6 +1243,7 @@ def run_benchmark(options: Options) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
     return {
         "command": command_line(),
+        "commit": _git_commit(),
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine,
         "options": dataclasses.asdict(options),
@@ -1268,6 +1269,18 @@ def _first_cause(group: BaseExceptionGroup) -> BaseException:
             if isinstance(exc, kind):
                 return exc
     return leaves[0] if leaves else group
+
+
+def _git_commit() -> str:
+    """The commit measured, with "+changes" if the working tree differs from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return head + ("+changes" if dirty else "")
 
 
 def command_line() -> str:
@@ -1397,8 +1410,9 @@ def markdown(report: dict[str, Any]) -> str:
     runs = len(report["runs"])
     lines = [
         BEGIN,
-        f"Command: `{report['command']}` — {report['date']}; {runs} run(s), medians with the spread "
-        f"(min–max) over the runs.",
+        f"Command: `{report['command']}` — {report['date']}"
+        + (f", commit {report['commit']}" if report.get("commit") else "")
+        + f"; {runs} run(s), medians with the spread (min–max) over the runs.",
         "",
         f"Machine: {machine['nproc']} cores, {machine['memory_gib']} GiB, Python {machine['python']}, "
         f"Linux {machine['kernel']}, {machine['ssh']}, {machine['tmux']}; load average at the start "
