@@ -1328,7 +1328,7 @@ FIGURES: list[tuple[str, str, str]] = [
     ("cat_seconds", "cat: time until the last viewer shows its end", "s"),
     ("cat_controller_s", "cat: time until the controller itself shows its end", "s"),
     ("cat_resyncs", "cat: resyncs (all viewers)", ""),
-    ("interrupt_ms", "Ctrl-C during `yes | head -c N` → the controller's prompt is back", "ms"),
+    ("interrupt_ms", "Ctrl-C during a bounded `yes` flood → the controller's prompt is back", "ms"),
     ("interrupt_all_ms", "The same → every viewer shows the prompt", "ms"),
     ("interrupt_received_mb", "The same: bytes the controller received from `yes` until then", "MB"),
     ("late_ms", "Late joiner: connect → keyframe (tmux: over an open SSH connection)", "ms"),
