@@ -6,11 +6,12 @@ full-screen program in the alternate screen (`top`, `vim`, `less`) and the prima
 beneath it, so that the joiner's terminal comes back to the shell when the program exits.
 
 Parsing costs far more CPU than moving bytes: pyte parses about 1 MB/s, an SSH session can
-print 100 MB/s. So the hot path only appends output to a buffer. It is parsed a small step at a
-time when the endpoint actor is idle (`idle()`), and in full when a keyframe is asked for.
-During a burst (`cat` of a large file) the buffer is cut to its recent tail: after that much
-output the screen *is* the tail, and parsing what scrolled away would only delay everyone. A
-cheap scan of the bytes cut keeps track of the alternate screen.
+print 100 MB/s. So the hot path only appends output to a buffer. Interactive output (a little
+at a time: a shell, vim, top) is parsed when the endpoint actor is idle (`idle()`). Bulk output
+(`cat` of a large file) is not parsed as it flows: the buffer is cut to its recent tail, because
+after that much output the screen *is* the tail, and a keyframe parses at most that tail. A
+cheap scan of the bytes cut keeps track of the alternate screen. (Parsing bulk output whenever
+the actor idled cost 80% of a session's CPU and capped it at 11 MB/s: docs/benchmarks.md.)
 
 A parsing failure (pyte meets a sequence it cannot handle) is logged and skipped: the screen
 model serves late joiners, it must never end a session.
@@ -33,7 +34,7 @@ log = logging.getLogger(__name__)
 _ALT_SCREEN_MODES = frozenset({1049 << 5, 1047 << 5, 47 << 5})
 # Private modes that change how the joiner's terminal behaves, restored in the keyframe.
 _CARRIED_PRIVATE_MODES = (1, 1000, 1002, 1003, 1006, 2004)
-_IDLE_STEP = 16 * 1024     # parsed per idle moment of the endpoint actor
+_IDLE_STEP = 16 * 1024     # at most this much pending is interactive output, parsed when idle
 _BURST = 256 * 1024        # more pending than this: keep only the tail (also bounds a keyframe's cost)
 _TAIL = 64 * 1024          # what a burst keeps: many screens' worth of output
 _ALT_ENTER = (b"\x1b[?1049h", b"\x1b[?1047h", b"\x1b[?47h")
@@ -168,11 +169,10 @@ class TerminalScreen:
             self._skip_to_tail()
 
     def idle(self) -> None:
-        """Parse one small step of what is pending (called when the endpoint actor is idle)."""
-        if self._pending:
-            step = bytes(self._pending[:_IDLE_STEP])
-            del self._pending[:_IDLE_STEP]
-            self._parse(step)
+        """The endpoint actor has nothing queued: parse what is pending if it is interactive
+        output. More than that is a burst: it waits, to be cut to its tail."""
+        if 0 < len(self._pending) <= _IDLE_STEP:
+            self._catch_up()
 
     def resize(self, cols: int, rows: int) -> None:
         self._catch_up()
@@ -184,6 +184,8 @@ class TerminalScreen:
         return list(self._screen.display)
 
     def keyframe(self) -> Keyframe:
+        if len(self._pending) > 2 * _TAIL:  # a joiner waits for this parse: only the tail
+            self._skip_to_tail()
         self._catch_up()
         screen = self._screen
         parts = ["\x1bc", f"\x1b[8;{screen.lines};{screen.columns}t"]

@@ -65,8 +65,24 @@ def test_a_burst_inside_the_alternate_screen_stays_in_it():
     assert s._screen.saved_primary is not None
 
 
-def test_idle_parses_in_small_steps():
+def test_idle_parses_interactive_output_but_not_a_burst(monkeypatch):
     s = TerminalScreen(20, 3)
-    s.feed(b"y" * (screen_module._IDLE_STEP * 2))
+    s.feed(b"$ ls\r\n")
     s.idle()
-    assert len(s._pending) == screen_module._IDLE_STEP
+    assert s._pending == b"" and s.display()[0].startswith("$ ls")
+    parsed = []
+    monkeypatch.setattr(s, "_parse", parsed.append)
+    s.feed(b"y" * (screen_module._IDLE_STEP + 1))
+    s.idle()
+    assert parsed == []
+
+
+def test_a_keyframe_parses_at_most_the_tail(monkeypatch):
+    s = TerminalScreen(40, 3)
+    s.feed(b"".join(b"line %d\r\n" % n for n in range(30_000)))  # about 250 KB: under the burst cut
+    parsed = []
+    real = s._parse
+    monkeypatch.setattr(s, "_parse", lambda data: (parsed.append(len(data)), real(data)))
+    copy = replay(s.keyframe(), 40, 3)
+    assert sum(parsed) <= screen_module._TAIL
+    assert copy.display()[1].startswith("line 29999")
