@@ -211,6 +211,7 @@ async def test_a_viewer_can_join_after_a_private_sgr(harness):
     harness.user("alice")
     harness.user("bob")
     controller, joined = await harness.start("alice")
+    await controller.control("state", state="active")  # the endpoint is open: its output counts
     harness.connection(joined["session_id"]).emit(b"\x1b[?4mvim was here\r\n")
     await controller.output_contains(b"vim was here")
     viewer, answer = await harness.join("bob", joined["session_id"])
@@ -229,6 +230,8 @@ CASES = [
     ("viewer", {"type": "resize", "cols": 10, "rows": 5}, "not_controller", "message_refused"),
     ("viewer", {"type": "stream", "rate": 100}, "not_controller", "message_refused"),
     ("viewer", {"type": "leave", "participant_id": "CONTROLLER"}, "malformed", "message_refused"),
+    ("controller", {"type": "eject"}, "malformed", "message_refused"),
+    ("controller", {"type": "eject", "participant_id": "VIEWER", "by": "CONTROLLER"}, "malformed", "message_refused"),
     ("controller", {"type": "resize", "cols": 100, "rows": 30, "participant_id": "VIEWER"}, "malformed",
      "message_refused"),
     ("controller", "{not json", "malformed", "message_refused"),
