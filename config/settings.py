@@ -43,6 +43,7 @@ class EngineSettings:
 @dataclass(frozen=True, slots=True)
 class Gateway:
     flush_ms: int
+    flush_messages: int
     flush_bytes: int
     max_message_bytes: int
     terminal_cols: int
