@@ -48,6 +48,7 @@ class _Repos:
 
     def __init__(self, args: argparse.Namespace) -> None:
         from config.settings import load
+        from dashboard.access import Access
         from dashboard.accounts import Users
         from dashboard.endpoints import Endpoints
         from dashboard.secrets import Secrets, ensure_data_dir
@@ -58,8 +59,11 @@ class _Repos:
         if settings.database_url.startswith("sqlite:///"):
             ensure_data_dir(settings.data_path)
         self.db = make_engine(settings.database_url)  # creates every missing table
+        secrets = Secrets.from_settings(settings)
         self.users = Users(self.db)
-        self.endpoints = Endpoints(self.db, Secrets.from_settings(settings))
+        self.access = Access(self.db, secrets)
+        self.access.migrate_legacy_grants()
+        self.endpoints = Endpoints(self.db, secrets, access=self.access)
 
     def user(self, name: str) -> Any:
         user = self.users.get_by_name(name) or self.users.get(name)
@@ -97,7 +101,7 @@ def _create(repos: _Repos, args: argparse.Namespace) -> int:
 
 def _grant(repos: _Repos, args: argparse.Namespace) -> int:
     user, record = repos.user(args.user), repos.endpoint(args.endpoint)
-    if repos.endpoints.grant(record.id, user.id):
+    if repos.access.grant(record.id, user.id):
         print(f"{user.name} may now use {record.name}")
     else:
         print(f"{user.name} could already use {record.name}")
@@ -106,7 +110,7 @@ def _grant(repos: _Repos, args: argparse.Namespace) -> int:
 
 def _revoke(repos: _Repos, args: argparse.Namespace) -> int:
     user, record = repos.user(args.user), repos.endpoint(args.endpoint)
-    if repos.endpoints.revoke(record.id, user.id):
+    if repos.access.revoke(record.id, user.id):
         print(f"{user.name} may no longer use {record.name}")
     else:
         print(f"{user.name} had no access to {record.name}")

@@ -267,12 +267,12 @@ def _local_plan(gateway: InProcessGateway, options: Options) -> _Plan:
         endpoint = services.endpoints.create(f"synthetic-{n}", Protocol.SYNTHETIC)
         endpoint_ids.append(endpoint.id)
         controller = services.users.create(f"controller-{n}", password)
-        services.endpoints.grant(endpoint.id, controller.id)
+        services.access.grant(endpoint.id, controller.id)
         controllers.append((controller.name, password))
         names = []
         for v in range(options.viewers):
             viewer = services.users.create(f"viewer-{n}-{v}", password)
-            services.endpoints.grant(endpoint.id, viewer.id)
+            services.access.grant(endpoint.id, viewer.id)
             names.append((viewer.name, password))
         viewers.append(names)
     return _Plan(gateway.base_url, endpoint_ids, controllers, viewers)

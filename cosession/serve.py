@@ -87,7 +87,9 @@ def register_demo_endpoint(services: Any, demo: Any) -> Any:
     endpoints.trust_host_key(record.id, demo.host_key_openssh)
     user = services.users.get_by_name(DEMO_USER)
     if user is not None:
-        endpoints.grant(record.id, user.id)
+        from engine.access import AssetRole
+
+        services.access.grant(record.id, user.id, AssetRole.OWNER)
     return endpoints.get(record.id)
 
 

@@ -231,7 +231,7 @@ async def _may_see(services: Any, user: User, endpoint_id: str, session: Mapping
     if session is not None and (session["controller_id"] == user.id
                                 or any(p["actor_id"] == user.id for p in session.get("participants", []))):
         return True
-    return await trio.to_thread.run_sync(services.endpoints.has_access, user, endpoint_id)
+    return await trio.to_thread.run_sync(services.access.may_see, user, endpoint_id)
 
 
 @api_route
@@ -372,7 +372,7 @@ UPDATE_FIELDS: dict[str, tuple[type, ...]] = {
 
 
 def endpoint_json(record: EndpointRecord, *, admin: bool, live: int = 0,
-                  granted: list[User] | None = None) -> dict[str, Any]:
+                  roles: list[Any] | None = None) -> dict[str, Any]:
     """An endpoint without its credential: only whether one is stored (administrators)."""
     data: dict[str, Any] = {"id": record.id, "name": record.name, "protocol": record.protocol.value,
                             "host": record.host, "port": record.port, "address": record.address,
@@ -384,8 +384,9 @@ def endpoint_json(record: EndpointRecord, *, admin: bool, live: int = 0,
             "pending_host_key_fingerprint": record.pending_host_key_fingerprint,
             "created_at": record.created_at, "created": iso_utc(record.created_at),
         })
-        if granted is not None:
-            data["access"] = [{"id": u.id, "name": u.name} for u in granted]
+        if roles is not None:  # dashboard.access.RoleEntry: users and groups with a role here
+            data["access"] = [{"kind": e.principal.kind, "id": e.principal.id, "name": e.principal.name,
+                               "role": e.role.value} for e in roles]
     return data
 
 
@@ -421,14 +422,14 @@ async def list_endpoints(request: Request) -> Response:
     query(request, ())
     services = request.app.state.services
 
-    def load() -> list[tuple[EndpointRecord, list[User] | None]]:
+    def load() -> list[tuple[EndpointRecord, list[Any] | None]]:
         records = services.endpoints.accessible(user)
-        return [(r, services.endpoints.granted_users(r.id) if user.is_admin else None) for r in records]
+        return [(r, services.access.roles_on(r.id) if user.is_admin else None) for r in records]
 
     rows = await trio.to_thread.run_sync(load)
     counts = _live_counts(services)
     return JSONResponse({"endpoints": [endpoint_json(r, admin=user.is_admin, live=counts.get(r.id, 0),
-                                                     granted=granted) for r, granted in rows]})
+                                                     roles=roles) for r, roles in rows]})
 
 
 @api_route
@@ -438,18 +439,18 @@ async def get_endpoint(request: Request) -> Response:
     services = request.app.state.services
     endpoint_id = request.path_params["endpoint_id"]
 
-    def load() -> tuple[EndpointRecord | None, bool, list[User] | None]:
+    def load() -> tuple[EndpointRecord | None, bool, list[Any] | None]:
         record = services.endpoints.get(endpoint_id)
         if record is None:
             return None, False, None
-        allowed = services.endpoints.has_access(user, endpoint_id)
-        return record, allowed, services.endpoints.granted_users(endpoint_id) if user.is_admin else None
+        allowed = services.access.may_see(user, endpoint_id)
+        return record, allowed, services.access.roles_on(endpoint_id) if user.is_admin else None
 
-    record, allowed, granted = await trio.to_thread.run_sync(load)
+    record, allowed, roles = await trio.to_thread.run_sync(load)
     if record is None or not allowed:  # one answer for both: an id says nothing without access
         raise ApiError(404, "not_found", "no such endpoint")
     return JSONResponse({"endpoint": endpoint_json(record, admin=user.is_admin,
-                                                   live=_live_counts(services).get(record.id, 0), granted=granted)})
+                                                   live=_live_counts(services).get(record.id, 0), roles=roles)})
 
 
 @api_route
@@ -470,7 +471,7 @@ async def create_endpoint(request: Request) -> Response:
     services.audit_event("endpoint_created", admin, endpoint_id=record.id, endpoint_name=record.name,
                          protocol=record.protocol.value, credentials=record.secret_kind or "none",
                          joint_session=record.joint_session, via="api")
-    return JSONResponse({"endpoint": endpoint_json(record, admin=True, granted=[])}, status_code=201,
+    return JSONResponse({"endpoint": endpoint_json(record, admin=True, roles=[])}, status_code=201,
                         headers={"Location": f"/api/endpoints/{record.id}"})
 
 
@@ -501,9 +502,9 @@ async def update_endpoint(request: Request) -> Response:
     if updated.joint_session != record.joint_session:
         services.audit_event("joint_session_changed", admin, endpoint_id=record.id, endpoint_name=updated.name,
                              enabled=updated.joint_session, via="api")
-    granted = await trio.to_thread.run_sync(services.endpoints.granted_users, record.id)
+    roles = await trio.to_thread.run_sync(services.access.roles_on, record.id)
     return JSONResponse({"endpoint": endpoint_json(updated, admin=True, live=_live_counts(services).get(record.id, 0),
-                                                   granted=granted)})
+                                                   roles=roles)})
 
 
 @api_route

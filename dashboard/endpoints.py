@@ -34,7 +34,6 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
 from dashboard.secrets import Secrets
-from engine.db import endpoint_access as t_access
 from engine.db import endpoints as t_endpoints
 from engine.db import users as t_users
 from engine.messages import EndpointSpec, Protocol, User
@@ -126,10 +125,11 @@ class Endpoints:
     """The endpoint repository. `engine` (optional) is told joint-session changes, so live
     sessions apply them to their next join."""
 
-    def __init__(self, db: sa.Engine, secrets: Secrets, engine: Any = None) -> None:
+    def __init__(self, db: sa.Engine, secrets: Secrets, engine: Any = None, access: Any = None) -> None:
         self._db = db
         self._secrets = secrets
         self._engine = engine
+        self._access = access  # dashboard.access.Access
 
     # --- reads ----------------------------------------------------------------------------
 
@@ -149,52 +149,12 @@ class Endpoints:
         return [_record(row) for row in rows]
 
     def accessible(self, user: User) -> list[EndpointRecord]:
-        """The endpoints `user` may use (every one for an administrator)."""
-        if user.is_admin:
-            return self.list()
-        query = (sa.select(*_COLUMNS).join(t_access, t_access.c.endpoint_id == t_endpoints.c.id)
-                 .where(t_access.c.user_id == user.id).order_by(t_endpoints.c.name))
-        with self._db.connect() as db:
-            return [_record(row) for row in db.execute(query).all()]
-
-    # --- access -----------------------------------------------------------------------------
-
-    def has_access(self, user: User, endpoint_id: str) -> bool:
-        """May `user` start or join a session on this endpoint? The one place that decides
-        (administrators always; others by a grant)."""
-        if user.is_admin:
-            with self._db.connect() as db:
-                return db.execute(sa.select(t_endpoints.c.id).where(t_endpoints.c.id == endpoint_id)).first() \
-                    is not None
-        with self._db.connect() as db:
-            return db.execute(sa.select(t_access.c.user_id).where(
-                t_access.c.endpoint_id == endpoint_id, t_access.c.user_id == user.id)).first() is not None
-
-    def grant(self, endpoint_id: str, user_id: str) -> bool:
-        """Let a user use an endpoint. True if it was not granted before."""
-        try:
-            with self._db.begin() as db:
-                db.execute(t_access.insert().values(endpoint_id=endpoint_id, user_id=user_id))
-        except sa.exc.IntegrityError:
-            if self.get(endpoint_id) is None:
-                raise EndpointError("no such endpoint") from None
-            with self._db.connect() as db:
-                if db.execute(sa.select(t_users.c.id).where(t_users.c.id == user_id)).first() is None:
-                    raise EndpointError("no such user") from None
-            return False
-        return True
-
-    def revoke(self, endpoint_id: str, user_id: str) -> bool:
-        with self._db.begin() as db:
-            return db.execute(t_access.delete().where(
-                t_access.c.endpoint_id == endpoint_id, t_access.c.user_id == user_id)).rowcount > 0
-
-    def granted_users(self, endpoint_id: str) -> list[User]:
-        query = (sa.select(t_users.c.id, t_users.c.name, t_users.c.is_admin)
-                 .join(t_access, t_access.c.user_id == t_users.c.id)
-                 .where(t_access.c.endpoint_id == endpoint_id).order_by(t_users.c.name))
-        with self._db.connect() as db:
-            return [User(r.id, r.name, bool(r.is_admin)) for r in db.execute(query).all()]
+        """The endpoints `user` holds a role on (every one for an administrator): the ones their
+        lists show. Who may start or join there is dashboard/access.py's to say."""
+        if self._access is None:
+            return self.list() if user.is_admin else []
+        visible = self._access.visible_endpoint_ids(user)
+        return [record for record in self.list() if record.id in visible]
 
     # --- writes ---------------------------------------------------------------------------
 
@@ -252,7 +212,6 @@ class Endpoints:
 
     def delete(self, endpoint_id: str) -> bool:
         with self._db.begin() as db:
-            db.execute(t_access.delete().where(t_access.c.endpoint_id == endpoint_id))
             return db.execute(t_endpoints.delete().where(t_endpoints.c.id == endpoint_id)).rowcount > 0
 
     def set_joint_session(self, endpoint_id: str, enabled: bool) -> None:
@@ -415,8 +374,9 @@ async def list_page(request: Request) -> Response:
 
     services, _ = await _services_and_admin(request)
 
-    def load() -> list[tuple[EndpointRecord, list[User]]]:
-        return [(e, services.endpoints.granted_users(e.id)) for e in services.endpoints.list()]
+    def load() -> list[tuple[EndpointRecord, list[Any]]]:
+        return [(e, [entry.principal for entry in services.access.roles_on(e.id)])
+                for e in services.endpoints.list()]
 
     rows = await trio.to_thread.run_sync(load)
     live: dict[str, int] = {}
@@ -460,7 +420,8 @@ async def create(request: Request) -> Response:
 
 async def _edit_context(services: Any, record: EndpointRecord) -> dict[str, Any]:
     def load() -> tuple[list[User], list[User]]:
-        granted = services.endpoints.granted_users(record.id)
+        granted = [User(e.principal.id, e.principal.name) for e in services.access.roles_on(record.id)
+                   if e.principal.kind == "user"]
         ids = {u.id for u in granted}
         return granted, [u for u in services.users.list() if u.id not in ids and not u.is_admin]
 
@@ -565,7 +526,7 @@ async def grant_access(request: Request) -> Response:
     user = await trio.to_thread.run_sync(services.users.get_by_name, name) if name else None
     if user is None:
         _flash(request, f"No user named {name!r}.")
-    elif await trio.to_thread.run_sync(services.endpoints.grant, record.id, user.id):
+    elif await trio.to_thread.run_sync(services.access.grant, record.id, user.id):
         services.audit_event("access_granted", admin, endpoint_id=record.id, endpoint_name=record.name,
                              user_id=user.id, user_name=user.name)
         _flash(request, f"{user.name} may now use {record.name}.")
@@ -576,7 +537,7 @@ async def revoke_access(request: Request) -> Response:
     services, admin = await _services_and_admin(request)
     record = await _get_or_404(services, request.path_params["endpoint_id"])
     user = await trio.to_thread.run_sync(services.users.get, request.path_params["user_id"])
-    if user is not None and await trio.to_thread.run_sync(services.endpoints.revoke, record.id, user.id):
+    if user is not None and await trio.to_thread.run_sync(services.access.revoke, record.id, user.id):
         services.audit_event("access_revoked", admin, endpoint_id=record.id, endpoint_name=record.name,
                              user_id=user.id, user_name=user.name)
         _flash(request, f"{user.name} may no longer use {record.name}.")

@@ -664,7 +664,7 @@ async def start_socket(websocket: WebSocket) -> None:
             return
         record = await trio.to_thread.run_sync(services.endpoints.get, endpoint_id)
         allowed = record is not None and await trio.to_thread.run_sync(
-            services.endpoints.has_access, user, endpoint_id)
+            services.access.may_see, user, endpoint_id)
         if not allowed:  # the same answer whether the endpoint exists or not
             await channel.refuse_fatally(Reason.NO_ACCESS, "you have no access to this endpoint")
             return
@@ -724,8 +724,10 @@ async def session_socket(websocket: WebSocket) -> None:
                                          "this share link is not valid: it was altered or is for another session")
             return
         endpoint, controller = _session_parties(gateway, session_id)
+        # a role of at least viewer (engine.access.may_join): a viewer inherits the controller's
+        # approval and profile for this session; the engine adds its own rules
         has_access = endpoint is not None and await trio.to_thread.run_sync(
-            services.endpoints.has_access, user, endpoint.id)
+            services.access.may_join, user, endpoint.id)
         # the engine decides (and audits) every join, including refusals for unknown sessions
         answer = await channel.await_joined(lambda reply_to: services.engine.route(
             session_id, Join(user, channel.queue, reply_to, has_access)))
@@ -775,7 +777,7 @@ async def session_page(request: Request) -> Response:
                                    "This session has ended (or never existed). A share link works only "
                                    "while its session is live.", 410, "session_ended")
     is_controller = controller.id == user.id
-    if not is_controller and not await trio.to_thread.run_sync(services.endpoints.has_access, user, endpoint.id):
+    if not is_controller and not await trio.to_thread.run_sync(services.access.may_see, user, endpoint.id):
         services.audit_event("share_link_refused", user, session_id, reason=Reason.NO_ACCESS.value)
         return await _page_refused(request, "No access",
                                    f"You have no access to the endpoint {endpoint.name}, so you "
@@ -807,7 +809,7 @@ async def start_page(request: Request) -> Response:
     services = request.app.state.services
     endpoint_id = request.path_params["endpoint_id"]
     record = await trio.to_thread.run_sync(services.endpoints.get, endpoint_id)
-    if record is None or not await trio.to_thread.run_sync(services.endpoints.has_access, user, endpoint_id):
+    if record is None or not await trio.to_thread.run_sync(services.access.may_see, user, endpoint_id):
         return await _page_refused(request, "No access", "This endpoint does not exist, or you have no "
                                    "access to it.", 403, "no_access")
     if record.protocol not in (Protocol.SSH, Protocol.SYNTHETIC):

@@ -284,7 +284,7 @@ async def endpoint_page(request: Request) -> Response:
     services = request.app.state.services
     endpoint_id = request.path_params["endpoint_id"]
     record = await trio.to_thread.run_sync(services.endpoints.get, endpoint_id)
-    if record is None or not await trio.to_thread.run_sync(services.endpoints.has_access, user, endpoint_id):
+    if record is None or not await trio.to_thread.run_sync(services.access.may_see, user, endpoint_id):
         return await _not_found(request)  # the same answer whether it exists or not
     tab = "settings" if request.query_params.get("tab") == "settings" else "connections"
     page = _page_number(request.query_params.get("page"))

@@ -21,6 +21,7 @@ from argon2 import PasswordHasher
 from itsdangerous import URLSafeTimedSerializer
 
 from config.settings import Settings
+from dashboard.access import Access
 from dashboard.accounts import Users
 from dashboard.endpoints import Endpoints
 from dashboard.secrets import Secrets, ensure_data_dir
@@ -39,6 +40,7 @@ class Services:
     db: sa.Engine
     users: Users
     endpoints: Endpoints
+    access: Access
     secrets: Secrets = field(repr=False)
     audit_reader: Any = None  # engine.audit.AuditReader once that module exists, else None
     public_url: str = ""  # "http://host:port" without a trailing slash; set once the port is bound
@@ -54,9 +56,11 @@ class Services:
             ensure_data_dir(settings.data_path)
         secrets = secrets or Secrets.from_settings(settings)
         db = make_engine(settings.database_url)  # creates every missing table
+        access = Access(db, secrets)
+        access.migrate_legacy_grants()
         services = cls(
-            settings=settings, engine=engine, bridge=bridge, db=db,
-            users=Users(db, hasher), endpoints=Endpoints(db, secrets, engine),
+            settings=settings, engine=engine, bridge=bridge, db=db, access=access,
+            users=Users(db, hasher), endpoints=Endpoints(db, secrets, engine, access),
             secrets=secrets, audit_reader=_audit_reader(settings.database_url),
             public_url=(public_url if public_url is not None else default_public_url(settings)),
         )

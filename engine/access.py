@@ -319,6 +319,52 @@ def quick_access(facts: AccessFacts, now: float) -> QuickAccess:
     return QuickAccess(QuickOutcome.START, grant=decided, parameters=parameters)
 
 
+# --- requests, approvals and extensions ---------------------------------------------------------
+
+MAX_REQUEST_SECONDS = 7 * 24 * 3600  # the longest window a request may ask for
+MAX_REASON_CHARS = 500
+
+
+def check_request(window_start: float, window_end: float, reason: str, now: float) -> Refused | None:
+    """Is this a request for access one can file? A window that ends after it starts, has not
+    ended yet, lasts at most a week; a reason of 1 to 500 characters."""
+    if not reason.strip():
+        return Refused(Reason.MALFORMED, "say why you need access")
+    if len(reason) > MAX_REASON_CHARS:
+        return Refused(Reason.MALFORMED, f"the reason is at most {MAX_REASON_CHARS} characters")
+    if not window_end > window_start:
+        return Refused(Reason.BAD_WINDOW, "the window must end after it starts")
+    if window_end <= now:
+        return Refused(Reason.BAD_WINDOW, "the window has already ended")
+    if window_end - max(window_start, now) > MAX_REQUEST_SECONDS:
+        return Refused(Reason.BAD_WINDOW, "a window lasts at most 7 days")
+    return None
+
+
+def may_decide(is_approver: bool, requester_id: str, approver_id: str, state: ApprovalState,
+               window_end: float, now: float) -> Refused | None:
+    """May this user approve or deny this request (or extension) now? Only an approver of the
+    endpoint; never their own request (four eyes); only while it is pending and its window (or
+    the extension's new end) has not passed."""
+    if not is_approver:
+        return Refused(Reason.NOT_APPROVER, "you are not an approver for this endpoint")
+    if requester_id == approver_id:
+        return Refused(Reason.OWN_REQUEST, "nobody approves their own request")
+    if state is not ApprovalState.PENDING or window_end <= now:
+        return Refused(Reason.ALREADY_DECIDED, "this request is no longer pending")
+    return None
+
+
+def may_request_extension(approval: Approval | None, until: float, reason: str, now: float) -> Refused | None:
+    """May the controller ask to move the end of the approval their session runs under to
+    `until`? The approval must be open now, and `until` after its current end."""
+    if approval is None or not approval.is_open(now):
+        return Refused(Reason.NO_DEADLINE, "this session runs under no open approval")
+    if until <= approval.window_end:
+        return Refused(Reason.BAD_WINDOW, "an extension must end after the current window")
+    return check_request(approval.window_start, until, reason, now)
+
+
 # --- Send Password ----------------------------------------------------------------------------------
 
 

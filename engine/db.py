@@ -110,6 +110,9 @@ endpoints = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
 )
 
+# Before the access model, one row here meant "may use this endpoint". Nothing writes it now:
+# dashboard/access.py moves its rows into the model at start (role `user` and the Standard
+# profile) and empties it. Kept so that an older database can be read once.
 endpoint_access = sa.Table(
     "endpoint_access", metadata,
     sa.Column("endpoint_id", sa.String(36), sa.ForeignKey("endpoints.id", ondelete="CASCADE"),
@@ -119,7 +122,7 @@ endpoint_access = sa.Table(
 )
 
 # --- the access model (issue 6; decisions in engine/access.py, docs/access.md) -----------------
-# Not wired into any repository or page yet. A principal is a user or a group: its id names a
+# The repository is dashboard/access.py. A principal is a user or a group: its id names a
 # row of `users` or of `groups` by `principal_kind`, so it has no foreign key; whoever deletes a
 # user or a group removes its rows here in the same transaction.
 
@@ -207,6 +210,51 @@ access_requests = sa.Table(
     sa.CheckConstraint("window_end > window_start", name="ck_access_requests_window"),
     sa.Index("ix_access_requests_user_endpoint", "user_id", "endpoint_id", "requested_at"),
     sa.Index("ix_access_requests_endpoint_state", "endpoint_id", "state"),
+)
+
+endpoint_approvers = sa.Table(
+    "endpoint_approvers", metadata,  # the approver right: who decides requests for an endpoint
+    sa.Column("endpoint_id", sa.String(36), sa.ForeignKey("endpoints.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("principal_kind", sa.String(8), primary_key=True),  # 'user' | 'group'
+    sa.Column("principal_id", sa.String(36), primary_key=True),
+    _one_of("principal_kind", PRINCIPAL_KINDS, "ck_endpoint_approvers_principal_kind"),
+    sa.Index("ix_endpoint_approvers_principal", "principal_kind", "principal_id"),
+)
+
+access_extensions = sa.Table(
+    "access_extensions", metadata,  # a controller asks to move an approval's end (and its sessions')
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("request_id", sa.String(36), sa.ForeignKey("access_requests.id", ondelete="CASCADE"),
+              nullable=False),  # the approved request whose window it extends
+    sa.Column("session_id", sa.Text, nullable=True),  # the session it was asked from
+    sa.Column("user_id", sa.String(36), sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("until", sa.Float, nullable=False),  # the window's new end
+    sa.Column("reason", sa.Text, nullable=False, default=""),
+    sa.Column("state", sa.String(16), nullable=False, default="pending"),
+    sa.Column("approver_id", sa.String(36), sa.ForeignKey("users.id", ondelete="SET NULL"), nullable=True),
+    sa.Column("decided_at", sa.Float, nullable=True),
+    sa.Column("requested_at", sa.Float, nullable=False),
+    _one_of("state", REQUEST_STATES, "ck_access_extensions_state"),
+    sa.Index("ix_access_extensions_request_id", "request_id"),
+)
+
+mfa_secrets = sa.Table(
+    "mfa_secrets", metadata,  # one TOTP authenticator per user
+    sa.Column("user_id", sa.String(36), sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("secret", sa.LargeBinary, nullable=False),  # AES-GCM blob bound to the user id
+    sa.Column("confirmed", sa.Boolean, nullable=False, default=False),  # a first token was accepted
+    sa.Column("last_used_step", sa.Integer, nullable=True),  # RFC 6238 5.2: a step is used once
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+launch_parameters = sa.Table(
+    "launch_parameters", metadata,  # a user's most recently used launcher parameters per endpoint
+    sa.Column("user_id", sa.String(36), sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("endpoint_id", sa.String(36), sa.ForeignKey("endpoints.id", ondelete="CASCADE"),
+              primary_key=True),
+    sa.Column("parameters", sa.Text, nullable=False),  # JSON of engine.access.LaunchParameters
+    sa.Column("used_at", sa.Float, nullable=False),
 )
 
 # --- the hash chain ----------------------------------------------------------------------------

@@ -81,6 +81,11 @@ class Reason(enum.StrEnum):
     CREDENTIALS_REQUIRED = "credentials_required"
     NOT_SUPERVISOR = "not_supervisor"
     CLIPBOARD_NOT_ALLOWED = "clipboard_not_allowed"
+    NO_STORED_PASSWORD = "no_stored_password"
+    NOT_APPROVER = "not_approver"
+    OWN_REQUEST = "own_request"
+    ALREADY_DECIDED = "already_decided"
+    BAD_WINDOW = "bad_window"
 
 
 # --- who and what ---------------------------------------------------------------------------

@@ -303,7 +303,7 @@ def test_endpoints_never_show_credentials(site):
     admin_view = {e["name"]: e for e in site.admin_api.get("/api/endpoints").json()["endpoints"]}
     assert set(admin_view) == {"synth", "other"}
     assert admin_view["other"]["credentials"] == "password" and admin_view["other"]["username"] == "ops"
-    assert admin_view["synth"]["access"] == [{"id": site.alice.id, "name": "alice"}]
+    assert admin_view["synth"]["access"] == [{"kind": "user", "id": site.alice.id, "name": "alice", "role": "user"}]
     alice_view = site.alice_api.get("/api/endpoints").json()["endpoints"]
     assert [e["name"] for e in alice_view] == ["synth"]
     assert "credentials" not in alice_view[0] and "username" not in alice_view[0]

@@ -72,14 +72,14 @@ def test_grant_and_revoke(data_dir, capsys):
         assert admin(data_dir, "grant", "gina", "box") == 0
         assert "gina may now use box" in capsys.readouterr().out
         gina = services.users.get_by_name("gina")
-        assert services.endpoints.has_access(gina, record.id)
+        assert services.access.may_join(gina, record.id)
         assert admin(data_dir, "grant", "gina", record.id) == 0
         assert "already" in capsys.readouterr().out
         assert admin(data_dir, "grant", "nobody", "box") == 1
         assert "no user named 'nobody'" in capsys.readouterr().err
         assert admin(data_dir, "grant", "gina", "nothing") == 1
         assert admin(data_dir, "revoke", "gina", "box") == 0
-        assert not services.endpoints.has_access(gina, record.id)
+        assert not services.access.may_join(gina, record.id)
         assert admin(data_dir, "users") == 0
         assert "gina" in capsys.readouterr().out
     finally:

@@ -178,7 +178,7 @@ def test_terminate_asks_for_confirmation_then_ends_the_session_for_everyone(site
     events, _ = live_gateway.services.audit_reader.events(session_id=sid, kind="terminate")
     assert [e["actor_name"] for e in events] == ["root"]
     # no access right changed: alice starts again, bob joins again
-    assert live_gateway.services.endpoints.has_access(site.alice, site.box.id)
+    assert live_gateway.services.access.may_join(site.alice, site.box.id)
     again = site.start(site.box, site.alice)
     site.join(again.session_id, site.bob)
 

@@ -9,9 +9,12 @@ import pytest
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 
+from dashboard.access import Access, AccessError
 from dashboard.accounts import AccountError, Users
 from dashboard.endpoints import EndpointError, Endpoints, host_key_fingerprint
 from dashboard.secrets import DecryptionFailed, Secrets
+from engine.access import AssetRole
+from engine.db import endpoint_access as t_endpoint_access
 from engine.db import endpoints as t_endpoints
 from engine.db import make_engine
 from engine.messages import EndpointSpec, Protocol, User
@@ -161,28 +164,44 @@ def test_joint_session_toggle_tells_the_engine(repo, fake_engine):
         repo.set_joint_session("missing", True)
 
 
-def test_access(repo, users):
+def test_grants_give_a_role_and_the_standard_profile(db, secrets, users, fake_engine):
+    access = Access(db, secrets)
+    repo = Endpoints(db, secrets, fake_engine, access)
     alice = users.create("alice", "alice-password")
     admin = users.create("root", "root-password", is_admin=True)
     a = repo.create("a", "ssh", "h")
     b = repo.create("b", "ssh", "h")
-    assert not repo.has_access(alice, a.id)
-    assert repo.has_access(admin, a.id) and not repo.has_access(admin, "missing")
-    assert repo.grant(a.id, alice.id) is True
-    assert repo.grant(a.id, alice.id) is False
-    assert repo.has_access(alice, a.id) and not repo.has_access(alice, b.id)
+    assert not access.may_join(alice, a.id)
+    assert access.may_see(admin, a.id) and not access.may_see(admin, "missing")
+    assert access.grant(a.id, alice.id) is True
+    assert access.grant(a.id, alice.id) is False
+    assert access.may_join(alice, a.id) and not access.may_join(alice, b.id)
     assert [e.name for e in repo.accessible(alice)] == ["a"]
     assert [e.name for e in repo.accessible(admin)] == ["a", "b"]
-    assert repo.granted_users(a.id) == [alice]
-    with pytest.raises(EndpointError, match="no such user"):
-        repo.grant(a.id, "nobody")
-    with pytest.raises(EndpointError, match="no such endpoint"):
-        repo.grant("nothing", alice.id)
-    assert repo.revoke(a.id, alice.id) is True
-    assert not repo.has_access(alice, a.id)
-    repo.grant(a.id, alice.id)
+    assert [(e.principal.name, e.role.value) for e in access.roles_on(a.id)] == [("alice", "user")]
+    assert [(e.principal.name, e.profile.name) for e in access.assignments_on(a.id)] == [("alice", "Standard")]
+    with pytest.raises(AccessError, match="no such user"):
+        access.grant(a.id, "nobody")
+    with pytest.raises(AccessError, match="no such endpoint"):
+        access.grant("nothing", alice.id)
+    assert access.revoke(a.id, alice.id) is True
+    assert not access.may_join(alice, a.id)
+    access.grant(a.id, alice.id)
     repo.delete(a.id)
-    assert repo.accessible(alice) == []
+    assert repo.accessible(alice) == [] and access.roles_on(a.id) == []
+
+
+def test_grants_of_an_older_database_move_into_the_model(db, secrets, users, fake_engine):
+    repo = Endpoints(db, secrets, fake_engine)
+    alice = users.create("alice", "alice-password")
+    a = repo.create("a", "ssh", "h")
+    with db.begin() as conn:
+        conn.execute(t_endpoint_access.insert().values(endpoint_id=a.id, user_id=alice.id))
+    access = Access(db, secrets)
+    assert access.migrate_legacy_grants() == 1
+    assert access.migrate_legacy_grants() == 0  # idempotent: the old rows are gone
+    facts = access.facts(alice, a.id)
+    assert facts.role is AssetRole.USER and facts.profile.name == "Standard" and facts.profile.allows_web_session
 
 
 def test_host_keys(repo):

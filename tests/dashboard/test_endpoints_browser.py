@@ -99,7 +99,7 @@ def test_create_edit_toggle_remove(live_gateway, page):
     page.wait_for_url("**/edit")
     assert "alice" in page.locator(".access-list").inner_text()
     alice = live_gateway.services.users.get_by_name("alice")
-    assert live_gateway.services.endpoints.has_access(alice, record.id)
+    assert live_gateway.services.access.may_join(alice, record.id)
 
     # remove (through a confirmation page)
     page.goto(live_gateway.url("/endpoints"))

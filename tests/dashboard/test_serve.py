@@ -149,7 +149,7 @@ def test_serve_with_the_demo_endpoint(tmp_path):
             demo_user = services.users.get_by_name("demo")
             assert record is not None and record.joint_session and record.host == "127.0.0.1"
             assert record.secret_kind == "password" and record.host_key
-            assert services.endpoints.has_access(demo_user, record.id)
+            assert services.access.may_join(demo_user, record.id)
             with services.db.connect() as db:
                 import sqlalchemy as sa
 
