@@ -37,8 +37,13 @@ PASSWORD_CHECKS = 2  # argon2 verifications at once (each takes 64 MiB); the oth
 NAV = (
     ("home", "Dashboard", False),
     ("connections", "Connections", False),
+    ("access_requests", "Requests", False),
+    ("approvals", "Approvals", False),
     ("endpoints", "Endpoints", True),
+    ("profiles", "Profiles", True),
+    ("groups", "Groups", True),
     ("audit", "Audit", True),
+    ("account", "Account", False),
 )
 
 
@@ -142,14 +147,15 @@ class SecurityHeaders:
 # --- the application ------------------------------------------------------------------------
 
 
-def _gateway_routes() -> list[BaseRoute]:
+def _routes_of(module_name: str) -> list[BaseRoute]:
+    """The `routes` of a page module; none while that module is not written yet."""
     try:
-        gateway = importlib.import_module("dashboard.gateway")
+        module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name != "dashboard.gateway":
+        if exc.name != module_name:
             raise
         return []
-    return list(getattr(gateway, "routes", []))
+    return list(getattr(module, "routes", []))
 
 
 def create_app(services: Any) -> Starlette:
@@ -163,7 +169,11 @@ def create_app(services: Any) -> Starlette:
         *pages.routes,                  # /, /connections, /endpoints/{id}, terminate, /events/sessions
         *importlib.import_module("dashboard.audit_pages").routes,  # /audit, its exports (administrators)
         *importlib.import_module("dashboard.api").routes,  # /api/sessions, /api/endpoints, /api/audit...
-        *_gateway_routes(),             # session websockets, session pages, share links
+        *_routes_of("dashboard.gateway"),  # session websockets, session pages, share links
+        *_routes_of("dashboard.launcher"),  # the Session Launcher, Quick Access
+        *_routes_of("dashboard.requests_pages"),  # requests for access, approvals, extensions
+        *_routes_of("dashboard.access_pages"),  # roles, profiles, groups, approvers (administrators)
+        *_routes_of("dashboard.mfa"),     # /account: the TOTP authenticator
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         Mount("/vendor", StaticFiles(directory=VENDOR_DIR, check_dir=False), name="vendor"),
     ]

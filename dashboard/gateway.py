@@ -36,7 +36,7 @@ from engine import policy
 from engine.actors.base import send
 from engine.bridge import LoopClosed
 from engine.messages import (
-    Disconnected, Eject, EndpointSpec, Frame, Input, Join, Joined, Keyframe, Leave, Protocol, Reason, Refused,
+    Accepted, Disconnected, Eject, Extend, EndpointSpec, Frame, Input, Join, Joined, Keyframe, Leave, Protocol, Reason, Refused,
     Resize, Role, SessionEnded, SessionFinished, SessionSummary, StartSession, TransferControl, User,
 )
 from engine.sinks import OutboundQueue
@@ -71,6 +71,7 @@ class LiveSession:
     connection: Any = None  # the endpoint connection, if this gateway built it
     channels: set["Channel"] = field(default_factory=set)
     size: tuple[int, int] = (80, 24)
+    approval_id: str | None = None  # the request for access it was started under (its deadline's source)
 
 
 class Gateway:
@@ -98,6 +99,23 @@ class Gateway:
         if live is None:
             live = self.sessions[session_id] = LiveSession(session_id, endpoint, controller)
         return live
+
+
+async def extend_sessions(conn: HTTPConnection, request_id: str, until: float) -> list[str]:
+    """An approved extension moved the end of approval `request_id` to `until`: move the
+    deadline of every live session started under it (the engine's Extend, by its controller,
+    rule 7). Returns the ids of the sessions whose deadline moved."""
+    gateway = gateway_of(conn)
+    services = gateway.services
+    moved = []
+    for live in [s for s in gateway.sessions.values() if s.approval_id == request_id]:
+        answer = await services.bridge.request(lambda reply_to, live=live: services.engine.route(
+            live.session_id, Extend(until, live.controller, reply_to)), REPLY_SECONDS)
+        if isinstance(answer, Accepted):
+            moved.append(live.session_id)
+        else:
+            log.info("session %s not extended: %s", live.session_id, getattr(answer, "reason", "no answer"))
+    return moved
 
 
 def gateway_of(conn: HTTPConnection) -> Gateway:
