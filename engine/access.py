@@ -174,6 +174,38 @@ class LaunchParameters:
 
 
 DEFAULT_PARAMETERS = LaunchParameters()
+TERMINAL_TYPES = ("xterm-256color", "xterm", "vt100", "linux")
+OPEN_IN = ("tab", "window")
+TERMINAL_LIMITS = {"cols": (20, 500), "rows": (5, 200)}
+SCREEN_LIMITS = {"width": (640, 7680), "height": (480, 4320)}
+
+
+def check_parameters(values: dict[str, object]) -> "Refused | LaunchParameters":
+    """The launcher's parameters from a form or a JSON body (strings or numbers; what is
+    missing keeps its default), or why not."""
+    fields: dict[str, object] = {}
+    for name, (low, high) in (TERMINAL_LIMITS | SCREEN_LIMITS).items():
+        raw = values.get(name)
+        if raw in (None, ""):
+            continue
+        try:
+            number = int(str(raw).strip())
+        except ValueError:
+            return Refused(Reason.MALFORMED, f"{name} must be a whole number")
+        if not low <= number <= high:
+            return Refused(Reason.MALFORMED, f"{name} must be from {low} to {high}")
+        fields[name] = number
+    terminal = values.get("terminal")
+    if terminal not in (None, ""):
+        if terminal not in TERMINAL_TYPES:
+            return Refused(Reason.MALFORMED, f"the terminal type is one of {', '.join(TERMINAL_TYPES)}")
+        fields["terminal"] = terminal
+    open_in = values.get("open_in")
+    if open_in not in (None, ""):
+        if open_in not in OPEN_IN:
+            return Refused(Reason.MALFORMED, "open in a new tab or a new window")
+        fields["open_in"] = open_in
+    return LaunchParameters(**fields)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,6 +247,7 @@ class StartGrant:
     record: bool
     deadline: float | None
     mfa_required: bool
+    approval_id: str = ""  # the approved request that sets the deadline ("" without approval)
 
 
 def _check_web_session(facts: AccessFacts) -> Refused | None:
@@ -262,7 +295,8 @@ def may_start(facts: AccessFacts, now: float) -> Refused | StartGrant:
     approval = _open_approval(facts, now) if facts.requires_approval else None
     return StartGrant(record=facts.profile.web_session is WebSession.RECORD,
                       deadline=approval.window_end if approval is not None else None,
-                      mfa_required=facts.profile.mfa_required)
+                      mfa_required=facts.profile.mfa_required,
+                      approval_id=approval.id if approval is not None else "")
 
 
 def may_join(facts: AccessFacts) -> Refused | None:

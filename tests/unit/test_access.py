@@ -143,21 +143,23 @@ def test_gather_takes_the_effective_role_and_profile():
     (GATED, Reason.APPROVAL_REQUIRED),
     (replace(GATED, requests=(PENDING,)), Reason.APPROVAL_PENDING),
     (replace(GATED, requests=(LATER,)), Reason.APPROVAL_PENDING),  # approved, window not open yet
-    (replace(GATED, requests=(OPEN,)), StartGrant(record=False, deadline=NOW + HOUR, mfa_required=False)),
+    (replace(GATED, requests=(OPEN,)), StartGrant(record=False, deadline=NOW + HOUR, mfa_required=False,
+                                                approval_id="open")),
     (replace(GATED, requests=(DENIED,)), Reason.APPROVAL_DENIED),
     (replace(GATED, requests=(EXPIRED,)), Reason.APPROVAL_EXPIRED),
     (replace(GATED, requests=(PAST,)), Reason.APPROVAL_EXPIRED),  # approved, window closed
     (replace(GATED, requests=(STALE_PENDING,)), Reason.APPROVAL_EXPIRED),  # never decided in time
     # an open approval grants whatever came after it; the latest request explains a refusal
-    (replace(GATED, requests=(OPEN, PENDING)), StartGrant(False, NOW + HOUR, False)),
-    (replace(GATED, requests=(OPEN, DENIED)), StartGrant(False, NOW + HOUR, False)),
+    (replace(GATED, requests=(OPEN, PENDING)), StartGrant(False, NOW + HOUR, False, "open")),
+    (replace(GATED, requests=(OPEN, DENIED)), StartGrant(False, NOW + HOUR, False, "open")),
     (replace(GATED, requests=(EXPIRED, DENIED)), Reason.APPROVAL_DENIED),
     (replace(GATED, requests=(DENIED, EXPIRED)), Reason.APPROVAL_EXPIRED),
     (replace(GATED, requests=(PENDING, DENIED)), Reason.APPROVAL_PENDING),  # an earlier one still awaits
     # of two open approvals, the longer one sets the deadline
-    (replace(GATED, requests=(replace(OPEN, window_end=NOW + 3 * HOUR), OPEN)), StartGrant(False, NOW + 3 * HOUR, False)),
+    (replace(GATED, requests=(replace(OPEN, window_end=NOW + 3 * HOUR, id="long"), OPEN)),
+     StartGrant(False, NOW + 3 * HOUR, False, "long")),
     # the approval does not lift the profile's obligations
-    (replace(GATED, profile=MFA_RECORD, requests=(OPEN,)), StartGrant(True, NOW + HOUR, True)),
+    (replace(GATED, profile=MFA_RECORD, requests=(OPEN,)), StartGrant(True, NOW + HOUR, True, "open")),
     # nor the role and profile requirements: they come first
     (replace(GATED, role=None, requests=(OPEN,)), Reason.NO_ACCESS),
     (replace(GATED, profile=DENY, requests=(OPEN,)), Reason.NO_WEB_SESSION),
@@ -266,7 +268,7 @@ def test_quick_access_starts_with_the_last_used_parameters_or_the_defaults(last,
     decided = access.quick_access(replace(GATED, requests=(OPEN,), profile=RECORD, last_parameters=last), NOW)
     assert decided.outcome is Q.START
     assert decided.parameters == expected
-    assert decided.grant == StartGrant(record=True, deadline=NOW + HOUR, mfa_required=False)
+    assert decided.grant == StartGrant(record=True, deadline=NOW + HOUR, mfa_required=False, approval_id="open")
 
 
 def test_quick_access_prefills_the_launcher_and_names_the_pending_request():
@@ -349,3 +351,58 @@ def test_the_schema_allows_exactly_the_enums_values():
     assert db.ASSET_ROLES == tuple(r.value for r in R)  # lowest first, as ranked
     assert db.WEB_SESSION_SETTINGS == tuple(w.value for w in W)
     assert db.REQUEST_STATES == tuple(a.value for a in A)
+
+
+@pytest.mark.parametrize("values, expected", [
+    ({}, access.DEFAULT_PARAMETERS),
+    ({"terminal": "vt100", "cols": "132", "rows": 43, "open_in": "window"},
+     access.LaunchParameters(terminal="vt100", cols=132, rows=43, open_in="window")),
+    ({"width": "1920", "height": "1080"}, access.LaunchParameters(width=1920, height=1080)),
+    ({"cols": ""}, access.DEFAULT_PARAMETERS),  # an empty field keeps its default
+    ({"cols": "19"}, Reason.MALFORMED),
+    ({"rows": "201"}, Reason.MALFORMED),
+    ({"cols": "eighty"}, Reason.MALFORMED),
+    ({"width": "100000"}, Reason.MALFORMED),
+    ({"terminal": "xterm; rm -rf /"}, Reason.MALFORMED),
+    ({"open_in": "frame"}, Reason.MALFORMED),
+])
+def test_launch_parameters(values, expected):
+    checked = access.check_parameters(values)
+    assert (reason(checked) if isinstance(checked, Refused) else checked) == expected
+
+
+@pytest.mark.parametrize("start, end, why, expected", [
+    (NOW, NOW + HOUR, "maintenance", None),
+    (NOW - HOUR, NOW + HOUR, "already begun", None),
+    (NOW, NOW + HOUR, "  ", Reason.MALFORMED),
+    (NOW, NOW + HOUR, "x" * 501, Reason.MALFORMED),
+    (NOW + HOUR, NOW, "backwards", Reason.BAD_WINDOW),
+    (NOW - 2 * HOUR, NOW - HOUR, "over", Reason.BAD_WINDOW),
+    (NOW, NOW + 7 * 24 * HOUR + 1, "too long", Reason.BAD_WINDOW),
+])
+def test_check_request(start, end, why, expected):
+    assert reason(access.check_request(start, end, why, NOW)) == expected
+
+
+@pytest.mark.parametrize("is_approver, requester, state, end, expected", [
+    (True, "alice", A.PENDING, NOW + HOUR, None),
+    (False, "alice", A.PENDING, NOW + HOUR, Reason.NOT_APPROVER),
+    (True, "bob", A.PENDING, NOW + HOUR, Reason.OWN_REQUEST),  # four eyes
+    (True, "alice", A.APPROVED, NOW + HOUR, Reason.ALREADY_DECIDED),
+    (True, "alice", A.DENIED, NOW + HOUR, Reason.ALREADY_DECIDED),
+    (True, "alice", A.PENDING, NOW, Reason.ALREADY_DECIDED),  # its window is over
+])
+def test_may_decide(is_approver, requester, state, end, expected):
+    assert reason(access.may_decide(is_approver, requester, "bob", state, end, NOW)) == expected
+
+
+@pytest.mark.parametrize("approval, until, expected", [
+    (OPEN, NOW + 2 * HOUR, None),
+    (None, NOW + 2 * HOUR, Reason.NO_DEADLINE),
+    (PAST, NOW + 2 * HOUR, Reason.NO_DEADLINE),
+    (LATER, NOW + 3 * HOUR, Reason.NO_DEADLINE),  # not open yet
+    (OPEN, NOW + HOUR, Reason.BAD_WINDOW),  # not after the current end
+    (OPEN, NOW + 30 * 24 * HOUR, Reason.BAD_WINDOW),  # longer than a request may be
+])
+def test_may_request_extension(approval, until, expected):
+    assert reason(access.may_request_extension(approval, until, "more time", NOW)) == expected
