@@ -1,5 +1,6 @@
-"""Endpoints: where sessions go, their stored credentials, who may use them; and the
-administrators' pages that manage them.
+"""Endpoints: where sessions go and their stored credentials; and the administrators' pages
+that manage them. Who may use an endpoint is dashboard/access.py's; its edit page shows that in
+an access card whose forms are dashboard/access_pages.py's.
 
 ``Endpoints`` is the repository (sync SQLAlchemy Core; on the trio loop call it through
 ``trio.to_thread.run_sync``). Stored credentials are AES-GCM blobs (dashboard/secrets.py),
@@ -374,9 +375,8 @@ async def list_page(request: Request) -> Response:
 
     services, _ = await _services_and_admin(request)
 
-    def load() -> list[tuple[EndpointRecord, list[Any]]]:
-        return [(e, [entry.principal for entry in services.access.roles_on(e.id)])
-                for e in services.endpoints.list()]
+    def load() -> list[tuple[EndpointRecord, list[Any]]]:  # each endpoint with its RoleEntry list
+        return [(e, services.access.roles_on(e.id)) for e in services.endpoints.list()]
 
     rows = await trio.to_thread.run_sync(load)
     live: dict[str, int] = {}
@@ -391,8 +391,7 @@ async def new_page(request: Request) -> Response:
 
     await _services_and_admin(request)
     return await render(request, "endpoints_form.html", {
-        "record": None, "form": _empty_form(), "error": None, "protocols": ADMIN_PROTOCOLS,
-        "granted": [], "users": []})
+        "record": None, "form": _empty_form(), "error": None, "protocols": ADMIN_PROTOCOLS})
 
 
 async def create(request: Request) -> Response:
@@ -409,8 +408,8 @@ async def create(request: Request) -> Response:
             passphrase=str(form.get("passphrase", "")) or None, joint_session=values["joint_session"]))
     except EndpointError as exc:
         return await render(request, "endpoints_form.html", {
-            "record": None, "form": values, "error": str(exc), "protocols": ADMIN_PROTOCOLS,
-            "granted": [], "users": []}, status_code=400)
+            "record": None, "form": values, "error": str(exc), "protocols": ADMIN_PROTOCOLS},
+            status_code=400)
     services.audit_event("endpoint_created", admin, endpoint_id=record.id, endpoint_name=record.name,
                          protocol=record.protocol.value, credentials=record.secret_kind or "none",
                          joint_session=record.joint_session)
@@ -419,14 +418,10 @@ async def create(request: Request) -> Response:
 
 
 async def _edit_context(services: Any, record: EndpointRecord) -> dict[str, Any]:
-    def load() -> tuple[list[User], list[User]]:
-        granted = [User(e.principal.id, e.principal.name) for e in services.access.roles_on(record.id)
-                   if e.principal.kind == "user"]
-        ids = {u.id for u in granted}
-        return granted, [u for u in services.users.list() if u.id not in ids and not u.is_admin]
+    from dashboard.access_pages import endpoint_access
 
-    granted, others = await trio.to_thread.run_sync(load)
-    return {"record": record, "protocols": ADMIN_PROTOCOLS, "granted": granted, "users": others}
+    access = await trio.to_thread.run_sync(endpoint_access, services, record.id)
+    return {"record": record, "protocols": ADMIN_PROTOCOLS, "access": access}
 
 
 async def edit_page(request: Request) -> Response:
@@ -518,32 +513,6 @@ async def accept_host_key(request: Request) -> Response:
     return RedirectResponse(request.url_for("endpoints"), status_code=303)
 
 
-async def grant_access(request: Request) -> Response:
-    services, admin = await _services_and_admin(request)
-    record = await _get_or_404(services, request.path_params["endpoint_id"])
-    form = await request.form()
-    name = str(form.get("user", "")).strip()
-    user = await trio.to_thread.run_sync(services.users.get_by_name, name) if name else None
-    if user is None:
-        _flash(request, f"No user named {name!r}.")
-    elif await trio.to_thread.run_sync(services.access.grant, record.id, user.id):
-        services.audit_event("access_granted", admin, endpoint_id=record.id, endpoint_name=record.name,
-                             user_id=user.id, user_name=user.name)
-        _flash(request, f"{user.name} may now use {record.name}.")
-    return RedirectResponse(request.url_for("endpoint_edit", endpoint_id=record.id), status_code=303)
-
-
-async def revoke_access(request: Request) -> Response:
-    services, admin = await _services_and_admin(request)
-    record = await _get_or_404(services, request.path_params["endpoint_id"])
-    user = await trio.to_thread.run_sync(services.users.get, request.path_params["user_id"])
-    if user is not None and await trio.to_thread.run_sync(services.access.revoke, record.id, user.id):
-        services.audit_event("access_revoked", admin, endpoint_id=record.id, endpoint_name=record.name,
-                             user_id=user.id, user_name=user.name)
-        _flash(request, f"{user.name} may no longer use {record.name}.")
-    return RedirectResponse(request.url_for("endpoint_edit", endpoint_id=record.id), status_code=303)
-
-
 routes = [
     Route("/endpoints", list_page, methods=["GET"], name="endpoints"),
     Route("/endpoints", create, methods=["POST"], name="endpoint_create"),
@@ -556,7 +525,4 @@ routes = [
           name="endpoint_joint_session"),
     Route("/endpoints/{endpoint_id}/host-key/accept", accept_host_key, methods=["POST"],
           name="endpoint_accept_host_key"),
-    Route("/endpoints/{endpoint_id}/access", grant_access, methods=["POST"], name="endpoint_grant"),
-    Route("/endpoints/{endpoint_id}/access/{user_id}/revoke", revoke_access, methods=["POST"],
-          name="endpoint_revoke"),
 ]

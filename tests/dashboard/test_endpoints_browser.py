@@ -86,7 +86,7 @@ def test_create_edit_toggle_remove(live_gateway, page):
     assert page.locator("tr[data-endpoint='router-one']").count() == 1
     assert live_gateway.services.endpoints.stored_credentials(record.id).password == SECRET
 
-    # edit: a new password replaces it; give alice access
+    # edit: a new password replaces it; give alice a role (the access card: test_access_admin*.py)
     page.locator("tr[data-endpoint='router-one']").get_by_role("link", name="Edit").click()
     page.fill("input[name=password]", NEW_SECRET)
     page.get_by_role("button", name="Save").click()
@@ -94,10 +94,13 @@ def test_create_edit_toggle_remove(live_gateway, page):
     assert live_gateway.services.endpoints.stored_credentials(record.id).password == NEW_SECRET
     assert NEW_SECRET.encode() not in stored_blob(live_gateway, "router-one")
     page.locator("tr[data-endpoint='router-one']").get_by_role("link", name="Edit").click()
-    page.select_option("select[name=user]", "alice")
-    page.get_by_role("button", name="Give access").click()
+    role_form = page.get_by_test_id("role-form")
+    role_form.locator("input[name=name]").fill("alice")
+    role_form.locator("select[name=role]").select_option("viewer")
+    role_form.get_by_role("button", name="Set role").click()
     page.wait_for_url("**/edit")
-    assert "alice" in page.locator(".access-list").inner_text()
+    assert "alice is now viewer on router-one." in page.locator(".flash").inner_text()
+    assert page.get_by_test_id("roles").locator("tr[data-principal='alice'] select").input_value() == "viewer"
     alice = live_gateway.services.users.get_by_name("alice")
     assert live_gateway.services.access.may_join(alice, record.id)
 
