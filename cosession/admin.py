@@ -1,12 +1,19 @@
 """Manage accounts and access: create users, give them access to endpoints.
 
     cosession admin create NAME [--admin] [--password-stdin]
-    cosession admin grant USER ENDPOINT
+    cosession admin grant USER ENDPOINT [--role ROLE] [--profile PROFILE]
     cosession admin revoke USER ENDPOINT
     cosession admin users
 
 Works on the database directly (the server may be running or not). A generated password is
 printed once; with --password-stdin the password is read from the first line of stdin.
+
+`grant` gives USER a role on ENDPOINT (viewer, user, supervisor or owner; default user,
+replacing any role of their own there) and assigns them an access profile there (by name or
+id; default Standard, web sessions allowed, made on first use): enough to start sessions
+unless the endpoint requires approval. `revoke` takes away the user's own role and profiles
+there (what their groups give stays). Groups, other profiles and approvers are managed on the
+dashboard's Profiles and Groups pages and each endpoint's edit page (docs/access.md).
 """
 
 from __future__ import annotations
@@ -14,6 +21,8 @@ from __future__ import annotations
 import argparse
 import sys
 from typing import Any
+
+from engine.access import AssetRole
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,12 +36,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="read the password from the first line of standard input")
     create.set_defaults(action_run=_create)
 
-    grant = actions.add_parser("grant", help="let USER use ENDPOINT (by name or id)")
+    grant = actions.add_parser("grant", help="give USER a role and a profile on ENDPOINT (by name or id)")
     grant.add_argument("user")
     grant.add_argument("endpoint")
+    grant.add_argument("--role", default=AssetRole.USER.value, choices=[role.value for role in AssetRole],
+                       help="the user's role on the endpoint (default: %(default)s)")
+    grant.add_argument("--profile", metavar="PROFILE",
+                       help="an access profile's name or id (default: Standard, made on first use)")
     grant.set_defaults(action_run=_grant)
 
-    revoke = actions.add_parser("revoke", help="take ENDPOINT away from USER")
+    revoke = actions.add_parser("revoke", help="take USER's own role and profiles on ENDPOINT away")
     revoke.add_argument("user")
     revoke.add_argument("endpoint")
     revoke.set_defaults(action_run=_revoke)
@@ -77,6 +90,16 @@ class _Repos:
             raise LookupError(f"no endpoint named {name!r}")
         return record
 
+    def profile(self, name: str | None) -> Any:
+        from dashboard.access import STANDARD_PROFILE
+
+        profile = self.access.profile(name) if name else None
+        if profile is None and name in (None, STANDARD_PROFILE):
+            profile = self.access.standard_profile()  # made on first use
+        if profile is None:
+            raise LookupError(f"no profile named {name!r}")
+        return profile
+
     def close(self) -> None:
         self.db.dispose()
 
@@ -100,11 +123,12 @@ def _create(repos: _Repos, args: argparse.Namespace) -> int:
 
 
 def _grant(repos: _Repos, args: argparse.Namespace) -> int:
-    user, record = repos.user(args.user), repos.endpoint(args.endpoint)
-    if repos.access.grant(record.id, user.id):
-        print(f"{user.name} may now use {record.name}")
+    user, record, profile = repos.user(args.user), repos.endpoint(args.endpoint), repos.profile(args.profile)
+    given = f"role {args.role}, profile {profile.name}"
+    if repos.access.grant(record.id, user.id, args.role, profile.id):
+        print(f"{user.name} may now use {record.name} ({given})")
     else:
-        print(f"{user.name} could already use {record.name}")
+        print(f"{user.name} already had a role on {record.name}; now {given}")
     return 0
 
 
@@ -125,6 +149,7 @@ def _users(repos: _Repos, args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from config.settings import SettingsError
+    from dashboard.access import AccessError
     from dashboard.accounts import AccountError
     from dashboard.endpoints import EndpointError
     from dashboard.secrets import KeyMaterialError
@@ -136,7 +161,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         return args.action_run(repos, args)
-    except (AccountError, EndpointError, LookupError) as exc:
+    except (AccessError, AccountError, EndpointError, LookupError) as exc:
         print(f"cosession admin: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -1,4 +1,4 @@
-"""`cosession admin`: create users, grant and revoke endpoint access."""
+"""`cosession admin`: create users, grant (a role and a profile) and revoke endpoint access."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from argon2 import PasswordHasher
 from config.settings import load
 from cosession.cli import main
 from dashboard.services import Services
+from engine.access import StartGrant, may_start
 
 
 @pytest.fixture
@@ -82,5 +83,34 @@ def test_grant_and_revoke(data_dir, capsys):
         assert not services.access.may_join(gina, record.id)
         assert admin(data_dir, "users") == 0
         assert "gina" in capsys.readouterr().out
+    finally:
+        services.close()
+
+
+def test_grant_with_a_role_and_a_profile(data_dir, capsys):
+    admin(data_dir, "create", "hana")
+    services = services_for(data_dir)
+    try:
+        record = services.endpoints.create("box", "ssh", "h")
+        services.access.create_profile("Recorded", "record", clipboard_upload=True)
+        hana = services.users.get_by_name("hana")
+        assert admin(data_dir, "grant", "hana", "box", "--role", "viewer", "--profile", "Recorded") == 0
+        assert "hana may now use box (role viewer, profile Recorded)" in capsys.readouterr().out
+        facts = services.access.facts(hana, record.id)
+        assert facts.role.value == "viewer" and facts.profile.name == "Recorded"
+        grant = may_start(facts, services.now())
+        assert isinstance(grant, StartGrant) and grant.record
+        # again with another role: the role changes, the Standard profile joins the first one
+        assert admin(data_dir, "grant", "hana", "box", "--role", "supervisor") == 0
+        assert "hana already had a role on box; now role supervisor, profile Standard" in capsys.readouterr().out
+        facts = services.access.facts(hana, record.id)
+        assert facts.role.value == "supervisor" and facts.profile.name == "Recorded + Standard"
+        assert admin(data_dir, "grant", "hana", "box", "--profile", "Nothing") == 1
+        assert "no profile named 'Nothing'" in capsys.readouterr().err
+        with pytest.raises(SystemExit):  # argparse refuses an unknown role
+            admin(data_dir, "grant", "hana", "box", "--role", "emperor")
+        assert "invalid choice: 'emperor'" in capsys.readouterr().err
+        assert admin(data_dir, "revoke", "hana", "box") == 0
+        assert services.access.facts(hana, record.id).role is None
     finally:
         services.close()
