@@ -744,8 +744,8 @@ class Access:
             return answer
         last = t_mfa.c.last_used_step
         with self._db.begin() as db:
-            done = db.execute(t_mfa.update().where(
-                t_mfa.c.user_id == user.id, sa.or_(last.is_(None), last < answer.step))
+            done = db.execute(t_mfa.update().where(  # the secret checked, not one enrolled meanwhile
+                t_mfa.c.user_id == user.id, t_mfa.c.secret == row.secret, sa.or_(last.is_(None), last < answer.step))
                 .values(last_used_step=answer.step, confirmed=True)).rowcount
         if not done:
             return Refused(Reason.MFA_REUSED, "this token was already used: wait for the next one")

@@ -83,7 +83,7 @@ def _context(request: Request) -> dict[str, Any]:
         if admin_only and not (user and user.is_admin):
             continue
         try:
-            url = str(request.url_for(name))
+            url = request.url_for(name).path  # a path: base.html marks the current page by it
         except NoMatchFound:
             continue
         nav.append({"name": name, "label": label, "url": url})

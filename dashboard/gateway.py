@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import trio
 from starlette.requests import HTTPConnection, Request
-from starlette.responses import Response
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -152,7 +152,7 @@ class _FlushQueue(OutboundQueue):
         return super().take()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)  # repr=False: a message may hold a password (Send Password)
 class _Wire:
     """A message the gateway itself queues for a client (a refusal, a size change), so that it
     reaches the client in order with the engine's deliveries."""
@@ -359,7 +359,7 @@ class Channel:
     # after the join: two tasks
 
     async def serve(self, joined: Joined, endpoint: EndpointSpec, controller: User,
-                    connection: Any = None) -> None:
+                    connection: Any = None, approval_id: str | None = None) -> None:
         self.joined = joined
         self.role = joined.role
         self.rights = RIGHTS[joined.role]
@@ -368,6 +368,8 @@ class Channel:
         self.live = self.gateway.live(joined.session_id, endpoint, controller)
         if connection is not None:
             self.live.connection = connection
+        if approval_id is not None:
+            self.live.approval_id = approval_id
         self.live.channels.add(self)
         try:
             await self._send_text(self._joined_message(joined, endpoint, controller))
@@ -387,6 +389,7 @@ class Channel:
         return {
             "type": "joined", "session_id": joined.session_id, "participant_id": joined.participant_id,
             "role": joined.role.value, "state": joined.state.value, "deadline": joined.deadline,
+            "now": self.services.now(),
             "rejoined": joined.rejoined, "you": wire.user_json(self.user),
             "controller": wire.user_json(controller),
             "members": [wire.member_json(m) for m in joined.members],
@@ -449,6 +452,8 @@ class Channel:
                     self.ended = True
                 message = wire.event_json(event)
                 if message is not None:
+                    if message["type"] == "state":  # countdowns run on the gateway's clock
+                        message["now"] = self.services.now()
                     await self._send_text(message)
         return False
 
@@ -530,8 +535,39 @@ class ControllerRights:
                     other.post(message)
         elif isinstance(request, wire.StreamRequest):
             self._stream(channel, live, request, size)
+        elif isinstance(request, wire.SendPassword):
+            channel.services.bridge.spawn(self._send_password, channel, live, size)
         else:
             channel.refuse_queued(Reason.UNKNOWN_MESSAGE, "", wire.kind_of(request), size)
+
+    @staticmethod
+    async def _send_password(channel: Channel, live: LiveSession, size: int) -> None:
+        """Send Password: the stored password, to this controller's websocket only, if the
+        access model allows it now (engine.access.may_send_password: at least supervisor, a
+        profile with clipboard upload). Each use is a `decrypt_field` audit event."""
+        from engine.access import may_send_password
+
+        services, user, endpoint = channel.services, channel.user, live.endpoint
+
+        def decide() -> tuple[Refused | None, str | None]:
+            facts = services.access.facts(user, endpoint.id)
+            refused = may_send_password(facts.role, facts.profile)
+            if refused is not None:
+                return refused, None
+            credentials = services.endpoints.stored_credentials(endpoint.id)
+            if credentials is None or not credentials.password:
+                return Refused(Reason.NO_STORED_PASSWORD, "this endpoint stores no password"), None
+            return None, credentials.password
+
+        refused, password = await trio.to_thread.run_sync(decide)
+        if channel.queue.closed:
+            return
+        if refused is not None:
+            channel.refuse_queued(refused.reason, refused.detail, "send_password", size)
+            return
+        services.audit_event("decrypt_field", user, live.session_id, endpoint_id=endpoint.id,
+                             endpoint_name=endpoint.name, field="password", purpose="send_password")
+        channel.post({"type": "password", "password": password})
 
     @staticmethod
     def _stream(channel: Channel, live: LiveSession, request: wire.StreamRequest, size: int) -> None:
@@ -558,7 +594,7 @@ class ViewerRights:
 
     def handle(self, channel: Channel, joined: Joined, request: Any, size: int) -> None:
         kind = wire.kind_of(request)
-        if isinstance(request, (wire.TerminalInput, wire.ResizeRequest, wire.StreamRequest)):
+        if isinstance(request, (wire.TerminalInput, wire.ResizeRequest, wire.StreamRequest, wire.SendPassword)):
             channel.refuse_queued(Reason.NOT_CONTROLLER, "viewers are read-only", kind, size)
         else:
             channel.refuse_queued(Reason.UNKNOWN_MESSAGE, "", kind, size)
@@ -616,7 +652,8 @@ async def _current_user(conn: HTTPConnection) -> User | None:
     return await current_user(conn)
 
 
-def _build_connection(services: Any, record: Any, credentials: Credentials | None, start: wire.Start) -> Any:
+def _build_connection(services: Any, record: Any, credentials: Credentials | None, start: wire.Start,
+                      term_type: str | None = None) -> Any:
     """The endpoint connection for a start, built on the loop."""
     spec: EndpointSpec = record.spec
     if spec.protocol is Protocol.SYNTHETIC:
@@ -648,7 +685,8 @@ def _build_connection(services: Any, record: Any, credentials: Credentials | Non
             on_host_key=in_the_database(services.endpoints.record_host_key, "host key"),
             on_host_key_changed=in_the_database(services.endpoints.note_changed_host_key, "changed host key"),
             connect_timeout=services.settings.ssh.connect_timeout_seconds,
-            keepalive_interval=services.settings.ssh.keepalive_seconds)
+            keepalive_interval=services.settings.ssh.keepalive_seconds,
+            **({"term_type": term_type} if term_type else {}))
     raise ValueError(f"sessions on {spec.protocol.value} endpoints are not available here")
 
 
@@ -680,48 +718,94 @@ async def start_socket(websocket: WebSocket) -> None:
         start = await channel.first_request(wire.Start)
         if start is None:
             return
-        record = await trio.to_thread.run_sync(services.endpoints.get, endpoint_id)
-        allowed = record is not None and await trio.to_thread.run_sync(
-            services.access.may_see, user, endpoint_id)
-        if not allowed:  # the same answer whether the endpoint exists or not
-            await channel.refuse_fatally(Reason.NO_ACCESS, "you have no access to this endpoint")
+        authorised = await _authorise(channel, endpoint_id, start)
+        if authorised is None:
             return
-        credentials: Credentials | None = None
-        source = "none"
-        if start.credentials is not None:
-            c = start.credentials
-            credentials, source = Credentials(c.username, c.password, c.private_key, c.passphrase), "entered"
-        elif record.protocol is Protocol.SSH:
-            credentials = await trio.to_thread.run_sync(services.endpoints.stored_credentials, endpoint_id)
-            source = "stored"
-            if credentials is None:
-                await channel.refuse_fatally(wire.WireReason.CREDENTIALS_REQUIRED,
-                                             "this endpoint needs a user name and a password or key")
-                return
+        record, grant, credentials = authorised.record, authorised.grant, authorised.credentials
         try:
-            connection = _build_connection(services, record, credentials, start)
+            connection = _build_connection(services, record, credentials, start, authorised.term_type)
         except Exception as exc:
             log.warning("cannot build a connection to endpoint %s: %s", endpoint_id, type(exc).__name__)
             await channel.refuse_fatally(Reason.ENDPOINT_UNAVAILABLE, str(exc) if isinstance(exc, ValueError)
                                          else "the endpoint's settings are not usable")
             return
         if credentials is not None:  # rule 9: every credential use, never the credential
-            services.audit_event("credential_use", user, None, endpoint=endpoint_id, source=source,
+            services.audit_event("credential_use", user, None, endpoint=endpoint_id, source=authorised.source,
                                  username=credentials.username)
         answer = await channel.await_joined(lambda reply_to: services.engine.submit_start(StartSession(
-            record.spec, user, channel.queue, reply_to, connection, None, start.cols, start.rows)))
+            record.spec, user, channel.queue, reply_to, connection, grant.deadline, start.cols, start.rows,
+            record=grant.record)))
         if not isinstance(answer, Joined):
             connection.close()
             await channel.refuse_fatally(answer.reason if answer else wire.WireReason.INTERNAL_ERROR,
                                          answer.detail if answer else "the engine did not answer",
                                          audit=False)
             return
-        await channel.serve(answer, record.spec, user, connection)
+        await channel.serve(answer, record.spec, user, connection, approval_id=grant.approval_id or None)
     except _ChannelClosed:
         await channel.close(CLOSE_POLICY, "too many refused messages")
         await channel.linger()
     finally:
         channel._gone = True
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class _Authorised:
+    record: Any  # dashboard.endpoints.EndpointRecord
+    grant: Any  # engine.access.StartGrant
+    credentials: Credentials | None
+    source: str  # of the credentials: 'entered', 'stored' or 'none'
+    term_type: str | None
+
+
+async def _authorise(channel: "Channel", endpoint_id: str, start: wire.Start) -> _Authorised | None:
+    """Who may start, with which credentials: a launch from the launcher (dashboard/launcher.py,
+    already authorised, its MFA token spent) or, for API clients, the access model's decision
+    here, with `mfa_token` when the profile requires one. Refuses fatally (and audits) and
+    answers None when the start may not go on."""
+    from dashboard import launcher
+
+    services, user = channel.services, channel.user
+    record = await trio.to_thread.run_sync(services.endpoints.get, endpoint_id)
+    if record is None or not await trio.to_thread.run_sync(services.access.may_see, user, endpoint_id):
+        # the same answer whether the endpoint exists or not
+        await channel.refuse_fatally(Reason.NO_ACCESS, "you have no access to this endpoint")
+        return None
+    now = services.now()
+    launch = None
+    if start.launch is not None:
+        launch = launcher.launches_of(channel.websocket).take(start.launch, user, endpoint_id, now)
+        if launch is None:
+            await channel.refuse_fatally(wire.WireReason.LAUNCH_EXPIRED, "this launch was used or has expired: "
+                                         "start again from the launcher")
+            return None
+        # the launcher spent the MFA token; role, profile and approval are checked again now
+        decided = await trio.to_thread.run_sync(launcher.authorise_start, services, user, endpoint_id, None, now,
+                                                True)
+        if isinstance(decided, Refused):
+            launcher.audit_start(services, user, record, decided, "launch")
+    else:
+        decided = await trio.to_thread.run_sync(launcher.authorise_start, services, user, endpoint_id,
+                                                start.mfa_token, now)
+        launcher.audit_start(services, user, record, decided, "websocket")
+    if isinstance(decided, Refused):
+        await channel.refuse_fatally(decided.reason, decided.detail, audit=False)
+        return None
+    credentials: Credentials | None = None
+    source = "none"
+    if start.credentials is not None:
+        c = start.credentials
+        credentials, source = Credentials(c.username, c.password, c.private_key, c.passphrase), "entered"
+    elif launch is not None and launch.credentials is not None:
+        credentials, source = launch.credentials, "entered"
+    elif record.protocol is Protocol.SSH:
+        credentials = await trio.to_thread.run_sync(services.endpoints.stored_credentials, endpoint_id)
+        source = "stored"
+        if credentials is None:
+            await channel.refuse_fatally(wire.WireReason.CREDENTIALS_REQUIRED,
+                                         "this endpoint needs a user name and a password or key")
+            return None
+    return _Authorised(record, decided, credentials, source, launch.parameters.terminal if launch else None)
 
 
 async def session_socket(websocket: WebSocket) -> None:
@@ -811,6 +895,12 @@ async def session_page(request: Request) -> Response:
         "you": wire.user_json(user),
         "max_viewers": policy.viewer_cap(services.settings.engine.max_viewers),
     }
+    if is_controller:  # the controller coming back: its own tools (a viewer's page never has them)
+        live = gateway_of(request).sessions.get(session_id)
+        config["approval_id"] = live.approval_id if live is not None else None
+        record = await trio.to_thread.run_sync(services.endpoints.get, endpoint.id)
+        config["send_password"] = record is not None and await trio.to_thread.run_sync(
+            _may_send_password, services, user, record)
     summary = services.engine.session(session_id)  # None for a moment after the start
     return await render(request, "session.html", {
         "config": config, "summary": summary, "endpoint_name": endpoint.name,
@@ -819,36 +909,50 @@ async def session_page(request: Request) -> Response:
 
 
 async def start_page(request: Request) -> Response:
-    """The start page of an endpoint: its credentials form, then the live terminal."""
+    """The page a launch opens (``?launch=TOKEN``, from dashboard/launcher.py): the live
+    terminal, which starts the session with that launch. Without a launch: the launcher."""
     from dashboard.app import render
     from dashboard.auth import require_user
+    from dashboard.launcher import launches_of
 
     user = await require_user(request)
     services = request.app.state.services
     endpoint_id = request.path_params["endpoint_id"]
-    record = await trio.to_thread.run_sync(services.endpoints.get, endpoint_id)
-    if record is None or not await trio.to_thread.run_sync(services.access.may_see, user, endpoint_id):
-        return await _page_refused(request, "No access", "This endpoint does not exist, or you have no "
-                                   "access to it.", 403, "no_access")
-    if record.protocol not in (Protocol.SSH, Protocol.SYNTHETIC):
-        return await _page_refused(request, "Not available", f"Sessions on {record.protocol.value.upper()} "
-                                   "endpoints are not available in the browser yet.", 501, "not_available")
-    needs_credentials = record.protocol is Protocol.SSH and not record.has_credentials
+    token = request.query_params.get("launch")
+    if token is None:
+        return RedirectResponse(request.url_for("launcher", endpoint_id=endpoint_id).path, status_code=303)
+    launch = launches_of(request).peek(token, user, endpoint_id, services.now())
+    record = await trio.to_thread.run_sync(services.endpoints.get, endpoint_id) if launch is not None else None
+    if launch is None or record is None:
+        return await _page_refused(request, "Launch expired", "This launch was used already or has expired. "
+                                   "Start the session again from the launcher.", 410, "launch_expired")
+    parameters = launch.parameters
     config = {
         "mode": "start",
         "ws_url": f"/ws/endpoints/{endpoint_id}/start",
+        "launch": token,
+        "cols": parameters.cols, "rows": parameters.rows,
         "endpoint": {"id": record.id, "name": record.name, "protocol": record.protocol.value},
-        "needs_credentials": needs_credentials,
-        "username": record.username,
         "controller": wire.user_json(user),
         "you": wire.user_json(user),
         "max_viewers": policy.viewer_cap(services.settings.engine.max_viewers),
+        "approval_id": launch.grant.approval_id or None,
+        "send_password": await trio.to_thread.run_sync(_may_send_password, services, user, record),
     }
     return await render(request, "session.html", {
         "config": config, "summary": None, "endpoint_name": record.name, "record": record,
         "joint_session": record.joint_session, "is_controller": True,
-        "needs_credentials": needs_credentials,
-    })
+    }, headers={"Cache-Control": "no-store"})
+
+
+def _may_send_password(services: Any, user: User, record: Any) -> bool:
+    """Whether the session page offers Send Password (the gateway decides again at each use)."""
+    from engine.access import may_send_password
+
+    if record.secret_kind != "password":
+        return False
+    facts = services.access.facts(user, record.id)
+    return may_send_password(facts.role, facts.profile) is None
 
 
 routes: list[BaseRoute] = [

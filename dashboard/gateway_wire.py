@@ -35,6 +35,7 @@ class WireReason(enum.StrEnum):
     TOO_MANY_REFUSALS = "too_many_refusals"
     TIMEOUT = "timeout"
     INTERNAL_ERROR = "internal_error"
+    LAUNCH_EXPIRED = "launch_expired"
 
 
 class WireError(Exception):
@@ -67,6 +68,8 @@ class Start:
     rows: int
     credentials: StartCredentials | None = field(default=None, repr=False)
     frame_bytes: int | None = None  # synthetic endpoints only
+    launch: str | None = field(default=None, repr=False)  # a launch token from the Session Launcher
+    mfa_token: str | None = field(default=None, repr=False)  # API clients, when the profile requires MFA
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,13 @@ class StreamRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class SendPassword:
+    """The controller asks for the endpoint's stored password on its own clipboard (Send
+    Password). Only the controller, with at least supervisor and a profile that allows
+    clipboard upload; the answer goes to that one websocket and never through the engine."""
+
+
+@dataclass(frozen=True, slots=True)
 class Ping:
     id: int | str | None = None
 
@@ -138,7 +148,7 @@ def _only(obj: dict[str, Any], kind: str, allowed: frozenset[str]) -> None:
 
 
 def _parse_start(obj: dict[str, Any]) -> Start:
-    _only(obj, "start", frozenset({"cols", "rows", "credentials", "synthetic"}))
+    _only(obj, "start", frozenset({"cols", "rows", "credentials", "synthetic", "launch", "mfa_token"}))
     cols = _int(obj, "cols", 1, MAX_TERMINAL_SIDE)
     rows = _int(obj, "rows", 1, MAX_TERMINAL_SIDE)
     credentials = None
@@ -159,7 +169,8 @@ def _parse_start(obj: dict[str, Any]) -> Start:
             raise WireError(Reason.MALFORMED, "synthetic must be an object")
         _only(synthetic, "synthetic", frozenset({"frame_bytes"}))
         frame_bytes = _int(synthetic, "frame_bytes", 1, 1 << 16)
-    return Start(cols, rows, credentials, frame_bytes)
+    return Start(cols, rows, credentials, frame_bytes, _str(obj, "launch", limit=128),
+                 _str(obj, "mfa_token", limit=16))
 
 
 def _parse_join(obj: dict[str, Any]) -> JoinRequest:
@@ -213,6 +224,7 @@ PARSERS: dict[str, Any] = {
     "eject": _parse_eject,
     "stream": _parse_stream,
     "ping": _parse_ping,
+    "send_password": _parse_empty("send_password", SendPassword),
 }
 
 
@@ -275,6 +287,7 @@ def kind_of(request: Any) -> str:
 _KINDS: dict[str, type] = {
     "start": Start, "join": JoinRequest, "resize": ResizeRequest, "leave": LeaveRequest,
     "request_control": RequestControl, "eject": EjectRequest, "stream": StreamRequest, "ping": Ping,
+    "send_password": SendPassword,
 }
 
 

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from dashboard import live
+from dashboard import launcher, live
 from engine import policy
 from engine.bridge import LoopClosed
 from engine.errors import EngineNotRunning
@@ -238,10 +238,16 @@ async def home(request: Request) -> Response:
     user = await require_user(request)
     services = request.app.state.services
     audience = await live.audience_for(services, user)
-    endpoints = await trio.to_thread.run_sync(services.endpoints.accessible, user)
+
+    def load() -> tuple[list[Any], dict[str, Any]]:
+        endpoints = services.endpoints.accessible(user)
+        return endpoints, launcher.outcomes(services, user, [e.id for e in endpoints])
+
+    endpoints, decided = await trio.to_thread.run_sync(load)
     return await render(request, "dashboard.html", {
         "rows": live.live_rows(services, audience), "now": services.now(), "back": "/",
-        "events_url": _events_url(request, "/"), "endpoints": endpoints, "max_viewers": _cap(services),
+        "events_url": _events_url(request, "/"), "endpoints": endpoints, "decided": decided,
+        "max_viewers": _cap(services),
         "flash": _take_flash(request), **live.row_context(request)})
 
 
@@ -289,7 +295,9 @@ async def endpoint_page(request: Request) -> Response:
     tab = "settings" if request.query_params.get("tab") == "settings" else "connections"
     page = _page_number(request.query_params.get("page"))
     path = request.url.path
+    decided = await trio.to_thread.run_sync(launcher.outcomes, services, user, [endpoint_id])
     context: dict[str, Any] = {"record": record, "tab": tab, "now": services.now(), "max_viewers": _cap(services),
+                               "decided": decided.get(endpoint_id),
                                "flash": _take_flash(request), **live.row_context(request)}
     if tab == "connections":
         audience = await live.audience_for(services, user, endpoint_id)

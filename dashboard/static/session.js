@@ -30,6 +30,18 @@
     unexpected_message: "Unexpected message",
     too_many_refusals: "Too many refused messages: the gateway closed the connection",
     timeout: "The gateway closed an idle connection",
+    launch_expired: "This launch was used already or has expired: start again from the launcher",
+    no_web_session: "Your access profile does not allow web sessions on this endpoint",
+    approval_required: "This endpoint requires an approved request for access",
+    approval_pending: "Your request for access awaits approval",
+    approval_denied: "Your request for access was denied",
+    approval_expired: "Your access window has ended",
+    mfa_required: "A token from your authenticator is required",
+    mfa_invalid: "Wrong token",
+    mfa_reused: "This token was already used",
+    not_supervisor: "Send Password needs at least the supervisor role",
+    clipboard_not_allowed: "Your access profile does not allow clipboard upload",
+    no_stored_password: "This endpoint stores no password",
     internal_error: "Internal error in the gateway",
   };
   const ENDINGS = {
@@ -61,6 +73,7 @@
     size: null,
     timings: {}, // performance.now() of: connect, joined, keyframe (written to the terminal)
     deadline: null, // the session expires then (rule 7), seconds since the epoch
+    clockOffset: 0, // the gateway's clock minus this machine's, in seconds
     graceUntil: null, // a disconnected controller may come back until then (rule 8)
   };
   window.cosession = session; // for tests and the curious: state only, nothing secret
@@ -136,7 +149,8 @@
 
   function renderCountdown() {
     const el = $("countdown");
-    const now = Date.now() / 1000;
+    const now = Date.now() / 1000 + session.clockOffset;
+    el.dataset.deadline = session.deadline || "";
     if (session.ended) {
       el.hidden = true;
     } else if (session.state === "disconnected" && session.graceUntil) {
@@ -233,6 +247,19 @@
     session.left = true;
     send({ type: "leave" });
   });
+
+  // Send Password: the gateway decides (supervisor, a profile with clipboard upload) and audits
+  // each use; only the controller's page offers it, and a viewer's request is refused.
+  $("send-password").addEventListener("click", () => send({ type: "send_password" }));
+
+  async function copyPassword(password) {
+    try {
+      await navigator.clipboard.writeText(password);
+      notice("The endpoint's password is on your clipboard.", "info", "password_copied");
+    } catch (e) {
+      notice("The browser did not allow the clipboard: the password was not copied.", "warn", "clipboard_refused");
+    }
+  }
 
   // --- the websocket ---------------------------------------------------------------------------
 
@@ -331,6 +358,8 @@
         if (m.you) session.you = m.you;
         session.members = new Map(m.members.map((x) => [x.participant_id, x]));
         session.deadline = m.deadline;
+        // countdowns are in the gateway's time (an injected clock in tests), not this machine's
+        if (typeof m.now === "number") session.clockOffset = m.now - Date.now() / 1000;
         if (m.controller) $("controller").textContent = m.controller.name;
         $("viewer-cap").textContent = String(m.max_viewers);
         openTerminal();
@@ -347,9 +376,10 @@
         }
         if (m.role === "controller") {
           enableControllerInput();
-          fit.fit();
+          if (!config.cols) fit.fit(); // a launch sets the size; after that, the window does
           send({ type: "resize", cols: term.cols, rows: term.rows });
           term.focus();
+          $("send-password").hidden = !config.send_password;
         }
         break;
       case "participant_joined":
@@ -365,6 +395,7 @@
         }
         break;
       case "state":
+        if (typeof m.now === "number") session.clockOffset = m.now - Date.now() / 1000;
         session.deadline = m.deadline;
         session.graceUntil = m.grace_until;
         setState(m.state);
@@ -429,6 +460,10 @@
           notice(reasonText(m.reason, m.detail) + ".", "warn", m.reason);
         }
         break;
+      case "password":
+        // Send Password: straight to the clipboard; never into the page, never kept
+        copyPassword(m.password);
+        break;
       default:
         break; // pong, stream, or a newer gateway's message: nothing to show
     }
@@ -443,31 +478,12 @@
   // --- the three ways into a session -----------------------------------------------------------
 
   if (config.mode === "start") {
-    const form = $("start-form");
-    form.addEventListener("submit", (event) => {
-      event.preventDefault();
-      const data = new FormData(form);
-      let credentials = null;
-      if (data.has("username")) {
-        credentials = { username: String(data.get("username") || "") };
-        for (const name of ["password", "private_key", "passphrase"]) {
-          const value = String(data.get(name) || "");
-          if (value) credentials[name] = value;
-        }
-      }
-      // nothing typed stays in the page once it has been handed to the websocket
-      for (const el of form.querySelectorAll("input[type=password], textarea")) el.value = "";
-      $("start-card").hidden = true;
-      openTerminal();
-      fit.fit();
-      const { cols, rows } = proposedSize();
-      connect(config.ws_url, () => {
-        const message = { type: "start", cols, rows };
-        if (credentials) message.credentials = credentials;
-        credentials = null;
-        return message;
-      });
-    });
+    // opened by the Session Launcher: start with its one-time launch, at its terminal size
+    openTerminal();
+    if (config.cols && config.rows) term.resize(config.cols, config.rows);
+    else fit.fit();
+    const { cols, rows } = config.cols ? { cols: config.cols, rows: config.rows } : proposedSize();
+    connect(config.ws_url, () => ({ type: "start", launch: config.launch, cols, rows }));
   } else if (config.mode === "join") {
     $("join-button").addEventListener("click", () => {
       // joining from a share link opens the session in a window of its own

@@ -223,7 +223,7 @@ def test_empty_dashboards_tell_a_newcomer_what_to_do(live_gateway):
     live_gateway.grant(endpoint, "dave")
     user = live_gateway.api_session("dave", PASSWORD).get("/").text
     assert "press <strong>Access</strong>" in user
-    assert f'href="{live_gateway.url(f"/connect/{endpoint.id}")}"' in user
+    assert f'href="{live_gateway.url(f"/launch/{endpoint.id}")}"' in user
 
 
 # --- the endpoint page ----------------------------------------------------------------------------
@@ -240,7 +240,7 @@ def test_the_endpoint_page_shows_settings_never_credentials(live_gateway):
     assert "10.0.0.7:2222" in page.text and "deploy" in page.text
     assert "a password is stored on the gateway" in page.text
     assert SECRET not in page.text and "Edit" not in page.text
-    assert f'href="{live_gateway.url(f"/connect/{box.id}")}"' in page.text  # Access
+    assert f'href="{live_gateway.url(f"/launch/{box.id}")}"' in page.text  # Access
     # no access: the same answer as an endpoint that does not exist
     bob = live_gateway.api_session("bob", PASSWORD)
     assert bob.get(f"/endpoints/{box.id}").status_code == 404

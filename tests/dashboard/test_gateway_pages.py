@@ -88,7 +88,7 @@ def test_a_share_link_asks_a_signed_out_visitor_to_sign_in_first(site):
     assert "share%3D" in page.headers["location"] or "share=" in page.headers["location"]
 
 
-def test_the_start_page_has_a_credentials_form_only_when_none_are_stored(live_gateway):
+def test_the_launcher_asks_for_credentials_only_when_none_are_stored(live_gateway):
     gw = live_gateway
     user = gw.create_user("alice", PASSWORD)
     bare = gw.create_endpoint("bare", Protocol.SSH, host="127.0.0.1", port=2222, username="deploy")
@@ -97,21 +97,29 @@ def test_the_start_page_has_a_credentials_form_only_when_none_are_stored(live_ga
     for endpoint in (bare, stored):
         gw.grant(endpoint, user)
     client = gw.api_session("alice", PASSWORD)
-    page = get(client, f"/connect/{bare.id}")
+    page = get(client, f"/launch/{bare.id}")
     assert page.status_code == 200 and 'name="password"' in page.text and 'value="deploy"' in page.text
-    page = get(client, f"/connect/{stored.id}")
+    page = get(client, f"/launch/{stored.id}")
     assert page.status_code == 200 and 'name="password"' not in page.text
     assert "s3cret" not in page.text
     # the form posts (never a GET with the password in its URL)
-    assert 'id="start-form" method="post"' in page.text
+    assert f'id="launcher" method="post" action="{gw.url(f"/launch/{stored.id}")}"' in page.text
+    # the session page without a launch is the launcher; with a spent or forged one, a clear 410
+    assert get(client, f"/connect/{stored.id}").headers["location"] == f"/launch/{stored.id}"
+    page = get(client, f"/connect/{stored.id}?launch=forged")
+    assert page.status_code == 410 and "Start the session again from the launcher" in page.text
 
 
-def test_the_start_page_is_refused_without_access(live_gateway):
+def test_the_launcher_is_refused_without_access(live_gateway):
     gw = live_gateway
     gw.create_user("mallory", PASSWORD)
     endpoint = gw.create_endpoint("box", Protocol.SSH, host="127.0.0.1", port=22)
-    page = get(gw.api_session("mallory", PASSWORD), f"/connect/{endpoint.id}")
-    assert page.status_code == 403
+    client = gw.api_session("mallory", PASSWORD)
+    # the same answer whether the endpoint exists or not
+    assert get(client, f"/launch/{endpoint.id}").status_code == 404
+    assert get(client, "/launch/no-such-endpoint").status_code == 404
+    answer = client.post(f"/launch/{endpoint.id}", json={}, headers={"Accept": "application/json"})
+    assert answer.status_code == 404 and answer.json()["error"] == "no_access"
 
 
 def test_parse_share_url():

@@ -93,7 +93,8 @@ def test_kind_of():
     assert wire.kind_of(wire.JoinRequest) == "join"
     assert wire.kind_of(wire.TerminalInput(b"")) == "input"
     assert wire.kind_of(wire.EjectRequest("p1")) == "eject"
-    assert wire.KINDS == {"start", "join", "resize", "leave", "request_control", "eject", "stream", "ping", "input"}
+    assert wire.KINDS == {"start", "join", "resize", "leave", "request_control", "eject", "stream", "ping", "input",
+                          "send_password"}
 
 
 ALICE = User("a1", "alice")
