@@ -48,8 +48,7 @@ class Site:
         return page
 
     def start(self, page: Page) -> str:
-        page.goto(self.gateway.url(f"/connect/{self.endpoint.id}"))
-        page.get_by_test_id("connect").click()
+        self.gateway.launch(page, self.endpoint)
         page.wait_for_function("() => window.cosession.state === 'active'")
         return page.evaluate("() => window.cosession.sessionId")
 
@@ -209,7 +208,7 @@ def test_connections_and_endpoint_pages_follow_the_engine(site, live_gateway):
     alice.goto(site.gateway.url(f"/endpoints/{db.id}"))
     live(alice)
     expect(row(alice, on_db.session_id).get_by_test_id("join")).to_be_visible()
-    expect(alice.get_by_test_id("access")).to_have_attribute("href", site.gateway.url(f"/connect/{db.id}"))
+    expect(alice.get_by_test_id("access")).to_have_attribute("href", site.gateway.url(f"/launch/{db.id}"))
     save_screenshot(alice, "endpoint.png")
     end(on_db, terminate=True)
     expect(row(alice, on_db.session_id)).to_have_count(0)  # it leaves the live list

@@ -68,13 +68,10 @@ class Site:
         return page
 
     def start(self, page: Page, *, typed: bool = True) -> str:
-        """Start a session on the endpoint from its start page; the session id."""
+        """Start a session on the endpoint through the launcher; the session id."""
         endpoint = self.endpoint if typed else self.stored
-        page.goto(self.gateway.url(f"/connect/{endpoint.id}"))
-        if typed:
-            page.fill("input[name=username]", self.openssh.username)
-            page.fill("input[name=password]", self.openssh.password)
-        page.click("[data-testid=connect]")
+        typed_credentials = {"username": self.openssh.username, "password": self.openssh.password}
+        self.gateway.launch(page, endpoint, **(typed_credentials if typed else {}))
         page.wait_for_function("() => window.cosession.role === 'controller' && window.cosession.state === 'active'")
         run(page, "echo ready-$((40+2))", "ready-42")
         return page.evaluate("() => window.cosession.sessionId")

@@ -45,8 +45,7 @@ class Site:
         return page
 
     def start(self, page: Page) -> str:
-        page.goto(self.gateway.url(f"/connect/{self.endpoint.id}"))
-        page.get_by_test_id("connect").click()
+        self.gateway.launch(page, self.endpoint)
         page.wait_for_function("() => window.cosession.state === 'active'")
         return page.evaluate("() => window.cosession.sessionId")
 
