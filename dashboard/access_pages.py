@@ -190,12 +190,14 @@ async def group_create(request: Request) -> Response:
 
 def _uses_of_group(services: Any, group_id: str) -> list[tuple[EndpointRecord, str]]:
     """The endpoints where a group holds a role, a profile or the approver right."""
+    def ours(principal: Principal) -> bool:
+        return (principal.kind, principal.id) == (GROUP, group_id)
+
     uses = []
     for record in services.endpoints.list():
-        held = [f"role {e.role.value}" for e in services.access.roles_on(record.id) if e.principal.id == group_id]
-        held += [f"profile {e.profile.name}" for e in services.access.assignments_on(record.id)
-                 if e.principal.id == group_id]
-        held += ["approver" for p in services.access.approvers_on(record.id) if p.id == group_id]
+        held = [f"role {e.role.value}" for e in services.access.roles_on(record.id) if ours(e.principal)]
+        held += [f"profile {e.profile.name}" for e in services.access.assignments_on(record.id) if ours(e.principal)]
+        held += ["approver" for p in services.access.approvers_on(record.id) if ours(p)]
         if held:
             uses.append((record, ", ".join(held)))
     return uses
