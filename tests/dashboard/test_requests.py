@@ -13,12 +13,14 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+import trio
 
 from dashboard.gateway import Gateway
 from engine import access as rules
 from engine.access import ApprovalState, QuickOutcome, StartGrant
 from engine.clock import ManualClock
 from engine.messages import EndReason, Protocol, Reason, Refused, SessionEnded, SessionState
+from tests.dashboard.test_gateway import Harness
 
 PASSWORD = "correct horse battery"
 # 10 March 2027, 09:00 in this machine's time zone (forms take the server's local time)
@@ -612,3 +614,39 @@ def test_a_form_extension_redirects_to_the_request_page(site):
     assert 'data-testid="extension-row"' in page.text and "one more step" in page.text
     [extension] = site.access.extensions_of_request(live.request_id)
     assert (extension.until, extension.state) == (START + 80 * 60, ApprovalState.PENDING)
+
+
+async def test_through_the_start_socket_an_approved_extension_moves_the_deadline_everyone_sees(site, nursery):
+    """The whole path: alice's approval, her start on the websocket (the gateway records the
+    approval), a viewer who inherits it but may not extend, her extension, carol's approval,
+    and the new deadline in the state message of both participants."""
+    h = Harness(site.gw, nursery)
+    try:
+        request_id = await trio.to_thread.run_sync(lambda: site.filed(duration="60"))
+        decided = await trio.to_thread.run_sync(lambda: site.decide("carol", request_id, "approve"))
+        assert decided.status_code == 303
+        controller = await h.open("alice", f"/ws/endpoints/{site.vault.id}/start")
+        await controller.send({"type": "start", "cols": 80, "rows": 24})
+        joined = await controller.control("joined")
+        sid = joined["session_id"]
+        assert joined["deadline"] == START + HOUR
+        viewer, answer = await h.join("bob", sid)
+        assert answer["type"] == "joined" and answer["deadline"] == START + HOUR
+
+        def ask(name: str) -> httpx.Response:
+            return site.client(name).post(f"/sessions/{sid}/extension", json={"minutes": 45, "reason": "late"},
+                                          headers={"Accept": "application/json"})
+
+        refused = await trio.to_thread.run_sync(ask, "bob")
+        assert refused.status_code == 403 and refused.json()["error"] == "not_controller"
+        asked = await trio.to_thread.run_sync(ask, "alice")
+        assert asked.status_code == 201, asked.text
+        extension_id = asked.json()["extension"]["id"]
+        approved = await trio.to_thread.run_sync(lambda: site.client("carol").post(
+            f"/extensions/{extension_id}/decide", data={"decision": "approve"}, headers={"Accept": "application/json"}))
+        assert approved.status_code == 200 and approved.json()["sessions"] == [sid]
+        until = START + HOUR + 45 * 60
+        await controller.control("state", deadline=until)
+        await viewer.control("state", deadline=until)
+    finally:
+        await h.close()
