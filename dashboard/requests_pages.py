@@ -598,7 +598,7 @@ async def ask_extension(request: Request) -> Response:
         target = request.url_for("access_request", request_id=approval.id).path if approval is not None else back
         return RedirectResponse(_safe_path(data.get("next"), target), status_code=303)
     services.audit_event("extension_requested", user, session_id, **_extension_audit(answer))
-    message = (f"Asked to extend to {_clock(answer.until)}: "
+    message = (f"Asked to extend to {_clock(answer.until)} ({_zone()}): "
                "an approver will decide.")
     if wants_json:
         return JSONResponse({"result": "requested", "extension": extension_json(answer), "message": message},

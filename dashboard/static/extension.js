@@ -17,7 +17,7 @@
   const minutes = document.getElementById("extension-minutes");
   const reason = document.getElementById("extension-reason");
   const submit = document.getElementById("extension-submit");
-  const POLL_MS = Number(box.dataset.pollMs) || 5000; // how often to look for the approver's decision
+  const pollMs = () => Number(box.dataset.pollMs) || 5000; // how often to look for the approver's decision
   let pollTimer = null;
 
   const live = () => window.cosession || {}; // session.js's state, once it runs
@@ -77,7 +77,7 @@
     } catch (err) {
       // the gateway is away for a moment: ask again later
     }
-    if (!live().ended) pollTimer = setTimeout(() => follow(extensionId), POLL_MS);
+    if (!live().ended) pollTimer = setTimeout(() => follow(extensionId), pollMs());
   }
 
   form.addEventListener("submit", async (event) => {

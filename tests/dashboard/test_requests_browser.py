@@ -13,7 +13,6 @@ import jinja2
 import pytest
 from markupsafe import Markup
 
-from dashboard.gateway import Gateway
 from engine import access as rules
 from engine.access import ApprovalState, StartGrant
 from engine.messages import Protocol
@@ -98,39 +97,24 @@ def test_the_controller_asks_to_extend_from_the_session_page(live_gateway, page)
     endpoint, alice = vault(live_gateway)
     access = live_gateway.services.access
     services = live_gateway.services
-    request = access.create_request(alice, endpoint.id, services.now(), services.now() + 3600, "deploy", services.now())
-    carol = live_gateway.services.users.get_by_name("carol")
-    access.decide(request.id, carol, True, services.now())
-    controller = live_gateway.engine.open_session(endpoint.spec, alice, deadline=request.window_end)
-    session_id = controller.session_id
-
-    def register() -> None:  # what the start socket leaves: the gateway's record names the approval
-        state = live_gateway.app.state
-        if getattr(state, "gateway", None) is None:
-            state.gateway = Gateway(state.services)
-        state.gateway.live(session_id, endpoint.spec, alice).approval_id = request.id
-
-    live_gateway.call_on_loop(register)
-
+    now = services.now()
+    request = access.create_request(alice, endpoint.id, now, now + 3600, "deploy", now)
+    access.decide(request.id, services.users.get_by_name("carol"), True, now)
     live_gateway.login(page, "alice", PASSWORD)
-    page.goto(live_gateway.url("/access-requests"))  # any page of the gateway: its CSRF meta, its origin
-    you = {"id": alice.id, "name": "alice", "admin": False}
-    config = {"mode": "session", "session_id": session_id, "approval_id": request.id, "you": you,
-              "controller": you}
-    page.evaluate("""([html, config]) => {
-        const holder = document.createElement("div");
-        holder.innerHTML = html;
-        document.querySelector("main").appendChild(holder);
-        const script = document.createElement("script");
-        script.type = "application/json";
-        script.id = "session-config";
-        script.textContent = JSON.stringify(config);
-        document.body.appendChild(script);
-        document.getElementById("session-extension").dataset.pollMs = "100";
-    }""", [_partial(session_id), config])
-    page.add_script_tag(url="/static/extension.js")
-    box = page.get_by_test_id("session-extension")
-    box.wait_for(state="visible")
+    live_gateway.launch(page, endpoint)  # the real session page, started under the approval
+    page.wait_for_function("() => window.cosession && window.cosession.role === 'controller'")
+    session_id = page.evaluate("() => window.cosession.sessionId")
+    assert page.evaluate("() => window.cosession.deadline") == request.window_end
+    if page.locator("#session-extension").count() == 0:
+        # session.html does not include the partial yet: put it where it would be
+        page.evaluate("""(html) => {
+            const holder = document.createElement("div");
+            holder.innerHTML = html;
+            document.querySelector(".session").insertBefore(holder, document.getElementById("notice"));
+        }""", _partial(session_id))
+        page.add_script_tag(url="/static/extension.js")
+    page.evaluate("() => { document.getElementById('session-extension').dataset.pollMs = '100'; }")
+    page.get_by_test_id("session-extension").wait_for(state="visible")
     page.get_by_test_id("extension-minutes").fill("30")
     page.get_by_test_id("extension-reason").fill("the deploy is slow")
     page.get_by_test_id("extension-submit").click()
@@ -145,6 +129,8 @@ def test_the_controller_asks_to_extend_from_the_session_page(live_gateway, page)
     assert approver.post(f"/extensions/{extension.id}/decide", data={"decision": "approve"}).status_code == 303
     page.wait_for_function(
         "() => document.getElementById('extension-result').textContent.startsWith('Extension approved')")
+    # the engine moved the deadline, and the page's countdown follows it
+    page.wait_for_function(f"() => window.cosession.deadline === {request.window_end + 30 * 60}")
     assert live_gateway.engine.describe(session_id).deadline == request.window_end + 30 * 60
 
     # a refusal is shown with its reason: an end before the current one
