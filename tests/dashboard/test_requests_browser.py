@@ -105,14 +105,6 @@ def test_the_controller_asks_to_extend_from_the_session_page(live_gateway, page)
     page.wait_for_function("() => window.cosession && window.cosession.role === 'controller'")
     session_id = page.evaluate("() => window.cosession.sessionId")
     assert page.evaluate("() => window.cosession.deadline") == request.window_end
-    if page.locator("#session-extension").count() == 0:
-        # session.html does not include the partial yet: put it where it would be
-        page.evaluate("""(html) => {
-            const holder = document.createElement("div");
-            holder.innerHTML = html;
-            document.querySelector(".session").insertBefore(holder, document.getElementById("notice"));
-        }""", _partial(session_id))
-        page.add_script_tag(url="/static/extension.js")
     page.evaluate("() => { document.getElementById('session-extension').dataset.pollMs = '100'; }")
     page.get_by_test_id("session-extension").wait_for(state="visible")
     page.get_by_test_id("extension-minutes").fill("30")
