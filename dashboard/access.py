@@ -214,6 +214,14 @@ class Access:
             return set(db.execute(sa.select(t_roles.c.endpoint_id).where(
                 self._principal_filter(t_roles, user.id, groups))).scalars())
 
+    def visible_facts(self, user: User, endpoint_id: str) -> AccessFacts | None:
+        """The facts of `user` on an endpoint they may see (as `may_see`), in one gathering;
+        None when the endpoint does not exist or is not theirs to see."""
+        facts = self.facts_for(user, [endpoint_id]).get(endpoint_id)
+        if facts is None or not (user.is_admin or rules.may_join(facts) is None):
+            return None
+        return facts
+
     def may_see(self, user: User, endpoint_id: str) -> bool:
         """May `user` see this endpoint's page and sessions? Administrators see every endpoint;
         others need a role (the same test as joining)."""
@@ -458,12 +466,6 @@ class Access:
                 t_assign.c.principal_id == user_id)).rowcount
         return gone > 0
 
-    def forget_user(self, user_id: str) -> None:
-        """Remove a user's roles, assignments and approver rights (no foreign key does it)."""
-        with self._db.begin() as db:
-            for table in (t_roles, t_assign, t_approvers):
-                db.execute(table.delete().where(table.c.principal_kind == USER, table.c.principal_id == user_id))
-
     def migrate_legacy_grants(self) -> int:
         """Move the rows of the old `endpoint_access` table into the model: each becomes role
         `user` and the Standard profile. Returns how many moved; idempotent."""
@@ -587,16 +589,21 @@ class Access:
                                    found.state, found.window_end, now)
         if refused is not None:
             return refused
-        state = ApprovalState.APPROVED if approve else ApprovalState.DENIED
         with self._db.begin() as db:
-            done = db.execute(t_requests.update().where(
-                t_requests.c.id == request_id, t_requests.c.state == ApprovalState.PENDING.value)
-                .values(state=state.value, approver_id=approver.id, decided_at=float(now))).rowcount
+            done = self._mark_decided(db, t_requests, request_id, approver, approve, now)
         if not done:
             return Refused(Reason.ALREADY_DECIDED, "this request is no longer pending")
         decided = self.request(request_id)
         assert decided is not None
         return decided
+
+    @staticmethod
+    def _mark_decided(db: sa.Connection, table: sa.Table, row_id: str, approver: User, approve: bool,
+                      now: float) -> bool:
+        """Pending → approved or denied, only if still pending: two approvers cannot both decide."""
+        state = ApprovalState.APPROVED if approve else ApprovalState.DENIED
+        return db.execute(table.update().where(table.c.id == row_id, table.c.state == ApprovalState.PENDING.value)
+                          .values(state=state.value, approver_id=approver.id, decided_at=float(now))).rowcount > 0
 
     def cancel_request(self, request_id: str, user: User, now: float) -> bool:
         """The requester withdraws a pending request (it becomes expired)."""
@@ -679,11 +686,8 @@ class Access:
                                    found.state, found.current_end, now)
         if refused is not None:
             return refused
-        state = ApprovalState.APPROVED if approve else ApprovalState.DENIED
         with self._db.begin() as db:
-            done = db.execute(t_ext.update().where(
-                t_ext.c.id == extension_id, t_ext.c.state == ApprovalState.PENDING.value)
-                .values(state=state.value, approver_id=approver.id, decided_at=float(now))).rowcount
+            done = self._mark_decided(db, t_ext, extension_id, approver, approve, now)
             if done and approve:
                 db.execute(t_requests.update().where(
                     t_requests.c.id == found.request_id, t_requests.c.state == ApprovalState.APPROVED.value,

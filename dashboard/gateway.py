@@ -766,9 +766,8 @@ async def _authorise(channel: "Channel", endpoint_id: str, start: wire.Start) ->
     from dashboard import launcher
 
     services, user = channel.services, channel.user
-    record = await trio.to_thread.run_sync(services.endpoints.get, endpoint_id)
-    if record is None or not await trio.to_thread.run_sync(services.access.may_see, user, endpoint_id):
-        # the same answer whether the endpoint exists or not
+    record, facts = await trio.to_thread.run_sync(launcher.visible_endpoint, services, user, endpoint_id)
+    if record is None:  # the same answer whether the endpoint exists or not
         await channel.refuse_fatally(Reason.NO_ACCESS, "you have no access to this endpoint")
         return None
     now = services.now()
@@ -779,15 +778,11 @@ async def _authorise(channel: "Channel", endpoint_id: str, start: wire.Start) ->
             await channel.refuse_fatally(wire.WireReason.LAUNCH_EXPIRED, "this launch was used or has expired: "
                                          "start again from the launcher")
             return None
-        # the launcher spent the MFA token; role, profile and approval are checked again now
-        decided = await trio.to_thread.run_sync(launcher.authorise_start, services, user, endpoint_id, None, now,
-                                                True)
-        if isinstance(decided, Refused):
-            launcher.audit_start(services, user, record, decided, "launch")
-    else:
-        decided = await trio.to_thread.run_sync(launcher.authorise_start, services, user, endpoint_id,
-                                                start.mfa_token, now)
-        launcher.audit_start(services, user, record, decided, "websocket")
+    # with a launch the launcher spent the MFA token; role, profile and approval are checked again now
+    decided = await trio.to_thread.run_sync(launcher.authorise_start, services, user, facts,
+                                            None if launch else start.mfa_token, now, launch is not None)
+    if launch is None or isinstance(decided, Refused):  # the launcher audited the launch's grant
+        launcher.audit_start(services, user, record, decided, "launch" if launch else "websocket")
     if isinstance(decided, Refused):
         await channel.refuse_fatally(decided.reason, decided.detail, audit=False)
         return None

@@ -22,7 +22,6 @@ outcome).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import secrets
 from dataclasses import dataclass
@@ -104,13 +103,13 @@ def launches_of(conn: Any) -> Launches:
 # --- the decisions, audited ---------------------------------------------------------------------
 
 
-def authorise_start(services: Any, user: User, endpoint_id: str, mfa_token: str | None,
+def authorise_start(services: Any, user: User, facts: AccessFacts, mfa_token: str | None,
                     now: float, mfa_done: bool = False) -> Refused | StartGrant:
-    """May `user` start a session on the endpoint now? The access model decides
-    (`engine.access.may_start`); when the profile requires MFA, `mfa_token` must be a fresh
-    token of the user's authenticator, which this spends (`mfa_done`: a launch already spent
-    one). Blocking (database)."""
-    decided = rules.may_start(services.access.facts(user, endpoint_id), now)
+    """May `user`, of whom `facts` are known, start a session on the endpoint now? The access
+    model decides (`engine.access.may_start`); when the profile requires MFA, `mfa_token` must
+    be a fresh token of the user's authenticator, which this spends (`mfa_done`: a launch
+    already spent one). Blocking (database) only when it checks a token."""
+    decided = rules.may_start(facts, now)
     if isinstance(decided, Refused) or not decided.mfa_required or mfa_done:
         return decided
     if not mfa_token:
@@ -129,16 +128,18 @@ def audit_start(services: Any, user: User, record: Any, decided: Refused | Start
                              approval_id=decided.approval_id or None, mfa=decided.mfa_required, **where)
 
 
+def visible_endpoint(services: Any, user: User, endpoint_id: str) -> tuple[Any, AccessFacts | None]:
+    """The endpoint's record and the user's facts on it, or (None, None) when it does not exist
+    or is not theirs to see (one answer for both). Blocking (database)."""
+    facts = services.access.visible_facts(user, endpoint_id)
+    return (services.endpoints.get(endpoint_id), facts) if facts is not None else (None, None)
+
+
 def outcomes(services: Any, user: User, endpoint_ids: list[str]) -> dict[str, QuickAccess]:
     """Quick Access's answer for each endpoint (what a row offers). Blocking (database)."""
     now = services.now()
     return {endpoint_id: rules.quick_access(facts, now)
             for endpoint_id, facts in services.access.facts_for(user, endpoint_ids).items()}
-
-
-def may_offer_access(decided: QuickAccess) -> bool:
-    """Whether a row shows the Access button: only where a web session may start."""
-    return decided.outcome in (QuickOutcome.START, QuickOutcome.LAUNCHER)
 
 
 # --- pages ---------------------------------------------------------------------------------------
@@ -151,13 +152,7 @@ async def _context(request: Request) -> tuple[Any, User, Any, AccessFacts | None
     services = request.app.state.services
     endpoint_id = request.path_params["endpoint_id"]
 
-    def load() -> tuple[Any, AccessFacts | None]:
-        record = services.endpoints.get(endpoint_id)
-        if record is None or not services.access.may_see(user, endpoint_id):
-            return None, None
-        return record, services.access.facts(user, endpoint_id)
-
-    record, facts = await trio.to_thread.run_sync(load)
+    record, facts = await trio.to_thread.run_sync(visible_endpoint, services, user, endpoint_id)
     return services, user, record, facts
 
 
@@ -186,7 +181,7 @@ async def launcher_page(request: Request) -> Response:
     if decided.outcome is QuickOutcome.DENIED:
         audit_start(services, user, record, Refused(decided.reason or Reason.NO_ACCESS, decided.detail), "launcher")
         return await _access_denied(request, record, decided)
-    parameters = decided.parameters or facts.last_parameters or rules.DEFAULT_PARAMETERS
+    parameters = decided.parameters or rules.DEFAULT_PARAMETERS
     return await render(request, "launcher.html", {
         "record": record, "decided": decided, "parameters": parameters, "facts": facts,
         "startable": record.protocol in STARTABLE,
@@ -236,7 +231,7 @@ async def launch(request: Request) -> Response:
                                   str(values.get("passphrase", "")) or None)
     now = services.now()
     mfa_token = str(values.get("mfa_token", "")) or None
-    decided = await trio.to_thread.run_sync(authorise_start, services, user, record.id, mfa_token, now)
+    decided = await trio.to_thread.run_sync(authorise_start, services, user, facts, mfa_token, now)
     audit_start(services, user, record, decided, "launcher")
     if isinstance(decided, Refused):
         return _refusal(403, decided)
@@ -291,10 +286,6 @@ def _url(request: Request, name: str, fallback: str, **params: Any) -> str:
         return request.url_for(name, **params).path
     except NoMatchFound:  # the requests pages are not mounted (a trimmed app)
         return fallback
-
-
-def parameters_json(parameters: LaunchParameters) -> dict[str, Any]:
-    return dataclasses.asdict(parameters)
 
 
 routes = [
