@@ -33,6 +33,7 @@ from starlette.routing import Route
 
 from dashboard.access import AccessRequest, Extension
 from dashboard.pages import _flash, _not_found, _safe_path, _take_flash
+from dashboard.launcher import visible_endpoint
 from engine import access as rules
 from engine.access import ApprovalState
 from engine.messages import Reason, Refused, User
@@ -246,10 +247,9 @@ async def _form_context(services: Any, user: User, endpoint_id: str, now: float)
     (the same answer whether the endpoint exists or not)."""
 
     def load() -> dict[str, Any] | None:
-        record = services.endpoints.get(endpoint_id) if endpoint_id else None
-        if record is None or not services.access.may_see(user, endpoint_id):
+        record, facts = visible_endpoint(services, user, endpoint_id) if endpoint_id else (None, None)
+        if record is None or facts is None:
             return None
-        facts = services.access.facts(user, endpoint_id)
         awaiting = [a for a in facts.requests if a.is_awaiting(now)]
         return {"record": record, "requires_approval": facts.requires_approval,
                 "awaiting_id": awaiting[-1].id if awaiting else None,
