@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
 from dashboard import launcher, live
+from engine.access import quick_access
 from engine import policy
 from engine.bridge import LoopClosed
 from engine.errors import EngineNotRunning
@@ -289,15 +290,14 @@ async def endpoint_page(request: Request) -> Response:
     user = await require_user(request)
     services = request.app.state.services
     endpoint_id = request.path_params["endpoint_id"]
-    record = await trio.to_thread.run_sync(services.endpoints.get, endpoint_id)
-    if record is None or not await trio.to_thread.run_sync(services.access.may_see, user, endpoint_id):
+    record, facts = await trio.to_thread.run_sync(launcher.visible_endpoint, services, user, endpoint_id)
+    if record is None or facts is None:
         return await _not_found(request)  # the same answer whether it exists or not
     tab = "settings" if request.query_params.get("tab") == "settings" else "connections"
     page = _page_number(request.query_params.get("page"))
     path = request.url.path
-    decided = await trio.to_thread.run_sync(launcher.outcomes, services, user, [endpoint_id])
     context: dict[str, Any] = {"record": record, "tab": tab, "now": services.now(), "max_viewers": _cap(services),
-                               "decided": decided.get(endpoint_id),
+                               "decided": quick_access(facts, services.now()),
                                "flash": _take_flash(request), **live.row_context(request)}
     if tab == "connections":
         audience = await live.audience_for(services, user, endpoint_id)
