@@ -144,8 +144,8 @@ def gateway_child() -> int:
 
     from config.settings import load
     from cosession.loadtest_ws import InProcessGateway
-    from engine.messages import Frame, Protocol
-    from protocols import base
+    from engine.messages import Frame, EndpointProtocol
+    from engine import connection as base
 
     config = json.loads(sys.stdin.readline())
     marks: dict[int, int] = {}
@@ -192,7 +192,7 @@ def gateway_child() -> int:
             endpoints = []
             for n in range(config["sessions"]):
                 record = services.endpoints.create(
-                    f"bench-{n}", Protocol.SSH, config["host"], config["port"], username=config["username"],
+                    f"bench-{n}", EndpointProtocol.SSH, config["host"], config["port"], username=config["username"],
                     private_key=config["private_key"], host_key=config["host_key"], joint_session=True)
                 endpoints.append(record.id)
             for name in config["users"]:

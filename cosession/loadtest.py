@@ -23,7 +23,7 @@ from typing import Any
 
 from config.settings import Settings, load
 from engine.clock import Clock
-from engine.messages import EndpointSpec, Frame, InputRefused, Keyframe, Protocol, Refused, User
+from engine.messages import EndpointSpec, Frame, InputRefused, Keyframe, EndpointProtocol, Refused, User
 from engine.runtime import Engine, Participant, actor_threads
 from protocols.synthetic import SyntheticConnection
 
@@ -164,7 +164,7 @@ def run_engine_loadtest(options: Options, settings: Settings | None = None,
         try:
             began = time.perf_counter()
             for n in range(options.sessions):
-                endpoint = EndpointSpec(f"synthetic-{n}", f"synthetic {n}", Protocol.SYNTHETIC)
+                endpoint = EndpointSpec(f"synthetic-{n}", f"synthetic {n}", EndpointProtocol.SYNTHETIC)
                 connection = SyntheticConnection(clock, frame_bytes=options.frame_bytes)
                 sink = LatencySink()
                 answer = engine.open_session(endpoint, User(f"controller-{n}", f"Controller {n}"),

@@ -258,13 +258,13 @@ class _Plan:
 
 
 def _local_plan(gateway: InProcessGateway, options: Options) -> _Plan:
-    from engine.messages import Protocol
+    from engine.messages import EndpointProtocol
 
     services = gateway.services
     password = "loadtest-password"
     endpoint_ids, controllers, viewers = [], [], []
     for n in range(options.sessions):
-        endpoint = services.endpoints.create(f"synthetic-{n}", Protocol.SYNTHETIC)
+        endpoint = services.endpoints.create(f"synthetic-{n}", EndpointProtocol.SYNTHETIC)
         endpoint_ids.append(endpoint.id)
         controller = services.users.create(f"controller-{n}", password)
         services.access.grant(endpoint.id, controller.id)

@@ -74,15 +74,15 @@ def register_demo_endpoint(services: Any, demo: Any) -> Any:
     """Create or refresh the `demo` endpoint for a demo SSH server that just started: its
     address, its credential (stored encrypted) and its host key (known, so trusted). The demo
     user may use it. An administrator's Joint Session toggle is kept on a refresh."""
-    from engine.messages import Protocol
+    from engine.messages import EndpointProtocol
 
     endpoints = services.endpoints
     record = endpoints.get_by_name(DEMO_ENDPOINT)
     if record is None:
-        record = endpoints.create(DEMO_ENDPOINT, Protocol.SSH, demo.host, demo.port, username=demo.username,
+        record = endpoints.create(DEMO_ENDPOINT, EndpointProtocol.SSH, demo.host, demo.port, username=demo.username,
                                   password=demo.password, joint_session=True)
     else:
-        record = endpoints.update(record.id, protocol=Protocol.SSH, host=demo.host, port=demo.port,
+        record = endpoints.update(record.id, protocol=EndpointProtocol.SSH, host=demo.host, port=demo.port,
                                   username=demo.username, password=demo.password)
     endpoints.trust_host_key(record.id, demo.host_key_openssh)
     user = services.users.get_by_name(DEMO_USER)

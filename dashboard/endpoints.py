@@ -37,13 +37,13 @@ from starlette.routing import Route
 from dashboard.secrets import Secrets
 from engine.db import endpoints as t_endpoints
 from engine.db import users as t_users
-from engine.messages import EndpointSpec, Protocol, User
-from protocols.base import Credentials
+from engine.messages import EndpointSpec, EndpointProtocol, User
+from engine.connection import Credentials
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PORTS = {Protocol.SSH: 22, Protocol.VNC: 5900, Protocol.RDP: 3389, Protocol.TELNET: 23}
-ADMIN_PROTOCOLS = (Protocol.SSH, Protocol.VNC, Protocol.RDP)  # offered on the admin pages
+DEFAULT_PORTS = {EndpointProtocol.SSH: 22, EndpointProtocol.VNC: 5900, EndpointProtocol.RDP: 3389, EndpointProtocol.TELNET: 23}
+ADMIN_PROTOCOLS = (EndpointProtocol.SSH, EndpointProtocol.VNC, EndpointProtocol.RDP)  # offered on the admin pages
 _NAME = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")
 _KEEP: Any = object()
 
@@ -81,7 +81,7 @@ class EndpointRecord:
 
     id: str
     name: str
-    protocol: Protocol
+    protocol: EndpointProtocol
     host: str
     port: int
     username: str
@@ -114,7 +114,7 @@ class EndpointRecord:
 
 
 def _record(row: sa.Row) -> EndpointRecord:
-    return EndpointRecord(row.id, row.name, Protocol(row.protocol), row.host, row.port, row.username,
+    return EndpointRecord(row.id, row.name, EndpointProtocol(row.protocol), row.host, row.port, row.username,
                           row.secret_kind, bool(row.joint_session), row.host_key, row.pending_host_key,
                           row.created_at)
 
@@ -159,7 +159,7 @@ class Endpoints:
 
     # --- writes ---------------------------------------------------------------------------
 
-    def create(self, name: str, protocol: Protocol | str, host: str = "", port: int | None = None, *,
+    def create(self, name: str, protocol: EndpointProtocol | str, host: str = "", port: int | None = None, *,
                username: str = "", password: str | None = None, private_key: str | None = None,
                passphrase: str | None = None, joint_session: bool = True,
                host_key: str | None = None) -> EndpointRecord:
@@ -297,17 +297,17 @@ class Endpoints:
             log.debug("engine not told of joint session change for %s", endpoint_id, exc_info=True)
 
     @staticmethod
-    def _validated(*, name: str, protocol: Protocol | str, host: str, port: int | str | None,
+    def _validated(*, name: str, protocol: EndpointProtocol | str, host: str, port: int | str | None,
                    username: str) -> dict[str, Any]:
         name = (name or "").strip()
         if not _NAME.match(name):
             raise EndpointError("a name has 1 to 128 characters")
         try:
-            protocol = Protocol(str(protocol).lower())
+            protocol = EndpointProtocol(str(protocol).lower())
         except ValueError:
             raise EndpointError(f"unknown protocol {protocol!r}") from None
         host = (host or "").strip()
-        if protocol is not Protocol.SYNTHETIC:
+        if protocol is not EndpointProtocol.SYNTHETIC:
             if not host or len(host) > 255 or any(c.isspace() for c in host):
                 raise EndpointError("a host is a name or an address, without spaces")
         if port in (None, "", 0, "0"):
@@ -316,7 +316,7 @@ class Endpoints:
             port = int(port)  # type: ignore[arg-type]
         except (TypeError, ValueError):
             raise EndpointError("the port is a number") from None
-        if protocol is not Protocol.SYNTHETIC and not 1 <= port <= 65535:
+        if protocol is not EndpointProtocol.SYNTHETIC and not 1 <= port <= 65535:
             raise EndpointError("the port is between 1 and 65535")
         username = (username or "").strip()
         if len(username) > 255:

@@ -36,11 +36,11 @@ from engine import policy
 from engine.actors.base import send
 from engine.bridge import LoopClosed
 from engine.messages import (
-    Accepted, Disconnected, Eject, Extend, EndpointSpec, Frame, Input, Join, Joined, Keyframe, Leave, Protocol, Reason, Refused,
+    Accepted, Disconnected, Eject, Extend, EndpointSpec, Frame, Input, Join, Joined, Keyframe, Leave, EndpointProtocol, Reason, Refused,
     Resize, Role, SessionEnded, SessionFinished, SessionSummary, StartSession, TransferControl, User,
 )
 from engine.sinks import OutboundQueue
-from protocols.base import Credentials
+from engine.connection import Credentials
 
 log = logging.getLogger(__name__)
 
@@ -656,11 +656,11 @@ def _build_connection(services: Any, record: Any, credentials: Credentials | Non
                       term_type: str | None = None) -> Any:
     """The endpoint connection for a start, built on the loop."""
     spec: EndpointSpec = record.spec
-    if spec.protocol is Protocol.SYNTHETIC:
+    if spec.protocol is EndpointProtocol.SYNTHETIC:
         from protocols.synthetic import SyntheticConnection
 
         return SyntheticConnection(services.engine.clock, frame_bytes=start.frame_bytes or 64)
-    if spec.protocol is Protocol.SSH:
+    if spec.protocol is EndpointProtocol.SSH:
         from protocols.ssh import SshConnection
 
         endpoint_id = spec.id
@@ -793,7 +793,7 @@ async def _authorise(channel: "Channel", endpoint_id: str, start: wire.Start) ->
         credentials, source = Credentials(c.username, c.password, c.private_key, c.passphrase), "entered"
     elif launch is not None and launch.credentials is not None:
         credentials, source = launch.credentials, "entered"
-    elif record.protocol is Protocol.SSH:
+    elif record.protocol is EndpointProtocol.SSH:
         credentials = await trio.to_thread.run_sync(services.endpoints.stored_credentials, endpoint_id)
         source = "stored"
         if credentials is None:
@@ -835,7 +835,7 @@ async def session_socket(websocket: WebSocket) -> None:
             return
         if endpoint is None or controller is None:  # it started between the lookup and the join
             endpoint, controller = _session_parties(gateway, session_id)
-        await channel.serve(answer, endpoint or EndpointSpec("", "", Protocol.SSH), controller or user)
+        await channel.serve(answer, endpoint or EndpointSpec("", "", EndpointProtocol.SSH), controller or user)
     except _ChannelClosed:
         await channel.close(CLOSE_POLICY, "too many refused messages")
         await channel.linger()

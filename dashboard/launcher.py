@@ -34,14 +34,14 @@ from starlette.routing import Route
 
 from engine import access as rules
 from engine.access import AccessFacts, LaunchParameters, QuickAccess, QuickOutcome, StartGrant
-from engine.messages import Protocol, Reason, Refused, User
-from protocols.base import Credentials
+from engine.messages import EndpointProtocol, Reason, Refused, User
+from engine.connection import Credentials
 
 log = logging.getLogger(__name__)
 
 LAUNCH_SECONDS = 120.0  # from the Access button to the session page's websocket
 MAX_LAUNCHES = 10_000  # all users together: a bound on memory, whatever a client does
-STARTABLE = (Protocol.SSH, Protocol.SYNTHETIC)  # in the browser today (VNC and RDP: later issues)
+STARTABLE = (EndpointProtocol.SSH, EndpointProtocol.SYNTHETIC)  # in the browser today (VNC and RDP: later issues)
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -185,9 +185,9 @@ async def launcher_page(request: Request) -> Response:
     return await render(request, "launcher.html", {
         "record": record, "decided": decided, "parameters": parameters, "facts": facts,
         "startable": record.protocol in STARTABLE,
-        "needs_credentials": record.protocol is Protocol.SSH and not record.has_credentials,
+        "needs_credentials": record.protocol is EndpointProtocol.SSH and not record.has_credentials,
         "terminal_types": rules.TERMINAL_TYPES, "limits": rules.TERMINAL_LIMITS | rules.SCREEN_LIMITS,
-        "terminal": record.protocol in (Protocol.SSH, Protocol.SYNTHETIC),
+        "terminal": record.protocol in (EndpointProtocol.SSH, EndpointProtocol.SYNTHETIC),
     })
 
 
@@ -220,7 +220,7 @@ async def launch(request: Request) -> Response:
         return _refusal(501, Refused(Reason.ENDPOINT_UNAVAILABLE,
                                      f"{record.protocol.value.upper()} sessions are not available in the browser yet"))
     credentials = None
-    if record.protocol is Protocol.SSH and not record.has_credentials:
+    if record.protocol is EndpointProtocol.SSH and not record.has_credentials:
         username = str(values.get("username", "")).strip()
         password, key = str(values.get("password", "")), str(values.get("private_key", ""))
         if not username or not (password or key) or len(username) > 256 or len(password) > 4096 \

@@ -98,7 +98,7 @@ endpoints = sa.Table(
     "endpoints", metadata,
     sa.Column("id", sa.String(36), primary_key=True),
     sa.Column("name", sa.String(128), nullable=False, unique=True),
-    sa.Column("protocol", sa.String(16), nullable=False),  # an engine.messages.Protocol value
+    sa.Column("protocol", sa.String(16), nullable=False),  # an engine.messages.EndpointProtocol value
     sa.Column("host", sa.String(255), nullable=False, default=""),
     sa.Column("port", sa.Integer, nullable=False, default=0),
     sa.Column("username", sa.String(255), nullable=False, default=""),

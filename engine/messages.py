@@ -18,7 +18,7 @@ from typing import Any, Callable
 ReplyTo = Callable[[Any], None]
 
 
-class Protocol(enum.StrEnum):
+class EndpointProtocol(enum.StrEnum):
     SSH = "ssh"
     VNC = "vnc"
     RDP = "rdp"
@@ -101,11 +101,11 @@ class User:
 @dataclass(frozen=True, slots=True)
 class EndpointSpec:
     """What the engine needs to know about an endpoint. Credentials are not here: they travel
-    only inside the endpoint connection (see protocols/base.py)."""
+    only inside the endpoint connection (see engine/connection.py)."""
 
     id: str
     name: str
-    protocol: Protocol
+    protocol: EndpointProtocol
     joint_session: bool = True
     host: str = ""
     port: int = 0
@@ -155,7 +155,7 @@ class StartSession:
     controller: User
     sink: Any  # engine.sinks.Sink
     reply_to: ReplyTo
-    connection: Any = None  # protocols.base.EndpointConnection; the supervisor builds one if None
+    connection: Any = None  # engine.connection.EndpointConnection; the supervisor builds one if None
     deadline: float | None = None
     cols: int = 80
     rows: int = 24

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 from config.settings import PRODUCT_VIEWER_CAP
 from engine.errors import IllegalTransition
-from engine.messages import Protocol, Reason, Refused, Role, SessionState, User
+from engine.messages import EndpointProtocol, Reason, Refused, Role, SessionState, User
 
 # Rule 3: joint sessions exist for these protocols only. The synthetic endpoint stands in for
 # a terminal protocol in load tests and the demo, so it is shareable too.
-SHAREABLE_PROTOCOLS = frozenset({Protocol.SSH, Protocol.VNC, Protocol.RDP, Protocol.SYNTHETIC})
+SHAREABLE_PROTOCOLS = frozenset({EndpointProtocol.SSH, EndpointProtocol.VNC, EndpointProtocol.RDP, EndpointProtocol.SYNTHETIC})
 
 # The session's state machine: starting → active ⇄ disconnected → ended.
 TRANSITIONS: dict[SessionState, frozenset[SessionState]] = {
@@ -32,7 +32,7 @@ class SessionView:
     """What the rules need to know about a session, and nothing else."""
 
     state: SessionState
-    protocol: Protocol
+    protocol: EndpointProtocol
     joint_session: bool
     controller: User
     controller_connected: bool

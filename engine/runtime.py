@@ -27,7 +27,7 @@ from engine.clock import Clock, SystemClock
 from engine.errors import EngineNotRunning, ReplyTimeout
 from engine.messages import (
     Accepted, Describe, Disconnected, Eject, EndpointSpec, Extend, Flush, Flushed, Input, Join, Joined, Leave,
-    Protocol, Refused, Resize, Route, SessionSummary, SetJointSession, Shutdown, StartSession, Terminate,
+    Refused, Resize, Route, SessionSummary, SetJointSession, Shutdown, StartSession, Terminate,
     TransferControl, User, Watch,
 )
 from engine.sinks import CollectingSink
@@ -92,7 +92,7 @@ class Engine:
         self._own_clock = clock is None
         self._clock = clock
         self._database_url = database_url or self.settings.database_url
-        self._connect = connect or self._default_connect
+        self._connect = connect or self._no_connect
         self._directory: dict[str, SessionSummary] = {}
         self._store: Any = None
         self._supervisor: Any = None
@@ -102,7 +102,7 @@ class Engine:
     def start(self) -> "Engine":
         if self._own_clock:
             self._clock = SystemClock()
-        self._store = StoreActor.start(self._database_url)
+        self._store = StoreActor.start(self._database_url, self._clock)
         self._supervisor = EngineSupervisor.start(
             store=self._store, clock=self._clock, settings=self.settings.engine,
             connect=self._connect, directory=self._directory)
@@ -215,9 +215,8 @@ class Engine:
         except concurrent.futures.TimeoutError as exc:
             raise ReplyTimeout(f"no reply within {timeout} s") from exc
 
-    def _default_connect(self, start: StartSession) -> Any:
-        if start.endpoint.protocol is Protocol.SYNTHETIC:
-            from protocols.synthetic import SyntheticConnection
-
-            return SyntheticConnection(self._clock)
-        raise ValueError(f"no connection given for a {start.endpoint.protocol.value} endpoint")
+    @staticmethod
+    def _no_connect(start: StartSession) -> Any:
+        """Without a `connect` factory every start must carry its connection: the engine
+        never builds one itself (it imports no adapter; the caller owns protocols/)."""
+        raise ValueError(f"no connection given for endpoint {start.endpoint.id}")

@@ -232,8 +232,8 @@ class TerminalScreen:
             self._screen.set_mode(1049, private=True)
 
 
-def screen_for(protocol: messages.Protocol, cols: int, rows: int) -> ScreenModel:
+def screen_for(protocol: messages.EndpointProtocol, cols: int, rows: int) -> ScreenModel:
     """The screen model of a protocol. Graphical protocols bring their own framebuffer model."""
-    if protocol in (messages.Protocol.VNC, messages.Protocol.RDP):
+    if protocol in (messages.EndpointProtocol.VNC, messages.EndpointProtocol.RDP):
         raise NotImplementedError(f"no screen model for {protocol.value} yet")
     return TerminalScreen(cols, rows)

@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
 import pykka
 import sqlalchemy as sa
 
+from engine.clock import Clock, SystemClock, Timer
 from engine.db import (
     GENESIS_HASH, HEAD_ID, audit_events, audit_head, canonical_json, event_hash, make_engine, plain, sessions,
 )
@@ -131,17 +130,19 @@ class StoreActor(pykka.ThreadingActor):
     tables in the caller's thread, so that a database that cannot be used fails the start with
     its own error instead of a dead actor."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, clock: Clock | None = None) -> None:
         super().__init__()
         self._url = database_url
-        self._engine = make_engine(database_url)
+        self._engine = make_engine(database_url)  # may raise: before anything needs stopping
+        self._own_clock = clock is None  # a store started alone (tests, the CLI) keeps its own
+        self._clock: Clock = clock if clock is not None else SystemClock()
         self._conn: sa.Connection | None = None
         self._head: _Head | None = None
         self._pending: list[_Op] = []
         self._flushes: list[Any] = []  # reply_to of Flush messages waiting for a commit
         self._committed = 0  # event rows committed by this store
         self._retry_delay = 0.0  # 0: not backing off
-        self._retry_timer: threading.Timer | None = None
+        self._retry_timer: Timer | None = None
         self._stopping = False
         self._notice: _Op | None = None  # written before the next batch (see _read_head)
 
@@ -169,6 +170,8 @@ class StoreActor(pykka.ThreadingActor):
         self._flushes.clear()
         self._close()
         self._engine.dispose()
+        if self._own_clock:
+            self._clock.stop()
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         # on_receive never raises (see below); this is for a failure of pykka's own handling.
@@ -345,7 +348,7 @@ class StoreActor(pykka.ThreadingActor):
             return _Head(row.last_id, row.last_hash, row.rows)
         if last is not None:
             log.error("the audit log had %d event rows but no head row: rebuilt from row %d", count, last.id)
-            self._notice = _Op(_event("audit_head_rebuilt", time.time(), None, None, None,
+            self._notice = _Op(_event("audit_head_rebuilt", self._clock.now(), None, None, None,
                                       {"last_id": last.id, "rows": count}))
         return head
 
@@ -364,18 +367,13 @@ class StoreActor(pykka.ThreadingActor):
         if self._stopping or self._retry_timer is not None:
             return
         self._retry_delay = min(RETRY_MAX_SECONDS, self._retry_delay * 2 or RETRY_FIRST_SECONDS)
-        timer = threading.Timer(self._retry_delay, _tell_quietly, (self.actor_ref, _RetryCommit()))
-        timer.name = "StoreActor-retry"
-        timer.daemon = True
-        self._retry_timer = timer
-        timer.start()
+        ref = self.actor_ref
+        self._retry_timer = self._clock.call_later(self._retry_delay, lambda: _tell_quietly(ref, _RetryCommit()))
 
     def _cancel_retry(self) -> None:
         timer, self._retry_timer = self._retry_timer, None
         if timer is not None:
             timer.cancel()
-            if timer is not threading.current_thread():
-                timer.join()
 
     def _failed(self, what: str, exc: BaseException) -> None:
         log.error("%s (%d rows pending, %d committed): %s: %s", what, len(self._pending), self._committed,

@@ -32,7 +32,7 @@ import trio
 import trio_asyncio
 
 from engine.bridge import LoopBridge, LoopClosed
-from protocols.base import Credentials, EndpointEvents
+from engine.connection import Credentials, EndpointEvents
 
 log = logging.getLogger(__name__)
 

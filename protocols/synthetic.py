@@ -12,7 +12,7 @@ import re
 import threading
 import time
 from engine.clock import Clock, Timer
-from protocols.base import EndpointEvents
+from engine.connection import EndpointEvents
 
 _FILLER = b"the quick brown fox jumps over the lazy dog 0123456789 "
 _STAMP = re.compile(rb"\x1b\]9999;(\d{19})\x07")

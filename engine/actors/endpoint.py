@@ -31,7 +31,7 @@ from engine.messages import (
     Unsubscribe,
 )
 from engine.screen import ScreenModel
-from protocols.base import EndpointConnection, EndpointEvents
+from engine.connection import EndpointConnection, EndpointEvents
 
 log = logging.getLogger(__name__)
 

@@ -141,7 +141,7 @@ class SessionActor(pykka.ThreadingActor):
             self._settings.endpoint_retry_window_seconds)
         member = self._add(start.controller, Role.CONTROLLER, start.sink)
         self._controller_pid = member.participant_id
-        self._endpoint.tell(OpenEndpoint(start.cols, start.rows))
+        send(self._endpoint, OpenEndpoint(start.cols, start.rows))
         if start.deadline is not None:
             self._set_deadline(start.deadline)
         reply(start.reply_to, self._joined(member))
@@ -205,7 +205,7 @@ class SessionActor(pykka.ThreadingActor):
         member = Member(f"{self._id[:8]}-{next(self._pids)}", user, role)
         ref = ParticipantActor.start(self.actor_ref, member, sink)
         self._participants[member.participant_id] = _Participant(member, ref)
-        self._endpoint.tell(Subscribe(member.participant_id, sink))
+        send(self._endpoint, Subscribe(member.participant_id, sink))
         return member
 
     def _remove(self, pid: str, reason: str, by: User | None = None, stop: bool = True) -> Member | None:
@@ -286,7 +286,7 @@ class SessionActor(pykka.ThreadingActor):
         refused = policy.check_input(participant.member.role if participant else None)
         if refused is None:
             self.inputs_forwarded += 1
-            self._endpoint.tell(message)
+            send(self._endpoint, message)
             return
         self.inputs_refused += 1
         self._audit("input_refused", participant.member.user if participant else None,
@@ -298,7 +298,7 @@ class SessionActor(pykka.ThreadingActor):
         participant = self._participants.get(message.participant_id)
         refused = policy.check_resize(participant.member.role if participant else None)
         if refused is None:
-            self._endpoint.tell(message)
+            send(self._endpoint, message)
         elif participant is not None:
             send(participant.ref, InputRefused(refused.reason))
 

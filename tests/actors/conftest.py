@@ -7,13 +7,13 @@ import sqlalchemy as sa
 
 from config.settings import load
 from engine.clock import ManualClock
-from engine.messages import EndpointSpec, Protocol, User
+from engine.messages import EndpointSpec, EndpointProtocol, User
 from engine.runtime import Engine, actor_threads
 from protocols.synthetic import SyntheticConnection
 
 ALICE = User("alice", "Alice")
 ADMIN = User("root", "Root", is_admin=True)
-SSH = EndpointSpec("ep1", "router-1", Protocol.SSH)
+SSH = EndpointSpec("ep1", "router-1", EndpointProtocol.SSH)
 
 
 def viewer(n: int) -> User:

@@ -3,7 +3,7 @@
 from dataclasses import replace
 
 from engine.messages import (
-    Accepted, EndReason, InputRefused, ParticipantJoined, ParticipantLeft, Protocol, Reason, Refused, Role,
+    Accepted, EndReason, InputRefused, ParticipantJoined, ParticipantLeft, EndpointProtocol, Reason, Refused, Role,
     SessionEnded, SessionState, StateChanged, Ejected,
 )
 from engine.runtime import Participant
@@ -68,7 +68,7 @@ def test_the_toggle_applies_to_the_next_join_of_a_live_session(engine, session):
 
 
 def test_unshareable_protocol_and_no_access_are_refused(engine):
-    telnet = engine.open_session(replace(SSH, id="t", protocol=Protocol.TELNET), ALICE)
+    telnet = engine.open_session(replace(SSH, id="t", protocol=EndpointProtocol.TELNET), ALICE)
     assert engine.join_session(telnet.session_id, viewer(1)).reason is Reason.PROTOCOL_NOT_SHAREABLE
     ssh = engine.open_session(SSH, ALICE)
     assert engine.join_session(ssh.session_id, viewer(1), has_access=False).reason is Reason.NO_ACCESS

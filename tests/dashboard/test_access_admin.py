@@ -13,7 +13,7 @@ import pytest
 
 from dashboard import access_pages
 from engine.access import StartGrant, may_start
-from engine.messages import Protocol, Reason, Refused
+from engine.messages import EndpointProtocol, Reason, Refused
 
 PASSWORD = "admin-password-1"
 USER_PASSWORD = "alice-password"
@@ -28,7 +28,7 @@ class Site:
         self.root = gateway.create_user("root", PASSWORD, admin=True)
         self.alice = gateway.create_user("alice", USER_PASSWORD)
         self.bob = gateway.create_user("bob", USER_PASSWORD)
-        self.box = gateway.create_endpoint("box", Protocol.SYNTHETIC, host="")
+        self.box = gateway.create_endpoint("box", EndpointProtocol.SYNTHETIC, host="")
         self.admin = gateway.api_session("root", PASSWORD)
 
     def post(self, path: str, **data: str) -> str:

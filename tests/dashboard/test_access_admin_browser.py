@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from engine.access import StartGrant, may_start
-from engine.messages import Protocol
+from engine.messages import EndpointProtocol
 from tests.fixtures.screenshots import save_screenshot
 
 PASSWORD = "admin-password-1"
@@ -17,7 +17,7 @@ CAROL_PASSWORD = "carol-password"
 def test_a_group_with_a_role_and_a_profile_lets_its_member_in(live_gateway, page):
     live_gateway.create_user("root", PASSWORD, admin=True)
     carol = live_gateway.create_user("carol", CAROL_PASSWORD)
-    box = live_gateway.create_endpoint("box", Protocol.SYNTHETIC, host="")
+    box = live_gateway.create_endpoint("box", EndpointProtocol.SYNTHETIC, host="")
     services = live_gateway.services
     live_gateway.login(page, "root", PASSWORD)
 

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from engine.db import audit_events
-from engine.messages import EndpointSpec, EndReason, Protocol, SessionEnded
+from engine.messages import EndpointSpec, EndReason, EndpointProtocol, SessionEnded
 
 ROOT_PASSWORD = "root-password-1"
 PASSWORD = "user-password-1"
@@ -27,8 +27,8 @@ class Site:
         self.root = gw.create_user("root", ROOT_PASSWORD, admin=True)
         self.alice = gw.create_user("alice", PASSWORD)
         self.bob = gw.create_user("bob", PASSWORD)
-        self.synth = gw.create_endpoint("synth", Protocol.SYNTHETIC, host="")
-        self.other = gw.create_endpoint("other", Protocol.SSH, host="10.0.0.9", username="ops",
+        self.synth = gw.create_endpoint("synth", EndpointProtocol.SYNTHETIC, host="")
+        self.other = gw.create_endpoint("other", EndpointProtocol.SSH, host="10.0.0.9", username="ops",
                                         password=ENDPOINT_SECRET)
         gw.grant(self.synth, self.alice)
         self.admin_api = gw.api_session("root", ROOT_PASSWORD)
@@ -102,7 +102,7 @@ TABLE = [
 def test_the_authorisation_table(site):
     gw = site.gw
     session = site.start()
-    victim = gw.create_endpoint("victim", Protocol.SSH, host="10.0.0.5")
+    victim = gw.create_endpoint("victim", EndpointProtocol.SSH, host="10.0.0.5")
     ids = {"sid": session.session_id, "synth": site.synth.id, "other": site.other.id, "victim": victim.id}
     clients = {"anonymous": anonymous(gw, with_token=True), "alice": site.alice_api, "bob": site.bob_api,
                "root": site.admin_api}
@@ -149,7 +149,7 @@ def test_sessions_lists_what_each_user_may_see(site):
     gw = site.gw
     mine = site.start()
     # a session on an endpoint alice has no access to (synthetic, so that no server is needed)
-    theirs = gw.engine.open_session(EndpointSpec(site.other.id, "other", Protocol.SYNTHETIC), site.root)
+    theirs = gw.engine.open_session(EndpointSpec(site.other.id, "other", EndpointProtocol.SYNTHETIC), site.root)
     viewer = gw.engine.join_session(mine.session_id, site.bob, has_access=True)
     assert viewer.role.value == "viewer"
 

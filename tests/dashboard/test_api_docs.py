@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dashboard import api
-from engine.messages import Protocol, SessionEnded
+from engine.messages import EndpointProtocol, SessionEnded
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
 
@@ -30,7 +30,7 @@ def test_the_curl_example(live_gateway):
     gw = live_gateway
     gw.create_user("root", "root-password-1", admin=True)
     alice = gw.create_user("alice", "alice-password")
-    endpoint = gw.create_endpoint("build-server", Protocol.SYNTHETIC, host="")
+    endpoint = gw.create_endpoint("build-server", EndpointProtocol.SYNTHETIC, host="")
     gw.grant(endpoint, alice)
     session = gw.engine.open_session(endpoint.spec, alice)
     script = re.search(r"<!-- example: api-curl -->\n```bash\n(.*?)```", DOC, re.S).group(1)

@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from engine.clock import ManualClock
-from engine.messages import Protocol
+from engine.messages import EndpointProtocol
 from tests.fixtures.screenshots import save_screenshot
 
 pytestmark = pytest.mark.browser
@@ -33,7 +33,7 @@ class Site:
         self.browser = browser
         self.contexts: list[Any] = []
         access = gateway.services.access
-        self.endpoint = gateway.create_endpoint("vault", Protocol.SYNTHETIC, host="")
+        self.endpoint = gateway.create_endpoint("vault", EndpointProtocol.SYNTHETIC, host="")
         access.set_requires_approval(self.endpoint.id, True)
         for name, role in (("alice", "user"), ("carol", "supervisor"), ("bob", "viewer")):
             gateway.create_user(name, PASSWORD)

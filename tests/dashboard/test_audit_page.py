@@ -17,7 +17,7 @@ from dashboard import audit_pages
 from dashboard.audit_pages import BadInput, detail_text, parse_time
 from engine.audit import verify
 from engine.db import audit_events, audit_head, canonical_json, event_hash
-from engine.messages import Protocol, User
+from engine.messages import EndpointProtocol, User
 
 ROOT_PASSWORD = "root-password-1"
 PASSWORD = "user-password-1"
@@ -29,7 +29,7 @@ WRONG_PASSWORD = "wr0ng-guess-Passw0rd"
 def gw(live_gateway):
     live_gateway.create_user("root", ROOT_PASSWORD, admin=True)
     alice = live_gateway.create_user("alice", PASSWORD)
-    endpoint = live_gateway.create_endpoint("synth", Protocol.SYNTHETIC, host="")
+    endpoint = live_gateway.create_endpoint("synth", EndpointProtocol.SYNTHETIC, host="")
     live_gateway.grant(endpoint, alice)
     live_gateway.endpoint = endpoint
     live_gateway.alice = alice

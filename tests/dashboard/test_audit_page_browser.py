@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.messages import Protocol, SessionEnded
+from engine.messages import EndpointProtocol, SessionEnded
 from tests.fixtures.screenshots import VIEWPORT, save_screenshot
 
 ROOT_PASSWORD = "root-password-1"
@@ -24,7 +24,7 @@ def test_the_audit_page_lists_an_administrators_terminate(live_gateway, page):
     gw.create_user("root", ROOT_PASSWORD, admin=True)
     alice = gw.create_user("alice", PASSWORD)
     bob = gw.create_user("bob", PASSWORD)
-    endpoint = gw.create_endpoint("build-server", Protocol.SYNTHETIC, host="")
+    endpoint = gw.create_endpoint("build-server", EndpointProtocol.SYNTHETIC, host="")
     gw.grant(endpoint, alice)
     gw.grant(endpoint, bob)
     gw.api_session("alice", PASSWORD)

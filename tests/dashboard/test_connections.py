@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from engine.clock import ManualClock
-from engine.messages import Protocol, SessionFinished
+from engine.messages import EndpointProtocol, SessionFinished
 
 PASSWORD = "correct horse battery"
 DAY = 86400.0
@@ -49,8 +49,8 @@ class History:
         self.alice = gateway.create_user("alice", PASSWORD)
         self.bob = gateway.create_user("bob", PASSWORD)
         self.carol = gateway.create_user("carol", PASSWORD)
-        self.box = gateway.create_endpoint("box", Protocol.SYNTHETIC, host="")
-        self.other = gateway.create_endpoint("other", Protocol.SYNTHETIC, host="")
+        self.box = gateway.create_endpoint("box", EndpointProtocol.SYNTHETIC, host="")
+        self.other = gateway.create_endpoint("other", EndpointProtocol.SYNTHETIC, host="")
         gateway.grant(self.box, self.alice)
         gateway.grant(self.box, self.bob)
         gateway.grant(self.other, self.carol)

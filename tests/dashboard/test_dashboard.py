@@ -13,7 +13,7 @@ from typing import Any, Iterator
 import httpx
 import pytest
 
-from engine.messages import Protocol, SessionEnded, SessionFinished
+from engine.messages import EndpointProtocol, SessionEnded, SessionFinished
 
 PASSWORD = "correct horse battery"
 SECRET = "the-endpoint-password-42"
@@ -28,8 +28,8 @@ class Site:
         self.alice = gateway.create_user("alice", PASSWORD)
         self.bob = gateway.create_user("bob", PASSWORD)
         self.carol = gateway.create_user("carol", PASSWORD)
-        self.box = gateway.create_endpoint("box", Protocol.SYNTHETIC, host="")
-        self.other = gateway.create_endpoint("other", Protocol.SYNTHETIC, host="")
+        self.box = gateway.create_endpoint("box", EndpointProtocol.SYNTHETIC, host="")
+        self.other = gateway.create_endpoint("other", EndpointProtocol.SYNTHETIC, host="")
         for user in (self.alice, self.bob):
             gateway.grant(self.box, user)
         gateway.grant(self.other, self.carol)
@@ -219,7 +219,7 @@ def test_empty_dashboards_tell_a_newcomer_what_to_do(live_gateway):
     assert "Add an endpoint" in admin
     user = live_gateway.api_session("dave", PASSWORD).get("/").text
     assert "ask an administrator to give you access" in user
-    endpoint = live_gateway.create_endpoint("box", Protocol.SYNTHETIC, host="")
+    endpoint = live_gateway.create_endpoint("box", EndpointProtocol.SYNTHETIC, host="")
     live_gateway.grant(endpoint, "dave")
     user = live_gateway.api_session("dave", PASSWORD).get("/").text
     assert "press <strong>Access</strong>" in user
@@ -233,7 +233,7 @@ def test_the_endpoint_page_shows_settings_never_credentials(live_gateway):
     live_gateway.create_user("root", PASSWORD, admin=True)
     alice = live_gateway.create_user("alice", PASSWORD)
     live_gateway.create_user("bob", PASSWORD)
-    box = live_gateway.create_endpoint("box", Protocol.SSH, "10.0.0.7", 2222, username="deploy", password=SECRET)
+    box = live_gateway.create_endpoint("box", EndpointProtocol.SSH, "10.0.0.7", 2222, username="deploy", password=SECRET)
     live_gateway.grant(box, alice)
     page = live_gateway.api_session("alice", PASSWORD).get(f"/endpoints/{box.id}?tab=settings")
     assert page.status_code == 200

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from engine.messages import Protocol, SessionFinished
+from engine.messages import EndpointProtocol, SessionFinished
 from protocols.synthetic import SyntheticConnection
 from tests.fixtures.screenshots import save_screenshot
 
@@ -31,7 +31,7 @@ class Site:
         self.endpoint: Any = None
 
     def synthetic_endpoint(self) -> None:
-        self.endpoint = self.gateway.create_endpoint("synth", Protocol.SYNTHETIC, host="")
+        self.endpoint = self.gateway.create_endpoint("synth", EndpointProtocol.SYNTHETIC, host="")
 
     def user(self, name: str, *, admin: bool = False, grant: bool = True) -> Any:
         user = self.gateway.create_user(name, PASSWORD, admin=admin)
@@ -147,9 +147,9 @@ def test_connections_and_endpoint_pages_follow_the_engine(site, live_gateway):
     engine = live_gateway.engine
     clock = engine.clock
     users = {name: site.user(name, admin=(name == "root")) for name in ("root", "alice", "bob", "carol", "dave")}
-    web = live_gateway.create_endpoint("web-01", Protocol.SSH, "10.0.2.15", username="deploy",
+    web = live_gateway.create_endpoint("web-01", EndpointProtocol.SSH, "10.0.2.15", username="deploy",
                                        password="not shown anywhere")
-    db = live_gateway.create_endpoint("db-primary", Protocol.SSH, "10.0.2.31", 2222, username="postgres")
+    db = live_gateway.create_endpoint("db-primary", EndpointProtocol.SSH, "10.0.2.31", 2222, username="postgres")
     for endpoint in (web, db):
         for name in ("alice", "bob", "carol", "dave"):
             live_gateway.grant(endpoint, name)

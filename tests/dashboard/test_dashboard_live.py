@@ -13,7 +13,7 @@ import trio
 from dashboard.live import LiveHub
 from engine.bridge import LoopBridge
 from engine.messages import (
-    EndpointSpec, EndReason, Member, Protocol, Reason, Refused, Role, SessionFinished, SessionState, SessionSummary,
+    EndpointSpec, EndReason, Member, EndpointProtocol, Reason, Refused, Role, SessionFinished, SessionState, SessionSummary,
     SessionUpdated, User,
 )
 
@@ -21,7 +21,7 @@ ALICE = User("u-alice", "alice")
 
 
 def summary(n: int) -> SessionSummary:
-    return SessionSummary(f"s{n}", EndpointSpec("e1", "box", Protocol.SYNTHETIC), ALICE,
+    return SessionSummary(f"s{n}", EndpointSpec("e1", "box", EndpointProtocol.SYNTHETIC), ALICE,
                           (Member("p1", ALICE, Role.CONTROLLER),), SessionState.ACTIVE, 1000.0 + n)
 
 

@@ -17,7 +17,7 @@ from engine.access import AssetRole
 from engine.db import endpoint_access as t_endpoint_access
 from engine.db import endpoints as t_endpoints
 from engine.db import make_engine
-from engine.messages import EndpointSpec, Protocol, User
+from engine.messages import EndpointSpec, EndpointProtocol, User
 
 KEY_A = "ssh-ed25519 " + base64.b64encode(b"\x00\x00\x00\x0bssh-ed25519" + b"A" * 36).decode() + " root@a"
 KEY_B = "ssh-ed25519 " + base64.b64encode(b"\x00\x00\x00\x0bssh-ed25519" + b"B" * 36).decode()
@@ -66,11 +66,11 @@ def raw_row(db, endpoint_id):
 
 def test_create_get_list_update_delete(repo):
     record = repo.create("router-1", "ssh", "10.0.0.1", None, username="ops")
-    assert record.port == 22 and record.protocol is Protocol.SSH and record.joint_session
-    assert record.spec == EndpointSpec(record.id, "router-1", Protocol.SSH, True, "10.0.0.1", 22)
+    assert record.port == 22 and record.protocol is EndpointProtocol.SSH and record.joint_session
+    assert record.spec == EndpointSpec(record.id, "router-1", EndpointProtocol.SSH, True, "10.0.0.1", 22)
     assert not record.has_credentials
     assert repo.get(record.id) == record == repo.get_by_name("router-1")
-    vnc = repo.create("desk", Protocol.VNC, "desk.example", 5901, joint_session=False)
+    vnc = repo.create("desk", EndpointProtocol.VNC, "desk.example", 5901, joint_session=False)
     assert [e.name for e in repo.list()] == ["desk", "router-1"]
     assert vnc.spec.joint_session is False and vnc.port == 5901
 

@@ -15,7 +15,7 @@ import trio
 from trio_websocket import ConnectionClosed, HandshakeError
 
 from cosession.join import connect_socket, login, open_socket, send_json
-from engine.messages import Protocol
+from engine.messages import EndpointProtocol
 
 DEADLINE = 30  # seconds: a bound on waiting for the gateway, never a wait for time
 PASSWORD = "correct horse battery"
@@ -94,7 +94,7 @@ class Harness:
         self.nursery = nursery
         self.cookies: dict[str, str] = {}
         self.sockets: list[Any] = []
-        self.endpoint = gateway.create_endpoint("synth", Protocol.SYNTHETIC, host="")
+        self.endpoint = gateway.create_endpoint("synth", EndpointProtocol.SYNTHETIC, host="")
 
     def user(self, name: str, *, grant: bool = True, admin: bool = False) -> str:
         user = self.gateway.create_user(name, PASSWORD, admin=admin)

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from dashboard import share
-from engine.messages import Protocol
+from engine.messages import EndpointProtocol
 
 PASSWORD = "correct horse battery"
 
@@ -14,7 +14,7 @@ PASSWORD = "correct horse battery"
 @pytest.fixture
 def site(live_gateway):
     gw = live_gateway
-    endpoint = gw.create_endpoint("synth", Protocol.SYNTHETIC, host="")
+    endpoint = gw.create_endpoint("synth", EndpointProtocol.SYNTHETIC, host="")
     alice = gw.create_user("alice", PASSWORD)
     bob = gw.create_user("bob", PASSWORD)
     gw.create_user("mallory", PASSWORD)
@@ -91,8 +91,8 @@ def test_a_share_link_asks_a_signed_out_visitor_to_sign_in_first(site):
 def test_the_launcher_asks_for_credentials_only_when_none_are_stored(live_gateway):
     gw = live_gateway
     user = gw.create_user("alice", PASSWORD)
-    bare = gw.create_endpoint("bare", Protocol.SSH, host="127.0.0.1", port=2222, username="deploy")
-    stored = gw.create_endpoint("stored", Protocol.SSH, host="127.0.0.1", port=2222, username="deploy",
+    bare = gw.create_endpoint("bare", EndpointProtocol.SSH, host="127.0.0.1", port=2222, username="deploy")
+    stored = gw.create_endpoint("stored", EndpointProtocol.SSH, host="127.0.0.1", port=2222, username="deploy",
                                 password="s3cret-stored-password")
     for endpoint in (bare, stored):
         gw.grant(endpoint, user)
@@ -113,7 +113,7 @@ def test_the_launcher_asks_for_credentials_only_when_none_are_stored(live_gatewa
 def test_the_launcher_is_refused_without_access(live_gateway):
     gw = live_gateway
     gw.create_user("mallory", PASSWORD)
-    endpoint = gw.create_endpoint("box", Protocol.SSH, host="127.0.0.1", port=22)
+    endpoint = gw.create_endpoint("box", EndpointProtocol.SSH, host="127.0.0.1", port=22)
     client = gw.api_session("mallory", PASSWORD)
     # the same answer whether the endpoint exists or not
     assert get(client, f"/launch/{endpoint.id}").status_code == 404

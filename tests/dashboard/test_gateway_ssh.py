@@ -9,7 +9,7 @@ import asyncssh
 import pytest
 import trio
 
-from engine.messages import Protocol
+from engine.messages import EndpointProtocol
 from tests.dashboard.test_gateway import Harness
 
 pytestmark = pytest.mark.openssh
@@ -23,7 +23,7 @@ async def harness(live_gateway, nursery):
 
 
 def ssh_endpoint(h: Harness, openssh, **kwargs):
-    endpoint = h.gateway.create_endpoint("box", Protocol.SSH, openssh.host, openssh.port,
+    endpoint = h.gateway.create_endpoint("box", EndpointProtocol.SSH, openssh.host, openssh.port,
                                          username=openssh.username, **kwargs)
     return endpoint
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from dashboard import share
-from engine.messages import ParticipantJoined, Protocol, SessionState
+from engine.messages import ParticipantJoined, EndpointProtocol, SessionState
 from protocols.synthetic import SyntheticConnection
 
 PASSWORD = "correct horse battery"
@@ -18,7 +18,7 @@ PASSWORD = "correct horse battery"
 @pytest.fixture
 def session(live_gateway):
     gw = live_gateway
-    endpoint = gw.create_endpoint("synth", Protocol.SYNTHETIC, host="")
+    endpoint = gw.create_endpoint("synth", EndpointProtocol.SYNTHETIC, host="")
     for name in ("alice", "bob"):
         gw.grant(endpoint, gw.create_user(name, PASSWORD))
     gw.create_user("mallory", PASSWORD)

@@ -12,7 +12,7 @@ import trio
 
 from engine.access import AssetRole
 from engine.clock import ManualClock
-from engine.messages import Protocol
+from engine.messages import EndpointProtocol
 from tests.dashboard.test_gateway import PASSWORD, Harness
 
 HOUR = 3600.0
@@ -29,8 +29,8 @@ class Site:
     def __init__(self, gw: Any) -> None:
         self.gw = gw
         self.access = gw.services.access
-        self.synth = gw.create_endpoint("synth-box", Protocol.SYNTHETIC, host="")
-        self.bare_ssh = gw.create_endpoint("bare-ssh", Protocol.SSH, host="127.0.0.1", port=22)
+        self.synth = gw.create_endpoint("synth-box", EndpointProtocol.SYNTHETIC, host="")
+        self.bare_ssh = gw.create_endpoint("bare-ssh", EndpointProtocol.SSH, host="127.0.0.1", port=22)
         gw.create_user("root", PASSWORD, admin=True)
         self.approver = gw.create_user("approver", PASSWORD)
         self.access.add_approver(self.synth.id, self.access.principal("user", "approver"))

@@ -11,7 +11,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from engine.clock import ManualClock
-from engine.messages import Protocol
+from engine.messages import EndpointProtocol
 from tests.fixtures.screenshots import save_screenshot
 
 pytestmark = pytest.mark.browser
@@ -31,7 +31,7 @@ class Site:
         self.browser = browser
         self.access = gateway.services.access
         self.contexts: list[Any] = []
-        self.endpoint = gateway.create_endpoint("plc-line-3", Protocol.SYNTHETIC, host="")
+        self.endpoint = gateway.create_endpoint("plc-line-3", EndpointProtocol.SYNTHETIC, host="")
 
     def user(self, name: str, **profile: Any) -> Any:
         user = self.gateway.create_user(name, PASSWORD)

@@ -11,7 +11,7 @@ from config.settings import load
 from cosession import cli
 from cosession.loadtest import REPORT_KEYS, Options
 from cosession.loadtest_ws import BARRIER, INPUT, WsParticipant, run_websocket_loadtest
-from engine.messages import Protocol
+from engine.messages import EndpointProtocol
 from protocols.synthetic import stamp, stamps
 
 
@@ -44,7 +44,7 @@ def test_the_command_prints_the_same_json_report(capsys, tmp_path):
 
 def test_a_running_gateway_by_url(live_gateway, monkeypatch):
     gw = live_gateway
-    endpoint = gw.create_endpoint("load", Protocol.SYNTHETIC, host="")
+    endpoint = gw.create_endpoint("load", EndpointProtocol.SYNTHETIC, host="")
     user = gw.create_user("loader", "loader-password")
     gw.grant(endpoint, user)
     monkeypatch.setenv("COSESSION_LOADTEST_USER", "loader")

@@ -19,7 +19,7 @@ from dashboard.gateway import Gateway
 from engine import access as rules
 from engine.access import ApprovalState, QuickOutcome, StartGrant
 from engine.clock import ManualClock
-from engine.messages import EndReason, Protocol, Reason, Refused, SessionEnded, SessionState
+from engine.messages import EndReason, EndpointProtocol, Reason, Refused, SessionEnded, SessionState
 from tests.dashboard.test_gateway import Harness
 
 PASSWORD = "correct horse battery"
@@ -61,9 +61,9 @@ class Site:
         self.bob = gateway.create_user("bob", PASSWORD)
         self.carol = gateway.create_user("carol", PASSWORD)
         self.dave = gateway.create_user("dave", PASSWORD)
-        self.vault = gateway.create_endpoint("vault", Protocol.SYNTHETIC, host="")
-        self.open = gateway.create_endpoint("open", Protocol.SYNTHETIC, host="")
-        self.secret = gateway.create_endpoint("secret", Protocol.SYNTHETIC, host="")
+        self.vault = gateway.create_endpoint("vault", EndpointProtocol.SYNTHETIC, host="")
+        self.open = gateway.create_endpoint("open", EndpointProtocol.SYNTHETIC, host="")
+        self.secret = gateway.create_endpoint("secret", EndpointProtocol.SYNTHETIC, host="")
         for user in (self.alice, self.bob):
             self.access.grant(self.vault.id, user.id)
             self.access.grant(self.open.id, user.id)

@@ -15,7 +15,7 @@ from markupsafe import Markup
 
 from engine import access as rules
 from engine.access import ApprovalState, StartGrant
-from engine.messages import Protocol
+from engine.messages import EndpointProtocol
 
 PASSWORD = "correct horse battery"
 TEMPLATES = Path(__file__).resolve().parents[2] / "dashboard" / "templates"
@@ -26,7 +26,7 @@ def vault(gateway: Any) -> Any:
     access = gateway.services.access
     alice = gateway.create_user("alice", PASSWORD)
     gateway.create_user("carol", PASSWORD)
-    endpoint = gateway.create_endpoint("vault", Protocol.SYNTHETIC, host="")
+    endpoint = gateway.create_endpoint("vault", EndpointProtocol.SYNTHETIC, host="")
     access.grant(endpoint.id, alice.id)
     access.set_requires_approval(endpoint.id, True)
     assert access.add_approver(endpoint.id, access.principal("user", "carol"))

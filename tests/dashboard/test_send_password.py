@@ -36,7 +36,7 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from cosession.join import connect_socket
 from dashboard import gateway_wire as wire
-from engine.messages import Protocol
+from engine.messages import EndpointProtocol
 from tests.dashboard.test_gateway import Client, Harness
 
 pytestmark = pytest.mark.openssh
@@ -160,7 +160,7 @@ def vault(h: Harness, openssh: Any, stores: str = "password", name: str = "vault
     """An SSH endpoint on the real sshd storing the test user's password (or key, or nothing)."""
     secret = {"password": {"password": openssh.password}, "key": {"private_key": openssh.private_key},
               "nothing": {}}[stores]
-    return h.gateway.create_endpoint(name, Protocol.SSH, openssh.host, openssh.port, username=openssh.username,
+    return h.gateway.create_endpoint(name, EndpointProtocol.SSH, openssh.host, openssh.port, username=openssh.username,
                                      host_key=openssh.host_key, **secret)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
-from engine.messages import Protocol, User
+from engine.messages import EndpointProtocol, User
 
 pytestmark = [pytest.mark.browser, pytest.mark.openssh]
 
@@ -46,10 +46,10 @@ class Site:
         self.openssh = openssh
         self.contexts: list[BrowserContext] = []
         self.endpoint = gateway.create_endpoint(
-            "box", Protocol.SSH, openssh.host, openssh.port, username=openssh.username,
+            "box", EndpointProtocol.SSH, openssh.host, openssh.port, username=openssh.username,
             host_key=openssh.host_key)
         self.stored = gateway.create_endpoint(
-            "box-stored", Protocol.SSH, openssh.host, openssh.port, username=openssh.username,
+            "box-stored", EndpointProtocol.SSH, openssh.host, openssh.port, username=openssh.username,
             password=openssh.password, host_key=openssh.host_key)
 
     def user(self, name: str, *, admin: bool = False, grant: bool = True) -> User:

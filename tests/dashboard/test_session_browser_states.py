@@ -11,7 +11,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from dashboard import share
-from engine.messages import Protocol
+from engine.messages import EndpointProtocol
 
 pytestmark = pytest.mark.browser
 
@@ -24,7 +24,7 @@ class Site:
         self.gateway = gateway
         self.browser = browser
         self.contexts: list[Any] = []
-        self.endpoint = gateway.create_endpoint("synth", Protocol.SYNTHETIC, host="")
+        self.endpoint = gateway.create_endpoint("synth", EndpointProtocol.SYNTHETIC, host="")
 
     def user(self, name: str, *, admin: bool = False, grant: bool = True) -> Any:
         user = self.gateway.create_user(name, PASSWORD, admin=admin)

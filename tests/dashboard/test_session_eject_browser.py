@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, WebSocketRoute, expect
 
-from engine.messages import Protocol, User
+from engine.messages import EndpointProtocol, User
 
 pytestmark = pytest.mark.browser
 
@@ -28,7 +28,7 @@ class Site:
         self.browser = browser
         self.contexts: list[Any] = []
         self.errors: list[str] = []  # uncaught exceptions in any page's scripts
-        self.endpoint = gateway.create_endpoint("synth", Protocol.SYNTHETIC, host="")
+        self.endpoint = gateway.create_endpoint("synth", EndpointProtocol.SYNTHETIC, host="")
 
     def user(self, name: str, *, admin: bool = False) -> User:
         user = self.gateway.create_user(name, PASSWORD, admin=admin)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from protocols.base import Credentials
+from engine.connection import Credentials
 from protocols.demo_ssh import DemoSsh, serve_demo_ssh
 from protocols.ssh import SshConnection
 from tests.fixtures.openssh import EventRecorder

@@ -9,7 +9,7 @@ import threading
 import pytest
 import trio
 
-from protocols.base import Credentials
+from engine.connection import Credentials
 from protocols.ssh import SshConnection, fingerprint
 from tests.fixtures.openssh import EventRecorder
 

@@ -13,7 +13,7 @@ import trio
 import trio_asyncio
 
 from engine.bridge import LoopBridge
-from protocols.base import Credentials
+from engine.connection import Credentials
 from protocols.ssh import SshConnection, fingerprint
 from tests.fixtures.openssh import EventRecorder
 

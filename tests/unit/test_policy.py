@@ -6,13 +6,13 @@ import pytest
 
 from engine import policy
 from engine.errors import IllegalTransition
-from engine.messages import Protocol, Reason, Role, SessionState as S, User
+from engine.messages import EndpointProtocol, Reason, Role, SessionState as S, User
 
 ALICE = User("alice", "Alice")
 BOB = User("bob", "Bob")
 ADMIN = User("root", "Root", is_admin=True)
 
-VIEW = policy.SessionView(state=S.ACTIVE, protocol=Protocol.SSH, joint_session=True, controller=ALICE,
+VIEW = policy.SessionView(state=S.ACTIVE, protocol=EndpointProtocol.SSH, joint_session=True, controller=ALICE,
                           controller_connected=True, viewer_count=0, max_viewers=10)
 
 
@@ -28,9 +28,9 @@ def reason(refused):
     ({"viewer_count": 10, "max_viewers": 50}, BOB, True, Reason.VIEWER_CAP),  # a setting never raises the cap
     ({"joint_session": False}, BOB, True, Reason.JOINT_SESSION_DISABLED),
     ({"joint_session": False}, ADMIN, True, Reason.JOINT_SESSION_DISABLED),
-    ({"protocol": Protocol.TELNET}, BOB, True, Reason.PROTOCOL_NOT_SHAREABLE),
-    ({"protocol": Protocol.VNC}, BOB, True, None),
-    ({"protocol": Protocol.RDP}, BOB, True, None),
+    ({"protocol": EndpointProtocol.TELNET}, BOB, True, Reason.PROTOCOL_NOT_SHAREABLE),
+    ({"protocol": EndpointProtocol.VNC}, BOB, True, None),
+    ({"protocol": EndpointProtocol.RDP}, BOB, True, None),
     ({}, BOB, False, Reason.NO_ACCESS),
     ({}, ADMIN, False, None),  # administrators watch every session
     ({"state": S.ENDED}, BOB, True, Reason.SESSION_ENDED),

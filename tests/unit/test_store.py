@@ -74,7 +74,7 @@ def join_store_threads(timeout=30.0):
     """Wait until every store thread has ended. An actor leaves the registry before its
     on_stop runs, so the registry alone does not say that on_stop is done."""
     for thread in threading.enumerate():
-        if re.fullmatch(r"StoreActor-(\d+|retry)", thread.name):
+        if re.fullmatch(r"StoreActor-\d+", thread.name):
             thread.join(timeout)
             assert not thread.is_alive(), f"{thread.name} did not end"
 
