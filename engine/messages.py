@@ -204,10 +204,11 @@ class Terminate:
 
 @dataclass(frozen=True, slots=True)
 class Eject:
-    participant_id: str
+    participant_id: str  # the viewer to eject
     by: User
     reason: str = ""
     reply_to: ReplyTo | None = None
+    by_participant: str | None = None  # the sender's own participant, when a participant sends it
 
 
 @dataclass(frozen=True, slots=True)

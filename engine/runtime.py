@@ -69,8 +69,11 @@ class Participant:
         send(self.joined.session, Disconnected(self.participant_id))
 
     def eject(self, participant_id: str, by: User, reason: str = "", timeout: float = 10) -> Accepted | Refused:
-        return self._engine._call(lambda r: self._engine.route(
-            self.session_id, Eject(participant_id, by, reason, r)), timeout)
+        """Eject another participant, as `by`: this participant when it is this participant's
+        user, else someone outside the session (an administrator)."""
+        mine = any(m.participant_id == self.participant_id and m.user.id == by.id for m in self.joined.members)
+        return self._engine._call(lambda r: self._engine.route(self.session_id, Eject(
+            participant_id, by, reason, r, by_participant=self.participant_id if mine else None)), timeout)
 
     def request_control(self, timeout: float = 10) -> Refused:
         return self._engine._call(lambda r: self._engine.route(

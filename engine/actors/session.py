@@ -254,14 +254,16 @@ class SessionActor(pykka.ThreadingActor):
         by_role = self._role_of_user(eject.by)
         target = self._participants.get(eject.participant_id)
         refused = policy.check_eject(eject.by, by_role, target.member.role if target else None)
+        # the target (participant, user) and the sender (by_participant, by_user; the row's actor)
+        parties = {"participant": eject.participant_id, "user": target.member.user.name if target else None,
+                   "by_participant": eject.by_participant, "by_user": eject.by.name}
         if refused is not None:
-            self._audit("eject_refused", eject.by, participant=eject.participant_id, reason=refused.reason.value)
+            self._audit("eject_refused", eject.by, **parties, reason=refused.reason.value)
             reply(eject.reply_to, refused)
             return
         send(target.ref, Ejected(eject.by, eject.reason))
         self._remove(eject.participant_id, "ejected", eject.by)
-        self._audit("eject", eject.by, participant=eject.participant_id, user=target.member.user.name,
-                    reason=eject.reason)
+        self._audit("eject", eject.by, **parties, reason=eject.reason)
         reply(eject.reply_to, Accepted())
         self._publish()
 
