@@ -7,7 +7,10 @@ millions of rows takes constant memory), and reports the first thing wrong:
 - a row whose ``prev_hash`` is not the previous row's ``hash``: rows were **removed** before
   it (or the previous row was rewritten together with its hash);
 - a chain that ends before the head (``audit_head``) says: the **last rows were removed**;
-- an anchor (a row id and hash kept outside the database) that the log no longer has.
+- an anchor (a row id and hash kept outside the database) that the log no longer has;
+- once the chain is intact, a ``sessions`` row that is not what the chained ``session_started``
+  and ``session_ended`` events say (altered, invented or removed): that table is a checked
+  projection of the chain (`_check_sessions`).
 
 What it cannot see: someone who can write the database can rewrite the whole chain from the
 first changed row onwards, head included, and it verifies again. Only an anchor kept elsewhere
@@ -20,8 +23,11 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+import json
+from typing import Any
+
 from engine.db import (
-    GENESIS_HASH, HEAD_ID, audit_events, audit_head, event_hash, is_sqlite, make_engine, sqlite_path,
+    GENESIS_HASH, HEAD_ID, audit_events, audit_head, event_hash, is_sqlite, make_engine, sessions, sqlite_path,
 )
 from engine.store import AuditReader
 
@@ -42,6 +48,7 @@ class VerifyReport:
     problem: str  # "" when ok
     head_id: int | None = None  # the last row's id and hash: what to anchor elsewhere
     head_hash: str | None = None
+    session_id: str | None = None  # a session whose sessions row is not what the chain says
 
 
 def verify(url: str, anchors: dict[int, str] | None = None) -> VerifyReport:
@@ -64,7 +71,14 @@ def verify(url: str, anchors: dict[int, str] | None = None) -> VerifyReport:
                 conn.exec_driver_sql("BEGIN")
             else:
                 conn = conn.execution_options(isolation_level="REPEATABLE READ")
-            return _walk(conn, dict(anchors or {}))
+            report = _walk(conn, dict(anchors or {}))
+            if report.ok and sa.inspect(conn).has_table(sessions.name):
+                bad = _check_sessions(conn)
+                if bad is not None:
+                    session_id, problem = bad
+                    return VerifyReport(False, report.rows, None, problem, report.head_id, report.head_hash,
+                                        session_id)
+            return report
     finally:
         engine.dispose()
 
@@ -117,3 +131,98 @@ def _walk(conn: sa.Connection, anchors: dict[int, str]) -> VerifyReport:
         return bad(prev_id, f"the chain ends at row {prev_id} with {rows} rows, but the head names row "
                             f"{head.last_id} with {head.rows} rows: the log or its head was altered")
     return VerifyReport(True, rows, None, "", prev_id, prev_hash if prev_id is not None else None)
+
+
+# --- the sessions table, a checked projection of the chain --------------------------------------
+
+# sessions column -> where the session_started event keeps it: ("detail", key) or the event's own column
+_STARTED = {
+    "endpoint_id": ("detail", "endpoint_id"), "endpoint_name": ("detail", "endpoint_name"),
+    "protocol": ("detail", "protocol"), "record": ("detail", "record"), "node_id": ("detail", "node"),
+    "node_incarnation": ("detail", "node_incarnation"), "controller_id": ("event", "actor_id"),
+    "controller_name": ("event", "actor_name"), "started_at": ("event", "at"),
+}
+
+
+def _check_sessions(conn: sa.Connection) -> tuple[str, str] | None:
+    """The first session whose ``sessions`` row differs from what the chain says, and how.
+
+    The store writes the row from the same message as the chained events (engine/store.py):
+    the last ``session_started`` of a session sets its start columns, and the first
+    ``session_ended`` after its first start sets ``ended_at`` (the detail's ``last_seen_at`` if
+    there is one, else the event's ``at``), ``end_reason`` and ``ended_by``; a session never
+    ended has none. Streamed in id order of the sessions, then the other way round: every
+    ``session_started`` must have its row."""
+    present = {c["name"] for c in sa.inspect(conn).get_columns(sessions.name)}
+    s, e = sessions.c, audit_events.c
+    started, ended = audit_events.alias("started"), audit_events.alias("ended")
+
+    def event_id(function: Any, kind: str, after: Any = None) -> Any:
+        other = audit_events.alias()  # each subquery its own, so that only `sessions` correlates
+        where = [other.c.session_id == s.id, other.c.kind == kind]
+        if after is not None:
+            where.append(other.c.id > after)
+        return sa.select(function(other.c.id)).where(*where).correlate(sessions).scalar_subquery()
+
+    columns = [c for c in sessions.columns if c.name in present]
+    query = (sa.select(*columns, started.c.id.label("start_id"), started.c.at.label("start_at"),
+                       started.c.actor_id.label("start_actor_id"), started.c.actor_name.label("start_actor_name"),
+                       started.c.detail.label("start_detail"), ended.c.id.label("end_id"),
+                       ended.c.at.label("end_at"), ended.c.detail.label("end_detail"))
+             .select_from(sessions
+                          .outerjoin(started, started.c.id == event_id(sa.func.max, "session_started"))
+                          .outerjoin(ended, ended.c.id == event_id(sa.func.min, "session_ended",
+                                                                     event_id(sa.func.min, "session_started"))))
+             .order_by(s.id))
+    result = conn.execution_options(stream_results=True, yield_per=_STREAM_ROWS).execute(query)
+    try:
+        for row in result:
+            problem = _row_problem(row, present)
+            if problem:
+                return row.id, f"session {row.id}: {problem}"
+    finally:
+        result.close()
+    removed = conn.execute(
+        sa.select(sa.func.min(e.id).label("first"), e.session_id)
+        .where(e.kind == "session_started", e.session_id.is_not(None),
+               ~sa.exists().where(s.id == e.session_id))
+        .group_by(e.session_id).order_by(sa.func.min(e.id)).limit(1)).first()
+    if removed is not None:
+        return removed.session_id, (f"session {removed.session_id}: its sessions row was removed "
+                                    f"(its session_started is row {removed.first})")
+    return None
+
+
+_ENDED = ("ended_at", "end_reason", "ended_by")
+
+
+def _row_problem(row: Any, present: set[str]) -> str:
+    if row.start_id is None:
+        return "its sessions row is not in the chain: no session_started event names it"
+    start = _detail(row.start_detail)
+    event = {"actor_id": row.start_actor_id, "actor_name": row.start_actor_name, "at": row.start_at}
+    expected = {column: start.get(key) if where == "detail" else event[key]
+                for column, (where, key) in _STARTED.items()}
+    expected["record"] = bool(expected["record"])
+    if row.end_id is None:
+        expected.update(dict.fromkeys(_ENDED))
+    else:
+        end = _detail(row.end_detail)
+        expected.update(ended_at=end.get("last_seen_at", row.end_at), end_reason=end.get("reason"),
+                        ended_by=end.get("by"))
+    for column, value in expected.items():
+        if column not in present:  # an older database, before nodes were recorded
+            continue
+        actual = bool(getattr(row, column)) if column == "record" else getattr(row, column)
+        if actual != value:
+            source = row.end_id if column in _ENDED and row.end_id is not None else row.start_id
+            return f"its sessions row was altered: {column} is {actual!r}, but the chain says {value!r} (row {source})"
+    return ""
+
+
+def _detail(text: str | None) -> dict[str, Any]:
+    try:
+        value = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -8,9 +8,9 @@ import pytest
 import sqlalchemy as sa
 
 from engine.audit import AuditLogMissing, VerifyReport, verify
-from engine.db import audit_events, audit_head, event_hash
-from engine.messages import AuditEvent, Flush
-from tests.unit.test_store import BOB, execute, flush, query, start_store, url, write_some  # noqa: F401
+from engine.db import audit_events, audit_head, event_hash, sessions
+from engine.messages import AuditEvent, AuditSessionEnded, Flush
+from tests.unit.test_store import BOB, execute, flush, query, start_store, started, url, write_some  # noqa: F401
 
 
 def _log(url, start_store, n=10):  # noqa: F811
@@ -138,11 +138,15 @@ def test_anchors_catch_a_chain_rewritten_from_the_start(url, start_store):  # no
 def test_an_anchored_row_that_was_removed_is_caught(url, start_store):  # noqa: F811
     _log(url, start_store)
     (row,) = query(url, sa.select(audit_events).where(audit_events.c.id == 10))
+    assert row.kind == "session_ended"
     execute(url, audit_events.delete().where(audit_events.c.id == 10),
             audit_head.update().values(last_id=9, rows=9,
                                        last_hash=query(url, sa.select(audit_events.c.hash)
                                                        .where(audit_events.c.id == 9))[0].hash))
-    assert verify(url).ok  # the head was forged too
+    # the sessions row still says what the removed row said: that alone gives it away
+    assert verify(url).problem.startswith("session s1: its sessions row was altered: ended_at is ")
+    execute(url, sessions.update().values(ended_at=None, end_reason=None, ended_by=None))
+    assert verify(url).ok  # the head and the sessions row were forged too
     report = verify(url, anchors={10: row.hash})
     assert (report.ok, report.first_bad_id) == (False, 10)
     assert "anchored row 10 is missing" in report.problem
@@ -179,3 +183,63 @@ def test_verify_while_the_store_writes(url, start_store):  # noqa: F811
         reports.append(verify(url))
     assert [r for r in reports if not r.ok] == []
     assert verify(url).rows == 30_010
+
+
+# --- the sessions table: a checked projection of the chain ----------------------------------------
+
+
+def _sessions_log(url, start_store):  # noqa: F811
+    ref = start_store(url)
+    write_some(ref, 6, "s1", 100.0)  # ended: controller_left
+    ref.tell(started("s2", at=200.0, record=True))  # live
+    flush(ref)
+    ref.stop(block=True)
+
+
+@pytest.mark.parametrize("column, value", [
+    ("end_reason", "terminated"), ("ended_at", 999.0), ("ended_by", "Root"), ("controller_name", "Mallory"),
+    ("controller_id", "mallory"), ("started_at", 1.0), ("endpoint_id", "ep9"), ("endpoint_name", "elsewhere"),
+    ("protocol", "vnc"), ("record", True),
+])
+def test_an_altered_sessions_row_is_named(url, start_store, column, value):  # noqa: F811
+    _sessions_log(url, start_store)
+    assert verify(url).ok
+    execute(url, sessions.update().where(sessions.c.id == "s1").values({column: value}))
+    report = verify(url)
+    assert (report.ok, report.session_id, report.first_bad_id) == (False, "s1", None)
+    assert report.problem.startswith(f"session s1: its sessions row was altered: {column} is ")
+    assert report.rows == 7  # the chain itself is intact, and was walked to its end
+
+
+def test_a_live_session_made_to_look_ended_is_named(url, start_store):  # noqa: F811
+    _sessions_log(url, start_store)
+    execute(url, sessions.update().where(sessions.c.id == "s2").values(ended_at=250.0, end_reason="terminated"))
+    report = verify(url)
+    assert report.session_id == "s2" and "ended_at is 250.0, but the chain says None" in report.problem
+
+
+def test_an_invented_or_removed_sessions_row_is_named(url, start_store):  # noqa: F811
+    _sessions_log(url, start_store)
+    execute(url, sessions.insert().values(id="s0", endpoint_id="ep1", endpoint_name="host-ep1", protocol="ssh",
+                                          controller_id="alice", controller_name="Alice", started_at=1.0))
+    report = verify(url)
+    assert (report.session_id, report.problem) == (
+        "s0", "session s0: its sessions row is not in the chain: no session_started event names it")
+    execute(url, sessions.delete().where(sessions.c.id.in_(["s0", "s2"])))
+    report = verify(url)
+    assert report.session_id == "s2"
+    assert report.problem == "session s2: its sessions row was removed (its session_started is row 7)"
+
+
+def test_a_later_start_and_the_first_end_are_what_the_row_must_say(url, start_store):  # noqa: F811
+    ref = start_store(url)
+    ref.tell(AuditSessionEnded("s1", 99.0, "terminated"))  # before its start: not applied
+    ref.tell(started("s1", at=100.0))
+    ref.tell(AuditSessionEnded("s1", 101.0, "controller_left"))
+    ref.tell(AuditSessionEnded("s1", 102.0, "terminated"))  # a second end: not applied
+    ref.tell(started("s1", at=103.0, endpoint="ep2"))  # told twice: the later start wins
+    flush(ref)
+    ref.stop(block=True)
+    (row,) = query(url, sa.select(sessions))
+    assert (row.started_at, row.endpoint_id, row.ended_at, row.end_reason) == (103.0, "ep2", 101.0, "controller_left")
+    assert verify(url).ok
