@@ -38,6 +38,10 @@ class EngineSettings:
     endpoint_backoff_seconds: float
     endpoint_retry_window_seconds: float
     database_url: str
+    max_joins_per_user: int
+    joins_window_seconds: float
+    node_id: str
+    heartbeat_seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +75,11 @@ class Demo:
 
 
 @dataclass(frozen=True, slots=True)
+class Audit:
+    refusal_interval_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     server: Server
     engine: EngineSettings
@@ -78,6 +87,7 @@ class Settings:
     ssh: Ssh
     security: Security
     demo: Demo
+    audit: Audit
 
     @property
     def data_path(self) -> Path:
@@ -162,5 +172,11 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
     if not 0 <= cap <= PRODUCT_VIEWER_CAP:
         raise SettingsError(
             f"engine.max_viewers is {cap}: it may lower the cap of {PRODUCT_VIEWER_CAP} viewers, never raise it")
+    for section, key in (("engine", "max_joins_per_user"), ("engine", "joins_window_seconds"),
+                         ("engine", "heartbeat_seconds")):
+        if merged[section][key] <= 0:
+            raise SettingsError(f"{section}.{key} must be positive, not {merged[section][key]}")
+    if merged["audit"]["refusal_interval_seconds"] < 0:
+        raise SettingsError("audit.refusal_interval_seconds must be 0 (off) or positive")
     return Settings(**{name: cls(**merged[name]) for name, cls in
                        ((n, globals()[t] if isinstance(t, str) else t) for n, t in _SECTIONS.items())})

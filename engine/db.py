@@ -4,13 +4,18 @@ The same definitions run on SQLite (the default, a file in the data directory) a
 PostgreSQL (any SQLAlchemy URL): queries elsewhere use Core constructs only, never
 SQLite-only SQL.
 
-The audit log is three tables:
+The audit log is three tables, and the nodes that write it a fourth:
 
-- ``sessions``: one row per session, inserted when it starts, completed when it ends;
+- ``sessions``: one row per session, inserted when it starts, completed when it ends: a
+  projection of the chained ``session_started`` and ``session_ended`` events, which
+  `engine.audit.verify` checks row by row;
 - ``audit_events``: the hash-chained event log (see `event_hash`), append-only;
 - ``audit_head``: one row (id 1) naming the chain's last event and the number of events,
   updated in the same transaction as the events. It is how `engine.audit.verify` notices that
-  the newest rows were removed, which the chain alone cannot show.
+  the newest rows were removed, which the chain alone cannot show;
+- ``nodes``: one row per gateway node (engine/nodes.py): which run of it is the current one
+  and when it was last seen alive (a heartbeat), so that the sessions a node owned and no longer
+  runs can be told apart from live ones.
 
 `engine.store.StoreActor` is the only writer of these tables.
 """
@@ -46,11 +51,16 @@ sessions = sa.Table(
     sa.Column("end_reason", sa.Text, nullable=True),  # an engine.messages.EndReason value
     sa.Column("ended_by", sa.Text, nullable=True),  # user name of whoever ended it, if anyone
     sa.Column("record", sa.Boolean, nullable=False, default=False),
+    # the node that runs it, and which run of that node (engine/nodes.py); NULL in rows written
+    # before nodes were recorded, and by a store that was given no node
+    sa.Column("node_id", sa.Text, nullable=True),
+    sa.Column("node_incarnation", sa.Text, nullable=True),
     sa.Index("ix_sessions_started_at", "started_at"),
     sa.Index("ix_sessions_ended_at", "ended_at"),
     sa.Index("ix_sessions_endpoint_id", "endpoint_id"),
     sa.Index("ix_sessions_controller_id", "controller_id"),
     sa.Index("ix_sessions_controller_name", "controller_name"),
+    sa.Index("ix_sessions_node_live", "node_id", "ended_at"),
 )
 
 audit_events = sa.Table(
@@ -82,6 +92,22 @@ audit_head = sa.Table(
 )
 
 HEAD_ID = 1
+
+nodes = sa.Table(
+    "nodes", metadata,
+    sa.Column("node_id", sa.Text, primary_key=True),  # engine.node_id, by default the host name
+    sa.Column("incarnation", sa.Text, nullable=False),  # one per start of the node's engine
+    sa.Column("host", sa.Text, nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("last_seen_at", sa.Float, nullable=False),  # the heartbeat: written every heartbeat_seconds
+    sa.Column("heartbeat_seconds", sa.Float, nullable=False),
+    sa.Column("stopped_at", sa.Float, nullable=True),  # set by a clean stop; NULL while running or after a crash
+)
+
+# Columns added to a table after its first release: `create_tables` adds them to an older
+# database, which `metadata.create_all` alone would leave without them.
+_ADDED_COLUMNS = {"sessions": ("node_id", "node_incarnation")}
 
 # --- users, endpoints and who may use which (dashboard/accounts.py, dashboard/endpoints.py) --------
 
@@ -324,12 +350,17 @@ def make_engine(url: str | sa.URL, *, create: bool = True) -> sa.Engine:
 
     SQLite: the file's parent directories are created, the journal is WAL (readers never block
     the writer), and a connection waits up to 30 s for a lock instead of failing at once
-    (usable from any thread: each thread still takes its own connection from the pool)."""
+    (usable from any thread: each thread still takes its own connection from the pool; an
+    in-memory database is one connection that every thread shares)."""
     if is_sqlite(url):
         path = sqlite_path(url)
         if path is not None and create:
             path.parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        in_memory = (sa.make_url(url).database or "") in ("", ":memory:")
+        # An in-memory database lives in one connection: every thread must share that one
+        # (the default pool gives each thread its own, empty, database).
+        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                                  **({"poolclass": sa.pool.StaticPool} if in_memory else {}))
 
         @sa.event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -356,3 +387,33 @@ def create_tables(engine: sa.Engine) -> None:
     except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError) as exc:
         log.debug("create_all raced (%s); trying again", exc)
         metadata.create_all(engine)
+    _add_columns(engine)
+
+
+def _add_columns(engine: sa.Engine) -> None:
+    """Add the columns of `_ADDED_COLUMNS` that an older database lacks (nullable, no default:
+    old rows read as NULL), and their indexes. Racing another process here is harmless: the
+    loser's ALTER fails because the column exists, and it looks again."""
+    for table_name, names in _ADDED_COLUMNS.items():
+        table = metadata.tables[table_name]
+        added = False
+        for attempt in range(2):
+            present = {c["name"] for c in sa.inspect(engine).get_columns(table_name)}
+            missing = [name for name in names if name not in present]
+            if not missing:
+                break
+            try:
+                with engine.begin() as conn:
+                    for name in missing:
+                        kind = table.c[name].type.compile(dialect=engine.dialect)
+                        conn.execute(sa.text(f"ALTER TABLE {table_name} ADD COLUMN {name} {kind}"))
+                        log.info("added column %s.%s to an older database", table_name, name)
+                added = True
+            except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
+                if attempt:
+                    raise
+                log.debug("adding columns to %s raced (%s); looking again", table_name, exc)
+        if added:
+            for index in table.indexes:
+                if any(c.name in names for c in index.columns):
+                    index.create(engine, checkfirst=True)

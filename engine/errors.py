@@ -20,3 +20,8 @@ class IllegalTransition(EngineError):
 
 class ReplyTimeout(EngineError):
     """A blocking call of the Python API got no reply in time."""
+
+
+class NodeInUse(EngineError):
+    """Another process that is still running uses this node's name on this database
+    (engine/nodes.py): starting would end its sessions."""

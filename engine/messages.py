@@ -47,6 +47,7 @@ class EndReason(enum.StrEnum):
     ENDPOINT_CLOSED = "endpoint_closed"
     SESSION_FAILED = "session_failed"
     ENGINE_STOPPED = "engine_stopped"
+    GATEWAY_RESTARTED = "gateway_restarted"  # its node stopped without ending it (kill -9); found at the next start
 
 
 class Reason(enum.StrEnum):
@@ -86,6 +87,7 @@ class Reason(enum.StrEnum):
     OWN_REQUEST = "own_request"
     ALREADY_DECIDED = "already_decided"
     BAD_WINDOW = "bad_window"
+    TOO_MANY_JOINS = "too_many_joins"  # engine.max_joins_per_user within engine.joins_window_seconds
 
 
 # --- who and what ---------------------------------------------------------------------------
@@ -377,6 +379,9 @@ class AuditSessionEnded:
     ended_at: float
     reason: str
     by: str | None = None  # user name of whoever ended it, if anyone did
+    # An end found after the fact (gateway_restarted): when the session was last seen running.
+    # It is the session's end time; `ended_at` is when the end was found (the event's time).
+    last_seen_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -408,6 +413,21 @@ class Flush:
 @dataclass(frozen=True, slots=True)
 class Flushed:
     rows: int  # event rows committed so far by this store
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimNode:
+    """To the store, once, when the engine starts: make this run the current one of its node
+    (engine/nodes.py) and end every session an earlier run left open. Answered with
+    `NodeClaimed` once those ends are written, or with the error (`engine.errors.NodeInUse`)."""
+
+    reply_to: ReplyTo
+
+
+@dataclass(frozen=True, slots=True)
+class NodeClaimed:
+    node_id: str
+    ended: tuple[str, ...]  # the sessions ended with gateway_restarted
 
 
 # --- inside the supervision tree (not for clients) ------------------------------------------

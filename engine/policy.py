@@ -8,7 +8,9 @@ reads a clock or mutates anything, so each rule is tested by a table of cases
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Sequence
 
 from config.settings import PRODUCT_VIEWER_CAP
 from engine.errors import IllegalTransition
@@ -75,6 +77,19 @@ def check_join(view: SessionView, joiner: User, has_access: bool) -> Refused | N
     if view.viewer_count >= cap:
         return Refused(Reason.VIEWER_CAP, f"this session already has {cap} viewers")
     return None
+
+
+def check_join_rate(earlier: Sequence[float], now: float, limit: int, window: float) -> Refused | None:
+    """A user may join (or come back to) one session at most `limit` times within `window`
+    seconds: a client that reconnects in a loop is refused, instead of costing a participant
+    and its audit rows each time. `earlier`: the times of this user's earlier joins of this
+    session, oldest first."""
+    inside = [at for at in earlier if at > now - window]
+    if len(inside) < limit:
+        return None
+    wait = max(1, math.ceil(inside[-limit] + window - now))
+    return Refused(Reason.TOO_MANY_JOINS, f"you joined this session {len(inside)} times in the last "
+                                          f"{window:g} s; try again in {wait} s")
 
 
 def check_input(role: Role | None) -> Refused | None:

@@ -26,14 +26,17 @@ from engine.actors.supervisor import EngineSupervisor
 from engine.clock import Clock, SystemClock
 from engine.errors import EngineNotRunning, ReplyTimeout
 from engine.messages import (
-    Accepted, Describe, Disconnected, Eject, EndpointSpec, Extend, Flush, Flushed, Input, Join, Joined, Leave,
-    Refused, Resize, Route, SessionSummary, SetJointSession, Shutdown, StartSession, Terminate,
+    Accepted, ClaimNode, Describe, Disconnected, Eject, EndpointSpec, Extend, Flush, Flushed, Input, Join, Joined,
+    Leave, NodeClaimed, Refused, Resize, Route, SessionSummary, SetJointSession, Shutdown, StartSession, Terminate,
     TransferControl, User, Watch,
 )
+from engine.nodes import Node
 from engine.sinks import CollectingSink
 from engine.store import StoreActor
 
 log = logging.getLogger(__name__)
+
+_CLAIM_SECONDS = 60.0  # claiming the node's row: one transaction, plus the ends of what a crash left open
 
 # pykka names an actor's thread after its class; these are the engine's.
 _ACTOR_THREAD = re.compile(r"^(EngineSupervisor|SessionActor|EndpointActor|ParticipantActor|StoreActor)-\d+$")
@@ -99,13 +102,32 @@ class Engine:
         self._directory: dict[str, SessionSummary] = {}
         self._store: Any = None
         self._supervisor: Any = None
+        self.node: Node | None = None  # this run of this node, once started (engine/nodes.py)
+        self.recovered: tuple[str, ...] = ()  # sessions an earlier run left open, ended at start
 
     # --- lifecycle --------------------------------------------------------------------------
 
     def start(self) -> "Engine":
+        """Start the store, claim this node's row (ending, as `gateway_restarted`, the sessions
+        an earlier run of this node left open), then the supervisor. Raises `NodeInUse` if a
+        running process uses this node's name on this database, or the database's error."""
         if self._own_clock:
             self._clock = SystemClock()
-        self._store = StoreActor.start(self._database_url, self._clock)
+        node = Node.this_process(self.settings.engine.node_id)
+        self._store = StoreActor.start(self._database_url, self._clock, node=node,
+                                       heartbeat_seconds=self.settings.engine.heartbeat_seconds,
+                                       refusal_interval=self.settings.audit.refusal_interval_seconds)
+        try:
+            claimed = self._call(lambda r: self._store.tell(ClaimNode(r)), _CLAIM_SECONDS)
+        except ReplyTimeout as exc:
+            claimed = exc
+        if not isinstance(claimed, NodeClaimed):
+            self._store.stop()
+            self._store = None
+            if self._own_clock:
+                self._clock.stop()
+            raise claimed
+        self.node, self.recovered = node, claimed.ended
         self._supervisor = EngineSupervisor.start(
             store=self._store, clock=self._clock, settings=self.settings.engine,
             connect=self._connect, directory=self._directory)

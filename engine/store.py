@@ -3,6 +3,12 @@
 `StoreActor` receives `AuditSessionStarted`, `AuditSessionEnded`, `AuditEvent` and `Flush`
 (engine/messages.py). Each of the first three becomes one hash-chained row of ``audit_events``
 (see `engine.db.event_hash`); the first two also insert or complete a ``sessions`` row.
+Repeated refusals are counted rather than written one by one (engine/refusals.py).
+
+A store given a `Node` (engine/nodes.py) is that node's voice in the database: `ClaimNode`
+makes its run the current one and ends the sessions an earlier run left open
+(`gateway_restarted`), every session it starts records the node, and a heartbeat says the
+node is alive until a clean stop says it stopped.
 
 Rows are batched: the store commits when its inbox is empty, when 256 rows are pending, on
 `Flush` (answered with `Flushed` only once everything told before it is committed) and when it
@@ -29,11 +35,17 @@ from typing import Any, Iterable
 import pykka
 import sqlalchemy as sa
 
+from engine import nodes as node_rows
 from engine.clock import Clock, SystemClock, Timer
 from engine.db import (
     GENESIS_HASH, HEAD_ID, audit_events, audit_head, canonical_json, event_hash, make_engine, plain, sessions,
 )
-from engine.messages import AuditEvent, AuditSessionEnded, AuditSessionStarted, Flush, Flushed
+from engine.errors import NodeInUse
+from engine.messages import (
+    AuditEvent, AuditSessionEnded, AuditSessionStarted, ClaimNode, EndReason, Flush, Flushed, NodeClaimed,
+)
+from engine.nodes import Node, live_clause
+from engine.refusals import RefusalCounter
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +89,16 @@ class _RetryCommit:
     """Told by the store's own backoff timer."""
 
 
+@dataclass(frozen=True, slots=True)
+class _Heartbeat:
+    """Told by the store's heartbeat timer: record that the node is alive."""
+
+
+@dataclass(frozen=True, slots=True)
+class _RefusalsDue:
+    """Told by the store's timer when an interval of counted refusals ends."""
+
+
 class _HeadMoved(Exception):
     """The chain's head in the database is not the one this store last wrote."""
 
@@ -90,7 +112,11 @@ def _event(kind: str, at: float, session_id: Any, actor_id: Any, actor_name: Any
                   canonical_json(plain(detail)))
 
 
-def _op_for(message: Any) -> _Op | None:
+def _op_for(message: Any, node: Node | None = None) -> _Op | None:
+    """The row a message becomes. The ``sessions`` row is exactly what its chained events say
+    (engine.audit.verify checks it): the start's columns are in ``session_started``'s actor and
+    detail, the end's in ``session_ended``'s detail, and its time is the event's ``at`` unless
+    the detail has ``last_seen_at`` (an end found after the fact)."""
     match message:
         case AuditEvent():
             return _Op(_event(message.kind, message.at, message.session_id, message.actor_id,
@@ -101,16 +127,21 @@ def _op_for(message: Any) -> _Op | None:
                 "endpoint_name": str(message.endpoint_name), "protocol": str(message.protocol),
                 "controller_id": str(message.controller_id), "controller_name": str(message.controller_name),
                 "started_at": float(message.started_at), "record": bool(message.record),
+                "node_id": node.node_id if node else None, "node_incarnation": node.incarnation if node else None,
             }
             detail = {"endpoint_id": row["endpoint_id"], "endpoint_name": row["endpoint_name"],
                       "protocol": row["protocol"], "record": row["record"]}
+            if node is not None:
+                detail.update(node=node.node_id, node_incarnation=node.incarnation)
             return _Op(_event("session_started", message.started_at, message.session_id, message.controller_id,
                               message.controller_name, detail), session_start=row)
         case AuditSessionEnded():
             detail = {"reason": str(message.reason), "by": _text(message.by)}
+            ended_at = float(message.ended_at)
+            if message.last_seen_at is not None:
+                ended_at = detail["last_seen_at"] = float(message.last_seen_at)
             return _Op(_event("session_ended", message.ended_at, message.session_id, None, message.by, detail),
-                       session_end=(str(message.session_id), float(message.ended_at), str(message.reason),
-                                    _text(message.by)))
+                       session_end=(str(message.session_id), ended_at, str(message.reason), _text(message.by)))
     return None
 
 
@@ -130,12 +161,19 @@ class StoreActor(pykka.ThreadingActor):
     tables in the caller's thread, so that a database that cannot be used fails the start with
     its own error instead of a dead actor."""
 
-    def __init__(self, database_url: str, clock: Clock | None = None) -> None:
+    def __init__(self, database_url: str, clock: Clock | None = None, *, node: Node | None = None,
+                 heartbeat_seconds: float = 10.0, refusal_interval: float = 0.0) -> None:
         super().__init__()
         self._url = database_url
         self._engine = make_engine(database_url)  # may raise: before anything needs stopping
         self._own_clock = clock is None  # a store started alone (tests, the CLI) keeps its own
         self._clock: Clock = clock if clock is not None else SystemClock()
+        self._node = node
+        self._claimed = False
+        self._heartbeat_seconds = heartbeat_seconds
+        self._heartbeat_timer: Timer | None = None
+        self._refusals = RefusalCounter(refusal_interval)
+        self._refusals_timer: Timer | None = None
         self._conn: sa.Connection | None = None
         self._head: _Head | None = None
         self._pending: list[_Op] = []
@@ -160,8 +198,14 @@ class StoreActor(pykka.ThreadingActor):
     def on_stop(self) -> None:
         self._stopping = True
         self._cancel_retry()
+        for timer in (self._heartbeat_timer, self._refusals_timer):
+            if timer is not None:
+                timer.cancel()
+        self._pending.extend(_op_for(row) for row in self._refusals.flush())
         if self._pending or self._flushes:
             self._commit()
+        if self._claimed:
+            self._say_stopped()
         if self._pending:
             log.error("audit store stopped with %d rows it could not write: %s", len(self._pending),
                       "; ".join(_describe(op) for op in self._pending))
@@ -188,25 +232,128 @@ class StoreActor(pykka.ThreadingActor):
     def _receive(self, message: Any) -> None:
         if isinstance(message, Flush):
             self._flushes.append(message.reply_to)
+            self._pending.extend(_op_for(row) for row in self._refusals.flush())
             self._commit()
             return
         if isinstance(message, _RetryCommit):
             self._retry_timer = None
             self._commit()
             return
-        try:
-            op = _op_for(message)
-        except Exception:
-            log.exception("audit store could not encode %r; nothing written for it", message)
+        if isinstance(message, _Heartbeat):
+            self._beat()
             return
-        if op is None:
-            log.warning("audit store ignored an unknown message: %r", type(message).__name__)
+        if isinstance(message, ClaimNode):
+            self._claim(message)
+            return
+        if isinstance(message, _RefusalsDue):
+            self._refusals_timer = None
+            rows = self._refusals.due(self._clock.now())
+        elif isinstance(message, (AuditEvent, AuditSessionStarted, AuditSessionEnded)):
+            rows = self._rows_for(message)
         else:
-            self._pending.append(op)
+            log.warning("audit store ignored an unknown message: %r", type(message).__name__)
+            rows = []
+        for row in rows:
+            try:
+                op = _op_for(row, self._node)
+            except Exception:
+                log.exception("audit store could not encode %r; nothing written for it", row)
+                continue
+            if op is not None:
+                self._pending.append(op)
+        self._schedule_refusals()
         if self._retry_timer is not None:
             return  # backing off: the timer commits (or Flush, or stop)
         if len(self._pending) >= BATCH_ROWS or self.actor_inbox.empty():
             self._commit()
+
+    def _rows_for(self, message: Any) -> list[Any]:
+        """The messages to write for `message`, in order: counted refusals that must come before
+        it (the same actor's, or its session's before its end), then it, unless it is counted."""
+        now = self._clock.now()
+        match message:
+            case AuditEvent():
+                return self._refusals.offer(message, now)
+            case AuditSessionStarted():
+                return [*self._refusals.close(actor=(message.controller_id, message.controller_name)), message]
+            case AuditSessionEnded():
+                return [*self._refusals.close(session_id=message.session_id), message]
+        return [message]
+
+    def _schedule_refusals(self) -> None:
+        due = self._refusals.next_due()
+        if due is None or self._stopping:
+            return
+        if self._refusals_timer is not None:
+            if self._refusals_timer.when <= due:
+                return
+            self._refusals_timer.cancel()
+        ref = self.actor_ref
+        self._refusals_timer = self._clock.call_at(due, lambda: _tell_quietly(ref, _RefusalsDue()))
+
+    # --- the node -------------------------------------------------------------------------------
+
+    def _claim(self, claim: ClaimNode) -> None:
+        """Make this run its node's current one; end what an earlier run left open."""
+        if self._node is None:
+            _reply(claim.reply_to, NodeInUse("this audit store was started without a node"))
+            return
+        now = self._clock.now()
+        try:
+            conn = self._connect()
+            with conn.begin():
+                orphans = node_rows.claim(conn, self._node, now, self._heartbeat_seconds)
+        except Exception as exc:  # NodeInUse, or a database that fails: the engine does not start
+            if not isinstance(exc, NodeInUse):
+                self._failed("cannot claim this node's row", exc)
+                self._close()
+            _reply(claim.reply_to, exc)
+            return
+        self._claimed = True
+        for orphan in orphans:
+            self._pending.append(_op_for(AuditSessionEnded(
+                orphan.session_id, now, EndReason.GATEWAY_RESTARTED.value, None, orphan.last_seen_at)))
+        if orphans:
+            log.warning("node %s: ended %d sessions that an earlier run left open (%s)", self._node.node_id,
+                        len(orphans), EndReason.GATEWAY_RESTARTED.value)
+            self._commit()
+        self._schedule_heartbeat()
+        _reply(claim.reply_to, NodeClaimed(self._node.node_id, tuple(o.session_id for o in orphans)))
+
+    def _schedule_heartbeat(self) -> None:
+        # The next beat is set when this one is written, not at a fixed rate: a ManualClock moved
+        # by an hour fires one beat, not 360.
+        if self._stopping:
+            return
+        ref = self.actor_ref
+        self._heartbeat_timer = self._clock.call_later(self._heartbeat_seconds,
+                                                       lambda: _tell_quietly(ref, _Heartbeat()))
+
+    def _beat(self) -> None:
+        self._heartbeat_timer = None
+        assert self._node is not None
+        try:
+            conn = self._connect()
+            with conn.begin():
+                mine = node_rows.heartbeat(conn, self._node, self._clock.now())
+            if not mine:
+                log.error("node %s: another run of this node took its row; its sessions here show as not "
+                          "live. Give each gateway its own engine.node_id", self._node.node_id)
+        except Exception as exc:
+            self._failed("cannot record the node's heartbeat", exc)
+            self._close()
+        self._schedule_heartbeat()
+
+    def _say_stopped(self) -> None:
+        assert self._node is not None
+        try:
+            conn = self._connect()
+            with conn.begin():
+                node_rows.stopped(conn, self._node, self._clock.now())
+        except Exception as exc:  # the next start finds the row not stopped, with a dead pid: the same
+            self._failed("cannot record that the node stopped", exc)
+        finally:
+            node_rows.release(self._node)
 
     # --- writing --------------------------------------------------------------------------------
 
@@ -406,8 +553,12 @@ def _describe(op: _Op) -> str:
 def _session_dict(row: Any) -> dict[str, Any]:
     d = dict(row._mapping)
     d["record"] = bool(d["record"])
-    d["live"] = d["ended_at"] is None
+    d["live"] = bool(d["live"])
     return d
+
+
+def _sessions_query() -> Any:
+    return sa.select(sessions, live_clause().label("live"))
 
 
 def _event_dict(row: Any) -> dict[str, Any]:
@@ -452,7 +603,9 @@ class AuditReader:
                  visible_to: tuple[str, Iterable[str]] | None = None) -> tuple[list[dict[str, Any]], int]:
         """Sessions, newest first, and how many match in all.
 
-        `live`: True for sessions not ended yet, False for ended ones. `user`: an id or a name
+        `live`: True for sessions running on a node now, False for the others: ended ones, and
+        any whose node stopped running them without ending them (engine/nodes.py; such a row
+        has ``live`` false and ``ended_at`` None until a node ends it). `user`: an id or a name
         that is the controller's or any participant's (the actor of a ``join`` event).
         `since`/`until`: sessions that were live at some time in [since, until).
         `visible_to=(user_id, endpoint_ids)`: only what that user may see: sessions on those
@@ -464,9 +617,9 @@ class AuditReader:
             where.append(sa.or_(s.endpoint_id.in_(sorted(endpoint_ids)), s.controller_id == viewer_id,
                                 s.id.in_(_joined_by(viewer_id))))
         if live is True:
-            where.append(s.ended_at.is_(None))
+            where.append(live_clause())
         elif live is False:
-            where.append(s.ended_at.is_not(None))
+            where.append(sa.not_(live_clause()))
         if endpoint_id is not None:
             where.append(s.endpoint_id == endpoint_id)
         if end_reason is not None:
@@ -477,7 +630,7 @@ class AuditReader:
             where.append(s.started_at < until)
         if user is not None:
             where.append(sa.or_(s.controller_id == user, s.controller_name == user, s.id.in_(_joined_by(user))))
-        query = sa.select(sessions).where(*where)
+        query = _sessions_query().where(*where)
         with self._engine.connect() as conn:
             total = conn.execute(sa.select(sa.func.count()).select_from(query.subquery())).scalar_one()
             rows = conn.execute(query.order_by(s.started_at.desc(), s.id)
@@ -489,7 +642,7 @@ class AuditReader:
         in order of their first join: dicts of ``actor_id``, ``actor_name``, ``role``."""
         e = audit_events.c
         with self._engine.connect() as conn:
-            row = conn.execute(sa.select(sessions).where(sessions.c.id == id)).first()
+            row = conn.execute(_sessions_query().where(sessions.c.id == id)).first()
             if row is None:
                 return None
             joins = conn.execute(sa.select(e.actor_id, e.actor_name, e.detail)

@@ -9,6 +9,7 @@ Children (one_for_one, both *temporary*: never restarted, a session cannot rebui
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 from dataclasses import replace
@@ -58,6 +59,8 @@ class SessionActor(pykka.ThreadingActor):
         self._state = SessionState.STARTING
         self._endpoint: Any = None
         self._participants: dict[str, _Participant] = {}
+        # per user id: the times of their latest joins (policy.check_join_rate)
+        self._joins: dict[str, collections.deque[float]] = {}
         self._controller_pid: str | None = None
         self._pids = itertools.count(1)
         self._started_at = clock.now()
@@ -181,10 +184,16 @@ class SessionActor(pykka.ThreadingActor):
     def _on_join(self, join: Join) -> None:
         view = self._view()
         refused = policy.check_join(view, join.user, join.has_access)
+        now = self._clock.now()
+        limit = self._settings.max_joins_per_user
+        joins = self._joins.setdefault(join.user.id, collections.deque(maxlen=limit))
+        if refused is None:
+            refused = policy.check_join_rate(joins, now, limit, self._settings.joins_window_seconds)
         if refused is not None:
             self._audit("join_refused", join.user, reason=refused.reason.value)
             reply(join.reply_to, refused)
             return
+        joins.append(now)
         returning = policy.is_controller_return(view, join.user)
         member = self._add(join.user, Role.CONTROLLER if returning else Role.VIEWER, join.sink)
         if returning:

@@ -178,3 +178,27 @@ def test_eject_one_viewer(engine, session):
                            "by_user": "Root", "reason": "not_permitted"}),  # an administrator outside the session
     ]
 
+
+def test_joins_per_user_and_session_are_bounded(tmp_path, clock):
+    settings = load(env={}, engine={"max_joins_per_user": 3, "joins_window_seconds": 60.0},
+                    audit={"refusal_interval_seconds": 10.0})
+    with make_engine(settings, clock, tmp_path) as engine:
+        controller = engine.open_session(SSH, ALICE)
+        bob = viewer(1)
+        for _ in range(3):  # a viewer that reconnects in a loop
+            joined = engine.join_session(controller.session_id, bob)
+            assert isinstance(joined, Participant)
+            joined.disconnect()
+            clock.advance(1)
+        refusals = [engine.join_session(controller.session_id, bob) for _ in range(20)]
+        assert set(refusals) == {Refused(Reason.TOO_MANY_JOINS,
+                                         "you joined this session 3 times in the last 60 s; try again in 57 s")}
+        # another user, and another session, are not affected
+        assert isinstance(engine.join_session(controller.session_id, viewer(2)), Participant)
+        other = engine.open_session(SSH, ALICE)
+        assert isinstance(engine.join_session(other.session_id, bob), Participant)
+        refused = [d for k, _, d in audit_rows(engine) if k == "join_refused"]
+        assert refused[0] == {"reason": "too_many_joins"}  # the first at once, the repeats counted
+        assert sum(d.get("count", 1) for d in refused) == 20 and len(refused) == 2
+        clock.advance(57)  # the first join leaves the window
+        assert isinstance(engine.join_session(controller.session_id, bob), Participant)

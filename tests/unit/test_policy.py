@@ -117,3 +117,21 @@ def test_state_machine(current, target, allowed):
 @pytest.mark.parametrize("setting, cap", [(10, 10), (3, 3), (0, 0), (11, 10), (1000, 10)])
 def test_viewer_cap_can_only_be_lowered(setting, cap):
     assert policy.viewer_cap(setting) == cap
+
+
+@pytest.mark.parametrize("earlier, now, expected", [
+    ([], 100.0, None),
+    ([10.0, 20.0], 100.0, None),  # under the limit of 3
+    ([50.0, 60.0, 70.0], 100.0, Reason.TOO_MANY_JOINS),  # 3 within the last 60 s
+    ([30.0, 60.0, 70.0], 100.0, None),  # the oldest left the window (100 - 60 = 40 > 30)
+    ([40.0, 60.0, 70.0], 100.0, None),  # exactly a window ago: out
+    ([40.5, 60.0, 70.0], 100.0, Reason.TOO_MANY_JOINS),
+    ([0.0, 1.0, 2.0, 50.0, 60.0, 70.0], 100.0, Reason.TOO_MANY_JOINS),
+])
+def test_join_rate(earlier, now, expected):
+    assert reason(policy.check_join_rate(earlier, now, 3, 60.0)) == expected
+
+
+def test_join_rate_refusal_says_when_to_come_back():
+    refused = policy.check_join_rate([50.0, 60.0, 70.0], 100.0, 3, 60.0)
+    assert refused.detail == "you joined this session 3 times in the last 60 s; try again in 10 s"

@@ -143,6 +143,7 @@ def test_rows_are_committed_after_flush_and_readable_from_another_connection(url
         "id": "s1", "endpoint_id": "ep1", "endpoint_name": "host-ep1", "protocol": "ssh",
         "controller_id": "alice", "controller_name": "Alice", "started_at": 100.0, "ended_at": 102.5,
         "end_reason": "terminated", "ended_by": "Root", "record": True,
+        "node_id": None, "node_incarnation": None,  # a store given no node
     }
     (head,) = query(url, sa.select(audit_head))
     assert (head.last_id, head.last_hash, head.rows) == (rows[-1].id, rows[-1].hash, 3)
