@@ -183,8 +183,10 @@ def _live_json(summary: SessionSummary, max_viewers: int) -> dict[str, Any]:
 
 def _stored_json(row: Mapping[str, Any], summary: SessionSummary | None, max_viewers: int) -> dict[str, Any]:
     live = bool(row["live"])
+    # not live and not ended: its node stopped running it without ending it (engine/nodes.py)
+    state = "ended" if row["ended_at"] is not None else "unknown" if live else "not_running"
     data = {
-        "id": row["id"], "live": live, "state": "unknown" if live else "ended",
+        "id": row["id"], "live": live, "state": state,
         "endpoint": {"id": row["endpoint_id"], "name": row["endpoint_name"], "protocol": row["protocol"]},
         "controller": {"id": row["controller_id"], "name": row["controller_name"]},
         "started_at": row["started_at"], "started": iso_utc(row["started_at"]),

@@ -288,9 +288,9 @@ async def check_chain(app: Any) -> dict[str, Any]:
             report = verify(url)
         except AuditLogMissing as exc:
             return {"ok": False, "rows": 0, "first_bad_id": None, "problem": str(exc), "missing": True,
-                    "head": None}
+                    "head": None, "session_id": None}
         return {"ok": report.ok, "rows": report.rows, "first_bad_id": report.first_bad_id,
-                "problem": report.problem, "missing": False,
+                "problem": report.problem, "missing": False, "session_id": report.session_id,
                 "head": ({"id": report.head_id, "hash": report.head_hash} if report.head_id is not None else None),
                 "seconds": round(time.monotonic() - started, 3)}
 
@@ -302,7 +302,7 @@ async def check_chain(app: Any) -> dict[str, Any]:
 
 def chain_json(status: Mapping[str, Any]) -> dict[str, Any]:
     return {"ok": status["ok"], "rows": status["rows"], "first_bad_id": status["first_bad_id"],
-            "problem": status["problem"], "head": status["head"], "checked_at": iso_utc(status["checked_at"])}
+            "session_id": status.get("session_id"), "problem": status["problem"], "head": status["head"], "checked_at": iso_utc(status["checked_at"])}
 
 
 # --- the page --------------------------------------------------------------------------------

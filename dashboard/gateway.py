@@ -495,7 +495,8 @@ class Channel:
         elif isinstance(request, wire.EjectRequest):
             # the engine decides (controller or administrator; never the controller) and audits
             self.services.engine.route(joined.session_id, Eject(
-                request.participant_id, self.user, request.reason, self.services.bridge.reply_to(self._eject_reply)))
+                request.participant_id, self.user, request.reason, self.services.bridge.reply_to(self._eject_reply),
+                by_participant=joined.participant_id))
         elif isinstance(request, wire.Ping):
             self.post({"type": "pong", "id": request.id})
         elif isinstance(request, (wire.Start, wire.JoinRequest)):

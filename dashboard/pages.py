@@ -48,6 +48,7 @@ END_REASONS = {
     EndReason.ENDPOINT_CLOSED.value: "closed by the endpoint",
     EndReason.SESSION_FAILED.value: "session failed",
     EndReason.ENGINE_STOPPED.value: "gateway stopped",
+    EndReason.GATEWAY_RESTARTED.value: "gateway restarted (ended when last seen)",
 }
 
 

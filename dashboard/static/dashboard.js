@@ -14,6 +14,7 @@
     endpoint_closed: "closed by the endpoint",
     session_failed: "session failed",
     engine_stopped: "gateway stopped",
+    gateway_restarted: "gateway restarted (ended when last seen)",
     hidden: "no longer visible to you",
   };
 

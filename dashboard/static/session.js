@@ -42,6 +42,7 @@
     not_supervisor: "Send Password needs at least the supervisor role",
     clipboard_not_allowed: "Your access profile does not allow clipboard upload",
     no_stored_password: "This endpoint stores no password",
+    too_many_joins: "You joined this session too often in a short time",
     internal_error: "Internal error in the gateway",
   };
   const ENDINGS = {
@@ -53,6 +54,7 @@
     endpoint_closed: "The remote session closed",
     session_failed: "The session failed",
     engine_stopped: "The gateway stopped",
+    gateway_restarted: "The gateway restarted",
   };
 
   const session = {
