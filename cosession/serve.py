@@ -213,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
     from dashboard.secrets import KeyMaterialError
     from dashboard.services import Services
     from engine.bridge import LoopBridge
+    from engine.errors import NodeInUse
     from engine.runtime import Engine
 
     try:
@@ -229,7 +230,11 @@ def run(args: argparse.Namespace) -> int:
         return 1
     try:
         first = bootstrap_users(services, demo=settings.demo.enabled and _demo_server() is not None)
-        engine.start()
+        try:
+            engine.start()  # ends what an earlier run of this node left open (engine/nodes.py)
+        except NodeInUse as exc:  # another gateway runs under this node's name on this database
+            print(f"cosession serve: {exc}", file=sys.stderr)
+            return 1
         try:
             trio.run(_serve, services, first)
         except BaseException as exc:

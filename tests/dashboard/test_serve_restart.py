@@ -6,15 +6,18 @@ endpoint, a session started through the real websocket."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
+import subprocess
+import sys
 import time
 
 import httpx
 import trio
 
 from cosession.join import login, open_socket, send_json
-from tests.dashboard.test_serve import Served
+from tests.dashboard.test_serve import ROOT, Served
 from tests.unit.test_audit_cli import cosession
 
 
@@ -114,3 +117,22 @@ def test_a_killed_gateways_sessions_end_when_it_starts_again(tmp_path):
     # and the log with its sessions table still verifies
     done = cosession("audit", "verify", "--data-dir", str(data))
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_second_gateway_on_the_same_database_and_node_name_refuses_to_start(tmp_path):
+    data = tmp_path / "data"
+    served = Served(data, "--no-demo")
+    try:
+        served.passwords()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COSESSION_")}
+        done = subprocess.run([sys.executable, "-m", "cosession.cli", "serve", "--port", "0", "--no-demo",
+                               "--data-dir", str(data)], cwd=ROOT, env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "is already running on this database" in done.stderr and "engine.node_id" in done.stderr
+        assert "Traceback" not in done.stderr
+        # the first one is untouched and still serves
+        assert httpx.get(served.url + "/login").status_code == 200
+    finally:
+        code, _, err = served.stop()
+    assert code == 0, err
