@@ -66,7 +66,12 @@ def crash(ref, run):
     its claim in this process) is gone."""
     flush(ref)
     on_stop = StoreActor.on_stop
-    StoreActor.on_stop = lambda self: None  # type: ignore[method-assign]
+
+    def lights_out(self):  # its connections close (the process is gone), nothing is written
+        self._close()
+        self._engine.dispose()
+
+    StoreActor.on_stop = lights_out  # type: ignore[method-assign]
     try:
         ref.stop(block=True, timeout=30)
     finally:
