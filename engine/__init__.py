@@ -11,12 +11,12 @@ functions); the actors and the store are the engine's own business.
 from engine.bridge import LoopBridge, LoopClosed
 from engine.clock import Clock, ManualClock, SystemClock, Timer
 from engine.connection import Credentials, EndpointConnection, EndpointEvents
-from engine.errors import EngineNotRunning, ReplyTimeout
+from engine.errors import EngineNotRunning, NodeInUse, ReplyTimeout
 from engine.runtime import Engine, Participant, actor_threads
 from engine.sinks import CollectingSink, OutboundQueue, Sink
 
 __all__ = [
     "Clock", "CollectingSink", "Credentials", "EndpointConnection", "EndpointEvents", "Engine", "EngineNotRunning",
-    "LoopBridge", "LoopClosed", "ManualClock", "OutboundQueue", "Participant", "ReplyTimeout", "Sink",
+    "LoopBridge", "LoopClosed", "ManualClock", "NodeInUse", "OutboundQueue", "Participant", "ReplyTimeout", "Sink",
     "SystemClock", "Timer", "actor_threads",
 ]

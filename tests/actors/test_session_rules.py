@@ -170,8 +170,8 @@ def test_eject_one_viewer(engine, session):
     # every eject row names both sides: the target and the sender (participant and user)
     rows = [(kind, detail) for kind, _, detail in audit_rows(engine) if kind.startswith("eject")]
     assert rows == [
-        ("eject_refused", {"participant": bob.participant_id, "user": "Viewer 1", "by_participant": carol.participant_id,
-                           "by_user": "Viewer 2", "reason": "not_permitted"}),
+        ("eject_refused", {"participant": bob.participant_id, "user": "Viewer 1",
+                           "by_participant": carol.participant_id, "by_user": "Viewer 2", "reason": "not_permitted"}),
         ("eject", {"participant": carol.participant_id, "user": "Viewer 2", "by_participant": session.participant_id,
                    "by_user": "Alice", "reason": "not on this ticket"}),
         ("eject_refused", {"participant": session.participant_id, "user": "Alice", "by_participant": None,

@@ -32,7 +32,8 @@ def test_the_first_refusal_is_written_at_once_and_repeats_are_counted_into_one_r
     assert counter.next_due() == 110.0
     assert counter.due(109.9) == []
     (row,) = counter.due(110.0)
-    assert (row.kind, row.session_id, row.actor_id, row.actor_name, row.at) == ("input_refused", "s1", "bob", "Bob", 100.99)
+    assert (row.kind, row.session_id, row.actor_id, row.actor_name, row.at) == (
+        "input_refused", "s1", "bob", "Bob", 100.99)
     assert detail(row) == {"participant": "p2", "reason": "not_controller", "count": 99, "first_at": 100.01,
                            "last_at": 100.99, "size": 198}
     assert counter.pending == 0
