@@ -61,10 +61,10 @@ class _Repos:
 
     def __init__(self, args: argparse.Namespace) -> None:
         from config.settings import load
-        from dashboard.access import Access
-        from dashboard.accounts import Users
-        from dashboard.endpoints import Endpoints
-        from dashboard.secrets import Secrets, ensure_data_dir
+        from dashboard.repositories.access import Access
+        from dashboard.repositories.accounts import Users
+        from dashboard.repositories.endpoints import Endpoints
+        from dashboard.security.secrets import Secrets, ensure_data_dir
         from engine.db import make_engine
 
         server = {"data_dir": args.data_dir} if args.data_dir else {}
@@ -91,7 +91,7 @@ class _Repos:
         return record
 
     def profile(self, name: str | None) -> Any:
-        from dashboard.access import STANDARD_PROFILE
+        from dashboard.repositories.access import STANDARD_PROFILE
 
         profile = self.access.profile(name) if name else None
         if profile is None and name in (None, STANDARD_PROFILE):
@@ -105,7 +105,7 @@ class _Repos:
 
 
 def _create(repos: _Repos, args: argparse.Namespace) -> int:
-    from dashboard.accounts import generate_password
+    from dashboard.repositories.accounts import generate_password
 
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
@@ -149,10 +149,10 @@ def _users(repos: _Repos, args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from config.settings import SettingsError
-    from dashboard.access import AccessError
-    from dashboard.accounts import AccountError
-    from dashboard.endpoints import EndpointError
-    from dashboard.secrets import KeyMaterialError
+    from dashboard.repositories.access import AccessError
+    from dashboard.repositories.accounts import AccountError
+    from dashboard.repositories.endpoints import EndpointError
+    from dashboard.security.secrets import KeyMaterialError
 
     try:
         repos = _Repos(args)

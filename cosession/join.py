@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, wrap_client_stream
 
-from dashboard.share import parse_share_url
+from dashboard.security.share import parse_share_url
 
 MAX_MESSAGE_BYTES = 16 << 20  # what the client accepts from the gateway (keyframes, batches)
 SESSION_COOKIE = "cosession"

@@ -58,7 +58,7 @@ def _settings(args: argparse.Namespace) -> Any:
 
 def bootstrap_users(services: Any, *, demo: bool) -> _FirstRun:
     """On an empty users table: `admin` (administrator) and, with the demo, `demo`."""
-    from dashboard.accounts import generate_password
+    from dashboard.repositories.accounts import generate_password
 
     first = _FirstRun()
     if services.users.count() == 0:
@@ -210,7 +210,7 @@ def _banner(services: Any, binds: list[str], first: _FirstRun, demo_record: Any)
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from config.settings import SettingsError
-    from dashboard.secrets import KeyMaterialError
+    from dashboard.security.secrets import KeyMaterialError
     from dashboard.services import Services
     from engine.bridge import LoopBridge
     from engine.errors import NodeInUse

@@ -49,14 +49,14 @@ NAV = (
 
 @jinja2.pass_context
 def _csrf_field(context: Any) -> Markup:
-    from dashboard.csrf import FIELD, csrf_token
+    from dashboard.security.csrf import FIELD, csrf_token
 
     return Markup(f'<input type="hidden" name="{FIELD}" value="{escape(csrf_token(context["request"]))}">')
 
 
 @jinja2.pass_context
 def _csrf_token(context: Any) -> str:
-    from dashboard.csrf import csrf_token
+    from dashboard.security.csrf import csrf_token
 
     return csrf_token(context["request"])
 
@@ -106,7 +106,7 @@ templates = Jinja2Templates(env=_environment(), context_processors=[_context])
 async def render(conn: HTTPConnection, name: str, context: dict[str, Any] | None = None, *,
                  status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
     """A page from `templates`, with the signed-in user resolved for the navigation."""
-    from dashboard.auth import current_user
+    from dashboard.security.auth import current_user
 
     await current_user(conn)
     return templates.TemplateResponse(conn, name, context or {}, status_code=status_code,  # type: ignore[arg-type]
@@ -160,20 +160,22 @@ def _routes_of(module_name: str) -> list[BaseRoute]:
 
 def create_app(services: Any) -> Starlette:
     """The whole web application for `services` (dashboard.services.Services)."""
-    from dashboard import auth, endpoints, pages
-    from dashboard.csrf import CsrfMiddleware
+    from dashboard.pages import dashboard as pages
+    from dashboard.repositories import endpoints
+    from dashboard.security import auth
+    from dashboard.security.csrf import CsrfMiddleware
 
     routes: list[BaseRoute] = [
         *auth.routes,                   # /login, /logout, /api/login, /api/logout, /api/me
         *endpoints.routes,              # /endpoints... (administrators)
         *pages.routes,                  # /, /connections, /endpoints/{id}, terminate, /events/sessions
-        *importlib.import_module("dashboard.audit_pages").routes,  # /audit, its exports (administrators)
+        *importlib.import_module("dashboard.pages.audit").routes,  # /audit, its exports (administrators)
         *importlib.import_module("dashboard.api").routes,  # /api/sessions, /api/endpoints, /api/audit...
         *_routes_of("dashboard.gateway"),  # session websockets, session pages, share links
-        *_routes_of("dashboard.launcher"),  # the Session Launcher, Quick Access
-        *_routes_of("dashboard.requests_pages"),  # requests for access, approvals, extensions
-        *_routes_of("dashboard.access_pages"),  # roles, profiles, groups, approvers (administrators)
-        *_routes_of("dashboard.mfa"),     # /account: the TOTP authenticator
+        *_routes_of("dashboard.pages.launcher"),  # the Session Launcher, Quick Access
+        *_routes_of("dashboard.pages.requests"),  # requests for access, approvals, extensions
+        *_routes_of("dashboard.pages.access"),  # roles, profiles, groups, approvers (administrators)
+        *_routes_of("dashboard.pages.account"),     # /account: the TOTP authenticator
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         Mount("/vendor", StaticFiles(directory=VENDOR_DIR, check_dir=False), name="vendor"),
     ]

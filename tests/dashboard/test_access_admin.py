@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from dashboard import access_pages
+from dashboard.pages import access as access_pages
 from engine.access import StartGrant, may_start
 from engine.messages import EndpointProtocol, Reason, Refused
 

@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from dashboard import audit_pages
-from dashboard.audit_pages import BadInput, detail_text, parse_time
+from dashboard.pages import audit as audit_pages
+from dashboard.pages.audit import BadInput, detail_text, parse_time
 from engine.audit import verify
 from engine.db import audit_events, audit_head, canonical_json, event_hash
 from engine.messages import EndpointProtocol, User

@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 from starlette.requests import HTTPConnection
 
-from dashboard.auth import LoginThrottle, check_origin, same_origin
+from dashboard.security.auth import LoginThrottle, check_origin, same_origin
 
 PASSWORD = "correct horse battery"
 

@@ -320,7 +320,7 @@ def test_the_endpoint_pages_stream_has_that_endpoints_sessions_only(site):
 
 
 def test_the_stream_pings_while_idle_and_ends_so_that_the_browser_reconnects(site, monkeypatch):
-    from dashboard import live
+    from dashboard.pages import live
 
     monkeypatch.setattr(live, "HEARTBEAT_SECONDS", 0.05)
     monkeypatch.setattr(live, "STREAM_SECONDS", 0.4)
@@ -354,7 +354,7 @@ def test_a_session_with_a_deadline_is_expiring_with_its_countdown(site, live_gat
 
 
 def test_a_browser_that_goes_away_mid_send_leaves_no_subscription_behind(site, live_gateway, monkeypatch):
-    from dashboard import live
+    from dashboard.pages import live
 
     # a first message far larger than the socket buffers: the server is still sending it when
     # the client goes away, so the response is cancelled while its generator waits at a yield

@@ -10,7 +10,7 @@ from typing import Any
 
 import trio
 
-from dashboard.live import LiveHub
+from dashboard.pages.live import LiveHub
 from engine.bridge import LoopBridge
 from engine.messages import (
     EndpointSpec, EndReason, Member, EndpointProtocol, Reason, Refused, Role, SessionFinished, SessionState, SessionSummary,

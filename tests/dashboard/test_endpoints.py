@@ -9,10 +9,10 @@ import pytest
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 
-from dashboard.access import Access, AccessError
-from dashboard.accounts import AccountError, Users
-from dashboard.endpoints import EndpointError, Endpoints, host_key_fingerprint
-from dashboard.secrets import DecryptionFailed, Secrets
+from dashboard.repositories.access import Access, AccessError
+from dashboard.repositories.accounts import AccountError, Users
+from dashboard.repositories.endpoints import EndpointError, Endpoints, host_key_fingerprint
+from dashboard.security.secrets import DecryptionFailed, Secrets
 from engine.access import AssetRole
 from engine.db import endpoint_access as t_endpoint_access
 from engine.db import endpoints as t_endpoints

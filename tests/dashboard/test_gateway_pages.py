@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from dashboard import share
+from dashboard.security import share
 from engine.messages import EndpointProtocol
 
 PASSWORD = "correct horse battery"

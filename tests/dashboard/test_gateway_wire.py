@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from dashboard import gateway_wire as wire
+from dashboard.gateway import wire
 from engine.messages import (
     EndpointRetrying, Ejected, EndReason, InputRefused, Member, ParticipantJoined, ParticipantLeft, Reason,
     Resync, Role, SessionEnded, SessionState, StateChanged, User,

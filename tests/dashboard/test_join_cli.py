@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from dashboard import share
+from dashboard.security import share
 from engine.messages import ParticipantJoined, EndpointProtocol, SessionState
 from protocols.synthetic import SyntheticConnection
 

@@ -35,7 +35,7 @@ import sqlalchemy as sa
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from cosession.join import connect_socket
-from dashboard import gateway_wire as wire
+from dashboard.gateway import wire
 from engine.messages import EndpointProtocol
 from tests.dashboard.test_gateway import Client, Harness
 

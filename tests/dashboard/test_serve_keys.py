@@ -9,7 +9,7 @@ import stat
 import pytest
 
 from config.settings import load
-from dashboard.secrets import DecryptionFailed, KeyMaterialError, Secrets
+from dashboard.security.secrets import DecryptionFailed, KeyMaterialError, Secrets
 
 
 def settings_for(tmp_path, **security):

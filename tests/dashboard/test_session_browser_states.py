@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from dashboard import share
+from dashboard.security import share
 from engine.messages import EndpointProtocol
 
 pytestmark = pytest.mark.browser

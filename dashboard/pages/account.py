@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from dashboard.pages import _flash, _not_found, _take_flash
+from dashboard.pages.dashboard import _flash, _not_found, _take_flash
 from engine.messages import Refused, User
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -103,7 +103,7 @@ async def _page(request: Request, user: User, *, error: str | None = None, statu
 
 
 async def account(request: Request) -> Response:
-    from dashboard.auth import require_user
+    from dashboard.security.auth import require_user
 
     user = await require_user(request)
     return await _page(request, user)
@@ -119,7 +119,7 @@ def _back(request: Request) -> Response:
 async def begin(request: Request) -> Response:
     """A new secret. Over an enrolled authenticator only with a current token from it: whoever
     could replace it without one could also take it away."""
-    from dashboard.auth import require_user
+    from dashboard.security.auth import require_user
 
     user = await require_user(request)
     services = request.app.state.services
@@ -140,7 +140,7 @@ async def begin(request: Request) -> Response:
 
 
 async def confirm(request: Request) -> Response:
-    from dashboard.auth import require_user
+    from dashboard.security.auth import require_user
 
     user = await require_user(request)
     services = request.app.state.services
@@ -157,7 +157,7 @@ async def confirm(request: Request) -> Response:
 
 async def cancel(request: Request) -> Response:
     """Drop an enrolment that was never confirmed (an enrolled authenticator needs a token to go)."""
-    from dashboard.auth import require_user
+    from dashboard.security.auth import require_user
 
     user = await require_user(request)
     services = request.app.state.services
@@ -173,7 +173,7 @@ async def cancel(request: Request) -> Response:
 
 
 async def remove(request: Request) -> Response:
-    from dashboard.auth import require_user
+    from dashboard.security.auth import require_user
 
     user = await require_user(request)
     services = request.app.state.services
@@ -195,7 +195,7 @@ async def remove(request: Request) -> Response:
 
 async def reset(request: Request) -> Response:
     """An administrator removes a user's authenticator (a lost phone); the user enrols again."""
-    from dashboard.auth import Forbidden, require_user
+    from dashboard.security.auth import Forbidden, require_user
 
     admin = await require_user(request)
     services = request.app.state.services

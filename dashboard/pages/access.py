@@ -20,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from dashboard.access import GROUP, USER, AccessError, Principal
-from dashboard.endpoints import EndpointRecord, _flash, _get_or_404, _services_and_admin, _take_flash
+from dashboard.repositories.access import GROUP, USER, AccessError, Principal
+from dashboard.repositories.endpoints import EndpointRecord, _flash, _get_or_404, _services_and_admin, _take_flash
 from engine.access import AssetRole, Profile, WebSession
 
 FLAGS = ("clipboard_upload", "clipboard_download", "file_transfer", "mfa_required")  # a profile's switches

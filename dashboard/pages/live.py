@@ -140,7 +140,7 @@ def row_context(conn: HTTPConnection) -> dict[str, Any]:
     """What `_live_row.html` and `_connection_row.html` need besides the row: the paths of the
     endpoint page, the session window and Terminate (worked out once per application: Starlette's
     url_for costs milliseconds, tried against every route), and the CSRF token of the forms."""
-    from dashboard.csrf import FIELD, csrf_token
+    from dashboard.security.csrf import FIELD, csrf_token
 
     state = conn.app.state
     paths = getattr(state, "live_row_paths", None)
@@ -353,7 +353,7 @@ class EventStreamResponse(StreamingResponse):
 
 async def session_events(request: Request) -> Response:
     """``GET /events/sessions[?endpoint=ID]``: the live list as server-sent events."""
-    from dashboard.auth import current_user
+    from dashboard.security.auth import current_user
 
     user = await current_user(request)
     if user is None:  # an EventSource cannot follow a redirect to a sign-in page usefully

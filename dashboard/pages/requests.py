@@ -31,9 +31,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from dashboard.access import AccessRequest, Extension
-from dashboard.pages import _flash, _not_found, _safe_path, _take_flash
-from dashboard.launcher import visible_endpoint
+from dashboard.repositories.access import AccessRequest, Extension
+from dashboard.pages.dashboard import _flash, _not_found, _safe_path, _take_flash
+from dashboard.pages.launcher import visible_endpoint
 from engine import access as rules
 from engine.access import ApprovalState
 from engine.messages import Reason, Refused, User
@@ -225,7 +225,7 @@ def _expire(services: Any, now: float) -> None:
 async def list_page(request: Request) -> Response:
     """The signed-in user's requests for access, newest first."""
     from dashboard.app import render
-    from dashboard.auth import require_user
+    from dashboard.security.auth import require_user
 
     user = await require_user(request)
     services = _services(request)
@@ -274,7 +274,7 @@ async def _render_form(request: Request, context: dict[str, Any], form: dict[str
 
 async def new_page(request: Request) -> Response:
     """The access request screen for one endpoint: its name, the window, the reason."""
-    from dashboard.auth import require_user
+    from dashboard.security.auth import require_user
 
     user = await require_user(request)
     services = _services(request)
@@ -288,7 +288,7 @@ async def new_page(request: Request) -> Response:
 
 async def create(request: Request) -> Response:
     """``POST /access-requests``: file a request for access (engine.access.check_request)."""
-    from dashboard.auth import require_user
+    from dashboard.security.auth import require_user
 
     user = await require_user(request)
     services = _services(request)
@@ -373,7 +373,7 @@ async def _render_request(request: Request, user: User, loaded: tuple[AccessRequ
 
 
 async def request_page(request: Request) -> Response:
-    from dashboard.auth import require_user
+    from dashboard.security.auth import require_user
 
     user = await require_user(request)
     services = _services(request)
@@ -393,7 +393,7 @@ async def request_page(request: Request) -> Response:
 
 async def cancel(request: Request) -> Response:
     """The requester withdraws a pending request."""
-    from dashboard.auth import require_user
+    from dashboard.security.auth import require_user
 
     user = await require_user(request)
     services = _services(request)
@@ -430,7 +430,7 @@ def _decision(data: dict[str, Any]) -> bool | None:
 async def decide(request: Request) -> Response:
     """``POST /access-requests/{id}/decide``: an approver approves or denies a pending request."""
     from dashboard.app import render
-    from dashboard.auth import require_user
+    from dashboard.security.auth import require_user
 
     user = await require_user(request)
     services = _services(request)
@@ -474,7 +474,7 @@ async def decide(request: Request) -> Response:
 async def decide_extension(request: Request) -> Response:
     """``POST /extensions/{id}/decide``: an approver approves (the approval's window, and the
     deadline of every live session under it, move to the new end) or denies an extension."""
-    from dashboard.auth import require_user
+    from dashboard.security.auth import require_user
     from dashboard.gateway import extend_sessions
 
     user = await require_user(request)
@@ -546,7 +546,7 @@ async def _render_approvals(request: Request, user: User, now: float, *, refused
 
 
 async def approvals_page(request: Request) -> Response:
-    from dashboard.auth import require_user
+    from dashboard.security.auth import require_user
 
     user = await require_user(request)
     return await _render_approvals(request, user, _services(request).now())
@@ -558,7 +558,7 @@ async def approvals_page(request: Request) -> Response:
 async def ask_extension(request: Request) -> Response:
     """``POST /sessions/{session_id}/extension``: the session's controller asks to move the end
     of the approval it runs under (engine.access.may_request_extension)."""
-    from dashboard.auth import require_user
+    from dashboard.security.auth import require_user
     from dashboard.gateway import gateway_of
 
     user = await require_user(request)
@@ -612,7 +612,7 @@ async def ask_extension(request: Request) -> Response:
 async def extension_state(request: Request) -> Response:
     """``GET /extensions/{id}`` (JSON): an extension's state, for its requester (the session page
     follows its own request), the endpoint's approvers and administrators."""
-    from dashboard.auth import require_user
+    from dashboard.security.auth import require_user
 
     user = await require_user(request)
     services = _services(request)

@@ -34,7 +34,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from dashboard.secrets import Secrets
+from dashboard.security.secrets import Secrets
 from engine.db import endpoints as t_endpoints
 from engine.db import users as t_users
 from engine.messages import EndpointSpec, EndpointProtocol, User
@@ -355,7 +355,7 @@ def _empty_form() -> dict[str, Any]:
 
 
 async def _services_and_admin(request: Request) -> tuple[Any, User]:
-    from dashboard.auth import require_admin
+    from dashboard.security.auth import require_admin
 
     admin = await require_admin(request)
     return request.app.state.services, admin
@@ -418,7 +418,7 @@ async def create(request: Request) -> Response:
 
 
 async def _edit_context(services: Any, record: EndpointRecord) -> dict[str, Any]:
-    from dashboard.access_pages import endpoint_access
+    from dashboard.pages.access import endpoint_access
 
     access = await trio.to_thread.run_sync(endpoint_access, services, record.id)
     return {"record": record, "protocols": ADMIN_PROTOCOLS, "access": access}

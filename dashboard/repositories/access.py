@@ -22,7 +22,7 @@ from typing import Any, Iterable
 import pyotp
 import sqlalchemy as sa
 
-from dashboard.secrets import Secrets
+from dashboard.security.secrets import Secrets
 from engine import access as rules
 from engine.access import (AccessFacts, Approval, ApprovalState, AssetRole, LaunchParameters, Profile,
                            TotpAccepted, WebSession)

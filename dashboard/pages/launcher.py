@@ -146,7 +146,7 @@ def outcomes(services: Any, user: User, endpoint_ids: list[str]) -> dict[str, Qu
 
 
 async def _context(request: Request) -> tuple[Any, User, Any, AccessFacts | None]:
-    from dashboard.auth import require_user
+    from dashboard.security.auth import require_user
 
     user = await require_user(request)
     services = request.app.state.services

@@ -30,8 +30,8 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from dashboard import gateway_wire as wire
-from dashboard import share
+from dashboard.gateway import wire
+from dashboard.security import share
 from engine import policy
 from engine.actors.base import send
 from engine.bridge import LoopClosed
@@ -642,13 +642,13 @@ async def _open(websocket: WebSocket) -> tuple[Gateway, User] | None:
 
 
 def _check_origin(websocket: WebSocket) -> bool:
-    from dashboard.auth import check_origin
+    from dashboard.security.auth import check_origin
 
     return check_origin(websocket)
 
 
 async def _current_user(conn: HTTPConnection) -> User | None:
-    from dashboard.auth import current_user
+    from dashboard.security.auth import current_user
 
     return await current_user(conn)
 
@@ -764,7 +764,7 @@ async def _authorise(channel: "Channel", endpoint_id: str, start: wire.Start) ->
     already authorised, its MFA token spent) or, for API clients, the access model's decision
     here, with `mfa_token` when the profile requires one. Refuses fatally (and audits) and
     answers None when the start may not go on."""
-    from dashboard import launcher
+    from dashboard.pages import launcher
 
     services, user = channel.services, channel.user
     record, facts = await trio.to_thread.run_sync(launcher.visible_endpoint, services, user, endpoint_id)
@@ -858,7 +858,7 @@ async def session_page(request: Request) -> Response:
     """The session page. With ``?share=TOKEN``: the join dialog (the session opens in a new
     window); without: the live session at once (a dashboard join, or the controller's return)."""
     from dashboard.app import render
-    from dashboard.auth import require_user
+    from dashboard.security.auth import require_user
 
     user = await require_user(request)
     services = request.app.state.services
@@ -908,8 +908,8 @@ async def start_page(request: Request) -> Response:
     """The page a launch opens (``?launch=TOKEN``, from dashboard/launcher.py): the live
     terminal, which starts the session with that launch. Without a launch: the launcher."""
     from dashboard.app import render
-    from dashboard.auth import require_user
-    from dashboard.launcher import launches_of
+    from dashboard.security.auth import require_user
+    from dashboard.pages.launcher import launches_of
 
     user = await require_user(request)
     services = request.app.state.services

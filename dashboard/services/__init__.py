@@ -21,10 +21,10 @@ from argon2 import PasswordHasher
 from itsdangerous import URLSafeTimedSerializer
 
 from config.settings import Settings
-from dashboard.access import Access
-from dashboard.accounts import Users
-from dashboard.endpoints import Endpoints
-from dashboard.secrets import Secrets, ensure_data_dir
+from dashboard.repositories.access import Access
+from dashboard.repositories.accounts import Users
+from dashboard.repositories.endpoints import Endpoints
+from dashboard.security.secrets import Secrets, ensure_data_dir
 from engine.bridge import LoopBridge
 from engine.db import make_engine
 from engine.messages import AuditEvent, User

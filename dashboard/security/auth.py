@@ -30,7 +30,7 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from dashboard.csrf import csrf_token, rotate_csrf_token
+from dashboard.security.csrf import csrf_token, rotate_csrf_token
 from engine.messages import User
 
 log = logging.getLogger(__name__)

@@ -24,10 +24,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from dashboard import audit_pages
-from dashboard.audit_pages import BadInput, iso_utc, parse_int, parse_time
-from dashboard.auth import Forbidden, require_admin, require_user
-from dashboard.endpoints import ADMIN_PROTOCOLS, EndpointError, EndpointRecord
+from dashboard.pages import audit as audit_pages
+from dashboard.pages.audit import BadInput, iso_utc, parse_int, parse_time
+from dashboard.security.auth import Forbidden, require_admin, require_user
+from dashboard.repositories.endpoints import ADMIN_PROTOCOLS, EndpointError, EndpointRecord
 from engine.errors import EngineNotRunning
 from engine.messages import Accepted, EndReason, Flush, Reason, Refused, SessionSummary, Terminate, User
 

@@ -324,7 +324,7 @@ def _session_links(request: Request, session_id: str | None, filters: AuditFilte
 
 async def audit_page(request: Request) -> Response:
     from dashboard.app import render
-    from dashboard.auth import require_admin
+    from dashboard.security.auth import require_admin
 
     await require_admin(request)
     services = request.app.state.services
@@ -372,7 +372,7 @@ async def audit_page(request: Request) -> Response:
 
 
 async def verify_now(request: Request) -> Response:
-    from dashboard.auth import require_admin
+    from dashboard.security.auth import require_admin
 
     await require_admin(request)
     form = await request.form()
@@ -454,7 +454,7 @@ def _csv_text(rows: list[list[Any]]) -> str:
 async def export_response(request: Request, fmt: str, *, api: bool) -> Response:
     """The filtered set as a CSV or JSON download, oldest first (the chain's order). The number
     of rows is fixed when the export starts: rows written meanwhile are not part of it."""
-    from dashboard.auth import current_user
+    from dashboard.security.auth import current_user
 
     services = request.app.state.services
     reader = services.audit_reader
@@ -482,14 +482,14 @@ async def export_response(request: Request, fmt: str, *, api: bool) -> Response:
 
 
 async def export_csv(request: Request) -> Response:
-    from dashboard.auth import require_admin
+    from dashboard.security.auth import require_admin
 
     await require_admin(request)
     return await export_response(request, "csv", api=False)
 
 
 async def export_json(request: Request) -> Response:
-    from dashboard.auth import require_admin
+    from dashboard.security.auth import require_admin
 
     await require_admin(request)
     return await export_response(request, "json", api=False)

@@ -27,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from dashboard import launcher, live
+from dashboard.pages import launcher, live
 from engine.access import quick_access
 from engine import policy
 from engine.bridge import LoopClosed
@@ -235,7 +235,7 @@ class Filters:
 async def home(request: Request) -> Response:
     """Dashboard → Current Remote Connections."""
     from dashboard.app import render
-    from dashboard.auth import require_user
+    from dashboard.security.auth import require_user
 
     user = await require_user(request)
     services = request.app.state.services
@@ -256,7 +256,7 @@ async def home(request: Request) -> Response:
 async def connections(request: Request) -> Response:
     """Connections: live and ended sessions, filtered, 25 a page."""
     from dashboard.app import render
-    from dashboard.auth import require_user
+    from dashboard.security.auth import require_user
 
     user = await require_user(request)
     services = request.app.state.services
@@ -286,7 +286,7 @@ async def connections(request: Request) -> Response:
 async def endpoint_page(request: Request) -> Response:
     """An endpoint's page: its settings, and its Connections tab (live and past sessions)."""
     from dashboard.app import render
-    from dashboard.auth import require_user
+    from dashboard.security.auth import require_user
 
     user = await require_user(request)
     services = request.app.state.services
@@ -341,7 +341,7 @@ async def terminate(request: Request) -> Response:
     ``confirmed=yes`` (a browser without JavaScript, which shows no confirm dialog) it first
     shows a confirmation page. ``Accept: application/json`` gets JSON instead of a redirect."""
     from dashboard.app import render
-    from dashboard.auth import Forbidden, require_user
+    from dashboard.security.auth import Forbidden, require_user
 
     user = await require_user(request)
     services = request.app.state.services
