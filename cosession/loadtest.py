@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from config.settings import Settings, load
-from engine.clock import Clock
+from engine import Clock, Engine, Participant, actor_threads
 from engine.messages import EndpointSpec, Frame, InputRefused, Keyframe, EndpointProtocol, Refused, User
-from engine.runtime import Engine, Participant, actor_threads
 from protocols.synthetic import SyntheticConnection
 
 REPORT_KEYS = (

@@ -5,18 +5,20 @@ Start here: `engine.runtime.Engine` (the public surface), `engine.policy` (every
 
 Code outside the engine (protocols/, dashboard/, cosession/) uses what this module exports
 and the modules `engine.messages`, `engine.policy` and `engine.access` (values and pure
-functions); the actors and the store are the engine's own business.
+functions) and `engine.audit` (reading and verifying the audit log); the actors, the store and
+the rest are the engine's own business (tests/unit/test_architecture.py checks it).
 """
 
 from engine.bridge import LoopBridge, LoopClosed
 from engine.clock import Clock, ManualClock, SystemClock, Timer
 from engine.connection import Credentials, EndpointConnection, EndpointEvents
+from engine.db import create_tables, make_engine
 from engine.errors import EngineNotRunning, NodeInUse, ReplyTimeout
-from engine.runtime import Engine, Participant, actor_threads
+from engine.runtime import Engine, Participant, actor_threads, tell_session
 from engine.sinks import CollectingSink, OutboundQueue, Sink
 
 __all__ = [
     "Clock", "CollectingSink", "Credentials", "EndpointConnection", "EndpointEvents", "Engine", "EngineNotRunning",
     "LoopBridge", "LoopClosed", "ManualClock", "NodeInUse", "OutboundQueue", "Participant", "ReplyTimeout", "Sink",
-    "SystemClock", "Timer", "actor_threads",
+    "SystemClock", "Timer", "actor_threads", "create_tables", "make_engine", "tell_session",
 ]

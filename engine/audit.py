@@ -27,11 +27,12 @@ import json
 from typing import Any
 
 from engine.db import (
-    GENESIS_HASH, HEAD_ID, audit_events, audit_head, event_hash, is_sqlite, make_engine, sessions, sqlite_path,
+    GENESIS_HASH, HEAD_ID, audit_events, audit_head, canonical_json, event_hash, is_sqlite, make_engine, sessions,
+    sqlite_path,
 )
 from engine.store import AuditReader
 
-__all__ = ["AuditLogMissing", "AuditReader", "VerifyReport", "verify"]
+__all__ = ["AuditLogMissing", "AuditReader", "VerifyReport", "canonical_json", "verify"]
 
 _STREAM_ROWS = 2000
 

@@ -65,20 +65,29 @@ class LoopBridge:
 
         self.call_soon(start)
 
-    async def request(self, submit: Callable[[Callable[[Any], None]], None], timeout: float) -> Any:
+    async def request(self, submit: Callable[[Callable[[Any], None]], None], timeout: float,
+                      on_late: Callable[[Any], None] | None = None) -> Any:
         """On the loop: `submit(reply_to)` tells an actor a message carrying `reply_to`; wait for
-        the reply without blocking the loop. None if none came within `timeout` seconds."""
+        the reply without blocking the loop. None if none came within `timeout` seconds; a reply
+        that comes after the wait ended (timed out or cancelled) goes to `on_late`, on the loop."""
         done = trio.Event()
         answer: list[Any] = []
+        waiting = True
 
         def on_reply(reply: Any) -> None:
-            if not answer:
-                answer.append(reply)
-                done.set()
+            if waiting:
+                if not answer:
+                    answer.append(reply)
+                    done.set()
+            elif on_late is not None:
+                on_late(reply)
 
         submit(self.reply_to(on_reply))
-        with trio.move_on_after(timeout):
-            await done.wait()
+        try:
+            with trio.move_on_after(timeout):
+                await done.wait()
+        finally:
+            waiting = False
         return answer[0] if answer else None
 
     def reply_to(self, fn: Callable[[Any], Any]) -> Callable[[Any], None]:

@@ -14,7 +14,7 @@ from typing import Sequence
 
 from config.settings import PRODUCT_VIEWER_CAP
 from engine.errors import IllegalTransition
-from engine.messages import EndpointProtocol, Reason, Refused, Role, SessionState, User
+from engine.messages import EndpointProtocol, Reason, Refused, Role, SessionState, SessionSummary, User
 
 # Rule 3: joint sessions exist for these protocols only. The synthetic endpoint stands in for
 # a terminal protocol in load tests and the demo, so it is shareable too.
@@ -41,6 +41,15 @@ class SessionView:
     viewer_count: int
     max_viewers: int
     deadline: float | None = None
+
+    @classmethod
+    def of(cls, summary: SessionSummary, max_viewers: int) -> "SessionView":
+        """The view of a session as the engine's directory describes it (for the pages, which
+        show what the rules would answer; the session actor decides with its own state)."""
+        return cls(state=summary.state, protocol=summary.endpoint.protocol,
+                   joint_session=summary.endpoint.joint_session, controller=summary.controller,
+                   controller_connected=any(m.role is Role.CONTROLLER for m in summary.members),
+                   viewer_count=len(summary.viewers), max_viewers=max_viewers, deadline=summary.deadline)
 
 
 def transition(current: SessionState, target: SessionState) -> SessionState:

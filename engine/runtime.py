@@ -1,7 +1,8 @@
 """`Engine`: the public surface of the actor system, for the gateway and for load testers.
 
 Two kinds of calls:
-- non-blocking (`submit_start`, `route`, `watch`, `set_joint_session`): safe on the trio loop;
+- non-blocking (`submit_start`, `route`, `watch`, `set_joint_session`, `audit`, and
+  `tell_session` for a participant's own messages): safe on the trio loop;
   answers come through the `reply_to` carried by each message;
 - blocking (`open_session`, `join_session`, `terminate`, `extend`, `stop`): for Python code
   that drives the actors directly (load tests, scripts, tests). Never call them on the loop.
@@ -46,6 +47,13 @@ def actor_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if _ACTOR_THREAD.match(t.name)]
 
 
+def tell_session(joined: Joined, message: Any) -> bool:
+    """Tell a participant's session one of that participant's messages (`Input`, `Resize`,
+    `Leave`, `Disconnected`), straight to the session's actor. Never blocks: safe on the loop.
+    False if the session has already ended (a late message is not an error)."""
+    return send(joined.session, message)
+
+
 class Participant:
     """A controller's or viewer's handle on a session, for Python callers."""
 
@@ -59,17 +67,17 @@ class Participant:
     role = property(lambda self: self.joined.role)
 
     def send_input(self, data: bytes | str) -> None:
-        send(self.joined.session, Input(self.participant_id, data.encode() if isinstance(data, str) else data))
+        tell_session(self.joined, Input(self.participant_id, data.encode() if isinstance(data, str) else data))
 
     def resize(self, cols: int, rows: int) -> None:
-        send(self.joined.session, Resize(self.participant_id, cols, rows))
+        tell_session(self.joined, Resize(self.participant_id, cols, rows))
 
     def leave(self) -> None:
-        send(self.joined.session, Leave(self.participant_id))
+        tell_session(self.joined, Leave(self.participant_id))
 
     def disconnect(self) -> None:
         """As if the participant's tab closed."""
-        send(self.joined.session, Disconnected(self.participant_id))
+        tell_session(self.joined, Disconnected(self.participant_id))
 
     def eject(self, participant_id: str, by: User, reason: str = "", timeout: float = 10) -> Accepted | Refused:
         """Eject another participant, as `by`: this participant when it is this participant's
@@ -193,6 +201,13 @@ class Engine:
 
     def session(self, session_id: str) -> SessionSummary | None:
         return self._directory.get(session_id)
+
+    def audit(self, message: Any) -> None:
+        """Tell the audit store an `AuditEvent`, or a `Flush` whose reply says that everything
+        told before it is committed. Raises `EngineNotRunning` if the engine is not running."""
+        if self._store is None:
+            raise EngineNotRunning("the engine is not running")
+        send(self._store, message)
 
     # --- blocking: for load testers and scripts, never on the event loop ---------------------
 

@@ -31,8 +31,7 @@ import asyncssh
 import trio
 import trio_asyncio
 
-from engine.bridge import LoopBridge, LoopClosed
-from engine.connection import Credentials, EndpointEvents
+from engine import Credentials, EndpointEvents, LoopBridge, LoopClosed
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from engine.clock import Clock, Timer
-from engine.connection import EndpointEvents
+from engine import Clock, EndpointEvents, Timer
 
 _FILLER = b"the quick brown fox jumps over the lazy dog 0123456789 "
 _STAMP = re.compile(rb"\x1b\]9999;(\d{19})\x07")
