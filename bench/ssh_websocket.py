@@ -198,7 +198,7 @@ def gateway_child() -> int:
             for name in config["users"]:
                 user = services.users.create(name, PASSWORD)
                 for endpoint_id in endpoints:
-                    services.access.grant(endpoint_id, user.id)
+                    services.grants.grant(endpoint_id, user.id)
             reply({"base_url": gateway.base_url, "endpoints": endpoints, "pid": os.getpid()})
             for line in sys.stdin:
                 command = line.strip()

@@ -45,7 +45,7 @@ class EngineSettings:
 
 
 @dataclass(frozen=True, slots=True)
-class Gateway:
+class GatewaySettings:
     flush_ms: int
     flush_messages: int
     flush_bytes: int
@@ -83,7 +83,7 @@ class Audit:
 class Settings:
     server: Server
     engine: EngineSettings
-    gateway: Gateway
+    gateway: GatewaySettings
     ssh: Ssh
     security: Security
     demo: Demo

@@ -57,26 +57,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 class _Repos:
-    """Users and endpoints on the configured database, without an engine or a server."""
+    """The repositories on the configured database, without an engine or a server."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         from config.settings import load
-        from dashboard.repositories.access import Access
-        from dashboard.repositories.accounts import Users
-        from dashboard.repositories.endpoints import Endpoints
+        from dashboard.repositories import Repositories
         from dashboard.security.secrets import Secrets, ensure_data_dir
-        from engine.db import make_engine
 
         server = {"data_dir": args.data_dir} if args.data_dir else {}
         settings = load(getattr(args, "config", None), server=server)
         if settings.database_url.startswith("sqlite:///"):
             ensure_data_dir(settings.data_path)
-        self.db = make_engine(settings.database_url)  # creates every missing table
-        secrets = Secrets.from_settings(settings)
-        self.users = Users(self.db)
-        self.access = Access(self.db, secrets)
-        self.access.migrate_legacy_grants()
-        self.endpoints = Endpoints(self.db, secrets, access=self.access)
+        self.repositories = Repositories.open(settings.database_url, Secrets.from_settings(settings))
+        self.users = self.repositories.users
+        self.endpoints = self.repositories.endpoints
+        self.grants = self.repositories.grants
+        self.profiles = self.repositories.profiles
 
     def user(self, name: str) -> Any:
         user = self.users.get_by_name(name) or self.users.get(name)
@@ -91,17 +87,17 @@ class _Repos:
         return record
 
     def profile(self, name: str | None) -> Any:
-        from dashboard.repositories.access import STANDARD_PROFILE
+        from dashboard.repositories.profiles import STANDARD_PROFILE
 
-        profile = self.access.profile(name) if name else None
+        profile = self.profiles.profile(name) if name else None
         if profile is None and name in (None, STANDARD_PROFILE):
-            profile = self.access.standard_profile()  # made on first use
+            profile = self.profiles.standard_profile()  # made on first use
         if profile is None:
             raise LookupError(f"no profile named {name!r}")
         return profile
 
     def close(self) -> None:
-        self.db.dispose()
+        self.repositories.close()
 
 
 def _create(repos: _Repos, args: argparse.Namespace) -> int:
@@ -125,7 +121,7 @@ def _create(repos: _Repos, args: argparse.Namespace) -> int:
 def _grant(repos: _Repos, args: argparse.Namespace) -> int:
     user, record, profile = repos.user(args.user), repos.endpoint(args.endpoint), repos.profile(args.profile)
     given = f"role {args.role}, profile {profile.name}"
-    if repos.access.grant(record.id, user.id, args.role, profile.id):
+    if repos.grants.grant(record.id, user.id, args.role, profile.id):
         print(f"{user.name} may now use {record.name} ({given})")
     else:
         print(f"{user.name} already had a role on {record.name}; now {given}")
@@ -134,7 +130,7 @@ def _grant(repos: _Repos, args: argparse.Namespace) -> int:
 
 def _revoke(repos: _Repos, args: argparse.Namespace) -> int:
     user, record = repos.user(args.user), repos.endpoint(args.endpoint)
-    if repos.access.revoke(record.id, user.id):
+    if repos.grants.revoke(record.id, user.id):
         print(f"{user.name} may no longer use {record.name}")
     else:
         print(f"{user.name} had no access to {record.name}")
@@ -149,7 +145,7 @@ def _users(repos: _Repos, args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from config.settings import SettingsError
-    from dashboard.repositories.access import AccessError
+    from dashboard.repositories.model import AccessError
     from dashboard.repositories.accounts import AccountError
     from dashboard.repositories.endpoints import EndpointError
     from dashboard.security.secrets import KeyMaterialError

@@ -161,8 +161,7 @@ class InProcessGateway:
         from argon2 import PasswordHasher
 
         from dashboard.services import Services
-        from engine.bridge import LoopBridge
-        from engine.runtime import Engine
+        from engine import Engine, LoopBridge
 
         self.settings = dataclasses.replace(
             settings,
@@ -267,12 +266,12 @@ def _local_plan(gateway: InProcessGateway, options: Options) -> _Plan:
         endpoint = services.endpoints.create(f"synthetic-{n}", EndpointProtocol.SYNTHETIC)
         endpoint_ids.append(endpoint.id)
         controller = services.users.create(f"controller-{n}", password)
-        services.access.grant(endpoint.id, controller.id)
+        services.grants.grant(endpoint.id, controller.id)
         controllers.append((controller.name, password))
         names = []
         for v in range(options.viewers):
             viewer = services.users.create(f"viewer-{n}-{v}", password)
-            services.access.grant(endpoint.id, viewer.id)
+            services.grants.grant(endpoint.id, viewer.id)
             names.append((viewer.name, password))
         viewers.append(names)
     return _Plan(gateway.base_url, endpoint_ids, controllers, viewers)

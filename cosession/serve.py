@@ -89,7 +89,7 @@ def register_demo_endpoint(services: Any, demo: Any) -> Any:
     if user is not None:
         from engine.access import AssetRole
 
-        services.access.grant(record.id, user.id, AssetRole.OWNER)
+        services.grants.grant(record.id, user.id, AssetRole.OWNER)
     return endpoints.get(record.id)
 
 
@@ -212,9 +212,7 @@ def run(args: argparse.Namespace) -> int:
     from config.settings import SettingsError
     from dashboard.security.secrets import KeyMaterialError
     from dashboard.services import Services
-    from engine.bridge import LoopBridge
-    from engine.errors import NodeInUse
-    from engine.runtime import Engine
+    from engine import Engine, LoopBridge, NodeInUse
 
     try:
         settings = _settings(args)

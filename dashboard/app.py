@@ -1,119 +1,27 @@
-"""The Starlette application: every route, mount and middleware, assembled in `create_app`.
-
-Pages render with the shared ``templates`` (dashboard/templates; every page extends
-``base.html``). ``await render(request, "page.html", {...})`` resolves the signed-in user
-first so the navigation shows it; templates also get ``csrf_field()`` (a hidden input for
-every form), ``csrf_token()``, ``user``, ``nav`` and ``url_for``.
+"""The Starlette application: every route, mount, middleware and per-application singleton,
+assembled in `create_app`, in one place. docs/architecture.md draws the floors below it.
 """
 
 from __future__ import annotations
 
-import importlib
-import time
-from pathlib import Path
-from typing import Any
-
-import jinja2
-import trio
-from markupsafe import Markup, escape
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import HTTPConnection, Request
-from starlette.responses import Response
-from starlette.routing import BaseRoute, Mount, NoMatchFound, Route
+from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
-from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-HERE = Path(__file__).resolve().parent
-TEMPLATES_DIR = HERE / "templates"
-STATIC_DIR = HERE / "static"
-VENDOR_DIR = HERE / "frontend" / "node_modules"  # npm packages (xterm.js), from `npm ci`
-
-PASSWORD_CHECKS = 2  # argon2 verifications at once (each takes 64 MiB); the others wait
-
-# (route name, label, administrators only). An entry shows only when a route of that name
-# exists, so a page that is not built yet never shows as a broken link.
-NAV = (
-    ("home", "Dashboard", False),
-    ("connections", "Connections", False),
-    ("access_requests", "Requests", False),
-    ("approvals", "Approvals", False),
-    ("endpoints", "Endpoints", True),
-    ("profiles", "Profiles", True),
-    ("groups", "Groups", True),
-    ("audit", "Audit", True),
-    ("account", "Account", False),
-)
-
-
-@jinja2.pass_context
-def _csrf_field(context: Any) -> Markup:
-    from dashboard.security.csrf import FIELD, csrf_token
-
-    return Markup(f'<input type="hidden" name="{FIELD}" value="{escape(csrf_token(context["request"]))}">')
-
-
-@jinja2.pass_context
-def _csrf_token(context: Any) -> str:
-    from dashboard.security.csrf import csrf_token
-
-    return csrf_token(context["request"])
-
-
-@jinja2.pass_context
-def _url_if_exists(context: Any, name: str, /, **params: Any) -> str | None:
-    """The URL of a named route, or None while no such route exists (a page not built yet)."""
-    try:
-        return str(context["request"].url_for(name, **params))
-    except NoMatchFound:
-        return None
-
-
-def _datetime(value: float | None) -> str:
-    if not value:
-        return ""
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
-
-
-def _context(request: Request) -> dict[str, Any]:
-    user = request.scope.get("cosession.user") or None
-    nav = []
-    for name, label, admin_only in NAV:
-        if admin_only and not (user and user.is_admin):
-            continue
-        try:
-            url = request.url_for(name).path  # a path: base.html marks the current page by it
-        except NoMatchFound:
-            continue
-        nav.append({"name": name, "label": label, "url": url})
-    return {"user": user, "nav": nav}
-
-
-def _environment() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES_DIR),
-                             autoescape=jinja2.select_autoescape(default=True))
-    env.globals["csrf_field"] = _csrf_field
-    env.globals["csrf_token"] = _csrf_token
-    env.globals["url_if_exists"] = _url_if_exists
-    env.filters["datetime"] = _datetime
-    return env
-
-
-templates = Jinja2Templates(env=_environment(), context_processors=[_context])
-
-
-async def render(conn: HTTPConnection, name: str, context: dict[str, Any] | None = None, *,
-                 status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
-    """A page from `templates`, with the signed-in user resolved for the navigation."""
-    from dashboard.security.auth import current_user
-
-    await current_user(conn)
-    return templates.TemplateResponse(conn, name, context or {}, status_code=status_code,  # type: ignore[arg-type]
-                                       headers=headers)
-
-
-# --- security headers -----------------------------------------------------------------------
+from dashboard import api, gateway
+from dashboard.pages import account, audit, endpoints, extensions, launcher, live, requests, signin
+from dashboard.pages import access as access_pages
+from dashboard.pages import dashboard as dashboard_pages
+from dashboard.security.auth import SignIn, session_middleware
+from dashboard.security.csrf import CsrfMiddleware
+from dashboard.services import Services
+from dashboard.services.audit_log import AuditChain
+from dashboard.services.live_sessions import LiveSessions
+from dashboard.services.starts import Launches
+from dashboard.web.errors import exception_handlers
+from dashboard.web.templating import STATIC_DIR, VENDOR_DIR
 
 
 class SecurityHeaders:
@@ -144,50 +52,37 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-# --- the application ------------------------------------------------------------------------
-
-
-def _routes_of(module_name: str) -> list[BaseRoute]:
-    """The `routes` of a page module; none while that module is not written yet."""
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name != module_name:
-            raise
-        return []
-    return list(getattr(module, "routes", []))
-
-
-def create_app(services: Any) -> Starlette:
-    """The whole web application for `services` (dashboard.services.Services)."""
-    from dashboard.pages import dashboard as pages
-    from dashboard.repositories import endpoints
-    from dashboard.security import auth
-    from dashboard.security.csrf import CsrfMiddleware
-
-    routes: list[BaseRoute] = [
-        *auth.routes,                   # /login, /logout, /api/login, /api/logout, /api/me
+def create_app(services: Services) -> Starlette:
+    """The whole web application for `services`."""
+    routes: list[BaseRoute] = [  # matched in this order: /endpoints/new before /endpoints/{id}
+        *signin.routes,                 # /login, /logout
         *endpoints.routes,              # /endpoints... (administrators)
-        *pages.routes,                  # /, /connections, /endpoints/{id}, terminate, /events/sessions
-        *importlib.import_module("dashboard.pages.audit").routes,  # /audit, its exports (administrators)
-        *importlib.import_module("dashboard.api").routes,  # /api/sessions, /api/endpoints, /api/audit...
-        *_routes_of("dashboard.gateway"),  # session websockets, session pages, share links
-        *_routes_of("dashboard.pages.launcher"),  # the Session Launcher, Quick Access
-        *_routes_of("dashboard.pages.requests"),  # requests for access, approvals, extensions
-        *_routes_of("dashboard.pages.access"),  # roles, profiles, groups, approvers (administrators)
-        *_routes_of("dashboard.pages.account"),     # /account: the TOTP authenticator
+        *dashboard_pages.routes,        # /, /connections, /endpoints/{id}, terminate
+        *live.routes,                   # /events/sessions: the live list's updates
+        *audit.routes,                  # /audit, its exports (administrators)
+        *api.routes,                    # /api/login, /api/sessions, /api/endpoints, /api/audit...
+        *gateway.routes,                # session websockets, session pages
+        *launcher.routes,               # the Session Launcher, Quick Access
+        *requests.routes,               # requests for access, approvals
+        *extensions.routes,             # extensions of an approval, from a live session
+        *access_pages.routes,           # roles, profiles, groups, approvers (administrators)
+        *account.routes,                # /account: the TOTP authenticator
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         Mount("/vendor", StaticFiles(directory=VENDOR_DIR, check_dir=False), name="vendor"),
     ]
     middleware = [
         Middleware(SecurityHeaders),
-        auth.session_middleware(services.secrets.secret_key,
-                                https_only=services.public_url.startswith("https://")),
-        Middleware(CsrfMiddleware, origin_ok=auth.same_origin),  # inside the session
+        session_middleware(services.secrets.secret_key, https_only=services.public_url.startswith("https://")),
+        Middleware(CsrfMiddleware),  # inside the session, whose token it checks
     ]
-    app = Starlette(routes=routes, middleware=middleware, exception_handlers=auth.exception_handlers)
+    app = Starlette(routes=routes, middleware=middleware, exception_handlers=exception_handlers)
+    # The application's singletons, each made once, here; routes reach them through the
+    # accessor next to each class (services_of, sign_in_of, launches_of, ...).
     app.state.services = services
-    app.state.templates = templates
-    app.state.login_throttle = auth.LoginThrottle()
-    app.state.password_limiter = trio.CapacityLimiter(PASSWORD_CHECKS)
+    app.state.sign_in = SignIn(services.users, services)
+    app.state.launches = Launches()
+    app.state.live_sessions = LiveSessions(services)
+    app.state.live_hub = live.LiveHub(services)
+    app.state.audit_chain = AuditChain(services.settings.database_url)
+    app.state.live_row_paths = live.row_paths(app)
     return app

@@ -243,7 +243,7 @@ def decode(message: dict[str, Any], max_bytes: int) -> Any:
 
     Checks, in order: size (before any parsing), JSON, an object with a string ``type``, a
     known type, then the fields of that type. Whether the sender may send it is the
-    connection's business (see dashboard/gateway.py), not the codec's."""
+    connection's business (see gateway/rights.py), not the codec's."""
     data = message.get("bytes")
     if data is not None:
         if len(data) > max_bytes:

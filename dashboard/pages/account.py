@@ -3,7 +3,7 @@
 - ``GET /account``: the signed-in user's name and whether an authenticator is enrolled; while an
   enrolment waits for its first token, its QR code (inline SVG) and its secret for manual entry;
   for administrators, every user's authenticator with a Reset button;
-- ``POST /account/mfa/begin``: a new secret (``Access.mfa_begin``), replacing any earlier one.
+- ``POST /account/mfa/begin``: a new secret (``Authenticators.begin``), replacing any earlier one.
   Replacing an *enrolled* authenticator needs a current token from it, like removing it;
 - ``POST /account/mfa/confirm``: the first token of the new authenticator; accepted, it is enrolled;
 - ``POST /account/mfa/cancel``: drop an enrolment that was never confirmed;
@@ -32,7 +32,10 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from dashboard.pages.dashboard import _flash, _not_found, _take_flash
+from dashboard.security.auth import Forbidden, require_user
+from dashboard.services import services_of
+from dashboard.web.http import flash, not_found, take_flash
+from dashboard.web.templating import render
 from engine.messages import Refused, User
 
 NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
@@ -82,15 +85,13 @@ async def _token(request: Request) -> str:
 
 
 async def _page(request: Request, user: User, *, error: str | None = None, status_code: int = 200) -> Response:
-    from dashboard.app import render
-
-    services = request.app.state.services
-    access = services.access
+    services = services_of(request)
+    mfa = services.mfa
 
     def load() -> tuple[str, str | None, list[tuple[User, str]]]:
-        status = access.mfa_status(user)
-        uri = access.mfa_uri(user) if status == "unconfirmed" else None
-        users = [(u, access.mfa_status(u)) for u in services.users.list()] if user.is_admin else []
+        status = mfa.status(user)
+        uri = mfa.uri(user) if status == "unconfirmed" else None
+        users = [(u, mfa.status(u)) for u in services.users.list()] if user.is_admin else []
         return status, uri, users
 
     status, uri, users = await trio.to_thread.run_sync(load)
@@ -99,12 +100,10 @@ async def _page(request: Request, user: User, *, error: str | None = None, statu
         enrolment = {"uri": uri, "qr": qr_svg(uri), "secret": grouped(secret_of(uri))}
     return await render(request, "account.html", {
         "status": status, "enrolment": enrolment, "users": users, "error": error,
-        "flash": _take_flash(request)}, status_code=status_code, headers=NO_STORE)
+        "flash": take_flash(request)}, status_code=status_code, headers=NO_STORE)
 
 
 async def account(request: Request) -> Response:
-    from dashboard.security.auth import require_user
-
     user = await require_user(request)
     return await _page(request, user)
 
@@ -119,74 +118,66 @@ def _back(request: Request) -> Response:
 async def begin(request: Request) -> Response:
     """A new secret. Over an enrolled authenticator only with a current token from it: whoever
     could replace it without one could also take it away."""
-    from dashboard.security.auth import require_user
-
     user = await require_user(request)
-    services = request.app.state.services
-    access = services.access
+    services = services_of(request)
+    mfa = services.mfa
     token = await _token(request)
-    status = await trio.to_thread.run_sync(access.mfa_status, user)
+    status = await trio.to_thread.run_sync(mfa.status, user)
     if status == "enrolled":
-        answer = await trio.to_thread.run_sync(access.mfa_check, user, token, services.now())
+        answer = await trio.to_thread.run_sync(mfa.check, user, token, services.now())
         if isinstance(answer, Refused):
             services.audit_event("mfa_enrol_refused", user, None, reason=answer.reason.value, replacing=True,
                                  via="dashboard")
             return await _page(request, user, status_code=400, error=(
                 "To replace your authenticator, type a current code from it. "
                 + _message(answer, NOT_ENROLLED)))
-    await trio.to_thread.run_sync(access.mfa_begin, user, services.now())
+    await trio.to_thread.run_sync(mfa.begin, user, services.now())
     services.audit_event("mfa_enrol_begun", user, None, replacing=status == "enrolled", via="dashboard")
     return _back(request)
 
 
 async def confirm(request: Request) -> Response:
-    from dashboard.security.auth import require_user
-
     user = await require_user(request)
-    services = request.app.state.services
+    services = services_of(request)
     token = await _token(request)
     answer = await trio.to_thread.run_sync(
-        lambda: services.access.mfa_check(user, token, services.now(), confirming=True))
+        lambda: services.mfa.check(user, token, services.now(), confirming=True))
     if isinstance(answer, Refused):
         services.audit_event("mfa_enrol_refused", user, None, reason=answer.reason.value, via="dashboard")
         return await _page(request, user, error=_message(answer, NOT_WAITING), status_code=400)
     services.audit_event("mfa_enrolled", user, None, via="dashboard")
-    _flash(request, "Your authenticator is enrolled: sessions that require MFA will ask for its code.")
+    flash(request, "Your authenticator is enrolled: sessions that require MFA will ask for its code.")
     return _back(request)
 
 
 async def cancel(request: Request) -> Response:
     """Drop an enrolment that was never confirmed (an enrolled authenticator needs a token to go)."""
-    from dashboard.security.auth import require_user
-
     user = await require_user(request)
-    services = request.app.state.services
-    access = services.access
+    services = services_of(request)
+    mfa = services.mfa
 
     def drop() -> bool:
-        return access.mfa_status(user) == "unconfirmed" and access.mfa_remove(user.id)
+        return mfa.status(user) == "unconfirmed" and mfa.remove(user.id)
 
     if await trio.to_thread.run_sync(drop):
         services.audit_event("mfa_enrol_cancelled", user, None, via="dashboard")
-        _flash(request, "Enrolment cancelled.")
+        flash(request, "Enrolment cancelled.")
     return _back(request)
 
 
 async def remove(request: Request) -> Response:
-    from dashboard.security.auth import require_user
-
     user = await require_user(request)
-    services = request.app.state.services
-    access = services.access
+    services = services_of(request)
+    mfa = services.mfa
     token = await _token(request)
-    answer = await trio.to_thread.run_sync(access.mfa_check, user, token, services.now())
+    answer = await trio.to_thread.run_sync(mfa.check, user, token, services.now())
     if isinstance(answer, Refused):
         services.audit_event("mfa_remove_refused", user, None, reason=answer.reason.value, via="dashboard")
         return await _page(request, user, status_code=400, error=(
             "To remove your authenticator, type a current code from it. " + _message(answer, NOT_ENROLLED)))
-    await trio.to_thread.run_sync(access.mfa_remove, user.id)
+    await trio.to_thread.run_sync(mfa.remove, user.id)
     services.audit_event("mfa_removed", user, None, via="dashboard")
-    _flash(request, "Your authenticator was removed.")
+    flash(request, "Your authenticator was removed.")
     return _back(request)
 
 
@@ -195,10 +186,8 @@ async def remove(request: Request) -> Response:
 
 async def reset(request: Request) -> Response:
     """An administrator removes a user's authenticator (a lost phone); the user enrols again."""
-    from dashboard.security.auth import Forbidden, require_user
-
     admin = await require_user(request)
-    services = request.app.state.services
+    services = services_of(request)
     user_id = request.path_params["user_id"][:128]
     if not admin.is_admin:
         services.audit_event("mfa_reset_refused", admin, None, reason="not_administrator", user_id=user_id,
@@ -206,11 +195,11 @@ async def reset(request: Request) -> Response:
         raise Forbidden("Only an administrator may reset someone's authenticator.")
     target: Any = await trio.to_thread.run_sync(services.users.get, user_id)
     if target is None:
-        return await _not_found(request, "user")
-    removed = await trio.to_thread.run_sync(services.access.mfa_remove, target.id)
+        return await not_found(request, "user")
+    removed = await trio.to_thread.run_sync(services.mfa.remove, target.id)
     services.audit_event("mfa_reset", admin, None, user=target.name, user_id=target.id, removed=removed,
                          via="dashboard")
-    _flash(request, f"{target.name}'s authenticator was reset: they can enrol a new one."
+    flash(request, f"{target.name}'s authenticator was reset: they can enrol a new one."
            if removed else f"{target.name} had no authenticator.")
     return _back(request)
 

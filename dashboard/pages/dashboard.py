@@ -2,11 +2,11 @@
 administrators' Terminate.
 
 - ``GET /``: the live sessions this user may see (docs/dashboard.md), kept current by the event
-  stream of dashboard/live.py, and the user's endpoints with their Access buttons;
+  stream of pages/live.py, and the user's endpoints with their Access buttons;
 - ``GET /connections``: live and ended sessions from the audit log, filtered and paginated;
 - ``GET /endpoints/{endpoint_id}``: an endpoint's settings (never its credentials) and its
   Connections tab, for anyone with access to it (the administrators' pages are under
-  ``/endpoints/{id}/edit`` and siblings, dashboard/endpoints.py);
+  ``/endpoints/{id}/edit`` and siblings, pages/endpoints.py);
 - ``POST /sessions/{session_id}/terminate``: administrators only (403 for anyone else); asks
   the engine to end the session for everyone, with the administrator's name.
 
@@ -27,18 +27,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from dashboard.pages import launcher, live
+from dashboard.pages import live
+from dashboard.security.auth import require_user
+from dashboard.services import Services, live_sessions, services_of
+from dashboard.services.starts import outcomes, visible_endpoint
+from dashboard.web.http import flash, not_found, page_number, safe_path, take_flash, wants_json
+from dashboard.web.templating import render
+from engine import EngineNotRunning, LoopClosed, policy
 from engine.access import quick_access
-from engine import policy
-from engine.bridge import LoopClosed
-from engine.errors import EngineNotRunning
-from engine.messages import Accepted, EndReason, Flush, Refused, Terminate, User
+from engine.messages import Accepted, EndReason, Refused, User
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 25
-TERMINATE_REPLY_SECONDS = 10.0  # the engine answers in milliseconds; this is a bound
-AUDIT_FLUSH_SECONDS = 2.0  # a bound on waiting for the audit store's commit after a terminate
 END_REASONS = {
     EndReason.CONTROLLER_LEFT.value: "ended by the controller",
     EndReason.TERMINATED.value: "terminated by an administrator",
@@ -55,29 +56,6 @@ END_REASONS = {
 # --- small helpers -------------------------------------------------------------------------------
 
 
-def _flash(request: Request, message: str) -> None:
-    request.session["flash"] = message
-
-
-def _take_flash(request: Request) -> str | None:
-    return request.session.pop("flash", None) if "flash" in request.session else None
-
-
-def _safe_path(target: Any, default: str = "/") -> str:
-    """Only a path on this server (never an open redirect)."""
-    target = str(target or "")
-    if not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return default
-    return target
-
-
-def _page_number(value: str | None) -> int:
-    try:
-        return max(1, int(value or 1))
-    except ValueError:
-        return 1
-
-
 def _pages(total: int, page: int) -> dict[str, Any]:
     count = max(1, -(-total // PAGE_SIZE))
     page = min(page, count)
@@ -85,7 +63,7 @@ def _pages(total: int, page: int) -> dict[str, Any]:
             "last": min(total, page * PAGE_SIZE)}
 
 
-def _cap(services: Any) -> int:
+def _cap(services: Services) -> int:
     return policy.viewer_cap(services.settings.engine.max_viewers)
 
 
@@ -96,19 +74,10 @@ def _events_url(request: Request, back: str, endpoint_id: str | None = None) -> 
     return f"{request.url_for('session_events').path}?{urlencode(params)}"
 
 
-async def _not_found(request: Request, what: str = "endpoint") -> Response:
-    from dashboard.app import render
-
-    return await render(request, "error.html", {
-        "title": f"No such {what}",
-        "message": f"This {what} does not exist, or you have no access to it. Ask an administrator "
-                   "if you think you should."}, status_code=404)
-
-
 # --- sessions from the audit log ----------------------------------------------------------------
 
 
-def sessions_page(services: Any, viewer: User, query: dict[str, Any], page: int) -> tuple[list[dict[str, Any]], int]:
+def sessions_page(services: Services, viewer: User, query: dict[str, Any], page: int) -> tuple[list[dict[str, Any]], int]:
     """One page (newest first) of the sessions `viewer` may see that match `query` (keyword
     arguments of `AuditReader.sessions`), and how many match. Administrators see every session;
     a user those on their endpoints and those they controlled or joined: the same query as
@@ -124,7 +93,7 @@ def _viewers_of(reader: Any, session_id: str) -> list[str]:
     return [p["actor_name"] for p in detail.get("participants", []) if p.get("role") == "viewer"]
 
 
-def _history_rows(services: Any, audience: live.Audience, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _history_rows(services: Services, audience: live.Audience, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Audit rows as the Connections tables show them: live ones with the engine's state now
     (viewers, state, Join, Terminate), ended ones with everyone who watched. Blocking."""
     cap = _cap(services)
@@ -184,7 +153,7 @@ class Filters:
         errors: list[str] = []
         f = cls(endpoint=params.get("endpoint", "").strip()[:64], user=params.get("user", "").strip()[:64],
                 since=params.get("since", "").strip(), until=params.get("until", "").strip(),
-                reason=params.get("reason", "").strip(), page=_page_number(params.get("page")))
+                reason=params.get("reason", "").strip(), page=page_number(params.get("page")))
         for name in ("since", "until"):
             value = getattr(f, name)
             if value:
@@ -234,32 +203,26 @@ class Filters:
 
 async def home(request: Request) -> Response:
     """Dashboard → Current Remote Connections."""
-    from dashboard.app import render
-    from dashboard.security.auth import require_user
-
     user = await require_user(request)
-    services = request.app.state.services
+    services = services_of(request)
     audience = await live.audience_for(services, user)
 
     def load() -> tuple[list[Any], dict[str, Any]]:
         endpoints = services.endpoints.accessible(user)
-        return endpoints, launcher.outcomes(services, user, [e.id for e in endpoints])
+        return endpoints, outcomes(services, user, [e.id for e in endpoints])
 
     endpoints, decided = await trio.to_thread.run_sync(load)
     return await render(request, "dashboard.html", {
         "rows": live.live_rows(services, audience), "now": services.now(), "back": "/",
         "events_url": _events_url(request, "/"), "endpoints": endpoints, "decided": decided,
         "max_viewers": _cap(services),
-        "flash": _take_flash(request), **live.row_context(request)})
+        "flash": take_flash(request), **live.row_context(request)})
 
 
 async def connections(request: Request) -> Response:
     """Connections: live and ended sessions, filtered, 25 a page."""
-    from dashboard.app import render
-    from dashboard.security.auth import require_user
-
     user = await require_user(request)
-    services = request.app.state.services
+    services = services_of(request)
     filters, errors = Filters.parse(request.query_params)
     audience = await live.audience_for(services, user)
     path = request.url.path
@@ -280,26 +243,23 @@ async def connections(request: Request) -> Response:
         "prev_url": filters.url(path, pages["page"] - 1) if pages["page"] > 1 else None,
         "next_url": filters.url(path, pages["page"] + 1) if pages["page"] < pages["pages"] else None,
         "reasons": END_REASONS, "now": services.now(), "back": back, "max_viewers": _cap(services),
-        "events_url": _events_url(request, back), "flash": _take_flash(request), **live.row_context(request)})
+        "events_url": _events_url(request, back), "flash": take_flash(request), **live.row_context(request)})
 
 
 async def endpoint_page(request: Request) -> Response:
     """An endpoint's page: its settings, and its Connections tab (live and past sessions)."""
-    from dashboard.app import render
-    from dashboard.security.auth import require_user
-
     user = await require_user(request)
-    services = request.app.state.services
+    services = services_of(request)
     endpoint_id = request.path_params["endpoint_id"]
-    record, facts = await trio.to_thread.run_sync(launcher.visible_endpoint, services, user, endpoint_id)
-    if record is None or facts is None:
-        return await _not_found(request)  # the same answer whether it exists or not
+    endpoint, facts = await trio.to_thread.run_sync(visible_endpoint, services, user, endpoint_id)
+    if endpoint is None or facts is None:
+        return await not_found(request)  # the same answer whether it exists or not
     tab = "settings" if request.query_params.get("tab") == "settings" else "connections"
-    page = _page_number(request.query_params.get("page"))
+    page = page_number(request.query_params.get("page"))
     path = request.url.path
-    context: dict[str, Any] = {"record": record, "tab": tab, "now": services.now(), "max_viewers": _cap(services),
+    context: dict[str, Any] = {"endpoint": endpoint, "tab": tab, "now": services.now(), "max_viewers": _cap(services),
                                "decided": quick_access(facts, services.now()),
-                               "flash": _take_flash(request), **live.row_context(request)}
+                               "flash": take_flash(request), **live.row_context(request)}
     if tab == "connections":
         audience = await live.audience_for(services, user, endpoint_id)
 
@@ -323,42 +283,24 @@ async def endpoint_page(request: Request) -> Response:
 # --- Terminate -------------------------------------------------------------------------------------
 
 
-async def terminate_session(services: Any, session_id: str, by: User,
-                            timeout: float = TERMINATE_REPLY_SECONDS) -> Accepted | Refused | None:
-    """Ask the engine to end a session for everyone, as `by`; its answer, or None if it gave
-    none within `timeout`. Never blocks the loop: the reply comes back through the bridge."""
-    answer = await services.bridge.request(
-        lambda reply_to: services.engine.route(session_id, Terminate(by, reply_to)), timeout)
-    if isinstance(answer, Accepted):
-        # the engine told the store the terminate before it answered: once that is committed,
-        # the Audit page opened next lists it
-        await services.bridge.request(lambda reply_to: services.audit(Flush(reply_to)), AUDIT_FLUSH_SECONDS)
-    return answer
-
-
 async def terminate(request: Request) -> Response:
     """``POST /sessions/{id}/terminate`` (CSRF-checked form): administrators only. Without
     ``confirmed=yes`` (a browser without JavaScript, which shows no confirm dialog) it first
     shows a confirmation page. ``Accept: application/json`` gets JSON instead of a redirect."""
-    from dashboard.app import render
-    from dashboard.security.auth import Forbidden, require_user
-
     user = await require_user(request)
-    services = request.app.state.services
+    services = services_of(request)
     session_id = request.path_params["session_id"][:128]
     form = await request.form()
-    back = _safe_path(form.get("next"))
-    wants_json = "application/json" in request.headers.get("accept", "")
-    if not user.is_admin:
-        services.audit_event("terminate_refused", user, session_id, reason="not_administrator", via="dashboard")
-        raise Forbidden("Only an administrator may terminate a session.")
+    back = safe_path(form.get("next"))
+    json_answer = wants_json(request)
+    live_sessions.check_terminate(services, user, session_id, via="dashboard")
     summary = services.engine.session(session_id)
     what = f"{summary.controller.name}'s session on {summary.endpoint.name}" if summary else "the session"
-    if form.get("confirmed") != "yes" and not wants_json:
+    if form.get("confirmed") != "yes" and not json_answer:
         return await render(request, "dashboard_terminate.html", {
             "summary": summary, "session_id": session_id, "back": back, "now": services.now()})
     try:
-        answer = await terminate_session(services, session_id, user)
+        answer = await live_sessions.terminate(services, session_id, user)
     except (EngineNotRunning, LoopClosed):
         answer = None
     if isinstance(answer, Accepted):
@@ -371,9 +313,9 @@ async def terminate(request: Request) -> Response:
     else:
         status, result = 503, {"error": "engine_unavailable", "detail": "the engine did not answer"}
         message = "The gateway's engine did not answer: the session may still be live. Try again."
-    if wants_json:
+    if json_answer:
         return JSONResponse({**result, "message": message}, status_code=status)
-    _flash(request, message)
+    flash(request, message)
     return RedirectResponse(back, status_code=303)
 
 

@@ -36,17 +36,18 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Iterator
 
 import trio
+from starlette.applications import Starlette
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from dashboard.app import templates
-from engine import policy
-from engine.bridge import LoopClosed
-from engine.errors import EngineNotRunning
-from engine.messages import (
-    Describe, Role, SessionFinished, SessionState, SessionSummary, SessionUpdated, User,
-)
+from dashboard.security.auth import current_user
+from dashboard.security.csrf import FIELD, csrf_token
+from dashboard.services import Services, services_of
+from dashboard.web.http import safe_path
+from dashboard.web.templating import templates
+from engine import EngineNotRunning, LoopClosed, policy
+from engine.messages import Describe, SessionFinished, SessionState, SessionSummary, SessionUpdated, User
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class Audience:
         return self.may_use(summary.endpoint.id) or any(m.user.id == self.user.id for m in summary.members)
 
 
-async def audience_for(services: Any, user: User, endpoint_filter: str | None = None) -> Audience:
+async def audience_for(services: Services, user: User, endpoint_filter: str | None = None) -> Audience:
     """The user's `Audience` (their grants are read in a worker thread)."""
     if user.is_admin:
         return Audience(user, None, endpoint_filter)
@@ -93,15 +94,11 @@ def _join(summary: SessionSummary, audience: Audience, cap: int) -> dict[str, An
     and why not. The decision is the engine's own rule (`policy.check_join`); the engine still
     decides the actual join."""
     user = audience.user
-    controller_connected = any(m.role is Role.CONTROLLER for m in summary.members)
+    view = policy.SessionView.of(summary, cap)
     if summary.controller.id == user.id:
-        if summary.state is SessionState.DISCONNECTED and not controller_connected:
+        if policy.is_controller_return(view, user):
             return {"label": "Return", "enabled": True, "why": "Come back to your session as its controller"}
         return None  # it is open in the controller's own window
-    view = policy.SessionView(
-        state=summary.state, protocol=summary.endpoint.protocol, joint_session=summary.endpoint.joint_session,
-        controller=summary.controller, controller_connected=controller_connected,
-        viewer_count=len(summary.viewers), max_viewers=cap, deadline=summary.deadline)
     refused = policy.check_join(view, user, audience.may_use(summary.endpoint.id))
     if refused is None:
         return {"label": "Join", "enabled": True, "why": "Watch this session, read-only, in a new window"}
@@ -136,21 +133,21 @@ def row_model(summary: SessionSummary, audience: Audience, cap: int) -> dict[str
 _ID = "__ID__"
 
 
-def row_context(conn: HTTPConnection) -> dict[str, Any]:
-    """What `_live_row.html` and `_connection_row.html` need besides the row: the paths of the
-    endpoint page, the session window and Terminate (worked out once per application: Starlette's
-    url_for costs milliseconds, tried against every route), and the CSRF token of the forms."""
-    from dashboard.security.csrf import FIELD, csrf_token
+def row_paths(app: Starlette) -> dict[str, str]:
+    """The paths a row links to: the endpoint page, the session window and Terminate, with a
+    placeholder id. Worked out once, by dashboard/app.py (Starlette's url_for costs
+    milliseconds, tried against every route)."""
+    return {
+        "endpoint": str(app.url_path_for("endpoint_page", endpoint_id=_ID)),
+        "session": str(app.url_path_for("session", session_id=_ID)),
+        "terminate": str(app.url_path_for("session_terminate", session_id=_ID)),
+    }
 
-    state = conn.app.state
-    paths = getattr(state, "live_row_paths", None)
-    if paths is None:
-        app = conn.app
-        paths = state.live_row_paths = {
-            "endpoint": str(app.url_path_for("endpoint_page", endpoint_id=_ID)),
-            "session": str(app.url_path_for("session", session_id=_ID)),
-            "terminate": str(app.url_path_for("session_terminate", session_id=_ID)),
-        }
+
+def row_context(conn: HTTPConnection) -> dict[str, Any]:
+    """What `_live_row.html` and `_connection_row.html` need besides the row: the paths of
+    `row_paths` (``app.state.live_row_paths``) and the CSRF token of the forms."""
+    paths: dict[str, str] = conn.app.state.live_row_paths
     root = conn.scope.get("root_path", "")
     return {"paths": {k: root + v for k, v in paths.items()}, "csrf_field_name": FIELD, "csrf": csrf_token(conn),
             "path_id": _ID}
@@ -163,23 +160,12 @@ def render_row(conn: HTTPConnection, row: dict[str, Any], now: float, *, back: s
         row=row, now=now, back=back, **(context if context is not None else row_context(conn)))
 
 
-def live_rows(services: Any, audience: Audience) -> list[dict[str, Any]]:
+def live_rows(services: Services, audience: Audience) -> list[dict[str, Any]]:
     """The live sessions this audience sees, newest first, as row models."""
     cap = policy.viewer_cap(services.settings.engine.max_viewers)
     summaries = [s for s in services.engine.live_sessions() if audience.sees(s)]
     summaries.sort(key=lambda s: (-s.started_at, s.session_id))
     return [row_model(s, audience, cap) for s in summaries]
-
-
-def duration(seconds: float | None) -> str:
-    """``M:SS``, or ``H:MM:SS`` from an hour on (static/dashboard.js writes the same)."""
-    total = max(0, int(seconds or 0))
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
-
-
-templates.env.filters["duration"] = duration
 
 
 # --- the hub -----------------------------------------------------------------------------------
@@ -196,20 +182,12 @@ class Subscriber:
 class LiveHub:
     """The engine's session changes, fanned out to every open event stream (one per app)."""
 
-    def __init__(self, services: Any, queue_size: int = QUEUE_SIZE) -> None:
+    def __init__(self, services: Services, queue_size: int = QUEUE_SIZE) -> None:
         self.services = services
         self.queue_size = queue_size
         self.subscribers: set[Subscriber] = set()
         self.dropped = 0  # subscribers dropped for being slow, since the start (for tests)
         self._ready: trio.Event | None = None
-
-    @classmethod
-    def of(cls, conn: HTTPConnection) -> "LiveHub":
-        state = conn.app.state
-        hub = getattr(state, "live_hub", None)
-        if hub is None:
-            hub = state.live_hub = cls(state.services)
-        return hub
 
     async def start(self) -> None:
         """Watch the engine (once). Returns when the watch is in place, so that a snapshot taken
@@ -258,6 +236,10 @@ class LiveHub:
             subscriber.receive.close()
 
 
+def live_hub_of(conn: HTTPConnection) -> LiveHub:
+    return conn.app.state.live_hub
+
+
 # --- the event stream --------------------------------------------------------------------------
 
 
@@ -273,7 +255,7 @@ class _Stream:
         self.request = request
         self.audience = audience
         self.back = back
-        self.services = request.app.state.services
+        self.services = services_of(request)
         self.cap = policy.viewer_cap(self.services.settings.engine.max_viewers)
         self.shown: set[str] = set()
         self.context = row_context(request)
@@ -353,22 +335,18 @@ class EventStreamResponse(StreamingResponse):
 
 async def session_events(request: Request) -> Response:
     """``GET /events/sessions[?endpoint=ID]``: the live list as server-sent events."""
-    from dashboard.security.auth import current_user
-
     user = await current_user(request)
     if user is None:  # an EventSource cannot follow a redirect to a sign-in page usefully
         return PlainTextResponse("sign in first", status_code=401)
-    services = request.app.state.services
+    services = services_of(request)
     endpoint_filter = request.query_params.get("endpoint") or None
     audience = await audience_for(services, user, endpoint_filter)
-    hub = LiveHub.of(request)
+    hub = live_hub_of(request)
     try:
         await hub.start()
     except (EngineNotRunning, LoopClosed):
         return PlainTextResponse("the engine is not running", status_code=503)
-    back = request.query_params.get("back") or "/"
-    if not back.startswith("/") or back.startswith("//") or "\\" in back:
-        back = "/"
+    back = safe_path(request.query_params.get("back"))
     return EventStreamResponse(_events(_Stream(request, audience, back), hub),
                                headers={"cache-control": "no-store", "x-accel-buffering": "no"})
 

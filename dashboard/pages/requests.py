@@ -1,4 +1,4 @@
-"""Requests for access, approvals and extensions: the pages (issue 6, docs/access.md).
+"""Requests for access and the approvers' queue: the pages (issue 6, docs/access.md).
 
 - ``GET /access-requests``: the signed-in user's requests, each with its state as it is now;
 - ``GET /access-requests/new?endpoint=ID``: the access request screen (Quick Access opens it
@@ -7,12 +7,10 @@
   administrators (read-only); the requester may cancel it while it is pending, an approver
   (never the requester: four eyes) approves or denies it;
 - ``GET /approvals``: an approver's queue, pending requests and pending extensions;
-  ``POST /access-requests/{id}/decide`` and ``POST /extensions/{id}/decide`` with
-  ``decision=approve|deny``;
-- ``POST /sessions/{session_id}/extension``: the controller of a live session started under an
-  approval asks to move its end; ``GET /extensions/{id}``: that extension's state (JSON).
+  ``POST /access-requests/{id}/decide`` with ``decision=approve|deny`` (extensions: their own
+  page family, pages/extensions.py).
 
-The repository (`dashboard.access.Access`) stores, the pure functions of `engine/access.py`
+The repositories (`approvals`, `approvers`) store, the pure functions of `engine/access.py`
 decide; this module only asks, shows the answer, and audits every request, decision and
 refusal. Times are read from ``services.now()`` (the engine's clock), and shown and typed in
 the server's time zone. Every POST answers JSON when the client accepts JSON (``fetch`` with
@@ -31,9 +29,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
 
-from dashboard.repositories.access import AccessRequest, Extension
-from dashboard.pages.dashboard import _flash, _not_found, _safe_path, _take_flash
-from dashboard.pages.launcher import visible_endpoint
+from dashboard.repositories.approvals import AccessRequest, Extension
+from dashboard.security.auth import require_user
+from dashboard.services import Services, services_of
+from dashboard.services.starts import visible_endpoint
+from dashboard.web.http import flash, not_found, read_input, safe_path, take_flash, wants_json
+from dashboard.web.templating import render
 from engine import access as rules
 from engine.access import ApprovalState
 from engine.messages import Reason, Refused, User
@@ -69,27 +70,7 @@ STATE_LABELS = {
 # --- small helpers -------------------------------------------------------------------------------
 
 
-def _services(request: Request) -> Any:
-    return request.app.state.services
-
-
-def _wants_json(request: Request) -> bool:
-    return "application/json" in request.headers.get("accept", "")
-
-
-async def _input(request: Request) -> dict[str, Any]:
-    """The body as a dict: a JSON object, or the form's fields as strings."""
-    if request.headers.get("content-type", "").split(";", 1)[0].strip().lower() == "application/json":
-        try:
-            body = await request.json()
-        except ValueError:
-            return {}
-        return body if isinstance(body, dict) else {}
-    form = await request.form()
-    return {key: value for key, value in form.items() if isinstance(value, str)}
-
-
-def _text(data: dict[str, Any], name: str, limit: int = 2000) -> str:
+def field_text(data: dict[str, Any], name: str, limit: int = 2000) -> str:
     value = data.get(name)
     return value[:limit] if isinstance(value, str) else ""
 
@@ -117,7 +98,7 @@ def parse_time(value: Any) -> float | None:
     return None
 
 
-def _minutes(value: Any) -> int | None:
+def minutes_of(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, (int, float)) and math.isfinite(value) and value == int(value):
@@ -127,7 +108,7 @@ def _minutes(value: Any) -> int | None:
     return None
 
 
-def _present(value: Any) -> bool:
+def is_given(value: Any) -> bool:
     return value is not None and not (isinstance(value, str) and not value.strip())
 
 
@@ -135,45 +116,29 @@ def parse_window(data: dict[str, Any], now: float) -> tuple[float, float] | Refu
     """The window a request form asks for: a start (empty: now) and an end, or a duration in
     minutes from the start. The rules of `engine.access.check_request` come after."""
     start = now
-    if _present(data.get("window_start")):
+    if is_given(data.get("window_start")):
         parsed = parse_time(data.get("window_start"))
         if parsed is None:
             return Refused(Reason.BAD_WINDOW, "the start is not a date and time")
         start = parsed
-    if _present(data.get("window_end")):
+    if is_given(data.get("window_end")):
         end = parse_time(data.get("window_end"))
         if end is None:
             return Refused(Reason.BAD_WINDOW, "the end is not a date and time")
         return start, end
-    if _present(data.get("duration")):
-        minutes = _minutes(data.get("duration"))
+    if is_given(data.get("duration")):
+        minutes = minutes_of(data.get("duration"))
         if minutes is None or not 1 <= minutes <= MAX_DURATION_MINUTES:
             return Refused(Reason.BAD_WINDOW, f"the duration is 1 to {MAX_DURATION_MINUTES} minutes")
         return start, start + minutes * 60
     return Refused(Reason.BAD_WINDOW, "give an end or a duration")
 
 
-def parse_until(data: dict[str, Any], current_end: float) -> float | Refused:
-    """The new end an extension asks for: `until` (a date and time, or seconds since the
-    epoch), or `minutes` more than the approval's current end."""
-    if _present(data.get("until")):
-        until = parse_time(data.get("until"))
-        if until is None:
-            return Refused(Reason.BAD_WINDOW, "the new end is not a date and time")
-        return until
-    if _present(data.get("minutes")):
-        minutes = _minutes(data.get("minutes"))
-        if minutes is None or not 1 <= minutes <= MAX_DURATION_MINUTES:
-            return Refused(Reason.BAD_WINDOW, f"an extension adds 1 to {MAX_DURATION_MINUTES} minutes")
-        return current_end + minutes * 60
-    return Refused(Reason.BAD_WINDOW, "give a new end or a number of minutes")
-
-
-def _clock(value: float) -> str:
+def clock_text(value: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
 
 
-def _zone() -> str:
+def zone_name() -> str:
     return time.strftime("%Z") or "server time"
 
 
@@ -194,7 +159,7 @@ def extension_json(ext: Extension) -> dict[str, Any]:
             "current_end": ext.current_end}
 
 
-def _refusal_json(refused: Refused, status: int | None = None) -> JSONResponse:
+def refusal_json(refused: Refused, status: int | None = None) -> JSONResponse:
     return JSONResponse({"error": refused.reason.value, "detail": refused.detail},
                         status_code=status or STATUS.get(refused.reason, 400))
 
@@ -206,15 +171,15 @@ def _request_audit(found: AccessRequest) -> dict[str, Any]:
             "window_end": found.window_end, "request_reason": found.reason}
 
 
-def _extension_audit(ext: Extension) -> dict[str, Any]:
+def extension_audit(ext: Extension) -> dict[str, Any]:
     return {"extension_id": ext.id, "request_id": ext.request_id, "endpoint_id": ext.endpoint_id,
             "endpoint_name": ext.endpoint_name, "requester_id": ext.user.id, "requester": ext.user.name,
             "current_end": ext.current_end, "until": ext.until, "request_reason": ext.reason}
 
 
-def _expire(services: Any, now: float) -> None:
+def _expire(services: Services, now: float) -> None:
     """Mark requests past their window expired, so that the stored state stays honest. Blocking."""
-    count = services.access.expire_requests(now)
+    count = services.approvals.expire_requests(now)
     if count:
         log.info("%d requests for access expired", count)
 
@@ -224,34 +189,31 @@ def _expire(services: Any, now: float) -> None:
 
 async def list_page(request: Request) -> Response:
     """The signed-in user's requests for access, newest first."""
-    from dashboard.app import render
-    from dashboard.security.auth import require_user
-
     user = await require_user(request)
-    services = _services(request)
+    services = services_of(request)
     now = services.now()
 
     def load() -> list[AccessRequest]:
         _expire(services, now)
-        return services.access.requests_of(user)
+        return services.approvals.requests_of(user)
 
     found = await trio.to_thread.run_sync(load)
-    if _wants_json(request):
+    if wants_json(request):
         return JSONResponse({"requests": [request_json(r, now) for r in found], "now": now})
     return await render(request, "requests.html", {
-        "requests": found, "now": now, "labels": STATE_LABELS, "zone": _zone(), "flash": _take_flash(request)})
+        "requests": found, "now": now, "labels": STATE_LABELS, "zone": zone_name(), "flash": take_flash(request)})
 
 
-async def _form_context(services: Any, user: User, endpoint_id: str, now: float) -> dict[str, Any] | None:
+async def _form_context(services: Services, user: User, endpoint_id: str, now: float) -> dict[str, Any] | None:
     """What the request screen shows for `endpoint_id`, or None when the user may not see it
     (the same answer whether the endpoint exists or not)."""
 
     def load() -> dict[str, Any] | None:
-        record, facts = visible_endpoint(services, user, endpoint_id) if endpoint_id else (None, None)
-        if record is None or facts is None:
+        endpoint, facts = visible_endpoint(services, user, endpoint_id) if endpoint_id else (None, None)
+        if endpoint is None or facts is None:
             return None
         awaiting = [a for a in facts.requests if a.is_awaiting(now)]
-        return {"record": record, "requires_approval": facts.requires_approval,
+        return {"endpoint": endpoint, "requires_approval": facts.requires_approval,
                 "awaiting_id": awaiting[-1].id if awaiting else None,
                 "decision": rules.may_start(facts, now)}
 
@@ -265,47 +227,41 @@ def _empty_form(now: float) -> dict[str, str]:
 
 async def _render_form(request: Request, context: dict[str, Any], form: dict[str, Any], now: float, *,
                        refused: Refused | None = None, status_code: int = 200) -> Response:
-    from dashboard.app import render
-
     return await render(request, "request_new.html", {
-        **context, "form": form, "refused": refused, "now": now, "zone": _zone(),
+        **context, "form": form, "refused": refused, "now": now, "zone": zone_name(),
         "max_reason": rules.MAX_REASON_CHARS, "max_minutes": MAX_DURATION_MINUTES}, status_code=status_code)
 
 
 async def new_page(request: Request) -> Response:
     """The access request screen for one endpoint: its name, the window, the reason."""
-    from dashboard.security.auth import require_user
-
     user = await require_user(request)
-    services = _services(request)
+    services = services_of(request)
     now = services.now()
     endpoint_id = request.query_params.get("endpoint", "")[:128]
     context = await _form_context(services, user, endpoint_id, now)
     if context is None:
-        return await _not_found(request)
+        return await not_found(request)
     return await _render_form(request, context, _empty_form(now), now)
 
 
 async def create(request: Request) -> Response:
     """``POST /access-requests``: file a request for access (engine.access.check_request)."""
-    from dashboard.security.auth import require_user
-
     user = await require_user(request)
-    services = _services(request)
+    services = services_of(request)
     now = services.now()
-    data = await _input(request)
-    wants_json = _wants_json(request)
-    endpoint_id = _text(data, "endpoint", 128)
+    data = await read_input(request)
+    json_answer = wants_json(request)
+    endpoint_id = field_text(data, "endpoint", 128)
     context = await _form_context(services, user, endpoint_id, now)
     if context is None:
         services.audit_event("access_request_refused", user, None, endpoint_id=endpoint_id,
                              reason=Reason.NO_ACCESS.value, detail="no such endpoint, or no role on it")
-        if wants_json:
+        if json_answer:
             return JSONResponse({"error": "not_found", "detail": "no such endpoint"}, status_code=404)
-        return await _not_found(request)
-    record = context["record"]
-    reason = _text(data, "reason", rules.MAX_REASON_CHARS + 1000)
-    form = {"window_start": _text(data, "window_start", 64), "window_end": _text(data, "window_end", 64),
+        return await not_found(request)
+    endpoint = context["endpoint"]
+    reason = field_text(data, "reason", rules.MAX_REASON_CHARS + 1000)
+    form = {"window_start": field_text(data, "window_start", 64), "window_end": field_text(data, "window_end", 64),
             "duration": "" if data.get("duration") is None else str(data.get("duration"))[:16],
             "reason": reason}
     decision = context["decision"]
@@ -318,43 +274,41 @@ async def create(request: Request) -> Response:
         answer = window
     else:
         answer = await trio.to_thread.run_sync(
-            services.access.create_request, user, endpoint_id, window[0], window[1], reason, now)
+            services.approvals.create_request, user, endpoint_id, window[0], window[1], reason, now)
     if isinstance(answer, Refused):
-        services.audit_event("access_request_refused", user, None, endpoint_id=record.id, endpoint_name=record.name,
+        services.audit_event("access_request_refused", user, None, endpoint_id=endpoint.id, endpoint_name=endpoint.name,
                              reason=answer.reason.value, detail=answer.detail)
-        if wants_json:
-            return _refusal_json(answer)
+        if json_answer:
+            return refusal_json(answer)
         return await _render_form(request, context, form, now, refused=answer,
                                   status_code=STATUS.get(answer.reason, 400))
     services.audit_event("access_requested", user, None, **_request_audit(answer))
-    if wants_json:
+    if json_answer:
         return JSONResponse({"request": request_json(answer, now)}, status_code=201)
-    _flash(request, f"Your request for access to {record.name} is filed: it awaits an approver's decision.")
+    flash(request, f"Your request for access to {endpoint.name} is filed: it awaits an approver's decision.")
     return RedirectResponse(request.url_for("access_request", request_id=answer.id).path, status_code=303)
 
 
 # --- one request ---------------------------------------------------------------------------------------
 
 
-def _load_request(services: Any, user: User, request_id: str, now: float
+def _load_request(services: Services, user: User, request_id: str, now: float
                   ) -> tuple[AccessRequest, bool, list[Extension]] | None:
     """The request, whether `user` approves its endpoint, and its extensions; None when `user`
     may not see it (neither its requester, nor an approver, nor an administrator) or it does
     not exist. Blocking."""
     _expire(services, now)
-    found = services.access.request(request_id)
+    found = services.approvals.request(request_id)
     if found is None:
         return None
-    approver = found.endpoint_id in services.access.approver_of(user)
+    approver = found.endpoint_id in services.approvers.approver_of(user)
     if not (found.user.id == user.id or approver or user.is_admin):
         return None
-    return found, approver, services.access.extensions_of_request(request_id)
+    return found, approver, services.approvals.extensions_of_request(request_id)
 
 
 async def _render_request(request: Request, user: User, loaded: tuple[AccessRequest, bool, list[Extension]],
                           now: float, *, refused: Refused | None = None, status_code: int = 200) -> Response:
-    from dashboard.app import render
-
     found, approver, extensions = loaded
     state = found.effective_state(now)
     own = found.user.id == user.id
@@ -368,23 +322,21 @@ async def _render_request(request: Request, user: User, loaded: tuple[AccessRequ
         and found.approver_name is None,
         "decided_as": None if found.approver_name is None else
         "denied" if found.state is ApprovalState.DENIED else "approved",
-        "extensions": extensions, "now": now, "zone": _zone(), "labels": STATE_LABELS,
-        "refused": refused, "flash": _take_flash(request)}, status_code=status_code)
+        "extensions": extensions, "now": now, "zone": zone_name(), "labels": STATE_LABELS,
+        "refused": refused, "flash": take_flash(request)}, status_code=status_code)
 
 
 async def request_page(request: Request) -> Response:
-    from dashboard.security.auth import require_user
-
     user = await require_user(request)
-    services = _services(request)
+    services = services_of(request)
     now = services.now()
     loaded = await trio.to_thread.run_sync(
         _load_request, services, user, request.path_params["request_id"][:128], now)
     if loaded is None:
-        if _wants_json(request):
+        if wants_json(request):
             return JSONResponse({"error": "not_found", "detail": "no such request"}, status_code=404)
-        return await _not_found(request, "request")
-    if _wants_json(request):
+        return await not_found(request, "request")
+    if wants_json(request):
         found, _, extensions = loaded
         return JSONResponse({"request": request_json(found, now), "extensions": [extension_json(e) for e in extensions],
                              "now": now})
@@ -393,18 +345,16 @@ async def request_page(request: Request) -> Response:
 
 async def cancel(request: Request) -> Response:
     """The requester withdraws a pending request."""
-    from dashboard.security.auth import require_user
-
     user = await require_user(request)
-    services = _services(request)
+    services = services_of(request)
     now = services.now()
     request_id = request.path_params["request_id"][:128]
-    found = await trio.to_thread.run_sync(services.access.request, request_id)
+    found = await trio.to_thread.run_sync(services.approvals.request, request_id)
     if found is None or found.user.id != user.id:
-        if _wants_json(request):
+        if wants_json(request):
             return JSONResponse({"error": "not_found", "detail": "no such request of yours"}, status_code=404)
-        return await _not_found(request, "request")
-    done = await trio.to_thread.run_sync(services.access.cancel_request, request_id, user, now)
+        return await not_found(request, "request")
+    done = await trio.to_thread.run_sync(services.approvals.cancel_request, request_id, user, now)
     if done:
         services.audit_event("access_request_cancelled", user, None, **_request_audit(found))
         message = f"Your request for access to {found.endpoint_name} is withdrawn."
@@ -412,50 +362,47 @@ async def cancel(request: Request) -> Response:
         services.audit_event("access_request_cancel_refused", user, None, request_id=found.id,
                              reason=Reason.ALREADY_DECIDED.value, detail="this request is no longer pending")
         message = "This request is no longer pending: nothing to withdraw."
-    if _wants_json(request):
+    if wants_json(request):
         return JSONResponse({"result": "cancelled" if done else "refused", "message": message},
                             status_code=200 if done else 409)
-    _flash(request, message)
+    flash(request, message)
     return RedirectResponse(request.url_for("access_request", request_id=found.id).path, status_code=303)
 
 
 # --- decisions -------------------------------------------------------------------------------------
 
 
-def _decision(data: dict[str, Any]) -> bool | None:
-    value = _text(data, "decision", 16)
+def decision_of(data: dict[str, Any]) -> bool | None:
+    value = field_text(data, "decision", 16)
     return True if value == "approve" else False if value == "deny" else None
 
 
 async def decide(request: Request) -> Response:
     """``POST /access-requests/{id}/decide``: an approver approves or denies a pending request."""
-    from dashboard.app import render
-    from dashboard.security.auth import require_user
-
     user = await require_user(request)
-    services = _services(request)
+    services = services_of(request)
     now = services.now()
     request_id = request.path_params["request_id"][:128]
-    data = await _input(request)
-    wants_json = _wants_json(request)
-    approve = _decision(data)
-    found = await trio.to_thread.run_sync(services.access.request, request_id)
+    data = await read_input(request)
+    json_answer = wants_json(request)
+    approve = decision_of(data)
+    found = await trio.to_thread.run_sync(services.approvals.request, request_id)
     if found is None:
         services.audit_event("decision_refused", user, None, request_id=request_id,
                              reason=Reason.UNKNOWN_MESSAGE.value, detail="no such request")
-        if wants_json:
+        if json_answer:
             return JSONResponse({"error": "not_found", "detail": "no such request"}, status_code=404)
-        return await _not_found(request, "request")
+        return await not_found(request, "request")
     answer: AccessRequest | Refused
     if approve is None:
         answer = Refused(Reason.MALFORMED, "the decision is approve or deny")
     else:
-        answer = await trio.to_thread.run_sync(services.access.decide, request_id, user, approve, now)
+        answer = await trio.to_thread.run_sync(services.approvals.decide, request_id, user, approve, now)
     if isinstance(answer, Refused):
         services.audit_event("decision_refused", user, None, **_request_audit(found),
-                             decision=_text(data, "decision", 16), reason=answer.reason.value, detail=answer.detail)
-        if wants_json:
-            return _refusal_json(answer)
+                             decision=field_text(data, "decision", 16), reason=answer.reason.value, detail=answer.detail)
+        if json_answer:
+            return refusal_json(answer)
         status = STATUS.get(answer.reason, 400)
         loaded = await trio.to_thread.run_sync(_load_request, services, user, request_id, now)
         if loaded is None:  # not theirs to see: say why the decision was refused, nothing more
@@ -464,171 +411,37 @@ async def decide(request: Request) -> Response:
         return await _render_request(request, user, loaded, now, refused=answer, status_code=status)
     kind = "access_approved" if approve else "access_denied"
     services.audit_event(kind, user, None, **_request_audit(answer))
-    if wants_json:
+    if json_answer:
         return JSONResponse({"request": request_json(answer, now)})
     verb = "Approved" if approve else "Denied"
-    _flash(request, f"{verb}: {answer.user.name}'s request for access to {answer.endpoint_name}.")
-    return RedirectResponse(_safe_path(data.get("next"), request.url_for("approvals").path), status_code=303)
-
-
-async def decide_extension(request: Request) -> Response:
-    """``POST /extensions/{id}/decide``: an approver approves (the approval's window, and the
-    deadline of every live session under it, move to the new end) or denies an extension."""
-    from dashboard.security.auth import require_user
-    from dashboard.gateway import extend_sessions
-
-    user = await require_user(request)
-    services = _services(request)
-    now = services.now()
-    extension_id = request.path_params["extension_id"][:128]
-    data = await _input(request)
-    wants_json = _wants_json(request)
-    approve = _decision(data)
-    found = await trio.to_thread.run_sync(services.access.extension, extension_id)
-    if found is None:
-        services.audit_event("decision_refused", user, None, extension_id=extension_id,
-                             reason=Reason.UNKNOWN_MESSAGE.value, detail="no such extension request")
-        if wants_json:
-            return JSONResponse({"error": "not_found", "detail": "no such extension request"}, status_code=404)
-        return await _not_found(request, "extension request")
-    answer: Extension | Refused
-    if approve is None:
-        answer = Refused(Reason.MALFORMED, "the decision is approve or deny")
-    else:
-        answer = await trio.to_thread.run_sync(services.access.decide_extension, extension_id, user, approve, now)
-    if isinstance(answer, Refused):
-        services.audit_event("decision_refused", user, found.session_id, **_extension_audit(found),
-                             decision=_text(data, "decision", 16), reason=answer.reason.value, detail=answer.detail)
-        if wants_json:
-            return _refusal_json(answer)
-        return await _render_approvals(request, user, now, refused=answer, status_code=STATUS.get(answer.reason, 400))
-    moved: list[str] = []
-    if approve:
-        moved = await extend_sessions(request, answer.request_id, answer.until)
-        services.audit_event("extension_approved", user, answer.session_id, **_extension_audit(found),
-                             sessions=moved)
-    else:
-        services.audit_event("extension_denied", user, answer.session_id, **_extension_audit(found))
-    if wants_json:
-        return JSONResponse({"extension": extension_json(answer), "sessions": moved})
-    if approve:
-        sessions = (" No live session runs under it." if not moved else
-                    " 1 live session now ends then." if len(moved) == 1 else
-                    f" {len(moved)} live sessions now end then.")
-        _flash(request, f"Approved: {answer.user.name}'s access to {answer.endpoint_name} now ends at "
-                        f"{_clock(answer.until)}.{sessions}")
-    else:
-        _flash(request, f"Denied: {answer.user.name}'s extension on {answer.endpoint_name}.")
-    return RedirectResponse(_safe_path(data.get("next"), request.url_for("approvals").path), status_code=303)
+    flash(request, f"{verb}: {answer.user.name}'s request for access to {answer.endpoint_name}.")
+    return RedirectResponse(safe_path(data.get("next"), request.url_for("approvals").path), status_code=303)
 
 
 # --- the approvers' queue -----------------------------------------------------------------------------
 
 
-async def _render_approvals(request: Request, user: User, now: float, *, refused: Refused | None = None,
+async def render_approvals(request: Request, user: User, now: float, *, refused: Refused | None = None,
                             status_code: int = 200) -> Response:
-    from dashboard.app import render
-
-    services = _services(request)
+    services = services_of(request)
 
     def load() -> tuple[list[AccessRequest], list[Extension], bool]:
         _expire(services, now)
-        return (services.access.pending_for(user, now), services.access.extensions_for(user, now),
-                bool(services.access.approver_of(user)))
+        return (services.approvals.pending_for(user, now), services.approvals.extensions_for(user, now),
+                bool(services.approvers.approver_of(user)))
 
     pending, extensions, approves = await trio.to_thread.run_sync(load)
-    if _wants_json(request) and refused is None:
+    if wants_json(request) and refused is None:
         return JSONResponse({"requests": [request_json(r, now) for r in pending],
                              "extensions": [extension_json(e) for e in extensions], "now": now})
     return await render(request, "approvals.html", {
-        "pending": pending, "extensions": extensions, "approves": approves, "now": now, "zone": _zone(),
-        "refused": refused, "flash": _take_flash(request)}, status_code=status_code)
+        "pending": pending, "extensions": extensions, "approves": approves, "now": now, "zone": zone_name(),
+        "refused": refused, "flash": take_flash(request)}, status_code=status_code)
 
 
 async def approvals_page(request: Request) -> Response:
-    from dashboard.security.auth import require_user
-
     user = await require_user(request)
-    return await _render_approvals(request, user, _services(request).now())
-
-
-# --- extensions -----------------------------------------------------------------------------------------
-
-
-async def ask_extension(request: Request) -> Response:
-    """``POST /sessions/{session_id}/extension``: the session's controller asks to move the end
-    of the approval it runs under (engine.access.may_request_extension)."""
-    from dashboard.security.auth import require_user
-    from dashboard.gateway import gateway_of
-
-    user = await require_user(request)
-    services = _services(request)
-    now = services.now()
-    session_id = request.path_params["session_id"][:128]
-    data = await _input(request)
-    wants_json = _wants_json(request)
-    live = gateway_of(request).sessions.get(session_id)
-    approval: AccessRequest | None = None
-    answer: Extension | Refused
-    if live is None:
-        answer = Refused(Reason.UNKNOWN_SESSION, "this session is not live (it ended, or never existed)")
-    elif live.controller.id != user.id:
-        answer = Refused(Reason.NOT_CONTROLLER, "only the session's controller may ask to extend it")
-    elif not live.approval_id:
-        answer = Refused(Reason.NO_DEADLINE, "this session runs under no approval: it has no end to move")
-    else:
-        approval = await trio.to_thread.run_sync(services.access.request, live.approval_id)
-        until = parse_until(data, approval.window_end) if approval is not None else \
-            Refused(Reason.NO_DEADLINE, "the approval this session runs under no longer exists")
-        if isinstance(until, Refused):
-            answer = until
-        else:
-            answer = await trio.to_thread.run_sync(
-                services.access.request_extension, user, live.approval_id, session_id, until,
-                _text(data, "reason", rules.MAX_REASON_CHARS + 1000), now)
-    back = f"/sessions/{session_id}"
-    if isinstance(answer, Refused):
-        services.audit_event("extension_refused", user, session_id, reason=answer.reason.value, detail=answer.detail,
-                             request_id=approval.id if approval is not None else None)
-        if wants_json:
-            return JSONResponse({"error": answer.reason.value, "detail": answer.detail,
-                                 "message": f"Not asked: {answer.detail}."},
-                                status_code=STATUS.get(answer.reason, 400))
-        _flash(request, f"Extension not asked: {answer.detail}.")
-        target = request.url_for("access_request", request_id=approval.id).path if approval is not None else back
-        return RedirectResponse(_safe_path(data.get("next"), target), status_code=303)
-    services.audit_event("extension_requested", user, session_id, **_extension_audit(answer))
-    message = (f"Asked to extend to {_clock(answer.until)} ({_zone()}): "
-               "an approver will decide.")
-    if wants_json:
-        return JSONResponse({"result": "requested", "extension": extension_json(answer), "message": message},
-                            status_code=201)
-    _flash(request, message)
-    return RedirectResponse(_safe_path(data.get("next"),
-                                       request.url_for("access_request", request_id=answer.request_id).path),
-                            status_code=303)
-
-
-async def extension_state(request: Request) -> Response:
-    """``GET /extensions/{id}`` (JSON): an extension's state, for its requester (the session page
-    follows its own request), the endpoint's approvers and administrators."""
-    from dashboard.security.auth import require_user
-
-    user = await require_user(request)
-    services = _services(request)
-
-    def load() -> Extension | None:
-        found = services.access.extension(request.path_params["extension_id"][:128])
-        if found is None:
-            return None
-        if found.user.id == user.id or user.is_admin or found.endpoint_id in services.access.approver_of(user):
-            return found
-        return None
-
-    found = await trio.to_thread.run_sync(load)
-    if found is None:
-        return JSONResponse({"error": "not_found", "detail": "no such extension request"}, status_code=404)
-    return JSONResponse({"extension": extension_json(found)})
+    return await render_approvals(request, user, services_of(request).now())
 
 
 routes = [
@@ -639,7 +452,4 @@ routes = [
     Route("/access-requests/{request_id}/cancel", cancel, methods=["POST"], name="access_request_cancel"),
     Route("/access-requests/{request_id}/decide", decide, methods=["POST"], name="access_request_decide"),
     Route("/approvals", approvals_page, methods=["GET"], name="approvals"),
-    Route("/extensions/{extension_id}", extension_state, methods=["GET"], name="extension"),
-    Route("/extensions/{extension_id}/decide", decide_extension, methods=["POST"], name="extension_decide"),
-    Route("/sessions/{session_id}/extension", ask_extension, methods=["POST"], name="session_extension"),
 ]

@@ -1,4 +1,4 @@
-"""Sign-in, sign-out, and who is asking.
+"""Sign-in, and who is asking.
 
 The session is Starlette's ``SessionMiddleware``: a cookie signed with ``secret_key`` (see
 docs/security.md for its flags). It holds the user's id under ``uid`` and the CSRF token.
@@ -8,38 +8,51 @@ For routes (HTTP and websocket alike)::
     user = await current_user(conn)        # User | None; looks the id up on each request
     user = await require_user(request)     # pages: 303 to /login; /api/...: 401 JSON
     user = await require_admin(request)    # as above, then 403 for a non-administrator
-    if not check_origin(websocket): ...    # the Origin header must be this server's own
 
-Routes: ``GET/POST /login``, ``POST /logout``, ``POST /api/login`` (JSON only),
-``POST /api/logout``, ``GET /api/me``.
+`SignIn` checks a name and a password (a few argon2 checks at a time, failures throttled and
+audited) and starts the browser session; the sign-in routes are pages/signin.py's (HTML) and
+api/account.py's (JSON). Web/errors.py answers `LoginRequired` and `Forbidden`.
+
+This floor sits below the repositories: it reaches the accounts and the audit log through the
+two small interfaces below (`Accounts`, `Auditor`), which `dashboard.services.Services`
+provides, on ``app.state.services``.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import time
 from collections import deque
-from typing import Any
-from urllib.parse import quote, urlsplit
+from typing import Any, Protocol
 
 import trio
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
-from starlette.requests import HTTPConnection, Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import Route
+from starlette.requests import HTTPConnection
 
-from dashboard.security.csrf import csrf_token, rotate_csrf_token
+from dashboard.security.csrf import rotate_csrf_token
 from engine.messages import User
-
-log = logging.getLogger(__name__)
 
 SESSION_USER = "uid"
 SESSION_COOKIE = "cosession"
 SESSION_MAX_AGE = 12 * 60 * 60  # a signed-in browser signs in again after 12 hours
 SAME_SITE = "lax"  # see docs/security.md: share links opened from other sites must work
-_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+SCOPE_USER = "cosession.user"  # where a connection's user is kept once looked up
+PASSWORD_CHECKS = 2  # argon2 verifications at once (each takes 64 MiB); the others wait
+
+
+class Accounts(Protocol):
+    """What sign-in needs of the user repository (repositories.accounts.Users)."""
+
+    def get(self, user_id: str) -> User | None: ...
+
+    def authenticate(self, name: str, password: str) -> User | None: ...
+
+
+class Auditor(Protocol):
+    """What sign-in needs of the audit log (services.Services.audit_event)."""
+
+    def audit_event(self, kind: str, actor: User | None = None, session_id: str | None = None,
+                    **detail: Any) -> None: ...
 
 
 class LoginRequired(Exception):
@@ -60,17 +73,17 @@ class Forbidden(Exception):
 async def current_user(conn: HTTPConnection) -> User | None:
     """The signed-in user of a Request or WebSocket, or None. Looked up once per connection
     (a deleted user is signed out at once; a changed admin flag applies at once)."""
-    cached = conn.scope.get("cosession.user", False)
+    cached = conn.scope.get(SCOPE_USER, False)
     if cached is not False:
         return cached
     uid = conn.session.get(SESSION_USER)
     user = None
     if isinstance(uid, str) and uid:
-        services = conn.app.state.services
-        user = await trio.to_thread.run_sync(services.users.get, uid)
+        accounts: Accounts = conn.app.state.services.users
+        user = await trio.to_thread.run_sync(accounts.get, uid)
         if user is None:
             conn.session.pop(SESSION_USER, None)
-    conn.scope["cosession.user"] = user
+    conn.scope[SCOPE_USER] = user
     return user
 
 
@@ -88,63 +101,12 @@ async def require_admin(conn: HTTPConnection) -> User:
     return user
 
 
-def is_api(conn: HTTPConnection) -> bool:
-    return conn.url.path.startswith("/api/")
+def session_middleware(secret_key: str, *, https_only: bool) -> Middleware:
+    return Middleware(SessionMiddleware, secret_key=secret_key, session_cookie=SESSION_COOKIE,
+                      max_age=SESSION_MAX_AGE, same_site=SAME_SITE, https_only=https_only)
 
 
-# --- origins ------------------------------------------------------------------------------
-
-
-def _origin(url: str) -> str | None:
-    """scheme://host:port, lower case, with the default port written out; None if malformed."""
-    try:
-        parts = urlsplit(url.strip())
-        scheme = parts.scheme.lower()
-        scheme = {"ws": "http", "wss": "https"}.get(scheme, scheme)
-        host = (parts.hostname or "").lower()
-        port = parts.port or _DEFAULT_PORTS.get(scheme)
-    except ValueError:
-        return None
-    if scheme not in ("http", "https") or not host or port is None:
-        return None
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{scheme}://{host}:{port}"
-
-
-def own_origins(conn: HTTPConnection) -> set[str]:
-    """This server's origins: the configured public URL's, and the one the client addressed
-    (its scheme and Host header; a browser cannot forge the Host of another site's request)."""
-    origins: set[str] = set()
-    services = getattr(conn.app.state, "services", None)
-    if services is not None and services.public_url:
-        public = _origin(services.public_url)
-        if public:
-            origins.add(public)
-    host = conn.headers.get("host")
-    if host:
-        addressed = _origin(f"{conn.url.scheme}://{host}")
-        if addressed:
-            origins.add(addressed)
-    return origins
-
-
-def same_origin(conn: HTTPConnection) -> bool:
-    """True if the request's Origin header names this server (False if there is none)."""
-    origin = conn.headers.get("origin")
-    if not origin or origin == "null":
-        return False
-    normalised = _origin(origin)
-    return normalised is not None and normalised in own_origins(conn)
-
-
-def check_origin(websocket: HTTPConnection) -> bool:
-    """For websockets, before `accept()`: the Origin must equal this server's own origin.
-    Browsers always send Origin on a websocket handshake; a missing one is refused too."""
-    return same_origin(websocket)
-
-
-# --- failed sign-ins ----------------------------------------------------------------------
+# --- signing in ---------------------------------------------------------------------------
 
 
 class LoginThrottle:
@@ -183,152 +145,45 @@ def _client(conn: HTTPConnection) -> str:
     return conn.client.host if conn.client else "?"
 
 
-async def _sign_in(conn: Request, name: str, password: str) -> User | None | str:
-    """The user, or None for wrong credentials, or "throttled". Audits failures."""
-    services = conn.app.state.services
-    throttle: LoginThrottle = conn.app.state.login_throttle
-    client = _client(conn)
-    name = name.strip()[:64]
-    if throttle.blocked(client, name):
-        services.audit_event("login_failed", None, name=name, remote=client, reason="throttled")
-        return "throttled"
-    # argon2 takes 64 MiB and tens of ms per check: a few at a time, so that a flood of sign-in
-    # attempts queues up instead of taking every worker thread and the memory with it.
-    user = await trio.to_thread.run_sync(services.users.authenticate, name, password,
-                                         limiter=conn.app.state.password_limiter)
-    if user is None:
-        throttle.failed(client, name)
-        services.audit_event("login_failed", None, name=name, remote=client, reason="invalid_credentials")
-        return None
-    throttle.succeeded(client, name)
-    conn.session.clear()  # nothing from before the sign-in carries over
-    conn.session[SESSION_USER] = user.id
-    conn.scope["cosession.user"] = user
-    rotate_csrf_token(conn)
-    services.audit_event("login", user, remote=client)
-    return user
+class SignIn:
+    """Signing in and out of the browser session, for the HTML and the JSON routes alike."""
+
+    def __init__(self, accounts: Accounts, auditor: Auditor, throttle: LoginThrottle | None = None,
+                 checks: int = PASSWORD_CHECKS) -> None:
+        self._accounts = accounts
+        self._auditor = auditor
+        self.throttle = throttle or LoginThrottle()
+        # argon2 takes 64 MiB and tens of ms per check: a few at a time, so that a flood of sign-in
+        # attempts queues up instead of taking every worker thread and the memory with it.
+        self._checks = trio.CapacityLimiter(checks)
+
+    async def sign_in(self, conn: HTTPConnection, name: str, password: str) -> User | None | str:
+        """The user, or None for wrong credentials, or "throttled". Audits failures."""
+        client = _client(conn)
+        name = name.strip()[:64]
+        if self.throttle.blocked(client, name):
+            self._auditor.audit_event("login_failed", None, name=name, remote=client, reason="throttled")
+            return "throttled"
+        user = await trio.to_thread.run_sync(self._accounts.authenticate, name, password, limiter=self._checks)
+        if user is None:
+            self.throttle.failed(client, name)
+            self._auditor.audit_event("login_failed", None, name=name, remote=client, reason="invalid_credentials")
+            return None
+        self.throttle.succeeded(client, name)
+        conn.session.clear()  # nothing from before the sign-in carries over
+        conn.session[SESSION_USER] = user.id
+        conn.scope[SCOPE_USER] = user
+        rotate_csrf_token(conn)
+        self._auditor.audit_event("login", user, remote=client)
+        return user
+
+    async def sign_out(self, conn: HTTPConnection) -> None:
+        """End the browser session (audited if someone was signed in)."""
+        user = await current_user(conn)
+        conn.session.clear()
+        if user is not None:
+            self._auditor.audit_event("logout", user)
 
 
-def _safe_next(target: str | None) -> str:
-    """Only a path on this server (no open redirect to another site)."""
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return "/"
-    return target
-
-
-def user_json(user: User) -> dict[str, Any]:
-    return {"id": user.id, "name": user.name, "is_admin": user.is_admin}
-
-
-# --- routes -------------------------------------------------------------------------------
-
-
-async def login_page(request: Request) -> Response:
-    from dashboard.app import render
-
-    target = _safe_next(request.query_params.get("next"))
-    if await current_user(request) is not None:
-        return RedirectResponse(target, status_code=303)
-    return await render(request, "login.html", {"next": target, "name": "", "error": None})
-
-
-async def login_submit(request: Request) -> Response:
-    from dashboard.app import render
-
-    form = await request.form()
-    name, password = str(form.get("name", "")), str(form.get("password", ""))
-    target = _safe_next(str(form.get("next", "")))
-    result = await _sign_in(request, name, password)
-    if isinstance(result, User):
-        return RedirectResponse(target, status_code=303)
-    error = ("Too many failed attempts. Wait a few minutes and try again." if result == "throttled"
-             else "Wrong name or password.")
-    return await render(request, "login.html", {"next": target, "name": name.strip()[:64], "error": error},
-                        status_code=429 if result == "throttled" else 401)
-
-
-async def logout(request: Request) -> Response:
-    user = await current_user(request)
-    request.session.clear()
-    if user is not None:
-        request.app.state.services.audit_event("logout", user)
-    return RedirectResponse("/login", status_code=303)
-
-
-async def api_login(request: Request) -> Response:
-    media_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if media_type != "application/json":
-        return JSONResponse({"error": "unsupported_media_type", "detail": "send application/json"},
-                            status_code=415)
-    try:
-        body = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
-        body = None
-    if not isinstance(body, dict) or not isinstance(body.get("name"), str) \
-            or not isinstance(body.get("password"), str):
-        return JSONResponse({"error": "malformed", "detail": 'send {"name": ..., "password": ...}'},
-                            status_code=400)
-    result = await _sign_in(request, body["name"], body["password"])
-    if result == "throttled":
-        return JSONResponse({"error": "throttled", "detail": "too many failed attempts"}, status_code=429)
-    if not isinstance(result, User):
-        return JSONResponse({"error": "invalid_credentials", "detail": "wrong name or password"},
-                            status_code=401)
-    return JSONResponse({"user": user_json(result), "csrf_token": csrf_token(request)})
-
-
-async def api_logout(request: Request) -> Response:
-    user = await current_user(request)
-    request.session.clear()
-    if user is not None:
-        request.app.state.services.audit_event("logout", user)
-    return Response(status_code=204)
-
-
-async def api_me(request: Request) -> Response:
-    user = await require_user(request)
-    return JSONResponse({"user": user_json(user), "csrf_token": csrf_token(request)})
-
-
-routes = [
-    Route("/login", login_page, methods=["GET"], name="login"),
-    Route("/login", login_submit, methods=["POST"], name="login_submit"),
-    Route("/logout", logout, methods=["POST"], name="logout"),
-    Route("/api/login", api_login, methods=["POST"], name="api_login"),
-    Route("/api/logout", api_logout, methods=["POST"], name="api_logout"),
-    Route("/api/me", api_me, methods=["GET"], name="api_me"),
-]
-
-
-# --- middleware and error handlers (assembled by dashboard.app.create_app) ------------------
-
-
-def session_middleware(secret_key: str, *, https_only: bool) -> Middleware:
-    return Middleware(SessionMiddleware, secret_key=secret_key, session_cookie=SESSION_COOKIE,
-                      max_age=SESSION_MAX_AGE, same_site=SAME_SITE, https_only=https_only)
-
-
-async def on_login_required(conn: HTTPConnection, exc: Exception) -> Response | None:
-    if conn.scope["type"] == "websocket":
-        await conn.close(code=1008)  # type: ignore[attr-defined]
-        return None
-    if is_api(conn):
-        return JSONResponse({"error": "login_required", "detail": "sign in first"}, status_code=401)
-    target = conn.url.path + (f"?{conn.url.query}" if conn.url.query else "")
-    return RedirectResponse(f"/login?next={quote(target, safe='/')}", status_code=303)
-
-
-async def on_forbidden(conn: HTTPConnection, exc: Exception) -> Response | None:
-    detail = getattr(exc, "detail", "You are not allowed to do this.")
-    if conn.scope["type"] == "websocket":
-        await conn.close(code=1008)  # type: ignore[attr-defined]
-        return None
-    if is_api(conn):
-        return JSONResponse({"error": "forbidden", "detail": detail}, status_code=403)
-    from dashboard.app import render
-
-    return await render(conn, "error.html", {"title": "Not allowed", "message": detail},  # type: ignore[arg-type]
-                        status_code=403)
-
-
-exception_handlers = {LoginRequired: on_login_required, Forbidden: on_forbidden}
+def sign_in_of(conn: HTTPConnection) -> SignIn:
+    return conn.app.state.sign_in

@@ -12,20 +12,22 @@ PATCH or DELETE must carry it:
 server never answers. In addition, a request whose ``Origin`` header names another origin is
 refused before anything else.
 
-Websockets are not HTTP requests: the gateway checks them with ``auth.check_origin``.
+Websockets are not HTTP requests: the gateway checks them with ``origin.check_origin``.
 """
 
 from __future__ import annotations
 
 import hmac
 import secrets
-from typing import Any
+from typing import Callable
 from urllib.parse import parse_qs
 
 from starlette.datastructures import Headers
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from dashboard.security.origin import same_origin
 
 SESSION_KEY = "csrf"
 FIELD = "csrf_token"
@@ -62,9 +64,10 @@ def token_matches(conn: HTTPConnection, candidate: str | None) -> bool:
 class CsrfMiddleware:
     """Refuses (403) an unsafe request without the session's token or from another origin.
     Must run inside SessionMiddleware. `origin_ok(conn)` decides whether an Origin header
-    names this server (see auth.same_origin)."""
+    names this server (origin.same_origin)."""
 
-    def __init__(self, app: ASGIApp, *, origin_ok: Any, exempt: frozenset[str] = EXEMPT_PATHS) -> None:
+    def __init__(self, app: ASGIApp, *, origin_ok: Callable[[HTTPConnection], bool] = same_origin,
+                 exempt: frozenset[str] = EXEMPT_PATHS) -> None:
         self.app = app
         self.origin_ok = origin_ok
         self.exempt = exempt

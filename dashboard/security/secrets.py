@@ -3,7 +3,7 @@
 Two keys, each from the settings or, when the setting is empty, from a file in the data
 directory that the first start generates (mode 0600) and every later start reuses:
 
-- ``secret_key`` (``<data_dir>/secret_key``) signs session cookies and share links;
+- ``secret_key`` (``<data_dir>/secret_key``) signs session cookies and share links (`signer`);
 - ``credential_key`` (``<data_dir>/credential_key``, 32 bytes, base64) encrypts stored
   endpoint credentials with AES-256-GCM. It never goes into the database.
 
@@ -23,6 +23,7 @@ from typing import Callable
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from itsdangerous import URLSafeTimedSerializer
 
 from config.settings import Settings
 
@@ -106,6 +107,13 @@ class Secrets:
             text = _read_or_create(data / CREDENTIAL_KEY_FILE,
                                    lambda: base64.b64encode(AESGCM.generate_key(bit_length=256)).decode())
         return cls(secret_key, _decode_credential_key(text, where))
+
+    def signer(self, salt: str) -> URLSafeTimedSerializer:
+        """A serializer for signed, timestamped tokens (share links, ...). Give each use its own
+        `salt`, so that a token made for one purpose is refused by every other."""
+        if not salt:
+            raise ValueError("a signer needs a salt naming its purpose")
+        return URLSafeTimedSerializer(self.secret_key, salt=f"cosession.{salt}")
 
     def encrypt(self, plaintext: str, *, context: str = "") -> bytes:
         nonce = os.urandom(_NONCE_BYTES)

@@ -10,10 +10,12 @@ when its session ends.
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Protocol
 from urllib.parse import parse_qs, quote, urlsplit
 
 from itsdangerous import BadData
+
+from dashboard.security.secrets import Secrets
 
 SALT = "share"
 MAX_TOKEN_CHARS = 1024
@@ -23,25 +25,32 @@ class ShareProblem(enum.StrEnum):
     INVALID = "invalid_share_link"  # forged, altered, or for another session
 
 
-def make_token(services: Any, session_id: str) -> str:
-    return services.signer(SALT).dumps({"s": session_id})
+class Site(Protocol):
+    """What a share link needs of the application (dashboard.services.Services)."""
+
+    secrets: Secrets
+    public_url: str
 
 
-def share_path(services: Any, session_id: str) -> str:
+def make_token(services: Site, session_id: str) -> str:
+    return services.secrets.signer(SALT).dumps({"s": session_id})
+
+
+def share_path(services: Site, session_id: str) -> str:
     return f"/sessions/{quote(session_id, safe='')}?share={make_token(services, session_id)}"
 
 
-def share_url(services: Any, session_id: str, base_url: str | None = None) -> str:
+def share_url(services: Site, session_id: str, base_url: str | None = None) -> str:
     base = (base_url if base_url is not None else services.public_url).rstrip("/")
     return base + share_path(services, session_id)
 
 
-def check_token(services: Any, token: str | None, session_id: str) -> ShareProblem | None:
+def check_token(services: Site, token: str | None, session_id: str) -> ShareProblem | None:
     """None if `token` is a valid share token for `session_id`."""
     if not token or len(token) > MAX_TOKEN_CHARS:
         return ShareProblem.INVALID
     try:
-        payload = services.signer(SALT).loads(token)
+        payload = services.secrets.signer(SALT).loads(token)
     except BadData:
         return ShareProblem.INVALID
     if not isinstance(payload, dict) or payload.get("s") != session_id:

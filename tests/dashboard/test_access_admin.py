@@ -1,4 +1,4 @@
-"""The administrators' access pages (dashboard/access_pages.py) over HTTP against the live
+"""The administrators' access pages (dashboard/pages/access.py) over HTTP against the live
 gateway: only administrators reach them, every change takes effect in the access model (as
 engine.access decides it) and is audited, and bad input is refused with a message."""
 
@@ -51,7 +51,7 @@ class Site:
         return [event["detail"] for event in events]
 
     def profile_id(self, name: str) -> str:
-        return self.services.access.profile(name).id
+        return self.services.profiles.profile(name).id
 
 
 @pytest.fixture
@@ -64,8 +64,8 @@ def refused(decision: Any) -> str | None:
 
 
 def test_every_route_is_for_administrators_only(site):
-    profile = site.services.access.create_profile("Ops", "allow")
-    group = site.services.access.create_group("operators")
+    profile = site.services.profiles.create_profile("Ops", "allow")
+    group = site.services.groups.create_group("operators")
     params = {"endpoint_id": site.box.id, "profile_id": profile.id, "group_id": group.id,
               "user_id": site.alice.id}
     alice = site.gateway.api_session("alice", USER_PASSWORD)
@@ -82,9 +82,9 @@ def test_every_route_is_for_administrators_only(site):
     with httpx.Client(base_url=site.gateway.base_url) as anonymous:
         assert anonymous.get("/profiles").headers["location"].startswith("/login?next=")
     # nothing changed
-    assert site.services.access.roles_on(site.box.id) == []
-    assert site.services.access.group(group.id).members == ()
-    assert site.services.access.profile(profile.id) == profile
+    assert site.services.grants.roles_on(site.box.id) == []
+    assert site.services.groups.group(group.id).members == ()
+    assert site.services.profiles.profile(profile.id) == profile
 
 
 def test_a_role_and_an_allow_profile_let_a_user_start(site):
@@ -144,7 +144,7 @@ def test_the_pages_show_what_is_set(site):
 def test_a_group_gives_its_members_what_it_holds(site):
     box = site.box.id
     assert site.post("/groups", name="operators") == "Group operators created."
-    group = next(g for g in site.services.access.groups() if g.name == "operators")
+    group = next(g for g in site.services.groups.groups() if g.name == "operators")
     site.post("/profiles", name="Recorded", web_session="record")
     recorded = site.profile_id("Recorded")
     site.post(f"/endpoints/{box}/roles", kind="group", name="operators", role="viewer")
@@ -162,8 +162,8 @@ def test_a_group_gives_its_members_what_it_holds(site):
     confirm = site.admin.get(f"/groups/{group.id}/delete").text
     assert "box: role viewer, profile Recorded" in confirm
     assert site.post(f"/groups/{group.id}/delete") == "Group operators deleted."
-    assert site.services.access.groups() == [] and site.services.access.roles_on(box) == []
-    assert site.services.access.assignments_on(box) == []
+    assert site.services.groups.groups() == [] and site.services.grants.roles_on(box) == []
+    assert site.services.grants.assignments_on(box) == []
 
     ids = {"group_id": group.id, "group_name": "operators"}
     assert site.audited("group_created") == [ids]
@@ -195,7 +195,7 @@ def test_editing_and_deleting_a_profile(site):
     confirm = site.admin.get(f"/profiles/{ops}/delete").text
     assert "box: assigned to user alice" in confirm and "Delete profile Ops 2" in confirm
     assert site.post(f"/profiles/{ops}/delete") == "Profile Ops 2 deleted."
-    assert site.services.access.profile(ops) is None and site.services.access.assignments_on(box) == []
+    assert site.services.profiles.profile(ops) is None and site.services.grants.assignments_on(box) == []
     assert site.admin.get(f"/profiles/{ops}/edit").status_code == 404
 
     updated = site.audited("profile_updated")
@@ -206,7 +206,7 @@ def test_editing_and_deleting_a_profile(site):
 
 def test_approval_policy_and_approvers(site):
     box = site.box.id
-    site.services.access.grant(box, site.alice.id)
+    site.services.grants.grant(box, site.alice.id)
     assert isinstance(site.decision(site.alice), StartGrant)
     assert site.post(f"/endpoints/{box}/approval", required="on") == "Starting a session on box requires approval."
     assert refused(site.decision(site.alice)) == Reason.APPROVAL_REQUIRED
@@ -214,16 +214,16 @@ def test_approval_policy_and_approvers(site):
     site.post(f"/endpoints/{box}/approval", required="on")  # no change: not audited again
 
     site.post("/groups", name="approvers")
-    group = site.services.access.groups()[0]
-    site.services.access.add_member(group.id, site.bob.id)
+    group = site.services.groups.groups()[0]
+    site.services.groups.add_member(group.id, site.bob.id)
     assert site.post(f"/endpoints/{box}/approvers", kind="group", name="approvers") \
         == "approvers now approves requests for box."
     assert site.post(f"/endpoints/{box}/approvers", kind="group", name="approvers") \
         == "approvers already approves requests for box."
-    assert site.services.access.approver_of(site.bob) == {box}
+    assert site.services.approvers.approver_of(site.bob) == {box}
     assert site.post(f"/endpoints/{box}/approvers/remove", kind="group", name=group.id) \
         == "approvers no longer approves requests for box."
-    assert site.services.access.approver_of(site.bob) == set()
+    assert site.services.approvers.approver_of(site.bob) == set()
     assert site.post(f"/endpoints/{box}/approval", required="off") == "Starting a session on box needs no approval."
     assert isinstance(site.decision(site.alice), StartGrant)
 
@@ -239,7 +239,7 @@ def test_bad_input_is_refused_with_a_message(site):
     box = site.box.id
     site.post("/groups", name="operators")
     site.post("/profiles", name="Ops", web_session="allow")
-    group = site.services.access.groups()[0]
+    group = site.services.groups.groups()[0]
     for path, data, message in [
         (f"/endpoints/{box}/roles", {"kind": "user", "name": "nobody", "role": "user"}, "No user named 'nobody'."),
         (f"/endpoints/{box}/roles", {"kind": "group", "name": "ghosts", "role": "user"}, "No group named 'ghosts'."),
@@ -272,8 +272,8 @@ def test_bad_input_is_refused_with_a_message(site):
     assert answer.status_code == 400 and "a profile name is 1 to 128 characters" in answer.text
     for path in (f"/endpoints/no-such/roles", "/groups/no-such/members", "/profiles/no-such/delete"):
         assert site.admin.post(path, data={"kind": "user", "name": "alice", "role": "user"}).status_code == 404
-    assert site.services.access.roles_on(box) == [] and site.services.access.approvers_on(box) == []
-    assert [p.name for p in site.services.access.profiles()] == ["Ops"]
+    assert site.services.grants.roles_on(box) == [] and site.services.approvers.approvers_on(box) == []
+    assert [p.name for p in site.services.profiles.profiles()] == ["Ops"]
     for kind in ("role_set", "role_removed", "profile_assigned", "approver_added", "approver_removed",
                  "group_member_added", "profile_updated"):
         assert site.audited(kind) == [], kind

@@ -1,4 +1,4 @@
-"""The JSON API (dashboard/api.py) over HTTP against the live gateway: who may call what, the
+"""The JSON API (dashboard/api/) over HTTP against the live gateway: who may call what, the
 sessions, terminate, endpoints, connections, the audit log, and the answers to bad input."""
 
 from __future__ import annotations

@@ -32,15 +32,15 @@ class Site:
         self.gateway = gateway
         self.browser = browser
         self.contexts: list[Any] = []
-        access = gateway.services.access
+        repos = gateway.services
         self.endpoint = gateway.create_endpoint("vault", EndpointProtocol.SYNTHETIC, host="")
-        access.set_requires_approval(self.endpoint.id, True)
+        repos.approvers.set_requires_approval(self.endpoint.id, True)
         for name, role in (("alice", "user"), ("carol", "supervisor"), ("bob", "viewer")):
             gateway.create_user(name, PASSWORD)
-            access.set_role(self.endpoint.id, access.principal("user", name), role)
+            repos.grants.set_role(self.endpoint.id, repos.grants.principal("user", name), role)
         # alice may start web sessions (with an approval); bob only watches: a role, no profile
-        access.assign(self.endpoint.id, access.principal("user", "alice"), access.standard_profile().id)
-        access.add_approver(self.endpoint.id, access.principal("user", "carol"))
+        repos.grants.assign(self.endpoint.id, repos.grants.principal("user", "alice"), repos.profiles.standard_profile().id)
+        repos.approvers.add_approver(self.endpoint.id, repos.grants.principal("user", "carol"))
 
     def signed_in(self, name: str) -> Page:
         context = self.browser.new_context()
@@ -98,7 +98,7 @@ def test_request_approve_start_extend_expire(site, live_gateway):
     expect(carol.get_by_test_id("no-pending-requests")).to_be_visible()
 
     # approved: Quick Access starts the session at once, under the approval's window
-    [request] = live_gateway.services.access.requests_of(live_gateway.services.users.get_by_name("alice"))
+    [request] = live_gateway.services.approvals.requests_of(live_gateway.services.users.get_by_name("alice"))
     end = request.window_end
     assert end == clock.now() + HOUR
     alice.reload()

@@ -1,4 +1,4 @@
-"""The audit log page, its exports and the chain status (dashboard/audit_pages.py), over HTTP."""
+"""The audit log page, its exports and the chain status (pages/audit.py, services/audit_log.py), over HTTP."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import httpx
 import pytest
 
 from dashboard.pages import audit as audit_pages
-from dashboard.pages.audit import BadInput, detail_text, parse_time
+from dashboard.services import audit_log
+from dashboard.services.audit_log import detail_text
+from dashboard.web.params import BadInput, parse_time
 from engine.audit import verify
 from engine.db import audit_events, audit_head, canonical_json, event_hash
 from engine.messages import EndpointProtocol, User
@@ -233,7 +235,7 @@ def test_csv_export_of_everything_matches_the_log_and_verify(gw):
     assert answer.headers["content-type"] == "text/csv; charset=utf-8"
     assert re.fullmatch(r'attachment; filename="cosession-audit-[0-9]{8}T[0-9]{6}Z\.csv"',
                         answer.headers["content-disposition"])
-    assert answer.text.splitlines()[0] == ",".join(audit_pages.CSV_COLUMNS)
+    assert answer.text.splitlines()[0] == ",".join(audit_log.CSV_COLUMNS)
     rows = _csv(answer)
     gw.engine.flush_audit()
     stored, _ = gw.services.audit_reader.events(limit=10_000)
@@ -286,7 +288,7 @@ def test_json_export_of_a_filtered_set(gw):
 
 
 def test_export_streams_page_by_page_and_keeps_the_set_it_started_with(gw, monkeypatch):
-    monkeypatch.setattr(audit_pages, "EXPORT_PAGE", 7)
+    monkeypatch.setattr(audit_log, "EXPORT_PAGE", 7)
     reads = []
     reader = gw.services.audit_reader
     original = reader.events
@@ -367,7 +369,7 @@ def test_detail_text():
 
 
 def test_a_client_that_leaves_mid_download_costs_nothing(gw, monkeypatch):
-    monkeypatch.setattr(audit_pages, "EXPORT_PAGE", 5)
+    monkeypatch.setattr(audit_log, "EXPORT_PAGE", 5)
     client = admin(gw)
     events(gw, 300)
     for path in ("/audit/export.csv", "/audit/export.json"):

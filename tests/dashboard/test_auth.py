@@ -10,7 +10,8 @@ import pytest
 import sqlalchemy as sa
 from starlette.requests import HTTPConnection
 
-from dashboard.security.auth import LoginThrottle, check_origin, same_origin
+from dashboard.security.auth import LoginThrottle
+from dashboard.security.origin import check_origin, same_origin
 
 PASSWORD = "correct horse battery"
 

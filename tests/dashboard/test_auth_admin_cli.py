@@ -92,7 +92,7 @@ def test_grant_with_a_role_and_a_profile(data_dir, capsys):
     services = services_for(data_dir)
     try:
         record = services.endpoints.create("box", "ssh", "h")
-        services.access.create_profile("Recorded", "record", clipboard_upload=True)
+        services.profiles.create_profile("Recorded", "record", clipboard_upload=True)
         hana = services.users.get_by_name("hana")
         assert admin(data_dir, "grant", "hana", "box", "--role", "viewer", "--profile", "Recorded") == 0
         assert "hana may now use box (role viewer, profile Recorded)" in capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""The live hub (dashboard/live.py) on its own: one watch on the engine, fanned out to bounded
+"""The live hub (dashboard/pages/live.py) on its own: one watch on the engine, fanned out to bounded
 subscriber channels; a subscriber that does not read is dropped and never slows the others or
 the engine's thread."""
 

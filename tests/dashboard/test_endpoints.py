@@ -9,14 +9,18 @@ import pytest
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 
-from dashboard.repositories.access import Access, AccessError
+from dashboard.repositories import tables
+from dashboard.repositories.access import Access
+from dashboard.repositories.grants import Grants
+from dashboard.repositories.model import AccessError
+from dashboard.repositories.profiles import Profiles
 from dashboard.repositories.accounts import AccountError, Users
 from dashboard.repositories.endpoints import EndpointError, Endpoints, host_key_fingerprint
 from dashboard.security.secrets import DecryptionFailed, Secrets
 from engine.access import AssetRole
-from engine.db import endpoint_access as t_endpoint_access
-from engine.db import endpoints as t_endpoints
-from engine.db import make_engine
+from dashboard.repositories.tables import endpoint_access as t_endpoint_access
+from dashboard.repositories.tables import endpoints as t_endpoints
+from engine import make_engine
 from engine.messages import EndpointSpec, EndpointProtocol, User
 
 KEY_A = "ssh-ed25519 " + base64.b64encode(b"\x00\x00\x00\x0bssh-ed25519" + b"A" * 36).decode() + " root@a"
@@ -35,6 +39,7 @@ class FakeEngine:
 @pytest.fixture
 def db(tmp_path):
     engine = make_engine(f"sqlite:///{tmp_path / 'test.db'}")
+    tables.create(engine)
     yield engine
     engine.dispose()
 
@@ -165,7 +170,8 @@ def test_joint_session_toggle_tells_the_engine(repo, fake_engine):
 
 
 def test_grants_give_a_role_and_the_standard_profile(db, secrets, users, fake_engine):
-    access = Access(db, secrets)
+    access = Access(db)
+    grants = Grants(db, Profiles(db))
     repo = Endpoints(db, secrets, fake_engine, access)
     alice = users.create("alice", "alice-password")
     admin = users.create("root", "root-password", is_admin=True)
@@ -173,22 +179,22 @@ def test_grants_give_a_role_and_the_standard_profile(db, secrets, users, fake_en
     b = repo.create("b", "ssh", "h")
     assert not access.may_join(alice, a.id)
     assert access.may_see(admin, a.id) and not access.may_see(admin, "missing")
-    assert access.grant(a.id, alice.id) is True
-    assert access.grant(a.id, alice.id) is False
+    assert grants.grant(a.id, alice.id) is True
+    assert grants.grant(a.id, alice.id) is False
     assert access.may_join(alice, a.id) and not access.may_join(alice, b.id)
     assert [e.name for e in repo.accessible(alice)] == ["a"]
     assert [e.name for e in repo.accessible(admin)] == ["a", "b"]
-    assert [(e.principal.name, e.role.value) for e in access.roles_on(a.id)] == [("alice", "user")]
-    assert [(e.principal.name, e.profile.name) for e in access.assignments_on(a.id)] == [("alice", "Standard")]
+    assert [(e.principal.name, e.role.value) for e in grants.roles_on(a.id)] == [("alice", "user")]
+    assert [(e.principal.name, e.profile.name) for e in grants.assignments_on(a.id)] == [("alice", "Standard")]
     with pytest.raises(AccessError, match="no such user"):
-        access.grant(a.id, "nobody")
+        grants.grant(a.id, "nobody")
     with pytest.raises(AccessError, match="no such endpoint"):
-        access.grant("nothing", alice.id)
-    assert access.revoke(a.id, alice.id) is True
+        grants.grant("nothing", alice.id)
+    assert grants.revoke(a.id, alice.id) is True
     assert not access.may_join(alice, a.id)
-    access.grant(a.id, alice.id)
+    grants.grant(a.id, alice.id)
     repo.delete(a.id)
-    assert repo.accessible(alice) == [] and access.roles_on(a.id) == []
+    assert repo.accessible(alice) == [] and grants.roles_on(a.id) == []
 
 
 def test_grants_of_an_older_database_move_into_the_model(db, secrets, users, fake_engine):
@@ -197,18 +203,19 @@ def test_grants_of_an_older_database_move_into_the_model(db, secrets, users, fak
     a = repo.create("a", "ssh", "h")
     with db.begin() as conn:
         conn.execute(t_endpoint_access.insert().values(endpoint_id=a.id, user_id=alice.id))
-    access = Access(db, secrets)
-    assert access.migrate_legacy_grants() == 1
-    assert access.migrate_legacy_grants() == 0  # idempotent: the old rows are gone
+    access = Access(db)
+    grants = Grants(db, Profiles(db))
+    assert grants.migrate_legacy_grants() == 1
+    assert grants.migrate_legacy_grants() == 0  # idempotent: the old rows are gone
     facts = access.facts(alice, a.id)
     assert facts.role is AssetRole.USER and facts.profile.name == "Standard" and facts.profile.allows_web_session
 
 
 def test_host_keys(repo):
     record = repo.create("a", "ssh", "h")
-    assert repo.record_host_key(record.id, KEY_A) is True
+    assert repo.trust_first_host_key(record.id, KEY_A) is True
     assert repo.get(record.id).host_key == " ".join(KEY_A.split()[:2])  # comment dropped
-    assert repo.record_host_key(record.id, KEY_B) is False  # only the first key is trusted
+    assert repo.trust_first_host_key(record.id, KEY_B) is False  # only the first key is trusted
     repo.note_changed_host_key(record.id, KEY_B)
     pending = repo.get(record.id)
     assert pending.host_key_fingerprint == host_key_fingerprint(KEY_A)
@@ -218,7 +225,7 @@ def test_host_keys(repo):
     assert accepted.host_key == KEY_B and accepted.pending_host_key is None
     assert repo.accept_pending_host_key(record.id) is False
     with pytest.raises(EndpointError):
-        repo.record_host_key(record.id, "not a key")
+        repo.trust_first_host_key(record.id, "not a key")
 
 
 def test_new_address_forgets_host_keys(repo):
@@ -257,7 +264,7 @@ def test_users(users):
 
 
 def test_password_hash_is_argon2id_and_rehashed_when_parameters_change(db, users):
-    from engine.db import users as t_users
+    from dashboard.repositories.tables import users as t_users
 
     users.create("alice", "alice-password")
     with db.connect() as conn:

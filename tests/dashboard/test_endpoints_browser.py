@@ -8,7 +8,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from engine.db import endpoints as t_endpoints
+from dashboard.repositories.tables import endpoints as t_endpoints
 
 PASSWORD = "admin-password-1"
 SECRET = "s3cr3t-endpoint-password"

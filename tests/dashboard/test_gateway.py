@@ -126,7 +126,7 @@ class Harness:
         return client, answer
 
     def connection(self, session_id: str) -> Any:
-        return self.gateway.app.state.gateway.sessions[session_id].connection
+        return self.gateway.app.state.live_sessions.sessions[session_id].connection
 
     async def audit(self, kind: str) -> list[dict[str, Any]]:
         def read() -> list[dict[str, Any]]:

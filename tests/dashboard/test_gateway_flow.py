@@ -50,7 +50,7 @@ async def stalled_viewer(h: Harness, name: str, session_id: str) -> Client:
 async def test_a_stalled_viewer_never_slows_the_controller_or_the_others(harness):
     controller, viewer, sid = await session_with_viewer(harness)
     slow = await stalled_viewer(harness, "slow", sid)
-    gateway = harness.gateway.app.state.gateway
+    gateway = harness.gateway.app.state.live_sessions
     connection = harness.connection(sid)
 
     def slow_queue():

@@ -136,5 +136,5 @@ def test_share_tokens_name_one_session(live_gateway):
     assert share.check_token(services, token, "s1") is None
     assert share.check_token(services, token, "s2") == share.ShareProblem.INVALID
     # a token made for another purpose with the same key is not a share token
-    other = services.signer("other").dumps({"s": "s1"})
+    other = services.secrets.signer("other").dumps({"s": "s1"})
     assert share.check_token(services, other, "s1") == share.ShareProblem.INVALID

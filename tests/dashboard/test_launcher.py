@@ -28,12 +28,12 @@ class Site:
 
     def __init__(self, gw: Any) -> None:
         self.gw = gw
-        self.access = gw.services.access
+        self.repos = gw.services
         self.synth = gw.create_endpoint("synth-box", EndpointProtocol.SYNTHETIC, host="")
         self.bare_ssh = gw.create_endpoint("bare-ssh", EndpointProtocol.SSH, host="127.0.0.1", port=22)
         gw.create_user("root", PASSWORD, admin=True)
         self.approver = gw.create_user("approver", PASSWORD)
-        self.access.add_approver(self.synth.id, self.access.principal("user", "approver"))
+        self.repos.approvers.add_approver(self.synth.id, self.repos.grants.principal("user", "approver"))
         self.profiles: dict[str, Any] = {}
         self.requests: dict[str, str] = {}  # user name → their request for access
 
@@ -44,7 +44,7 @@ class Site:
     def profile(self, web: str, *, mfa: bool = False, upload: bool = False) -> str:
         name = f"{web}{' mfa' if mfa else ''}{' upload' if upload else ''}"
         if name not in self.profiles:
-            self.profiles[name] = self.access.create_profile(name, web, mfa_required=mfa, clipboard_upload=upload)
+            self.profiles[name] = self.repos.profiles.create_profile(name, web, mfa_required=mfa, clipboard_upload=upload)
         return self.profiles[name].id
 
     def user(self, name: str, *, endpoint: Any = None, role: str | None = "user", web: str | None = "allow",
@@ -53,21 +53,21 @@ class Site:
         required), "none", "pending", "approved", "denied" or "expired"."""
         endpoint = endpoint or self.synth
         user = self.gw.create_user(name, PASSWORD)
-        principal = self.access.principal("user", name)
+        principal = self.repos.grants.principal("user", name)
         if role is not None:
-            self.access.set_role(endpoint.id, principal, role)
+            self.repos.grants.set_role(endpoint.id, principal, role)
         if web is not None:
-            self.access.assign(endpoint.id, principal, self.profile(web, mfa=mfa))
+            self.repos.grants.assign(endpoint.id, principal, self.profile(web, mfa=mfa))
         if approval is not None:
-            self.access.set_requires_approval(endpoint.id, True)
+            self.repos.approvers.set_requires_approval(endpoint.id, True)
         if approval in ("pending", "approved", "denied", "expired"):
             start = self.now - (2 * HOUR if approval == "expired" else 0)
-            request = self.access.create_request(user, endpoint.id, start, start + HOUR, "maintenance", self.now
+            request = self.repos.approvals.create_request(user, endpoint.id, start, start + HOUR, "maintenance", self.now
                                                  if approval != "expired" else start)
             if approval in ("approved", "expired"):
-                self.access.decide(request.id, self.approver, True, start)
+                self.repos.approvals.decide(request.id, self.approver, True, start)
             elif approval == "denied":
-                self.access.decide(request.id, self.approver, False, self.now)
+                self.repos.approvals.decide(request.id, self.approver, False, self.now)
             self.requests[name] = request.id
         return user
 
@@ -81,8 +81,8 @@ class Site:
 
     def enrol(self, user: Any) -> pyotp.TOTP:
         """An enrolled authenticator (its first token spent at the current step)."""
-        totp = pyotp.TOTP(pyotp.parse_uri(self.access.mfa_begin(user, self.now)).secret)
-        assert not hasattr(self.access.mfa_check(user, totp.at(self.now), self.now, confirming=True), "reason")
+        totp = pyotp.TOTP(pyotp.parse_uri(self.repos.mfa.begin(user, self.now)).secret)
+        assert not hasattr(self.repos.mfa.check(user, totp.at(self.now), self.now, confirming=True), "reason")
         return totp
 
 
@@ -246,9 +246,9 @@ async def test_a_start_under_an_approval_expires_at_its_end_and_records_as_its_p
     client = await harness.open("alice", f"/ws/endpoints/{site.synth.id}/start")
     await client.send({"type": "start", "launch": token, "cols": 80, "rows": 24})
     joined = await client.control("joined")
-    approval = (await trio.to_thread.run_sync(site.access.requests_of, live_gateway.services.users.get_by_name("alice")))[0]
+    approval = (await trio.to_thread.run_sync(site.repos.approvals.requests_of, live_gateway.services.users.get_by_name("alice")))[0]
     assert joined["deadline"] == approval.window_end and joined["now"] == site.now
-    assert live_gateway.app.state.gateway.sessions[joined["session_id"]].approval_id == approval.id
+    assert live_gateway.app.state.live_sessions.sessions[joined["session_id"]].approval_id == approval.id
     live_gateway.engine.flush_audit()
     assert live_gateway.services.audit_reader.session(joined["session_id"])["record"] is True
     live_gateway.clock.set(approval.window_end)
@@ -280,7 +280,7 @@ async def test_a_launch_expires_and_a_lost_approval_stops_it(site, harness, live
     assert (await client.control("refused"))["reason"] == "launch_expired"
     site.user("bob", approval="approved")
     token = await launched(harness, site, "bob")
-    await trio.to_thread.run_sync(site.access.set_role, site.synth.id, site.access.principal("user", "bob"),
+    await trio.to_thread.run_sync(site.repos.grants.set_role, site.synth.id, site.repos.grants.principal("user", "bob"),
                                   None)  # the role is taken away between the launch and the start
     client = await harness.open("bob", f"/ws/endpoints/{site.synth.id}/start")
     await client.send({"type": "start", "launch": token, "cols": 80, "rows": 24})

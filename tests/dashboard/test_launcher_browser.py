@@ -29,14 +29,14 @@ class Site:
     def __init__(self, gateway: Any, browser: Browser) -> None:
         self.gateway = gateway
         self.browser = browser
-        self.access = gateway.services.access
+        self.repos = gateway.services
         self.contexts: list[Any] = []
         self.endpoint = gateway.create_endpoint("plc-line-3", EndpointProtocol.SYNTHETIC, host="")
 
     def user(self, name: str, **profile: Any) -> Any:
         user = self.gateway.create_user(name, PASSWORD)
-        profile_id = self.access.create_profile(f"profile of {name}", "allow", **profile).id
-        self.access.grant(self.endpoint.id, user.id, profile_id=profile_id)
+        profile_id = self.repos.profiles.create_profile(f"profile of {name}", "allow", **profile).id
+        self.repos.grants.grant(self.endpoint.id, user.id, profile_id=profile_id)
         return user
 
     def signed_in(self, name: str) -> Page:
@@ -85,8 +85,8 @@ def test_access_opens_the_session_in_a_new_tab_with_the_launchers_parameters(sit
 
 def test_a_new_window_and_a_wrong_then_a_good_token(site, live_gateway):
     alice = site.user("alice", mfa_required=True)
-    totp = pyotp.TOTP(pyotp.parse_uri(site.access.mfa_begin(alice, live_gateway.clock.now())).secret)
-    site.access.mfa_check(alice, totp.at(live_gateway.clock.now()), live_gateway.clock.now(), confirming=True)
+    totp = pyotp.TOTP(pyotp.parse_uri(site.repos.mfa.begin(alice, live_gateway.clock.now())).secret)
+    site.repos.mfa.check(alice, totp.at(live_gateway.clock.now()), live_gateway.clock.now(), confirming=True)
     live_gateway.clock.advance(30)
     page = site.signed_in("alice")
     page.goto(site.gateway.url(f"/launch/{site.endpoint.id}"))
@@ -121,8 +121,8 @@ def test_quick_access_starts_at_once_or_says_why_not(site):
     session.set_default_timeout(WAIT)
     active(session)
     # the administrator takes the profile away: the stale row now gets "Access denied"
-    site.access.revoke(site.endpoint.id, site.access.principal("user", "alice").id)
-    site.access.set_role(site.endpoint.id, site.access.principal("user", "alice"), "viewer")
+    site.repos.grants.revoke(site.endpoint.id, site.repos.grants.principal("user", "alice").id)
+    site.repos.grants.set_role(site.endpoint.id, site.repos.grants.principal("user", "alice"), "viewer")
     with page.context.expect_page() as opened:
         quick.click()
     denied = opened.value

@@ -17,7 +17,7 @@ import qrcode
 import sqlalchemy as sa
 
 from engine.clock import ManualClock
-from engine.db import mfa_secrets
+from dashboard.repositories.tables import mfa_secrets
 
 PASSWORD = "correct horse battery"
 START = 1_800_000_010.0  # 10 seconds into a 30-second TOTP step
@@ -48,7 +48,7 @@ class Site:
         return self.gateway.services.now()
 
     def status(self, user: Any) -> str:
-        return self.gateway.services.access.mfa_status(user)
+        return self.gateway.services.mfa.status(user)
 
     def begin(self, name: str) -> str:
         """Set up an authenticator for `name` through the page; the otpauth URI the page shows."""

@@ -62,4 +62,4 @@ def test_a_user_enrols_an_authenticator_through_the_account_page(live_gateway, p
     expect(page.locator(".flash")).to_contain_text("Your authenticator is enrolled")
     expect(page.get_by_test_id("mfa-qr")).to_have_count(0)
     assert secret not in page.content()
-    assert live_gateway.services.access.mfa_status(alice) == "enrolled"
+    assert live_gateway.services.mfa.status(alice) == "enrolled"

@@ -1,4 +1,4 @@
-"""Requests for access, approvals and extensions over real HTTP (dashboard/requests_pages.py):
+"""Requests for access, approvals and extensions over real HTTP (dashboard/pages/requests.py, extensions.py):
 the request screen and its refusals, who may see a request, four eyes, the decisions and what
 `engine.access.may_start` then says, expiry by the engine's clock (a ManualClock: no sleeps),
 extensions that move a live session's deadline, and the audit row of every decision."""
@@ -15,7 +15,6 @@ import pytest
 import sqlalchemy as sa
 import trio
 
-from dashboard.gateway import Gateway
 from engine import access as rules
 from engine.access import ApprovalState, QuickOutcome, StartGrant
 from engine.clock import ManualClock
@@ -54,7 +53,7 @@ class Site:
     def __init__(self, gateway: Any) -> None:
         self.gw = gateway
         self.services = gateway.services
-        self.access = gateway.services.access
+        self.repos = gateway.services
         self.clock: ManualClock = gateway.engine.clock
         self.root = gateway.create_user("root", PASSWORD, admin=True)
         self.alice = gateway.create_user("alice", PASSWORD)
@@ -65,11 +64,11 @@ class Site:
         self.open = gateway.create_endpoint("open", EndpointProtocol.SYNTHETIC, host="")
         self.secret = gateway.create_endpoint("secret", EndpointProtocol.SYNTHETIC, host="")
         for user in (self.alice, self.bob):
-            self.access.grant(self.vault.id, user.id)
-            self.access.grant(self.open.id, user.id)
-        self.access.set_requires_approval(self.vault.id, True)
+            self.repos.grants.grant(self.vault.id, user.id)
+            self.repos.grants.grant(self.open.id, user.id)
+        self.repos.approvers.set_requires_approval(self.vault.id, True)
         for name in ("carol", "dave"):
-            assert self.access.add_approver(self.vault.id, self.access.principal("user", name))
+            assert self.repos.approvers.add_approver(self.vault.id, self.repos.grants.principal("user", name))
         self._clients: dict[str, httpx.Client] = {}
 
     def client(self, name: str) -> httpx.Client:
@@ -95,10 +94,10 @@ class Site:
                                       data={"decision": decision}, headers=headers)
 
     def may_start(self, user: Any, endpoint: Any = None) -> Refused | StartGrant:
-        return rules.may_start(self.access.facts(user, (endpoint or self.vault).id), self.services.now())
+        return rules.may_start(self.repos.access.facts(user, (endpoint or self.vault).id), self.services.now())
 
     def quick(self, user: Any) -> rules.QuickAccess:
-        return rules.quick_access(self.access.facts(user, self.vault.id), self.services.now())
+        return rules.quick_access(self.repos.access.facts(user, self.vault.id), self.services.now())
 
 
 @pytest.fixture
@@ -132,7 +131,7 @@ def test_the_request_screen_answers_the_same_for_missing_and_forbidden_endpoints
     for endpoint_id in (site.secret.id, "no-such-endpoint"):
         answer = alice.post("/access-requests", data={"endpoint": endpoint_id, "duration": "60", "reason": "x"})
         assert answer.status_code == 404
-    assert site.access.requests_of(site.alice) == []
+    assert site.repos.approvals.requests_of(site.alice) == []
     refused = audit_rows(site.gw, "access_request_refused")
     assert [(actor, d["endpoint_id"], d["reason"]) for actor, _, d in refused] == [
         ("alice", site.secret.id, "no_access"), ("alice", "no-such-endpoint", "no_access")]
@@ -165,7 +164,7 @@ def test_a_bad_window_or_reason_is_refused_in_the_form_and_audited(site, form, r
     assert 'data-testid="request-form"' in answer.text  # the form again, to correct
     if form.get("reason", "").strip():
         assert form["reason"][:100] in answer.text  # what was typed is kept
-    assert site.access.requests_of(site.alice) == []
+    assert site.repos.approvals.requests_of(site.alice) == []
     rows = audit_rows(site.gw, "access_request_refused")
     assert [(actor, d["endpoint_id"], d["reason"]) for actor, _, d in rows] == [
         ("alice", site.vault.id, reason.value)]
@@ -175,14 +174,14 @@ def test_a_bad_window_or_reason_is_refused_in_the_form_and_audited(site, form, r
 
 def test_a_request_is_refused_when_an_approval_would_not_help(site):
     """A profile that denies web sessions is not lifted by an approval: no request is filed."""
-    deny = site.access.create_profile("No web", "deny")
-    site.access.revoke(site.vault.id, site.bob.id)
-    bob = site.access.principal("user", "bob")
-    site.access.set_role(site.vault.id, bob, "user")
-    site.access.assign(site.vault.id, bob, deny.id)
+    deny = site.repos.profiles.create_profile("No web", "deny")
+    site.repos.grants.revoke(site.vault.id, site.bob.id)
+    bob = site.repos.grants.principal("user", "bob")
+    site.repos.grants.set_role(site.vault.id, bob, "user")
+    site.repos.grants.assign(site.vault.id, bob, deny.id)
     answer = site.ask("bob")
     assert answer.status_code == 403 and 'data-reason="no_web_session"' in answer.text
-    assert site.access.requests_of(site.bob) == []
+    assert site.repos.approvals.requests_of(site.bob) == []
     assert [d["reason"] for _, _, d in audit_rows(site.gw, "access_request_refused")] == ["no_web_session"]
 
 
@@ -190,7 +189,7 @@ def test_a_filed_request_awaits_approval_and_is_audited(site):
     assert site.quick(site.alice).outcome is QuickOutcome.REQUEST
     request_id = site.filed(window_start=local(START + HOUR), window_end=local(START + 3 * HOUR),
                             reason="rotate the keys")
-    found = site.access.request(request_id)
+    found = site.repos.approvals.request(request_id)
     assert (found.state, found.window_start, found.window_end, found.reason) == (
         ApprovalState.PENDING, START + HOUR, START + 3 * HOUR, "rotate the keys")
     # Quick Access now opens this pending request
@@ -216,11 +215,11 @@ def test_a_filed_request_awaits_approval_and_is_audited(site):
 
 
 def test_a_duration_counts_from_the_start(site):
-    first = site.access.request(site.filed(duration="90"))  # an empty start: now
+    first = site.repos.approvals.request(site.filed(duration="90"))  # an empty start: now
     assert (first.window_start, first.window_end) == (START, START + 90 * 60)
-    second = site.access.request(site.filed(window_start=local(START + HOUR), duration="30"))
+    second = site.repos.approvals.request(site.filed(window_start=local(START + HOUR), duration="30"))
     assert (second.window_start, second.window_end) == (START + HOUR, START + 90 * 60)
-    third = site.access.request(site.filed(window_start=local(START - HOUR), duration="90"))
+    third = site.repos.approvals.request(site.filed(window_start=local(START - HOUR), duration="90"))
     assert (third.window_start, third.window_end) == (START - HOUR, START + 30 * 60)
     assert site.ask(window_start=local(START - HOUR), duration="60").status_code == 400  # already ended
 
@@ -284,7 +283,7 @@ def test_an_approval_grants_a_start_until_the_windows_end(site):
     grant = site.may_start(site.alice)
     assert isinstance(grant, StartGrant) and grant.deadline == START + 2 * HOUR
     assert site.quick(site.alice).outcome in (QuickOutcome.START, QuickOutcome.LAUNCHER)
-    found = site.access.request(request_id)
+    found = site.repos.approvals.request(request_id)
     assert (found.state, found.approver_name) == (ApprovalState.APPROVED, "carol")
     page = site.client("alice").get(f"/access-requests/{request_id}")
     assert 'data-testid="request-state" data-state="approved"' in page.text
@@ -338,7 +337,7 @@ REFUSAL_WORDS = {
 def test_a_decision_that_may_not_be_made_is_refused_clearly_and_audited(site, who, setup, status, reason, accept):
     request_id = site.filed(duration="30")
     if setup == "alice approves vault":
-        site.access.add_approver(site.vault.id, site.access.principal("user", "alice"))
+        site.repos.approvers.add_approver(site.vault.id, site.repos.grants.principal("user", "alice"))
     elif setup == "carol approved":
         assert site.decide("carol", request_id, "approve").status_code == 303
     elif setup == "carol denied":
@@ -347,7 +346,7 @@ def test_a_decision_that_may_not_be_made_is_refused_clearly_and_audited(site, wh
         assert site.client("alice").post(f"/access-requests/{request_id}/cancel").status_code == 303
     elif setup == "the window passed":
         site.clock.advance(31 * 60)
-    before = site.access.request(request_id)
+    before = site.repos.approvals.request(request_id)
 
     answer = site.decide(who, request_id, "approve", Accept=accept)
     assert answer.status_code == status
@@ -357,7 +356,7 @@ def test_a_decision_that_may_not_be_made_is_refused_clearly_and_audited(site, wh
         assert REFUSAL_WORDS[reason] in answer.text
         if who != "bob":  # they may see the request: its page, with the refusal on it
             assert f'data-testid="decision-error" data-reason="{reason.value}"' in answer.text
-    after = site.access.request(request_id)
+    after = site.repos.approvals.request(request_id)
     now = site.services.now()
     assert (after.effective_state(now), after.approver_name, after.decided_at) == (
         before.effective_state(now), before.approver_name, before.decided_at)  # nothing decided
@@ -368,7 +367,7 @@ def test_a_decision_that_may_not_be_made_is_refused_clearly_and_audited(site, wh
 
 
 def test_the_requester_sees_why_nobody_approves_their_own_request(site):
-    site.access.add_approver(site.vault.id, site.access.principal("user", "alice"))
+    site.repos.approvers.add_approver(site.vault.id, site.repos.grants.principal("user", "alice"))
     request_id = site.filed()
     page = site.client("alice").get(f"/access-requests/{request_id}")
     assert 'data-testid="four-eyes"' in page.text and 'data-testid="approve"' not in page.text
@@ -384,7 +383,7 @@ def test_a_decision_other_than_approve_or_deny_is_refused(site):
     request_id = site.filed()
     answer = site.decide("carol", request_id, "maybe", Accept="application/json")
     assert answer.status_code == 400 and answer.json()["error"] == "malformed"
-    assert site.access.request(request_id).state is ApprovalState.PENDING
+    assert site.repos.approvals.request(request_id).state is ApprovalState.PENDING
     assert site.client("carol").post("/access-requests/no-such/decide", data={"decision": "approve"}).status_code \
         == 404
     assert [d["reason"] for _, _, d in audit_rows(site.gw, "decision_refused")] == ["malformed", "unknown_message"]
@@ -395,7 +394,7 @@ def test_the_requester_withdraws_a_pending_request(site):
     assert site.client("bob").post(f"/access-requests/{request_id}/cancel").status_code == 404
     answer = site.client("alice").post(f"/access-requests/{request_id}/cancel")
     assert answer.status_code == 303 and answer.headers["location"].endswith(f"/access-requests/{request_id}")
-    assert site.access.request(request_id).state is ApprovalState.EXPIRED
+    assert site.repos.approvals.request(request_id).state is ApprovalState.EXPIRED
     page = site.client("alice").get(f"/access-requests/{request_id}")
     assert "withdrawn by its requester" in page.text and 'data-testid="cancel-request"' not in page.text
     again = site.client("alice").post(f"/access-requests/{request_id}/cancel", headers={"Accept": "application/json"})
@@ -418,12 +417,12 @@ def test_past_its_window_an_approval_expires_and_the_list_says_so(site):
     site.clock.advance(1)
     refused = site.may_start(site.alice)
     assert isinstance(refused, Refused) and refused.reason is Reason.APPROVAL_EXPIRED
-    assert site.access.request(request_id).state is ApprovalState.APPROVED  # as stored, until listed
+    assert site.repos.approvals.request(request_id).state is ApprovalState.APPROVED  # as stored, until listed
 
     listing = site.client("alice").get("/access-requests")
     assert listing.status_code == 200
     assert f'data-request-id="{request_id}" data-state="expired"' in listing.text
-    assert site.access.request(request_id).state is ApprovalState.EXPIRED  # listing kept the store honest
+    assert site.repos.approvals.request(request_id).state is ApprovalState.EXPIRED  # listing kept the store honest
     page = site.client("alice").get(f"/access-requests/{request_id}")
     assert 'data-testid="request-state" data-state="expired"' in page.text
     assert "its window has ended" in page.text and "approved by carol" in page.text
@@ -435,7 +434,7 @@ def test_a_pending_request_past_its_window_expires_and_leaves_the_queue(site):
     site.clock.advance(30 * 60)
     queue = site.client("carol").get("/approvals")
     assert 'data-testid="pending-request"' not in queue.text
-    assert site.access.request(request_id).state is ApprovalState.EXPIRED
+    assert site.repos.approvals.request(request_id).state is ApprovalState.EXPIRED
     assert site.may_start(site.alice).reason is Reason.APPROVAL_EXPIRED
     listing = site.client("alice").get("/access-requests", headers={"Accept": "application/json"})
     assert [(r["id"], r["state"]) for r in listing.json()["requests"]] == [(request_id, "expired")]
@@ -473,11 +472,7 @@ class LiveUnderApproval:
         site.gw.call_on_loop(self._register)
 
     def _register(self) -> None:
-        state = self.site.gw.app.state
-        gateway = getattr(state, "gateway", None)
-        if gateway is None:
-            gateway = state.gateway = Gateway(state.services)
-        live = gateway.live(self.session_id, self.site.vault.spec, self.site.alice)
+        live = self.site.gw.app.state.live_sessions.live(self.session_id, self.site.vault.spec, self.site.alice)
         live.approval_id = self.request_id
 
     def ask(self, name: str = "alice", json_answer: bool = True, **body: Any) -> httpx.Response:
@@ -507,7 +502,7 @@ def test_the_controller_asks_to_extend_and_an_approval_moves_the_sessions_deadli
     assert decided.status_code == 303 and decided.headers["location"] == "/approvals"
     assert "1 live session now ends then" in site.client("carol").get("/approvals").text
     assert live.deadline_now() == START + 90 * 60  # the engine's Extend
-    assert site.access.request(live.request_id).window_end == START + 90 * 60
+    assert site.repos.approvals.request(live.request_id).window_end == START + 90 * 60
     grant = site.may_start(site.alice)
     assert isinstance(grant, StartGrant) and grant.deadline == START + 90 * 60
     assert site.client("alice").get(f"/extensions/{extension['id']}").json()["extension"]["state"] == "approved"
@@ -536,7 +531,7 @@ def test_a_denied_extension_leaves_the_deadline(site):
                                       headers={"Accept": "application/json"})
     assert answer.status_code == 200 and answer.json()["extension"]["state"] == "denied"
     assert live.deadline_now() == START + HOUR
-    assert site.access.request(live.request_id).window_end == START + HOUR
+    assert site.repos.approvals.request(live.request_id).window_end == START + HOUR
     again = site.client("carol").post(f"/extensions/{extension['id']}/decide", data={"decision": "approve"})
     assert again.status_code == 409 and 'data-reason="already_decided"' in again.text
     assert live.deadline_now() == START + HOUR
@@ -547,7 +542,7 @@ def test_a_denied_extension_leaves_the_deadline(site):
 
 
 def test_nobody_approves_their_own_extension(site):
-    site.access.add_approver(site.vault.id, site.access.principal("user", "alice"))
+    site.repos.approvers.add_approver(site.vault.id, site.repos.grants.principal("user", "alice"))
     live = LiveUnderApproval(site)
     extension = live.ask(minutes=15, reason="a bit more").json()["extension"]
     answer = site.client("alice").post(f"/extensions/{extension['id']}/decide", data={"decision": "approve"},
@@ -580,7 +575,7 @@ def test_an_extension_that_may_not_be_asked_is_refused_and_audited(site, who, bo
     answer = live.ask(who, **body)
     assert answer.status_code == status and answer.json()["error"] == reason.value
     assert answer.json()["message"].startswith("Not asked:")
-    assert site.access.extensions_of_request(live.request_id) == []
+    assert site.repos.approvals.extensions_of_request(live.request_id) == []
     rows = audit_rows(site.gw, "extension_refused")
     assert [(actor, session, d["reason"]) for actor, session, d in rows] == [(who, live.session_id, reason.value)]
     assert audit_rows(site.gw, "extension_requested") == []
@@ -594,10 +589,7 @@ def test_an_extension_needs_a_live_session_under_an_approval(site):
     plain = site.gw.engine.open_session(site.open.spec, site.alice)
 
     def register() -> None:
-        state = site.gw.app.state
-        if getattr(state, "gateway", None) is None:
-            state.gateway = Gateway(state.services)
-        state.gateway.live(plain.session_id, site.open.spec, site.alice)
+        site.gw.app.state.live_sessions.live(plain.session_id, site.open.spec, site.alice)
 
     site.gw.call_on_loop(register)
     answer = site.client("alice").post(f"/sessions/{plain.session_id}/extension", data={"minutes": "5", "reason": "x"})
@@ -612,7 +604,7 @@ def test_a_form_extension_redirects_to_the_request_page(site):
     page = site.client("alice").get(answer.headers["location"])
     assert "Asked to extend to" in page.text
     assert 'data-testid="extension-row"' in page.text and "one more step" in page.text
-    [extension] = site.access.extensions_of_request(live.request_id)
+    [extension] = site.repos.approvals.extensions_of_request(live.request_id)
     assert (extension.until, extension.state) == (START + 80 * 60, ApprovalState.PENDING)
 
 

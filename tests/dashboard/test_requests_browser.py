@@ -23,20 +23,20 @@ TEMPLATES = Path(__file__).resolve().parents[2] / "dashboard" / "templates"
 
 def vault(gateway: Any) -> Any:
     """vault requires approval; alice holds a role on it, carol approves it."""
-    access = gateway.services.access
+    repos = gateway.services
     alice = gateway.create_user("alice", PASSWORD)
     gateway.create_user("carol", PASSWORD)
     endpoint = gateway.create_endpoint("vault", EndpointProtocol.SYNTHETIC, host="")
-    access.grant(endpoint.id, alice.id)
-    access.set_requires_approval(endpoint.id, True)
-    assert access.add_approver(endpoint.id, access.principal("user", "carol"))
+    repos.grants.grant(endpoint.id, alice.id)
+    repos.approvers.set_requires_approval(endpoint.id, True)
+    assert repos.approvers.add_approver(endpoint.id, repos.grants.principal("user", "carol"))
     return endpoint, alice
 
 
 @pytest.mark.browser
 def test_a_request_filed_in_the_browser_is_approved_by_an_approver_in_another(live_gateway, page, browser):
     endpoint, alice = vault(live_gateway)
-    access = live_gateway.services.access
+    repos = live_gateway.services
     live_gateway.login(page, "alice", PASSWORD)
     page.goto(live_gateway.url(f"/access-requests/new?endpoint={endpoint.id}"))
     assert page.get_by_test_id("endpoint-name").inner_text() == "vault"
@@ -49,7 +49,7 @@ def test_a_request_filed_in_the_browser_is_approved_by_an_approver_in_another(li
     assert page.get_by_test_id("request-state").get_attribute("data-state") == "pending"
     assert "Awaiting approval" in page.get_by_test_id("awaiting").inner_text()
     assert page.get_by_test_id("reason").inner_text() == "renew the TLS certificate"
-    found = access.request(request_id)
+    found = repos.approvals.request(request_id)
     assert found.state is ApprovalState.PENDING and found.window_end - found.window_start == 45 * 60
 
     approver = browser.new_context()
@@ -71,7 +71,7 @@ def test_a_request_filed_in_the_browser_is_approved_by_an_approver_in_another(li
     assert page.get_by_test_id("request-state").get_attribute("data-state") == "approved"
     assert page.get_by_test_id("open-window").is_visible()
     assert "approved by carol" in page.get_by_test_id("decided").inner_text()
-    grant = rules.may_start(access.facts(alice, endpoint.id), live_gateway.services.now())
+    grant = rules.may_start(repos.access.facts(alice, endpoint.id), live_gateway.services.now())
     assert isinstance(grant, StartGrant) and grant.deadline == found.window_end
     page.get_by_role("link", name="Requests", exact=True).click()
     page.wait_for_url("**/access-requests")
@@ -95,11 +95,11 @@ def _partial(session_id: str) -> str:
 @pytest.mark.browser
 def test_the_controller_asks_to_extend_from_the_session_page(live_gateway, page):
     endpoint, alice = vault(live_gateway)
-    access = live_gateway.services.access
+    repos = live_gateway.services
     services = live_gateway.services
     now = services.now()
-    request = access.create_request(alice, endpoint.id, now, now + 3600, "deploy", now)
-    access.decide(request.id, services.users.get_by_name("carol"), True, now)
+    request = repos.approvals.create_request(alice, endpoint.id, now, now + 3600, "deploy", now)
+    repos.approvals.decide(request.id, services.users.get_by_name("carol"), True, now)
     live_gateway.login(page, "alice", PASSWORD)
     live_gateway.launch(page, endpoint)  # the real session page, started under the approval
     page.wait_for_function("() => window.cosession && window.cosession.role === 'controller'")
@@ -113,7 +113,7 @@ def test_the_controller_asks_to_extend_from_the_session_page(live_gateway, page)
     result = page.get_by_test_id("extension-result")
     result.wait_for(state="visible")
     assert "Asked to extend" in result.inner_text() and result.get_attribute("data-kind") == "ok"
-    [extension] = access.extensions_of_request(request.id)
+    [extension] = repos.approvals.extensions_of_request(request.id)
     assert (extension.until, extension.reason, extension.session_id) == (
         request.window_end + 30 * 60, "the deploy is slow", session_id)
 

@@ -144,15 +144,15 @@ async def harness(live_gateway, nursery):
 
 
 def profile(h: Harness, upload: bool) -> Any:
-    access = h.gateway.services.access
+    repos = h.gateway.services
     name = "Upload" if upload else "No upload"
-    return access.profile(name) or access.create_profile(name, "allow", clipboard_upload=upload)
+    return repos.profiles.profile(name) or repos.profiles.create_profile(name, "allow", clipboard_upload=upload)
 
 
 def person(h: Harness, name: str, endpoint: Any, role: str, upload: bool, *, admin: bool = False) -> Any:
     """A user with `role` and a profile that allows web sessions (and clipboard upload or not)."""
     user = h.gateway.create_user(name, PASSWORD, admin=admin)
-    h.gateway.services.access.grant(endpoint.id, user.id, role, profile(h, upload).id)
+    h.gateway.services.grants.grant(endpoint.id, user.id, role, profile(h, upload).id)
     return user
 
 
@@ -261,14 +261,14 @@ async def test_the_gateway_decides_again_at_each_use(harness, openssh):
     carol = person(h, "carol", endpoint, "owner", True)
     controller, joined = await start(h, "carol", endpoint)
     assert (await send_password(controller))["type"] == "password"
-    access = h.gateway.services.access
+    repos = h.gateway.services
     # the administrator turns clipboard upload off in the middle of the session ...
     upload = profile(h, True)
-    access.update_profile(upload.id, upload.name, "allow", clipboard_upload=False)
+    repos.profiles.update_profile(upload.id, upload.name, "allow", clipboard_upload=False)
     assert (await send_password(controller))["reason"] == "clipboard_not_allowed"
     # ... then on again, and lowers the role
-    access.update_profile(upload.id, upload.name, "allow", clipboard_upload=True)
-    access.grant(endpoint.id, carol.id, "user", upload.id)
+    repos.profiles.update_profile(upload.id, upload.name, "allow", clipboard_upload=True)
+    repos.grants.grant(endpoint.id, carol.id, "user", upload.id)
     assert (await send_password(controller))["reason"] == "not_supervisor"
     assert len(await h.audit("decrypt_field")) == 1
 
@@ -560,7 +560,7 @@ def run_story(gateway: Any, browser: Browser, openssh: Any, evidence: Evidence) 
     evidence.pages.append(("admin POST /api/endpoints answer", created.content))
     endpoint_id = created.json()["endpoint"]["id"]
     admin_form(admin, evidence, "/profiles", name="Ops", web_session="allow", clipboard_upload="on")
-    ops = gateway.services.access.profile("Ops")
+    ops = gateway.services.profiles.profile("Ops")
     assert ops is not None and ops.clipboard_upload
     admin_form(admin, evidence, f"/endpoints/{endpoint_id}/roles", kind="user", name="alice", role="supervisor")
     admin_form(admin, evidence, f"/endpoints/{endpoint_id}/profiles", kind="user", name="alice", profile=ops.id)

@@ -346,7 +346,7 @@ def test_a_token_is_accepted_once():
 
 
 def test_the_schema_allows_exactly_the_enums_values():
-    from engine import db
+    from dashboard.repositories import tables as db
 
     assert db.ASSET_ROLES == tuple(r.value for r in R)  # lowest first, as ranked
     assert db.WEB_SESSION_SETTINGS == tuple(w.value for w in W)

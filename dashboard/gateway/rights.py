@@ -1,0 +1,75 @@
+"""What each role may send on a terminal session's websocket, beyond the messages common to
+every participant (gateway/channel.py): the controller's input and window size go to the
+endpoint; a viewer's never do (rule 1).
+
+The rights are chosen once, at the join, from the role the engine gave, so read-only is
+structural: a viewer's channel holds `ViewerRights`, which has no path to `Input` or `Resize`
+at all, besides the engine's own policy that would refuse them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dashboard.gateway import wire
+from dashboard.gateway.channel import Channel
+from dashboard.gateway.send_password import send_password
+from dashboard.services.live_sessions import LiveSession
+from engine import tell_session
+from engine.messages import Input, Joined, Reason, Resize, Role
+from protocols.synthetic import SyntheticConnection
+
+
+class ControllerRights:
+    """What the controller may send beyond the common messages: its input and its window size
+    go to the endpoint; it may ask for the stored password (Send Password)."""
+
+    role = Role.CONTROLLER
+
+    def handle(self, channel: Channel, joined: Joined, request: Any, size: int) -> None:
+        live = channel.live
+        assert live is not None
+        if isinstance(request, wire.TerminalInput):
+            if request.data:
+                tell_session(joined, Input(joined.participant_id, request.data))
+        elif isinstance(request, wire.ResizeRequest):
+            tell_session(joined, Resize(joined.participant_id, request.cols, request.rows))
+            # The engine tells participants of no resize; the viewers served here follow it.
+            live.post_to_others({"type": "size", "cols": request.cols, "rows": request.rows}, channel)
+        elif isinstance(request, wire.StreamRequest):
+            self._stream(channel, live, request, size)
+        elif isinstance(request, wire.SendPassword):
+            channel.services.bridge.spawn(send_password, channel, live, size)
+        else:
+            channel.refuse_queued(Reason.UNKNOWN_MESSAGE, "", wire.kind_of(request), size)
+
+    @staticmethod
+    def _stream(channel: Channel, live: LiveSession, request: wire.StreamRequest, size: int) -> None:
+        connection = live.connection
+        if not isinstance(connection, SyntheticConnection):
+            channel.refuse_queued(Reason.NOT_PERMITTED, "stream is for synthetic endpoints", "stream", size)
+            return
+        if request.rate > 0:
+            connection.start_stream(request.rate)
+        else:
+            connection.stop_stream()
+        channel.post({"type": "stream", "rate": request.rate, "frames_emitted": connection.frames_emitted,
+                      "inputs_received": connection.inputs_received, "input_bytes": connection.input_bytes})
+
+
+class ViewerRights:
+    """What a viewer may send beyond the common messages: nothing. There is no path from here
+    to the endpoint's input: input and resize are refused, counted and audited, and never
+    become an engine message (rule 1)."""
+
+    role = Role.VIEWER
+
+    def handle(self, channel: Channel, joined: Joined, request: Any, size: int) -> None:
+        kind = wire.kind_of(request)
+        if isinstance(request, (wire.TerminalInput, wire.ResizeRequest, wire.StreamRequest, wire.SendPassword)):
+            channel.refuse_queued(Reason.NOT_CONTROLLER, "viewers are read-only", kind, size)
+        else:
+            channel.refuse_queued(Reason.UNKNOWN_MESSAGE, "", kind, size)
+
+
+TERMINAL_RIGHTS = {Role.CONTROLLER: ControllerRights(), Role.VIEWER: ViewerRights()}

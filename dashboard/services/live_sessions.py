@@ -1,0 +1,142 @@
+"""The live sessions this process serves, and what pages, API and gateway do to live sessions:
+end one for everyone (Terminate, one path for the dashboard and the API) and move the deadline
+of those started under an approval (Extend).
+
+`LiveSessions` is the directory of the sessions whose participants' websockets this process
+serves (dashboard/gateway): their endpoint, controller, the approval they run under, the
+endpoint connection built here, and the participants' channels. It forgets a session when the
+engine ends it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from starlette.requests import HTTPConnection
+
+from dashboard.security.auth import Forbidden
+from dashboard.services import Services
+from engine import EndpointConnection
+from engine import policy
+from engine.messages import (
+    Accepted, EndpointSpec, Extend, Flush, Refused, SessionFinished, Terminate, User,
+)
+
+log = logging.getLogger(__name__)
+
+REPLY_SECONDS = 15.0  # the engine answers in milliseconds; this is a bound
+TERMINATE_REPLY_SECONDS = 10.0
+AUDIT_FLUSH_SECONDS = 2.0  # a bound on waiting for the audit store's commit after a terminate
+
+
+class Attached(Protocol):
+    """A participant's websocket served here (dashboard.gateway.channel.Channel)."""
+
+    def post(self, message: dict[str, Any]) -> None: ...
+
+    @property
+    def closed(self) -> bool: ...
+
+
+@dataclass(eq=False)
+class LiveSession:
+    """What this process knows of one live session it serves."""
+
+    session_id: str
+    endpoint: EndpointSpec
+    controller: User
+    connection: EndpointConnection | None = None  # the endpoint connection, if built here
+    channels: set[Attached] = field(default_factory=set)
+    approval_id: str | None = None  # the request for access it was started under (its deadline's source)
+
+    def post_to_others(self, message: dict[str, Any], sender: Attached) -> None:
+        """A gateway message for every other participant served here."""
+        for other in list(self.channels):
+            if other is not sender and not other.closed:
+                other.post(message)
+
+
+class LiveSessions:
+    """The directory of this application (``app.state.live_sessions``)."""
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.sessions: dict[str, LiveSession] = {}
+        self._watching = False
+        self.refusals = 0  # refused client messages, all connections (for tests and load tests)
+
+    def watch(self) -> None:
+        """Forget sessions when the engine ends them (once, when the first session is served:
+        the engine and the loop are running by then)."""
+        if self._watching:
+            return
+        self._watching = True
+        self.services.engine.watch(self.services.bridge.reply_to(self._on_change))
+
+    def _on_change(self, change: Any) -> None:
+        if isinstance(change, SessionFinished):
+            self.sessions.pop(change.session_id, None)
+
+    def live(self, session_id: str, endpoint: EndpointSpec, controller: User) -> LiveSession:
+        live = self.sessions.get(session_id)
+        if live is None:
+            live = self.sessions[session_id] = LiveSession(session_id, endpoint, controller)
+        return live
+
+    def parties(self, session_id: str) -> tuple[EndpointSpec | None, User | None]:
+        """A live session's endpoint and controller: from the sessions served here (the engine's
+        directory is updated a moment after a start is answered, and a viewer may be quicker),
+        else from the engine's directory."""
+        live = self.sessions.get(session_id)
+        if live is not None:
+            return live.endpoint, live.controller
+        summary = self.services.engine.session(session_id)
+        if summary is not None:
+            return summary.endpoint, summary.controller
+        return None, None
+
+    async def extend(self, request_id: str, until: float) -> list[str]:
+        """An approved extension moved the end of approval `request_id` to `until`: move the
+        deadline of every live session started under it (the engine's Extend, by its controller,
+        rule 7). Returns the ids of the sessions whose deadline moved."""
+        services = self.services
+        moved = []
+        for live in [s for s in self.sessions.values() if s.approval_id == request_id]:
+            answer = await services.bridge.request(lambda reply_to, live=live: services.engine.route(
+                live.session_id, Extend(until, live.controller, reply_to)), REPLY_SECONDS)
+            if isinstance(answer, Accepted):
+                moved.append(live.session_id)
+            else:
+                log.info("session %s not extended: %s", live.session_id, getattr(answer, "reason", "no answer"))
+        return moved
+
+
+def live_sessions_of(conn: HTTPConnection) -> LiveSessions:
+    return conn.app.state.live_sessions
+
+
+# --- Terminate: one path for the dashboard and the API ---------------------------------------
+
+
+def check_terminate(services: Services, by: User, session_id: str | None, via: str) -> None:
+    """Rule 5 (`policy.check_terminate`), before anything else: a refusal is audited with where
+    it came from and answered with `Forbidden`."""
+    refused = policy.check_terminate(by)
+    if refused is not None:
+        services.audit_event("terminate_refused", by, session_id, reason=refused.reason.value, via=via)
+        raise Forbidden("Only an administrator may terminate a session.")
+
+
+async def terminate(services: Services, session_id: str, by: User,
+                    timeout: float = TERMINATE_REPLY_SECONDS) -> Accepted | Refused | None:
+    """Ask the engine to end a session for everyone, as `by` (`check_terminate` first); its
+    answer, or None if it gave none within `timeout`. Never blocks the loop. After an
+    `Accepted`, waits for the audit store's commit: the engine told it the terminate before it
+    answered, so an audit log read next lists it."""
+    answer = await services.bridge.request(
+        lambda reply_to: services.engine.route(session_id, Terminate(by, reply_to)), timeout)
+    if isinstance(answer, Accepted):
+        await services.bridge.request(lambda reply_to: services.audit(Flush(reply_to)), AUDIT_FLUSH_SECONDS)
+    return answer
