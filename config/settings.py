@@ -80,6 +80,16 @@ class Audit:
 
 
 @dataclass(frozen=True, slots=True)
+class Edge:
+    max_connections: int
+    max_connections_per_client: int
+    max_anonymous_connections: int
+    max_anonymous_connections_per_client: int
+    max_handshakes_in_flight: int
+    max_request_body_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     server: Server
     engine: EngineSettings
@@ -88,6 +98,7 @@ class Settings:
     security: Security
     demo: Demo
     audit: Audit
+    edge: Edge
 
     @property
     def data_path(self) -> Path:

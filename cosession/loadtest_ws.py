@@ -169,7 +169,11 @@ class InProcessGateway:
                                        public_url=""),
             engine=dataclasses.replace(settings.engine, database_url=f"sqlite:///{data_dir / 'cosession.db'}"),
             security=dataclasses.replace(settings.security, secret_key="", credential_key=""),
-            demo=dataclasses.replace(settings.demo, enabled=False))
+            demo=dataclasses.replace(settings.demo, enabled=False),
+            # every participant connects from this machine: no per-client limits on the load generator's own gateway
+            edge=dataclasses.replace(settings.edge, max_connections=0, max_connections_per_client=0,
+                                     max_anonymous_connections=0, max_anonymous_connections_per_client=0,
+                                     max_handshakes_in_flight=0))
         self.bridge = LoopBridge()
         self.engine = Engine(self.settings)
         # cheap password hashing: a throwaway instance whose accounts exist for one run
@@ -204,19 +208,14 @@ class InProcessGateway:
             self._started.set()
 
     async def _main(self) -> None:
-        from hypercorn.config import Config
-        from hypercorn.trio import serve
+        from cosession import web_server
 
-        config = Config()
-        config.bind = ["127.0.0.1:0"]
-        config.accesslog = None
-        config.errorlog = logging.getLogger("hypercorn.error")
-        config.graceful_timeout = 2.0
         self._shutdown = trio.Event()
         async with trio.open_nursery() as nursery:
             await nursery.start(self.bridge.serve)
-            binds = await nursery.start(functools.partial(serve, self._app, config,
-                                                          shutdown_trigger=self._shutdown.wait))
+            binds = await nursery.start(functools.partial(web_server.serve, self._app, self.settings,
+                                                          shutdown_trigger=self._shutdown.wait,
+                                                          graceful_timeout=2.0))
             self.base_url = binds[0]
             self.services.public_url = self.base_url
             self._token = trio.lowlevel.current_trio_token()

@@ -25,6 +25,7 @@ log = logging.getLogger("cosession.serve")
 DEMO_ENDPOINT = "demo"
 DEMO_USER = "demo"
 ADMIN_USER = "admin"
+GRACEFUL_SECONDS = 3.0  # at the stop, how long open connections get to finish
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -125,14 +126,8 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-def _bind(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 async def _serve(services: Any, first: _FirstRun) -> None:
-    from hypercorn.config import Config
-    from hypercorn.trio import serve
-
+    from cosession import web_server
     from dashboard.app import create_app
     from dashboard.services import default_public_url
 
@@ -158,14 +153,10 @@ async def _serve(services: Any, first: _FirstRun) -> None:
                         log.exception("the demo SSH endpoint did not start")
                         _say("warning: the demo SSH endpoint did not start (see the log); going on without it")
 
-            config = Config()
-            config.bind = [_bind(settings.server.host, settings.server.port)]
-            config.accesslog = None
-            config.errorlog = logging.getLogger("hypercorn.error")
-            config.graceful_timeout = 3.0
             shutdown = trio.Event()
             app = create_app(services)
-            binds = await nursery.start(functools.partial(serve, app, config, shutdown_trigger=shutdown.wait))
+            binds = await nursery.start(functools.partial(
+                web_server.serve, app, settings, shutdown_trigger=shutdown.wait, graceful_timeout=GRACEFUL_SECONDS))
             port = int(binds[0].rsplit(":", 1)[1]) if binds else settings.server.port
             if not settings.server.public_url:
                 services.public_url = default_public_url(settings, port)
@@ -179,7 +170,7 @@ async def _serve(services: Any, first: _FirstRun) -> None:
             # cleanly; off the loop, in a worker thread, since Engine.stop() blocks.
             await trio.to_thread.run_sync(services.engine.stop)
             shutdown.set()
-            with trio.move_on_after(config.graceful_timeout + 2):
+            with trio.move_on_after(GRACEFUL_SECONDS + 2):
                 while len(nursery.child_tasks) > (2 if demo_record is not None else 1):
                     await trio.sleep(0.05)
             nursery.cancel_scope.cancel()

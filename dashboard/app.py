@@ -14,6 +14,7 @@ from dashboard import api, gateway
 from dashboard.pages import account, audit, endpoints, extensions, launcher, live, requests, signin
 from dashboard.pages import access as access_pages
 from dashboard.pages import dashboard as dashboard_pages
+from dashboard.security.admission import Admission
 from dashboard.security.auth import SignIn, session_middleware
 from dashboard.security.csrf import CsrfMiddleware
 from dashboard.services import Services
@@ -73,6 +74,8 @@ def create_app(services: Services) -> Starlette:
     middleware = [
         Middleware(SecurityHeaders),
         session_middleware(services.secrets.secret_key, https_only=services.public_url.startswith("https://")),
+        Middleware(Admission, max_request_body_bytes=services.settings.edge.max_request_body_bytes,
+                   max_handshakes_in_flight=services.settings.edge.max_handshakes_in_flight),  # inside the session
         Middleware(CsrfMiddleware),  # inside the session, whose token it checks
     ]
     app = Starlette(routes=routes, middleware=middleware, exception_handlers=exception_handlers)

@@ -351,11 +351,13 @@ async def test_another_sites_origin_is_refused_at_the_handshake(harness):
     assert any(r["detail"]["reason"] == "bad_origin" for r in await harness.audit("websocket_refused"))
 
 
-async def test_a_signed_out_client_is_refused(harness):
-    client = await harness.open(None, f"/ws/endpoints/{harness.endpoint.id}/start")
-    refusal = await client.control("refused")
-    assert refusal == {"type": "refused", "reason": "not_signed_in", "detail": "sign in first", "fatal": True}
-    await client.until_closed()
+async def test_a_signed_out_client_is_refused_at_the_handshake(harness):
+    """Refused before the websocket is accepted: an anonymous client never has an open websocket."""
+    with pytest.raises(BaseExceptionGroup) as refused:
+        async with open_socket(harness.gateway.base_url, f"/ws/endpoints/{harness.endpoint.id}/start", None):
+            pass
+    assert refused.group_contains(HandshakeError, match="403")
+    assert any(r["detail"]["reason"] == "not_signed_in" for r in await harness.audit("websocket_refused"))
 
 
 async def test_starting_without_access_is_refused(harness):

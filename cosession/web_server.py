@@ -1,0 +1,318 @@
+"""The web server at the gateway's edge: Hypercorn's HTTP/1.1 and websocket protocol code, run
+by our own accept loop so that no single connection can stop the gateway or bloat it.
+
+Why not ``hypercorn.trio.serve``: Hypercorn 0.18's trio worker starts every connection's
+``TCPServer`` in the nursery that also holds its listener, so an exception escaping one
+connection's protocol handling cancels the listener and every other connection with it. Any
+client can raise one: a websocket upgrade request followed by bytes in the same write makes
+Hypercorn answer 400 while the application answers the same handshake (h11
+``LocalProtocolError``; pgjones/hypercorn#225, whose mitigation #228 was reverted). trio's own
+rule for ``serve_listeners`` is that the handler catches what it does not want to crash the
+server; `ConnectionGuard` is that handler:
+
+- each accepted connection runs Hypercorn's ``TCPServer`` inside a guard: whatever it raises
+  (short of cancellation) closes that connection and is logged, never more;
+- connections are counted, in all and per client address (an IPv6 client counts by its /64),
+  and separately while *anonymous*: until one of its requests carries a signed-in session,
+  which the application reports through the connection's ASGI state
+  (``dashboard.security.admission.CONNECTION_STATE_KEY``). Past a limit a new connection gets a plain
+  ``503`` and is closed before Hypercorn reads a byte of it.
+
+Two behaviours of Hypercorn's websocket code are changed, once per process, by replacing the
+two wsproto names its module looks up (`adjust_hypercorn_websockets`): permessage-deflate is
+never negotiated (wsproto inflates a frame without any bound: 65 KB of zeros become 64 MiB
+before Hypercorn's message limit applies; and compressing a Send Password answer in the same
+context as terminal output would open a compression oracle), and a client whose frames wsproto
+cannot parse (invalid UTF-8 in a text frame: 1007; a protocol error: 1002) gets the close frame
+RFC 6455 asks for instead of a dropped TCP connection. Each replacement checks that the name it
+replaces is still there, so a Hypercorn upgrade that moves it fails loudly at start, and
+tests/dashboard/test_web_server.py checks both against the real server.
+
+TLS is not served here: deploy behind a proxy that terminates it (docs/security.md).
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Generator
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.utils import repr_socket_addr, wrap_app
+
+from dashboard.security.admission import CONNECTION_STATE_KEY
+
+log = logging.getLogger("cosession.web_server")
+
+REFUSAL_SECONDS = 1.0  # how long a refused client may take to receive its 503
+LOG_INTERVAL = 60.0  # a failing connection's traceback is logged at most once per interval
+
+
+# --- Hypercorn's websocket behaviour -----------------------------------------------------------
+
+
+def adjust_hypercorn_websockets() -> None:
+    """No permessage-deflate; a close frame with wsproto's code when a client's data is invalid.
+    Idempotent. Raises RuntimeError if this Hypercorn no longer looks these names up."""
+    from hypercorn.protocol import ws_stream
+    from wsproto.connection import Connection, ConnectionState
+    from wsproto.events import CloseConnection
+    from wsproto.extensions import PerMessageDeflate
+
+    if getattr(ws_stream, "_cosession_adjusted", False):
+        return
+    for name, expected in (("PerMessageDeflate", PerMessageDeflate), ("Connection", Connection)):
+        if getattr(ws_stream, name, None) is not expected or name not in ws_stream.Handshake.accept.__code__.co_names:
+            raise RuntimeError(f"hypercorn.protocol.ws_stream no longer builds websockets with wsproto's {name}: "
+                               "check cosession/web_server.py against this Hypercorn release")
+
+    class DeclinedPerMessageDeflate(PerMessageDeflate):
+        """Offered by every browser, accepted by none of our connections."""
+
+        def accept(self, offer: str) -> None:  # type: ignore[override]
+            return None
+
+    class FailingConnection(Connection):
+        """wsproto reports data it cannot parse as a CloseConnection event with the code to send
+        (1007, 1002, 1009) but stays OPEN, and Hypercorn answers a close frame only to a
+        connection that is REMOTE_CLOSING, so it would drop the TCP connection without one.
+        Marking the connection REMOTE_CLOSING makes Hypercorn send that close frame first
+        (RFC 6455 7.1.7, "Fail the WebSocket Connection")."""
+
+        def events(self) -> Generator[Any, None, None]:
+            for event in super().events():
+                if isinstance(event, CloseConnection) and self.state is ConnectionState.OPEN:
+                    self._state = ConnectionState.REMOTE_CLOSING
+                yield event
+
+    ws_stream.PerMessageDeflate = DeclinedPerMessageDeflate  # type: ignore[misc]
+    ws_stream.Connection = FailingConnection  # type: ignore[misc]
+    ws_stream._cosession_adjusted = True  # type: ignore[attr-defined]
+
+
+# --- limits and the guard ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """0 means no limit (config/default.toml, [edge])."""
+
+    max_connections: int = 0
+    max_connections_per_client: int = 0
+    max_anonymous_connections: int = 0
+    max_anonymous_connections_per_client: int = 0
+
+    @classmethod
+    def of(cls, settings: Any) -> "ConnectionLimits":
+        edge = settings.edge
+        return cls(edge.max_connections, edge.max_connections_per_client, edge.max_anonymous_connections,
+                   edge.max_anonymous_connections_per_client)
+
+
+def client_key(host: str) -> str:
+    """What a per-client limit counts by: the IPv4 address, or the /64 of an IPv6 address (one
+    subscriber's network usually has a whole /64)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+class ClientConnection:
+    """One open TCP connection, as the application sees it in its ASGI state."""
+
+    __slots__ = ("key", "peer", "signed_in", "_guard")
+
+    def __init__(self, guard: "ConnectionGuard", key: str, peer: str) -> None:
+        self._guard = guard
+        self.key = key
+        self.peer = peer
+        self.signed_in = False
+
+    def mark_signed_in(self) -> None:
+        """A request on this connection carried a signed-in session: it no longer counts
+        against the anonymous limits."""
+        if not self.signed_in:
+            self.signed_in = True
+            self._guard._anonymous[self.key] -= 1
+            self._guard._anonymous_total -= 1
+
+
+class _OncePerInterval:
+    """Logs a failure's traceback at most once per interval and counts the rest: any client can
+    make a connection fail, and must not be able to fill the log with it."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last: float | None = None
+        self._suppressed = 0
+
+    def __call__(self, message: str, *args: Any, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self._last is not None and now - self._last < self.interval:
+            self._suppressed += 1
+            return
+        if self._suppressed:
+            message += f" ({self._suppressed} more such failures since the last report)"
+        self._last, self._suppressed = now, 0
+        log.warning(message, *args, exc_info=exc)
+
+
+class ConnectionGuard:
+    """The handler of every accepted TCP connection (see the module's docstring)."""
+
+    def __init__(self, app: Any, config: Config, context: WorkerContext, state: dict[str, Any],
+                 limits: ConnectionLimits) -> None:
+        self.app = app
+        self.config = config
+        self.context = context
+        self.state = state
+        self.limits = limits
+        self._open: Counter[str] = Counter()
+        self._anonymous: Counter[str] = Counter()
+        self._open_total = 0
+        self._anonymous_total = 0
+        self.failures = 0  # connections whose handling raised (closed, logged)
+        self.refusals: Counter[str] = Counter()  # connections refused, by the limit that refused them
+        self._report_failure = _OncePerInterval(LOG_INTERVAL)
+        self._report_refusal = _OncePerInterval(LOG_INTERVAL)
+
+    @property
+    def open_connections(self) -> int:
+        return self._open_total
+
+    @property
+    def anonymous_connections(self) -> int:
+        return self._anonymous_total
+
+    def _limit_reached(self, key: str) -> str | None:
+        limits = self.limits
+        for limit, count, name in (
+                (limits.max_connections, self._open_total, "max_connections"),
+                (limits.max_connections_per_client, self._open[key], "max_connections_per_client"),
+                (limits.max_anonymous_connections, self._anonymous_total, "max_anonymous_connections"),
+                (limits.max_anonymous_connections_per_client, self._anonymous[key],
+                 "max_anonymous_connections_per_client")):
+            if limit and count >= limit:
+                return name
+        return None
+
+    async def __call__(self, stream: trio.SocketStream) -> None:
+        try:
+            peer = stream.socket.getpeername()
+        except OSError:  # gone already
+            await trio.aclose_forcefully(stream)
+            return
+        host = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        key = client_key(host)
+        refused_by = self._limit_reached(key)
+        if refused_by is not None:
+            await self._refuse(stream, key, refused_by)
+            return
+        connection = ClientConnection(self, key, repr_socket_addr(stream.socket.family, peer))
+        self._open[key] += 1
+        self._anonymous[key] += 1
+        self._open_total += 1
+        self._anonymous_total += 1
+        try:
+            await TCPServer(self.app, self.config, self.context,  # type: ignore[arg-type]
+                            {**self.state, CONNECTION_STATE_KEY: connection}, stream)
+        except* Exception as group:  # never trio.Cancelled, which is how the server stops
+            self.failures += 1
+            failure = group.exceptions[0] if len(group.exceptions) == 1 else group
+            self._report_failure("the connection from %s failed in the web server and was closed: %s",
+                                 connection.peer, repr(failure)[:200], exc=failure)
+        finally:
+            await trio.aclose_forcefully(stream)
+            self._open[key] -= 1
+            self._open_total -= 1
+            if not self._open[key]:
+                del self._open[key]
+            if not connection.signed_in:
+                self._anonymous[key] -= 1
+                self._anonymous_total -= 1
+            if not self._anonymous[key]:
+                del self._anonymous[key]
+
+    async def _refuse(self, stream: trio.SocketStream, key: str, limit: str) -> None:
+        """A plain 503 before reading anything, then close."""
+        self.refusals[limit] += 1
+        self._report_refusal("refused a connection from %s: %s reached (see [edge] in the settings)",
+                             key, limit, exc=None)  # type: ignore[arg-type]
+        body = b"Too many connections: try again later.\n"
+        answer = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
+                  b"content-length: %d\r\nretry-after: 5\r\nconnection: close\r\n\r\n%s" % (len(body), body))
+        with trio.move_on_after(REFUSAL_SECONDS):
+            try:
+                await stream.send_all(answer)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        await trio.aclose_forcefully(stream)
+
+
+# --- serving -----------------------------------------------------------------------------------
+
+
+def hypercorn_config(settings: Any, *, graceful_timeout: float) -> Config:
+    """Hypercorn's settings for the gateway: where to listen, and the websocket message limit
+    (twice the protocol's largest client message, so that a message just past it still reaches
+    the gateway to be refused and audited; a bigger one is closed with 1009 unread)."""
+    config = Config()
+    host, port = settings.server.host, settings.server.port
+    config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = graceful_timeout
+    config.websocket_max_message_size = 2 * settings.gateway.max_message_bytes
+    return config
+
+
+async def serve(app: Any, settings: Any, *, shutdown_trigger: Callable[[], Awaitable[None]],
+                graceful_timeout: float = 3.0, guard_ready: Callable[[ConnectionGuard], None] | None = None,
+                task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve the ASGI `app` on `settings.server`'s address until `shutdown_trigger()` returns;
+    started with ``nursery.start``, which returns the addresses it listens on. Then connections
+    get `graceful_timeout` seconds to finish before they are cancelled."""
+    adjust_hypercorn_websockets()
+    config = hypercorn_config(settings, graceful_timeout=graceful_timeout)
+    asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")
+    lifespan_state: dict[str, Any] = {}
+    lifespan = Lifespan(asgi, config, lifespan_state)  # type: ignore[arg-type]
+    context = WorkerContext(None)
+    guard = ConnectionGuard(asgi, config, context, lifespan_state, ConnectionLimits.of(settings))
+    if guard_ready is not None:
+        guard_ready(guard)
+    async with trio.open_nursery() as lifespan_nursery:
+        await lifespan_nursery.start(lifespan.handle_lifespan)
+        await lifespan.wait_for_startup()
+        sockets = config.create_sockets()
+        listeners = []
+        binds = []
+        for sock in sockets.insecure_sockets:
+            sock.listen(config.backlog)
+            listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
+            binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
+        log.info("listening on %s", ", ".join(binds))
+        async with trio.open_nursery() as connections:
+            async with trio.open_nursery() as accepting:
+                accepting.start_soon(functools.partial(trio.serve_listeners, guard, listeners, handler_nursery=connections))
+                task_status.started(binds)
+                await shutdown_trigger()
+                accepting.cancel_scope.cancel()
+            await context.terminated.set()  # idle keep-alive connections close now
+            connections.cancel_scope.deadline = trio.current_time() + graceful_timeout
+        await lifespan.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()

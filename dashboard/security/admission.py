@@ -1,0 +1,132 @@
+"""What the application admits before any route runs (`Admission`, inside the session middleware).
+
+- **Websocket handshakes** are decided before the websocket is accepted: the ``Origin`` must be
+  this server's own (``origin.check_origin``) and the session cookie must name a user; otherwise
+  the handshake gets a plain ``403`` and the refusal is audited (``websocket_refused`` with
+  ``bad_origin`` or ``not_signed_in``). So an anonymous client never has an open websocket, and
+  Hypercorn never buffers or decodes a websocket message of one. At most
+  ``edge.max_handshakes_in_flight`` handshakes are being decided at once; past it, ``503``.
+- **Request bodies**: a body must declare its ``Content-Length``, at most
+  ``edge.max_request_body_bytes`` (else ``411`` / ``413`` before a byte of it is read).
+- **Signed-in connections**: a request or handshake that carries a signed-in session marks its
+  TCP connection as such for the web server's anonymous-connection limits
+  (cosession/web_server.py), through the ASGI connection state under
+  `CONNECTION_STATE_KEY`. A server that does not provide it (a test client) changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from starlette.datastructures import Headers
+from starlette.responses import PlainTextResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
+
+from dashboard.security.auth import SESSION_USER, Auditor, current_user
+from dashboard.security.origin import check_origin
+
+log = logging.getLogger(__name__)
+
+CONNECTION_STATE_KEY = "cosession.connection"  # in scope["state"]: has mark_signed_in()
+CLOSE_POLICY = 1008  # a websocket.close before accept: Hypercorn answers the handshake with 403
+_DECIDED = frozenset({"websocket.accept", "websocket.close", "websocket.http.response.start"})
+
+
+class Admission:
+    """ASGI middleware; must run inside SessionMiddleware (it reads ``scope["session"]``)."""
+
+    def __init__(self, app: ASGIApp, *, max_request_body_bytes: int, max_handshakes_in_flight: int) -> None:
+        self.app = app
+        self.max_request_body_bytes = max_request_body_bytes
+        self.max_handshakes_in_flight = max_handshakes_in_flight
+        self.handshakes_in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            _mark_if_signed_in(scope)
+            refusal = self._refuse_body(Headers(scope=scope))
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await self._handshake(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+    def _refuse_body(self, headers: Headers) -> PlainTextResponse | None:
+        length = headers.get("content-length")
+        if length is None:
+            if "transfer-encoding" in headers:
+                return PlainTextResponse("Send the request body with a Content-Length.\n", status_code=411)
+            return None
+        if not length.strip().isdigit():
+            return PlainTextResponse("Malformed Content-Length.\n", status_code=400)
+        if int(length) > self.max_request_body_bytes:
+            return PlainTextResponse("Request body too large.\n", status_code=413)
+        return None
+
+    async def _handshake(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.max_handshakes_in_flight and self.handshakes_in_flight >= self.max_handshakes_in_flight:
+            await _refuse(WebSocket(scope, receive, send), status=503)
+            return
+        self.handshakes_in_flight += 1
+        decided = False
+
+        async def send_deciding(message: Message) -> None:
+            nonlocal decided
+            if not decided and message["type"] in _DECIDED:
+                decided = True
+                self.handshakes_in_flight -= 1
+            await send(message)
+
+        try:
+            websocket = WebSocket(scope, receive, send_deciding)
+            reason = await self._refusal(websocket)
+            if reason is not None:
+                await _refuse(websocket)
+                return
+            await self.app(scope, receive, send_deciding)
+        finally:
+            if not decided:
+                self.handshakes_in_flight -= 1
+
+    async def _refusal(self, websocket: WebSocket) -> str | None:
+        """None if the handshake may go on to its route; else the reason, audited."""
+        services: Auditor = websocket.app.state.services
+        if not check_origin(websocket):
+            services.audit_event("websocket_refused", None, None, reason="bad_origin",
+                                 origin=(websocket.headers.get("origin") or "")[:200], path=websocket.url.path[:200])
+            return "bad_origin"
+        if await current_user(websocket) is None:
+            services.audit_event("websocket_refused", None, None, reason="not_signed_in",
+                                 path=websocket.url.path[:200])
+            return "not_signed_in"
+        _mark_if_signed_in(websocket.scope, signed_in=True)
+        return None
+
+
+def _mark_if_signed_in(scope: Scope, *, signed_in: bool | None = None) -> None:
+    """Tell the web server that this connection is a signed-in user's (a signed session cookie
+    naming a user; for a websocket, the user looked up)."""
+    if signed_in is None:
+        signed_in = bool((scope.get("session") or {}).get(SESSION_USER))
+    connection: Any = (scope.get("state") or {}).get(CONNECTION_STATE_KEY)
+    if signed_in and connection is not None:
+        connection.mark_signed_in()
+
+
+async def _refuse(websocket: WebSocket, *, status: int = 403) -> None:
+    """Refuse a handshake before accepting it. The client may already have broken the handshake
+    (bytes after its request: Hypercorn may answer 400 itself meanwhile), in which case the
+    server refuses to send a second answer; the connection is closed either way."""
+    try:
+        if status == 403:
+            await websocket.close(code=CLOSE_POLICY)
+        else:
+            await websocket.send_denial_response(PlainTextResponse("Too many websocket handshakes at once: "
+                                                                   "try again later.\n", status_code=status))
+    except Exception as exc:  # h11's LocalProtocolError, an OSError ...: nothing left to answer
+        log.debug("refusing a websocket handshake: %r", exc)
