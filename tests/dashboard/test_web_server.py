@@ -211,6 +211,9 @@ async def test_an_exception_in_any_connections_handling_closes_only_that_connect
     async with trio.open_nursery() as nursery:
         for _ in range(10):
             nursery.start_soon(send_raw, port_of(gateway.base_url), b"BOOM / HTTP/1.1\r\n\r\n")
+    with trio.fail_after(DEADLINE):  # counted once TCPServer's exception reaches the guard, after the close
+        while gateway.web_server.failures - failures < 10:
+            await trio.sleep(0.01)
     assert gateway.web_server.failures - failures == 10
     await assert_session_works(controller, viewer, b"still here")
     async with httpx.AsyncClient(base_url=gateway.base_url, timeout=DEADLINE) as client:
