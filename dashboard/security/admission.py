@@ -7,7 +7,9 @@
   Hypercorn never buffers or decodes a websocket message of one. At most
   ``edge.max_handshakes_in_flight`` handshakes are being decided at once; past it, ``503``.
 - **Request bodies**: a body must declare its ``Content-Length``, at most
-  ``edge.max_request_body_bytes`` (else ``411`` / ``413`` before a byte of it is read).
+  ``edge.max_request_body_bytes``, and at most `ANONYMOUS_BODY_BYTES` without a signed-in
+  session (a sign-in form is a few hundred bytes); else ``411`` / ``413`` before a byte of it
+  is read.
 - **Signed-in connections**: a request or handshake that carries a signed-in session marks its
   TCP connection as such for the web server's anonymous-connection limits
   (cosession/web_server.py), through the ASGI connection state under
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 
 CONNECTION_STATE_KEY = "cosession.connection"  # in scope["state"]: has mark_signed_in()
 CLOSE_POLICY = 1008  # a websocket.close before accept: Hypercorn answers the handshake with 403
+ANONYMOUS_BODY_BYTES = 16 << 10
 _DECIDED = frozenset({"websocket.accept", "websocket.close", "websocket.http.response.start"})
 
 
@@ -45,8 +48,9 @@ class Admission:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
-            _mark_if_signed_in(scope)
-            refusal = self._refuse_body(Headers(scope=scope))
+            signed_in = _mark_if_signed_in(scope)
+            refusal = self._refuse_body(Headers(scope=scope), self.max_request_body_bytes if signed_in
+                                        else min(self.max_request_body_bytes, ANONYMOUS_BODY_BYTES))
             if refusal is not None:
                 await refusal(scope, receive, send)
                 return
@@ -56,7 +60,8 @@ class Admission:
         else:
             await self.app(scope, receive, send)
 
-    def _refuse_body(self, headers: Headers) -> PlainTextResponse | None:
+    @staticmethod
+    def _refuse_body(headers: Headers, limit: int) -> PlainTextResponse | None:
         length = headers.get("content-length")
         if length is None:
             if "transfer-encoding" in headers:
@@ -64,7 +69,7 @@ class Admission:
             return None
         if not length.strip().isdigit():
             return PlainTextResponse("Malformed Content-Length.\n", status_code=400)
-        if int(length) > self.max_request_body_bytes:
+        if int(length) > limit:
             return PlainTextResponse("Request body too large.\n", status_code=413)
         return None
 
@@ -108,14 +113,15 @@ class Admission:
         return None
 
 
-def _mark_if_signed_in(scope: Scope, *, signed_in: bool | None = None) -> None:
+def _mark_if_signed_in(scope: Scope, *, signed_in: bool | None = None) -> bool:
     """Tell the web server that this connection is a signed-in user's (a signed session cookie
-    naming a user; for a websocket, the user looked up)."""
+    naming a user; for a websocket, the user looked up). Returns whether it is."""
     if signed_in is None:
         signed_in = bool((scope.get("session") or {}).get(SESSION_USER))
     connection: Any = (scope.get("state") or {}).get(CONNECTION_STATE_KEY)
     if signed_in and connection is not None:
         connection.mark_signed_in()
+    return signed_in
 
 
 async def _refuse(websocket: WebSocket, *, status: int = 403) -> None:
