@@ -188,12 +188,14 @@ def _banner(services: Any, binds: list[str], first: _FirstRun, demo_record: Any)
         _say("to add or reset accounts later use `cosession admin create NAME`.")
         _say(f"  administrator  name: {ADMIN_USER:<6}  password: {first.admin_password}")
         if first.demo_password:
-            _say(f"  viewer         name: {DEMO_USER:<6}  password: {first.demo_password}")
+            _say(f"  user           name: {DEMO_USER:<6}  password: {first.demo_password}"
+                 f"  (owner of the demo endpoint)")
     if demo_record is not None:
         _say()
         _say(f"Demo endpoint '{demo_record.name}': an SSH server on {demo_record.address}, joint sessions on.")
-        _say("Try a joint session: sign in as admin, start a session on 'demo' and copy its share")
-        _say("link; open it in a private window signed in as demo: you watch read-only, live.")
+        _say("Try a joint session: sign in as demo, press Quick Access on 'demo' (you control the")
+        _say("shell) and copy its share link; open it in a private window signed in as admin: you")
+        _say("watch read-only, live.")
     _say()
     _say("Press Ctrl-C to stop.")
 

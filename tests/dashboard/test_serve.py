@@ -130,6 +130,10 @@ def test_serve_with_the_demo_endpoint(tmp_path):
         else:
             assert sorted(passwords) == ["admin", "demo"]
             assert "Demo endpoint 'demo'" in out
+            # demo owns the demo endpoint and starts the session; the banner must not call it a viewer
+            demo_line = next(line for line in served.lines if "name: demo" in line)
+            assert "owner of the demo endpoint" in demo_line and "viewer" not in demo_line, demo_line
+            assert "sign in as demo, press Quick Access" in out
             with httpx.Client(base_url=served.url) as client:
                 answer = client.post("/api/login", json={"name": "demo", "password": passwords["demo"]})
                 assert answer.status_code == 200
