@@ -281,7 +281,11 @@
     session.timings = { connect: performance.now() };
     let keyframeNext = false;
     session.ws = ws;
-    ws.onopen = () => ws.send(JSON.stringify(first()));
+    let opened = false;
+    ws.onopen = () => {
+      opened = true;
+      ws.send(JSON.stringify(first()));
+    };
     ws.onmessage = (event) => {
       if (typeof event.data !== "string") {
         if (keyframeNext) {
@@ -308,6 +312,22 @@
       if (session.ws !== ws) return;
       session.ws = null;
       if (session.ended || session.fatal || session.left) return;
+      if (!opened) {
+        // The gateway refuses a signed-out handshake with a plain 403, which a page cannot
+        // read: ask whether we are still signed in before trying again.
+        fetch("/api/me", { credentials: "same-origin" }).then((r) => r.status, () => 0).then((status) => {
+          if (status === 401) {
+            session.fatal = true;
+            notice(REASONS.not_signed_in, "error", "not_signed_in");
+          } else {
+            lost();
+          }
+        });
+        return;
+      }
+      lost();
+    };
+    const lost = () => {
       if (session.joinedOnce && session.reconnects < 5) {
         // a lost network: come back (a controller within its grace period stays controller)
         const delay = 500 * 2 ** session.reconnects;

@@ -103,3 +103,20 @@ def test_an_inline_script_is_blocked_and_reported(live_gateway, page):
     assert ran is False
     violations = page.evaluate("() => window.__violations")
     assert any(v.startswith("script-src") for v in violations), violations
+
+
+def test_a_reconnect_after_signing_out_says_so_in_the_page(live_gateway, page):
+    """A signed-out handshake gets a plain 403 the page cannot read: it asks /api/me and says
+    that the user is signed out instead of retrying."""
+    gateway = live_gateway
+    gateway.create_user("alice", PASSWORD)
+    endpoint = gateway.create_endpoint("synth", EndpointProtocol.SYNTHETIC, host="")
+    gateway.grant(endpoint, "alice")
+    page.set_default_timeout(WAIT)
+    gateway.login(page, "alice", PASSWORD)
+    gateway.launch(page, endpoint)
+    page.wait_for_function("() => window.cosession && window.cosession.state === 'active'")
+    page.context.clear_cookies()
+    page.evaluate("() => window.cosession.ws.close()")  # as a lost network would
+    expect(page.get_by_test_id("notice")).to_have_attribute("data-reason", "not_signed_in")
+    expect(page.get_by_test_id("notice")).to_contain_text("signed out")
