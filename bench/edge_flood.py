@@ -12,7 +12,9 @@ its echo (send to receipt, on this machine's monotonic clock). Two phases of `--
 1. **quiet**: only the controller;
 2. **flood**: the controller, and meanwhile `--clients` anonymous attackers per loopback source
    address (127.0.0.1 and 127.0.0.2–.9, so that the per-client limits alone cannot hold them)
-   repeating, as fast as the gateway answers, every attack of `ATTACKS`: websocket upgrades with
+   repeating, as fast as the gateway answers, every attack of `Flood._attacks` (in a process
+   of their own at the lowest CPU priority: remote attackers would spend none of the gateway
+   host's CPU): websocket upgrades with
    permessage-deflate followed by a 65 KB compressed frame that inflates to 64 MiB (the issue's
    attack; pipelined and after the answer), foreign-origin upgrades with frames, upgrades with
    pipelined bytes (the Hypercorn crash), idle connections and 16 KB partial headers held open,
@@ -176,11 +178,12 @@ class Flood:
         self.origin = base_url
         self.start_path = f"/ws/endpoints/{endpoint_id}/start"
         self.bomb = _bomb()
+        self.attacks_list = self._attacks()  # built once: masking frames in Python costs CPU
         self.attacks = 0
         self.refused_503 = 0
         self.errors = 0
 
-    def attacks_for(self) -> list[tuple[str, bytes, bytes | None, float]]:
+    def _attacks(self) -> list[tuple[str, bytes, bytes | None, float]]:
         """(name, first write, second write after the answer or None, seconds to hold open)."""
         deflate = _upgrade(self.host, self.start_path, self.origin, "Sec-WebSocket-Extensions: permessage-deflate")
         return [
@@ -229,7 +232,7 @@ class Flood:
             await trio.aclose_forcefully(stream)
 
     async def attacker(self, source: str, index: int, stop: trio.Event) -> None:
-        attacks = self.attacks_for()
+        attacks = self.attacks_list
         n = index
         while not stop.is_set():
             _, first, second, hold = attacks[n % len(attacks)]
@@ -315,8 +318,8 @@ async def _run_async(served: Served, seconds: float, clients: int) -> dict[str, 
         cpu_quiet = served.cpu_seconds() - cpu_start
         before = served.status()["VmRSS"]
         served.reset_peak()
-        # the attackers run in their own process, so that their event loop does not delay the
-        # controller's measurement here (they still share the machine's cores with the gateway)
+        # the attackers run in their own process (at the lowest CPU priority, see main), so that
+        # their event loop does not delay the controller's measurement here
         attackers = subprocess.Popen(
             [sys.executable, __file__, "--attack", served.url, endpoint_id, "--clients", str(clients),
              "--seconds", str(seconds + 0.5)], stdout=subprocess.PIPE, text=True)
@@ -395,7 +398,11 @@ FIGURES = [
 
 
 def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
-    lines = [f"{len(runs)} runs of {args.seconds:g} s quiet + {args.seconds:g} s flood, {args.clients} attackers "
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                            text=True).stdout.strip() or "?"
+    lines = [f"Command: `.venv/bin/python bench/edge_flood.py --runs {len(runs)} --seconds {args.seconds:g} "
+             f"--clients {args.clients}` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit}.", "",
+             f"{len(runs)} runs of {args.seconds:g} s quiet + {args.seconds:g} s flood, {args.clients} attackers "
              f"on each of {len(SOURCES)} loopback addresses; load average before: "
              f"{os.getloadavg()[0]:.2f} (a shared 2-core machine). Median (min–max):", "",
              "| figure | median (min–max) |", "| --- | --- |"]
@@ -410,7 +417,7 @@ def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
 
 def write_docs(path: Path, block: str) -> None:
     text = path.read_text()
-    begin, end = "<!-- edge_flood: begin -->", "<!-- edge_flood: end -->"
+    begin, end = "<!-- bench/edge_flood.py: begin -->", "<!-- bench/edge_flood.py: end -->"
     if SECTION not in text:
         text = text.rstrip() + f"\n\n{SECTION}\n\n{begin}\n{end}\n"
     start, stop = text.index(begin) + len(begin), text.index(end)
@@ -425,8 +432,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--write-docs", metavar="FILE")
     parser.add_argument("--attack", nargs=2, metavar=("URL", "ENDPOINT_ID"), help=argparse.SUPPRESS)
+    parser.add_argument("--from-json", metavar="REPORT", help="render a saved --json report again")
     args = parser.parse_args(argv)
+    if args.from_json:
+        block = report(json.loads(Path(args.from_json).read_text()), args)
+        print(block)
+        if args.write_docs:
+            write_docs(Path(args.write_docs), block)
+        return 0
     if args.attack:  # the attackers' own process (see _run_async)
+        # Remote attackers spend none of the gateway host's CPU; here they share its two cores,
+        # so they run at the lowest priority and take only what the gateway leaves idle.
+        os.nice(19)
         print(json.dumps(trio.run(_attack_async, *args.attack, args.clients, args.seconds)))
         return 0
     runs = []
