@@ -237,15 +237,18 @@ class ConnectionGuard:
                                  connection.peer, repr(failure)[:200], exc=failure)
         finally:
             await trio.aclose_forcefully(stream)
-            self._open[key] -= 1
-            self._open_total -= 1
-            if not self._open[key]:
-                del self._open[key]
-            if not connection.signed_in:
-                self._anonymous[key] -= 1
-                self._anonymous_total -= 1
-            if not self._anonymous[key]:
-                del self._anonymous[key]
+            self._forget(connection)
+
+    def _forget(self, connection: ClientConnection) -> None:
+        key = connection.key
+        self._open[key] -= 1
+        self._open_total -= 1
+        if not connection.signed_in:
+            self._anonymous[key] -= 1
+            self._anonymous_total -= 1
+        for counter in (self._open, self._anonymous):
+            if key in counter and counter[key] <= 0:
+                del counter[key]
 
     async def _refuse(self, stream: trio.SocketStream, key: str, limit: str) -> None:
         """A plain 503 before reading anything, then close."""

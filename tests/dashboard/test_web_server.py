@@ -292,8 +292,16 @@ class TestLimits:
             accepted = await send_raw(port, b"GET /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             assert accepted.startswith(b"HTTP/1.1 200"), accepted[:200]
         finally:
-            for stream in held:
+            # the anonymous ones first, the signed-in one last: the counts must come back to zero
+            for stream in reversed(held):
                 await trio.aclose_forcefully(stream)
+        with trio.fail_after(DEADLINE):
+            while gateway.web_server.open_connections:
+                await trio.sleep(0.01)
+        assert gateway.web_server.anonymous_connections == 0
+        assert gateway.web_server.failures == 0
+        answer = await send_raw(port, b"GET /login HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
 
 
     async def test_a_request_body_past_the_limit_is_refused_before_it_is_read(self, harness):
