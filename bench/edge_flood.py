@@ -370,10 +370,11 @@ async def _attack_async(base_url: str, endpoint_id: str, clients: int, seconds: 
 
 
 def run_once(seconds: float, clients: int) -> dict[str, Any]:
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="cosession-flood-") as data_dir:
         served = Served(Path(data_dir))
         try:
-            return trio.run(_run_async, served, seconds, clients)
+            return {**trio.run(_run_async, served, seconds, clients), "load_average": load}
         finally:
             served.stop()
 
@@ -398,13 +399,14 @@ FIGURES = [
 
 
 def report(runs: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    loads = ", ".join(f"{r['load_average']:.1f}" for r in runs if "load_average" in r) or "not recorded"
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip() or "?"
     lines = [f"Command: `.venv/bin/python bench/edge_flood.py --runs {len(runs)} --seconds {args.seconds:g} "
              f"--clients {args.clients}` — {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit}.", "",
              f"{len(runs)} runs of {args.seconds:g} s quiet + {args.seconds:g} s flood, {args.clients} attackers "
-             f"on each of {len(SOURCES)} loopback addresses; load average before: "
-             f"{os.getloadavg()[0]:.2f} (a shared 2-core machine). Median (min–max):", "",
+             f"on each of {len(SOURCES)} loopback addresses; 1-minute load average at each run's start: "
+             f"{loads} (a shared 2-core machine). Median (min–max):", "",
              "| figure | median (min–max) |", "| --- | --- |"]
     for key, label in FIGURES:
         values = [r[key] for r in runs]
