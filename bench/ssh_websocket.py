@@ -138,20 +138,25 @@ def say(options: Options, text: str) -> None:
 
 def gateway_child() -> int:
     """Run the gateway; answer commands on stdin (``marks``, ``stats``, ``stop``)."""
+    # A server ignores SIGPIPE (Python's own default, undone for this script's output below):
+    # a client that resets its connection must cost an EPIPE on that socket, not the process.
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import threading
 
     from config.settings import load
     from cosession.loadtest_ws import InProcessGateway
-    from engine.messages import Frame, EndpointProtocol
+    from engine.messages import EndpointProtocol
     from engine import connection as base
 
     config = json.loads(sys.stdin.readline())
     marks: dict[int, int] = {}
     lock = threading.Lock()
 
-    def output(self: Any, data: bytes) -> None:  # EndpointEvents.output, recording markers
+    original_output = base.EndpointEvents.output
+
+    def output(self: Any, data: bytes, *args: Any) -> Any:  # EndpointEvents.output, recording markers
         now = time.perf_counter_ns()
         if b"BM" in data:
             found = [int(m.group(1)) for m in MARK.finditer(data)]
@@ -159,7 +164,7 @@ def gateway_child() -> int:
                 with lock:
                     for mark in found:
                         marks.setdefault(mark, now)
-        self._ref.tell(Frame(data, now))
+        return original_output(self, data, *args)
 
     base.EndpointEvents.output = output  # type: ignore[method-assign]
 
@@ -180,6 +185,19 @@ def gateway_child() -> int:
                 parse_ns[0] += spent
 
     pyte.ByteStream.feed = feed  # type: ignore[method-assign]
+
+    # How many keyframes the screen models render (joins and resyncs), whoever asks for them.
+    from engine.screen import TerminalScreen
+
+    keyframes = [0]
+    original_keyframe = TerminalScreen.keyframe
+
+    def keyframe(self: Any) -> Any:
+        with lock:
+            keyframes[0] += 1
+        return original_keyframe(self)
+
+    TerminalScreen.keyframe = keyframe  # type: ignore[method-assign]
 
     def reply(message: dict[str, Any]) -> None:
         sys.stdout.write(REPLY_PREFIX + json.dumps(message) + "\n")
@@ -209,8 +227,8 @@ def gateway_child() -> int:
                     reply({"marks": {str(k): v for k, v in taken.items()}})
                 elif command == "stats":
                     with lock:
-                        parsed = parse_ns[0]
-                    reply({**_proc_status(os.getpid()), "screen_parse_s": parsed / 1e9})
+                        parsed, rendered = parse_ns[0], keyframes[0]
+                    reply({**_proc_status(os.getpid()), "screen_parse_s": parsed / 1e9, "keyframes": rendered})
                 elif command == "stop":
                     break
         finally:
