@@ -34,6 +34,8 @@ class EngineSettings:
     max_viewers: int
     grace_seconds: float
     queue_max_bytes: int
+    stall_seconds: float
+    resync_interval_seconds: float
     endpoint_retries: int
     endpoint_backoff_seconds: float
     endpoint_retry_window_seconds: float

@@ -57,6 +57,9 @@ class LatencySink:
         self.input_refusals = 0
         self.closed = False
 
+    def attach(self, request_keyframe: Any) -> None:
+        pass  # it never refuses a frame, so it never owes a keyframe
+
     def offer(self, frame: Frame) -> bool:
         latency = (time.perf_counter_ns() - frame.emitted_ns) / 1e6
         with self._lock:

@@ -292,7 +292,7 @@ class ParticipantJoined:
 @dataclass(frozen=True, slots=True)
 class ParticipantLeft:
     member: Member
-    reason: str  # "left", "disconnected", "ejected", "failed"
+    reason: str  # "left", "disconnected", "ejected", "failed", "stalled"
     by: User | None = None
 
 
@@ -533,3 +533,31 @@ class Subscribe:
 @dataclass(frozen=True, slots=True)
 class Unsubscribe:
     participant_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Resynchronise:
+    """To the EndpointActor, from a participant's sink: it refused frames (its consumer fell a
+    whole queue behind) and its consumer is ready again: render the screen as it is now, for
+    this participant only. Nothing is rendered for a consumer that never comes back."""
+
+    participant_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ResyncDue:
+    """The EndpointActor's own timer: the resync interval has passed, render for whoever waits."""
+
+
+@dataclass(frozen=True, slots=True)
+class StallCheckDue:
+    """The EndpointActor's own timer: look for participants behind for longer than allowed."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParticipantStalled:
+    """To the session, from its EndpointActor: this participant's sink has refused frames for
+    `seconds` (at least the engine's `stall_seconds`) without its consumer coming back for them."""
+
+    participant_id: str
+    seconds: float

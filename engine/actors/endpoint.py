@@ -5,9 +5,17 @@ Fan-out happens here, not in the session, so that a joiner's keyframe and the fr
 come from one sender, in order: the keyframe covers exactly the frames before it. Frames go
 straight into each participant's sink (a thread-safe bounded queue), not through the
 participant's actor: a frame then wakes one thread instead of one per participant, which is
-most of the cost of fan-out (docs/benchmarks.md). When a sink refuses a frame (it is full),
-its pending frames are gone and a keyframe takes their place at once. A sink that raises is
-that participant's failure, reported to the session; the other participants never notice.
+most of the cost of fan-out (docs/benchmarks.md). A sink that raises is that participant's
+failure, reported to the session; the other participants never notice.
+
+Slow participants cost the fan-out nothing. A sink that refuses a frame (its consumer is a
+whole queue behind) owes a resync and refuses every frame after it, cheaply; nothing is
+rendered here then. When its consumer is ready again the sink asks (`Resynchronise`), and the
+keyframe is rendered once for everyone waiting, at most once per `resync_interval` per
+session (a graphical keyframe is a whole framebuffer encoded: its cost must not follow how
+often a consumer can ask). A participant whose sink has refused for `stall_seconds` without
+its consumer coming back is reported to the session (`ParticipantStalled`), which disconnects
+it.
 
 Restart strategy (OTP's *transient*, with an intensity bound): a connection that fails with a
 retryable error is reopened after a backoff that doubles with each recent failure; more than
@@ -27,8 +35,8 @@ from engine.actors.base import describe_failure, send
 from engine.clock import Clock, Timer
 from engine.messages import (
     ChildFailed, EndpointClosed, EndpointError, EndpointFailed, EndpointFinished, EndpointOpened,
-    EndpointReady, EndpointRetrying, Frame, Input, OpenEndpoint, ReconnectEndpoint, Resize, Subscribe,
-    Unsubscribe,
+    EndpointReady, EndpointRetrying, Frame, Input, OpenEndpoint, ParticipantStalled, ReconnectEndpoint,
+    Resize, ResyncDue, Resynchronise, StallCheckDue, Subscribe, Unsubscribe,
 )
 from engine.screen import ScreenModel
 from engine.connection import EndpointConnection, EndpointEvents
@@ -38,7 +46,8 @@ log = logging.getLogger(__name__)
 
 class EndpointActor(pykka.ThreadingActor):
     def __init__(self, session_ref: Any, session_id: str, connection: EndpointConnection,
-                 screen: ScreenModel, clock: Clock, retries: int, backoff: float, window: float) -> None:
+                 screen: ScreenModel, clock: Clock, retries: int, backoff: float, window: float,
+                 stall_seconds: float = 30.0, resync_interval: float = 0.5) -> None:
         super().__init__()
         self._session = session_ref
         self._session_id = session_id
@@ -54,6 +63,15 @@ class EndpointActor(pykka.ThreadingActor):
         self._size = (80, 24)
         self._retry_timer: Timer | None = None
         self._closed = False
+        self._events = EndpointEvents(self.actor_ref)  # one for every attempt: it counts what is in flight
+        self._stall_seconds = stall_seconds
+        self._resync_interval = resync_interval
+        self._refusing_since: dict[str, float] = {}  # participant id → when its sink first refused
+        self._stall_timer: Timer | None = None
+        self._waiting_for_keyframe: set[str] = set()
+        self._last_resync = -float("inf")
+        self._resync_timer: Timer | None = None
+        self.keyframes_rendered = 0
 
     def on_receive(self, message: Any) -> None:
         match message:
@@ -61,12 +79,25 @@ class EndpointActor(pykka.ThreadingActor):
                 self._screen.feed(message.data)
                 for pid, sink in self._fanout:
                     try:
-                        if not sink.offer(message):
-                            sink.keyframe(self._screen.keyframe(), resync=True)
+                        if not sink.offer(message) and pid not in self._refusing_since \
+                                and pid not in self._waiting_for_keyframe:
+                            self._refusing(pid)
                     except Exception as exc:
                         self._sink_failed(pid, exc)
+                self._events.processed(len(message.data))
                 if self.actor_inbox.empty():  # parse the screen only when nobody waits
                     self._screen.idle()
+            case Resynchronise(participant_id=pid):
+                self._refusing_since.pop(pid, None)  # its consumer is back: not stalled
+                if pid in self._subscribers:
+                    self._waiting_for_keyframe.add(pid)
+                    self._resync()
+            case ResyncDue():
+                self._resync_timer = None
+                self._resync()
+            case StallCheckDue():
+                self._stall_timer = None
+                self._check_stalls()
             case Input(data=data):
                 self._connection.send_input(data)
             case Resize(cols=cols, rows=rows):
@@ -77,20 +108,21 @@ class EndpointActor(pykka.ThreadingActor):
                 self._subscribers[pid] = sink
                 self._fanout = list(self._subscribers.items())
                 try:
-                    sink.keyframe(self._screen.keyframe())
+                    ref = self.actor_ref
+                    sink.attach(lambda: send(ref, Resynchronise(pid)))
+                    sink.keyframe(self._render())
                 except Exception as exc:
                     self._sink_failed(pid, exc)
             case Unsubscribe(participant_id=pid):
-                if self._subscribers.pop(pid, None) is not None:
-                    self._fanout = list(self._subscribers.items())
+                self._forget(pid)
             case OpenEndpoint(cols=cols, rows=rows):
                 self._size = (cols, rows)
                 self._screen.resize(cols, rows)
-                self._connection.open(EndpointEvents(self.actor_ref), cols, rows)
+                self._connection.open(self._events, cols, rows)
             case ReconnectEndpoint():
                 self._retry_timer = None
                 if not self._closed:
-                    self._connection.open(EndpointEvents(self.actor_ref), *self._size)
+                    self._connection.open(self._events, *self._size)
             case EndpointOpened(detail=detail):
                 send(self._session, EndpointReady(detail))
             case EndpointClosed(detail=detail):
@@ -100,10 +132,63 @@ class EndpointActor(pykka.ThreadingActor):
             case _:
                 log.warning("endpoint of session %s ignored %r", self._session_id, type(message).__name__)
 
-    def _sink_failed(self, pid: str, exc: Exception) -> None:
-        log.error("the sink of participant %s failed", pid, exc_info=exc)
+    def _render(self) -> Any:
+        self.keyframes_rendered += 1
+        return self._screen.keyframe()
+
+    def _resync(self) -> None:
+        """Render one keyframe for every participant waiting for one, unless the last resync
+        was less than `resync_interval` ago: then once that much time has passed."""
+        if not self._waiting_for_keyframe or self._resync_timer is not None:
+            return
+        due = self._last_resync + self._resync_interval
+        if self._clock.now() < due:
+            ref = self.actor_ref
+            self._resync_timer = self._clock.call_at(due, lambda: send(ref, ResyncDue()))
+            return
+        self._last_resync = self._clock.now()
+        keyframe = self._render()
+        waiting, self._waiting_for_keyframe = self._waiting_for_keyframe, set()
+        for pid in waiting:
+            sink = self._subscribers.get(pid)
+            if sink is None:
+                continue
+            try:
+                sink.keyframe(keyframe, resync=True)
+            except Exception as exc:
+                self._sink_failed(pid, exc)
+
+    def _refusing(self, pid: str) -> None:
+        """A sink started refusing: note when, to disconnect its participant if its consumer
+        does not come back within `stall_seconds`."""
+        self._refusing_since[pid] = self._clock.now()
+        self._arm_stall_timer()
+
+    def _arm_stall_timer(self) -> None:
+        if self._stall_timer is not None or not self._refusing_since:
+            return
+        due = min(self._refusing_since.values()) + self._stall_seconds
+        ref = self.actor_ref
+        self._stall_timer = self._clock.call_at(due, lambda: send(ref, StallCheckDue()))
+
+    def _check_stalls(self) -> None:
+        now = self._clock.now()
+        for pid, since in list(self._refusing_since.items()):
+            if now - since >= self._stall_seconds:
+                del self._refusing_since[pid]
+                send(self._session, ParticipantStalled(pid, now - since))
+        self._arm_stall_timer()
+
+    def _forget(self, pid: str) -> None:
         if self._subscribers.pop(pid, None) is not None:
             self._fanout = list(self._subscribers.items())
+        self._refusing_since.pop(pid, None)
+        self._waiting_for_keyframe.discard(pid)
+
+    def _sink_failed(self, pid: str, exc: Exception) -> None:
+        log.error("the sink of participant %s failed", pid, exc_info=exc)
+        if pid in self._subscribers:
+            self._forget(pid)
             send(self._session, ChildFailed("participant", pid, describe_failure(exc)))
 
     def _on_error(self, detail: str, retryable: bool) -> None:
@@ -126,8 +211,9 @@ class EndpointActor(pykka.ThreadingActor):
         if self._closed:
             return
         self._closed = True
-        if self._retry_timer is not None:
-            self._retry_timer.cancel()
+        for timer in (self._retry_timer, self._resync_timer, self._stall_timer):
+            if timer is not None:
+                timer.cancel()
         try:
             self._connection.close()
         except Exception:

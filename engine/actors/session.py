@@ -26,7 +26,7 @@ from engine.messages import (
     Accepted, AuditEvent, AuditSessionEnded, AuditSessionStarted, ChildFailed, Describe, Disconnected,
     Eject, Ejected, EndpointFailed, EndpointFinished, EndpointReady, EndpointRetrying, EndReason, Expire,
     Extend, GraceElapsed, Input, InputRefused, Join, Joined, Leave, Member, OpenEndpoint,
-    ParticipantJoined, ParticipantLeft, Reason, Refused, Resize, Role, SessionEnded,
+    ParticipantJoined, ParticipantLeft, ParticipantStalled, Reason, Refused, Resize, Role, SessionEnded,
     SessionFinished, SessionState, SessionSummary, SessionUpdated, SetJointSession, Shutdown,
     StartSession, StateChanged, Subscribe, Terminate, TransferControl, Unsubscribe, User,
 )
@@ -89,6 +89,8 @@ class SessionActor(pykka.ThreadingActor):
                 self._on_leave(pid)
             case Disconnected(participant_id=pid):
                 self._on_disconnected(pid)
+            case ParticipantStalled(participant_id=pid, seconds=seconds):
+                self._on_stalled(pid, seconds)
             case Resize():
                 self._on_resize(message)
             case Terminate():
@@ -141,7 +143,8 @@ class SessionActor(pykka.ThreadingActor):
             self.actor_ref, self._id, start.connection,
             screen_for(start.endpoint.protocol, start.cols, start.rows), self._clock,
             self._settings.endpoint_retries, self._settings.endpoint_backoff_seconds,
-            self._settings.endpoint_retry_window_seconds)
+            self._settings.endpoint_retry_window_seconds, self._settings.stall_seconds,
+            self._settings.resync_interval_seconds)
         member = self._add(start.controller, Role.CONTROLLER, start.sink)
         self._controller_pid = member.participant_id
         send(self._endpoint, OpenEndpoint(start.cols, start.rows))
@@ -246,6 +249,21 @@ class SessionActor(pykka.ThreadingActor):
         if member is None:
             return
         self._audit("disconnect", member.user, participant=pid, role=member.role.value)
+        if is_controller:
+            self._controller_left_unexpectedly()
+        self._publish()
+
+    def _on_stalled(self, pid: str, seconds: float) -> None:
+        """A participant a whole queue behind whose client has not come back for its resync
+        within `stall_seconds` (a frozen tab, a suspended laptop, a client that stopped
+        reading): disconnected, as if its connection had dropped; a controller may come back
+        within the grace period (rule 8)."""
+        is_controller = pid == self._controller_pid
+        member = self._remove(pid, "stalled")
+        if member is None:
+            return
+        self._audit("participant_stalled", member.user, participant=pid, role=member.role.value,
+                    seconds=round(seconds, 1))
         if is_controller:
             self._controller_left_unexpectedly()
         self._publish()
