@@ -13,6 +13,12 @@ channel and a writer task fed by a bounded trio memory channel.
 Reports go to `EndpointEvents` (tells, never blocking) under a per-attempt lock, so that once
 `close()` has returned nothing more is reported. Terminal data stays bytes end to end.
 
+Output is flow-controlled: when `EndpointEvents.output` answers that the endpoint actor is
+behind, the shell channel stops reading (asyncssh's `pause_reading`: the SSH window is not
+reopened, so sshd stops sending and the program writing to the PTY waits) until the actor has
+caught up and calls the resume it was given; the resume comes back to the loop through the
+bridge. Nothing waits on the loop meanwhile.
+
 Credentials are used here and nowhere else: never logged, never in a reported detail, never in
 a repr.
 """
@@ -105,14 +111,15 @@ class _Attempt:
         self.mismatched_key: asyncssh.SSHKey | None = None
         self.dropped_chunks = 0
 
-    def report(self, what: str, *args: Any) -> None:
+    def report(self, what: str, *args: Any) -> Any:
+        """Tell `events` what happened; its answer (None if nothing was reported)."""
         with self.lock:
             if self.closed or self.finished:
-                return
+                return None
             if what in ("closed", "failed"):
                 self.finished = True
             try:
-                getattr(self.events, what)(*args)
+                return getattr(self.events, what)(*args)
             except Exception:
                 # Nobody is listening any more (a dead actor): report nothing more, and end
                 # the connection rather than leave it open with no one to close it.
@@ -120,6 +127,7 @@ class _Attempt:
                 self.closed = True
                 if trio.lowlevel.in_trio_run():
                     self.scope.cancel()
+                return None
 
     def close(self) -> None:
         with self.lock:
@@ -172,17 +180,24 @@ class _Client(asyncssh.SSHClient):
 class _Shell(asyncssh.SSHClientSession):
     """The shell channel's callbacks (on the loop, in asyncio context)."""
 
-    def __init__(self, attempt: _Attempt, opened_detail: str, loop: Any) -> None:
+    def __init__(self, attempt: _Attempt, opened_detail: str, loop: Any, bridge: LoopBridge) -> None:
         self._attempt = attempt
         self._opened_detail = opened_detail
         self._loop = loop
+        self._bridge = bridge
+        self._channel: Any = None
         self._pending = bytearray()
         self._flush_scheduled = False
+        self._paused = False
+        self.pauses = 0  # how often the endpoint actor was behind and reading paused
         self.exit_status: int | None = None
         self.exit_signal: str | None = None
         self.error: Exception | None = None
         self.can_write = trio.Event()
         self.can_write.set()
+
+    def connection_made(self, chan: Any) -> None:
+        self._channel = chan
 
     def session_started(self) -> None:
         # here, not once create_session returns: asyncssh starts delivering data before that
@@ -203,7 +218,39 @@ class _Shell(asyncssh.SSHClientSession):
         if self._pending:
             data = bytes(self._pending)
             self._pending.clear()
-            self._attempt.report("output", data)
+            if self._attempt.report("output", data, self._resume_soon) is False:
+                self._pause()
+
+    def _pause(self) -> None:
+        """The endpoint actor is behind: read nothing more until it calls `_resume_soon`."""
+        if self._paused or self._channel is None:
+            return
+        self._paused = True
+        self.pauses += 1
+        self._channel.pause_reading()
+
+    def _resume_soon(self) -> None:
+        """From the endpoint actor's thread: back onto the loop, into asyncio's context."""
+        try:
+            self._bridge.call_soon(self._resume_in_asyncio)
+        except LoopClosed:
+            pass
+
+    def _resume_in_asyncio(self) -> None:
+        try:
+            self._loop.call_soon(self._resume)
+        except RuntimeError:  # the attempt's asyncio loop is closed: nothing left to resume
+            pass
+
+    def _resume(self) -> None:
+        if not self._paused:
+            return
+        self._paused = False
+        try:
+            # also when closing: data received before the endpoint's close is still delivered
+            self._channel.resume_reading()
+        except Exception as exc:  # the connection is gone
+            log.debug("ssh: resume after the end: %s", type(exc).__name__)
 
     def exit_status_received(self, status: int) -> None:
         self.exit_status = status
@@ -352,7 +399,7 @@ class SshConnection:
             )
             self._record_host_key(attempt, conn)
             version = conn.get_extra_info("server_version") or "SSH server"
-            shell = _Shell(attempt, f"{creds.username}@{self.where} ({version})", loop)
+            shell = _Shell(attempt, f"{creds.username}@{self.where} ({version})", loop, self._bridge)
 
             opened_size = attempt.size
             channel, _ = await trio_asyncio.aio_as_trio(conn.create_session)(

@@ -5,12 +5,15 @@ from __future__ import annotations
 import importlib.util
 import logging
 import threading
+from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
-from engine.connection import Credentials
-from protocols.ssh import SshConnection, fingerprint
+from engine.connection import Credentials, EndpointEvents
+from engine.messages import EndpointOpened, Frame
+from protocols.ssh import OUTPUT_CHUNK, SshConnection, fingerprint
 from tests.fixtures.openssh import EventRecorder
 
 pytestmark = pytest.mark.openssh
@@ -228,3 +231,61 @@ async def test_server_side_effects(ssh_bridge, openssh):
     assert target.read_text() == "written\n"
     target.unlink()
     conn.close()
+
+
+class BehindActor:
+    """An EndpointActor stand-in for `EndpointEvents`: it keeps the Frames told to it and fans
+    out nothing until the test processes them, as an actor that is behind."""
+
+    def __init__(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._changed = trio.Event()
+        self.events: Any = None
+        self.opened = False
+        self.frames: list[Any] = []
+        self.max_in_flight = 0
+
+    def tell(self, message: Any) -> None:
+        if isinstance(message, Frame):
+            self.frames.append(message)
+            self.max_in_flight = max(self.max_in_flight, self.events.in_flight)
+        elif isinstance(message, EndpointOpened):
+            self.opened = True
+        self._token.run_sync_soon(self._wake)
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_for(self, predicate) -> None:
+        while not predicate():
+            await self._changed.wait()
+
+
+async def test_output_waits_while_the_endpoint_actor_is_behind(ssh_bridge, openssh):
+    bound = 128 * 1024
+    actor = BehindActor()
+    events = actor.events = EndpointEvents(actor, max_in_flight=bound)
+    conn = connect(ssh_bridge, openssh)
+    conn.open(events, 80, 24)
+    received = bytearray()
+    stops = 0
+    command = b"head -c 3000000 /dev/zero | tr '\\0' '\\132'; echo; echo END-$((6*7))\n"  # \132: Z, not in the echo
+    with trio.fail_after(60):
+        await actor.wait_for(lambda: actor.opened)
+        conn.send_input(command)
+        while b"END-42" not in received:
+            # the reader stops at the bound (it would go on to 3 MB if nothing held it back) ...
+            await actor.wait_for(lambda: events.in_flight >= bound or b"END-42" in bytes(received[-8:]) + b"".join(
+                f.data for f in actor.frames))
+            await trio.testing.wait_all_tasks_blocked(0.05)  # let the reader go as far as it would
+            stops += events.in_flight >= bound
+            # ... and goes on once the actor has fanned out what it had
+            frames, actor.frames = actor.frames, []
+            for frame in frames:
+                received += frame.data
+                events.processed(len(frame.data))
+    conn.close()
+    assert actor.max_in_flight <= bound + 3 * OUTPUT_CHUNK
+    assert received.count(b"Z") == 3_000_000  # every byte, in the end
+    assert stops >= 3_000_000 // (bound + 3 * OUTPUT_CHUNK)
