@@ -65,7 +65,7 @@ async def test_a_stalled_viewer_never_slows_the_controller_or_the_others(harness
     with trio.fail_after(30):
         # In lockstep: every frame reaches the controller and the other viewer before the next
         # is emitted, for as long as it takes the stalled viewer's queue to overflow.
-        while not slow_queue().resyncs:
+        while not slow_queue().owes_resync:
             connection.emit(b"<%06d>" % n + body)
             await controller.output_contains(b"<%06d>" % n)
             await viewer.output_contains(b"<%06d>" % n)
