@@ -113,3 +113,33 @@ def test_the_benchmark_produces_every_figure(tmp_path):
     bench.write_docs(docs, f"{bench.BEGIN}\nnew table\n{bench.END}")
     again = docs.read_text()
     assert "new table" in again and "| Line latency" not in again and "Written by hand, kept." in again
+
+
+STALLED = ROOT / "bench" / "stalled_viewer.py"
+
+
+def test_the_stalled_viewer_benchmark_produces_every_figure(tmp_path):
+    _skip_unless_runnable()
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text(DOC)
+    process = subprocess.Popen(
+        [sys.executable, str(STALLED), "--runs", "1", "--stalled", "0,1", "--cat-mb", "1", "--lines", "5",
+         "--steady-kb", "5", "--close-wait", "1", "--json", "--quiet", "--write-docs", str(docs)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        stdout, stderr = process.communicate(timeout=60)
+        pytest.fail(f"the benchmark did not finish within 120 s: {stderr[-3000:]}")
+    assert process.returncode == 0, stderr[-3000:]
+    report = json.loads(stdout)
+    for case in ("0", "1"):
+        figures = report["runs"][0][case]
+        assert figures["cat_complete"] is True and figures["lines_lost"] == 0 and figures["steady_lost"] == 0, figures
+        for key in ("cat_controller_s", "cat_controller_mbps", "steady_p95_ms", "line_p95_ms", "end_ms"):
+            assert isinstance(figures[key], (int, float)), (case, key, figures)
+    text = docs.read_text()
+    section = text.split("## Stalled viewers and the controller")[1]
+    assert "| cat: throughput to the controller (file size / that time), MB/s |" in section
+    assert text.startswith(DOC.rstrip("\n"))  # the other sections untouched
