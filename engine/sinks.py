@@ -61,7 +61,7 @@ class OutboundQueue:
         self._on_ready = on_ready
         self._lock = threading.Lock()
         self._items: list[Item] = []
-        self._pending_bytes = 0  # frames and keyframes not yet taken
+        self._pending_bytes = 0  # frames not yet taken
         self.closed = False
         self._request_keyframe: Callable[[], None] | None = None
         self._owed = False  # frames were dropped; a keyframe must come before any further frame
@@ -116,8 +116,10 @@ class OutboundQueue:
                 self._items.append(Item("event", Resync(self._dropped_since_keyframe)))
             self._owed = self._requested = False
             self._dropped_since_keyframe = 0
+            # Not counted against the frames' bound: a keyframe larger than the queue (a whole
+            # framebuffer) must not make the next frame drop it before its consumer takes it.
+            # The queue holds at most `max_bytes` of frames and one keyframe.
             self._items.append(Item("keyframe", keyframe))
-            self._pending_bytes += len(keyframe.data)  # in the bound: a graphical keyframe is large
         if was_empty:
             self._ready()
 
