@@ -87,7 +87,7 @@ class Options:
     steady_kb: int = 50
     lines: int = 100
     line_interval: float = 0.05
-    close_wait: float = 30.0
+    close_wait: float = 10.0
     progress: bool = True
     settings: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
@@ -103,8 +103,8 @@ def say(options: Options, text: str) -> None:
 
 
 class StalledViewer:
-    """A websocket client that joins and then never reads: a blocking socket in a thread-free
-    way (trio), with a tiny receive buffer so that the gateway's send blocks soon."""
+    """A websocket client that joins and then never reads (a trio socket, wsproto for the
+    handshake and the join), with a tiny receive buffer so that the gateway's sends block soon."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -116,14 +116,14 @@ class StalledViewer:
         from wsproto import ConnectionType, WSConnection
         from wsproto.events import AcceptConnection, RejectConnection, Request, TextMessage
 
+        from cosession.join import _headers
+
         host, port = base_url.split("//")[1].rsplit(":", 1)
         sock = trio.socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, STALLED_RCVBUF)
         await sock.connect((host, int(port)))
         self.sock = sock
         ws = WSConnection(ConnectionType.CLIENT)
-        from cosession.join import _headers
-
         headers = [(k.decode(), v.decode()) for k, v in _headers(base_url, cookie, None)]
         await sock.send(ws.send(Request(host=f"{host}:{port}", target=path, extra_headers=headers)))
         text = ""
@@ -497,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steady-kb", type=int, default=50, help="KB the background job writes every 50 ms")
     parser.add_argument("--lines", type=int, default=100)
     parser.add_argument("--line-interval", type=float, default=0.05)
-    parser.add_argument("--close-wait", type=float, default=30.0,
+    parser.add_argument("--close-wait", type=float, default=10.0,
                         help="seconds to wait for the gateway to close the stalled sockets after the end")
     parser.add_argument("--setting", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--json", action="store_true")
