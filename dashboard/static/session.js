@@ -414,6 +414,8 @@
         if (m.reason === "ejected") {
           const by = m.by ? ` by ${m.by.name}` : "";
           notice(`${m.member.user.name} was removed from this session${by}.`, "info", "participant_ejected");
+        } else if (m.reason === "stalled") {
+          notice(`${m.member.user.name} stopped receiving and was disconnected.`, "info", "participant_stalled");
         }
         break;
       case "state":
