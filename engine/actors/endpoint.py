@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 class EndpointActor(pykka.ThreadingActor):
     def __init__(self, session_ref: Any, session_id: str, connection: EndpointConnection,
                  screen: ScreenModel, clock: Clock, retries: int, backoff: float, window: float,
-                 stall_seconds: float = 30.0, resync_interval: float = 0.5) -> None:
+                 stall_seconds: float, resync_interval: float) -> None:
         super().__init__()
         self._session = session_ref
         self._session_id = session_id
@@ -71,7 +71,6 @@ class EndpointActor(pykka.ThreadingActor):
         self._waiting_for_keyframe: set[str] = set()
         self._last_resync = -float("inf")
         self._resync_timer: Timer | None = None
-        self.keyframes_rendered = 0
 
     def on_receive(self, message: Any) -> None:
         match message:
@@ -110,7 +109,7 @@ class EndpointActor(pykka.ThreadingActor):
                 try:
                     ref = self.actor_ref
                     sink.attach(lambda: send(ref, Resynchronise(pid)))
-                    sink.keyframe(self._render())
+                    sink.keyframe(self._screen.keyframe())
                 except Exception as exc:
                     self._sink_failed(pid, exc)
             case Unsubscribe(participant_id=pid):
@@ -132,10 +131,6 @@ class EndpointActor(pykka.ThreadingActor):
             case _:
                 log.warning("endpoint of session %s ignored %r", self._session_id, type(message).__name__)
 
-    def _render(self) -> Any:
-        self.keyframes_rendered += 1
-        return self._screen.keyframe()
-
     def _resync(self) -> None:
         """Render one keyframe for every participant waiting for one, unless the last resync
         was less than `resync_interval` ago: then once that much time has passed."""
@@ -147,7 +142,7 @@ class EndpointActor(pykka.ThreadingActor):
             self._resync_timer = self._clock.call_at(due, lambda: send(ref, ResyncDue()))
             return
         self._last_resync = self._clock.now()
-        keyframe = self._render()
+        keyframe = self._screen.keyframe()
         waiting, self._waiting_for_keyframe = self._waiting_for_keyframe, set()
         for pid in waiting:
             sink = self._subscribers.get(pid)
