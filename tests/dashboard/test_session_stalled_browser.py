@@ -72,9 +72,9 @@ def test_the_controller_is_told_that_a_stalled_viewer_was_disconnected(site, liv
     bob = stalled_viewer(live_gateway, "bob", sid)
     try:
         expect(alice.get_by_test_id("viewer-count")).to_have_text("1")
-        gateway = live_gateway.app.state.gateway
-        queue = next(c.queue for c in gateway.sessions[sid].channels if c.user.name == "bob")
-        connection = gateway.sessions[sid].connection
+        live = live_gateway.app.state.live_sessions
+        queue = next(c.queue for c in live.sessions[sid].channels if c.user.name == "bob")
+        connection = live.sessions[sid].connection
         n = 0
         while not queue.owes_resync:  # its socket's buffers, then its queue, fill
             for _ in range(64):

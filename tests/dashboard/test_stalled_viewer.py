@@ -76,7 +76,7 @@ class StalledViewer:
 
 
 def channel_of(h: Harness, session_id: str, name: str):
-    return next(c for c in h.gateway.app.state.gateway.sessions[session_id].channels if c.user.name == name)
+    return next(c for c in h.gateway.app.state.live_sessions.sessions[session_id].channels if c.user.name == name)
 
 
 async def test_a_viewer_that_never_reads_costs_the_controller_nothing_and_is_disconnected(harness, openssh):
