@@ -4,7 +4,9 @@ Each websocket is served by one `Channel` on the trio loop, with two tasks: a re
 checks every client message against the sender's role (a viewer's channel has no path to the
 endpoint's input at all: see gateway/rights.py), and a sender that drains the participant's
 bounded `OutboundQueue` once per flush window, so that a viewer that cannot keep up only ever
-delays itself (the engine resynchronises it from a keyframe when its queue overflows).
+delays itself: when its queue overflows, the queue owes it a resync, and the sender's next
+`take()` asks the engine for the keyframe; nothing is rendered for a sender that is stuck
+(engine/sinks.py).
 
 What differs between kinds of session is a `SessionWire`, chosen from the endpoint's protocol
 at the join: how a client's messages are read, what each role may send, how the endpoint's
