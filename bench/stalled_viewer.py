@@ -87,7 +87,7 @@ class Options:
     steady_kb: int = 50
     lines: int = 100
     line_interval: float = 0.05
-    close_wait: float = 10.0
+    close_wait: float = 40.0
     progress: bool = True
     settings: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
@@ -497,7 +497,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steady-kb", type=int, default=50, help="KB the background job writes every 50 ms")
     parser.add_argument("--lines", type=int, default=100)
     parser.add_argument("--line-interval", type=float, default=0.05)
-    parser.add_argument("--close-wait", type=float, default=10.0,
+    parser.add_argument("--close-wait", type=float, default=40.0,
                         help="seconds to wait for the gateway to close the stalled sockets after the end")
     parser.add_argument("--setting", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--json", action="store_true")

@@ -33,9 +33,12 @@ TLS is not served here: deploy behind a proxy that terminates it (docs/security.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import ipaddress
 import logging
+import socket
+import struct
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -134,13 +137,26 @@ def client_key(host: str) -> str:
 class ClientConnection:
     """One open TCP connection, as the application sees it in its ASGI state."""
 
-    __slots__ = ("key", "peer", "signed_in", "_guard")
+    __slots__ = ("key", "peer", "signed_in", "_guard", "_stream")
 
-    def __init__(self, guard: "ConnectionGuard", key: str, peer: str) -> None:
+    def __init__(self, guard: "ConnectionGuard", key: str, peer: str, stream: trio.SocketStream) -> None:
         self._guard = guard
+        self._stream = stream
         self.key = key
         self.peer = peer
         self.signed_in = False
+
+    def abort(self) -> None:
+        """Close the TCP connection now, for a client that has stopped reading. Hypercorn shields
+        its sends from cancellation, so a send blocked on a full socket would otherwise wait for
+        as long as the client lets it; closing the socket fails that send at once, and
+        Hypercorn ends the connection (the application sees a disconnect). An abortive close
+        (SO_LINGER 0: a reset): a graceful one would queue its FIN behind the unsent bytes, which
+        a client that reads nothing never lets out, and the kernel would keep them for minutes."""
+        sock = self._stream.socket
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
 
     def mark_signed_in(self) -> None:
         """A request on this connection carried a signed-in session: it no longer counts
@@ -222,7 +238,7 @@ class ConnectionGuard:
         if refused_by is not None:
             await self._refuse(stream, key, refused_by)
             return
-        connection = ClientConnection(self, key, repr_socket_addr(stream.socket.family, peer))
+        connection = ClientConnection(self, key, repr_socket_addr(stream.socket.family, peer), stream)
         self._open[key] += 1
         self._anonymous[key] += 1
         self._open_total += 1

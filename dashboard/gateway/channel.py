@@ -4,9 +4,7 @@ Each websocket is served by one `Channel` on the trio loop, with two tasks: a re
 checks every client message against the sender's role (a viewer's channel has no path to the
 endpoint's input at all: see gateway/rights.py), and a sender that drains the participant's
 bounded `OutboundQueue` once per flush window, so that a viewer that cannot keep up only ever
-delays itself: when its queue overflows, the queue owes it a resync, and the sender's next
-`take()` asks the engine for the keyframe; nothing is rendered for a sender that is stuck
-(engine/sinks.py).
+delays itself (its queue owes it a resync, which its sender's next `take()` asks for).
 
 What differs between kinds of session is a `SessionWire`, chosen from the endpoint's protocol
 at the join: how a client's messages are read, what each role may send, how the endpoint's
@@ -27,10 +25,12 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from dashboard.gateway import wire
 from dashboard.security import share
+from dashboard.security.admission import CONNECTION_STATE_KEY
 from dashboard.services.live_sessions import LiveSession, LiveSessions
 from engine import EndpointConnection, LoopClosed, OutboundQueue, policy, tell_session
 from engine.messages import (
-    Disconnected, Eject, EndpointSpec, Frame, Joined, Leave, Refused, Role, SessionEnded, TransferControl, User,
+    Disconnected, Eject, EndpointSpec, Frame, Joined, Leave, ParticipantStalled, Refused, Role, SessionEnded,
+    TransferControl, User,
 )
 
 log = logging.getLogger(__name__)
@@ -137,6 +137,7 @@ class Channel:
         self.flush_messages = max(1, settings.gateway.flush_messages)
         self.flush_bytes = max(1, settings.gateway.flush_bytes)
         self.max_message_bytes = settings.gateway.max_message_bytes
+        self.stall_seconds = settings.engine.stall_seconds
         self.queue = _FlushQueue(settings.engine.queue_max_bytes, self.flush_bytes,
                                  self._from_actor(self._wake), self._from_actor(self._flush_now_set))
         self._ready = trio.Event()
@@ -152,7 +153,10 @@ class Channel:
         self.left = False
         self.ended = False
         self.closing = False  # our close frame is sent: what the client still sends is dropped
+        self.stalled = False  # a send waited stall_seconds: the client stopped reading; cut
         self._receive_scope = trio.CancelScope()
+        self._send_began: float | None = None  # trio time at which the send in flight began
+        self._sending = trio.Event()
 
     # actor threads → loop
 
@@ -181,12 +185,19 @@ class Channel:
     # sending (only one task sends at a time: before the join the handler, after it the sender)
 
     async def send_text(self, message: dict[str, Any]) -> None:
-        self.messages_sent += 1
-        await self.websocket.send({"type": "websocket.send", "text": wire.dumps(message)})
+        await self._send({"type": "websocket.send", "text": wire.dumps(message)})
 
     async def send_bytes(self, data: bytes) -> None:
+        await self._send({"type": "websocket.send", "bytes": data})
+
+    async def _send(self, message: dict[str, Any]) -> None:
         self.messages_sent += 1
-        await self.websocket.send({"type": "websocket.send", "bytes": data})
+        self._send_began = trio.current_time()
+        self._sending.set()
+        try:
+            await self.websocket.send(message)
+        finally:
+            self._send_began = None  # one send at a time (see above)
 
     async def close(self, code: int = CLOSE_NORMAL, reason: str = "") -> None:
         """Send the close frame. The handler then still reads until the client's close arrives
@@ -318,13 +329,14 @@ class Channel:
             await self.send_text(self._joined_message(joined, endpoint, controller))
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._sender)
+                nursery.start_soon(self._watch_sends)
                 await self._receiver()
                 nursery.cancel_scope.cancel()
         except CLIENT_GONE:
             pass
         finally:
             self.live.channels.discard(self)
-            if not (self.left or self.ended or self.queue.closed):
+            if not (self.left or self.ended or self.stalled or self.queue.closed):
                 # the websocket dropped without a leave: a closed tab, a lost network (rule 8)
                 tell_session(joined, Disconnected(joined.participant_id))
 
@@ -372,6 +384,29 @@ class Channel:
                     return
         except CLIENT_GONE:
             self._receive_scope.cancel()  # the client went away; the receiver need not wait
+
+    async def _watch_sends(self) -> None:
+        """A send in flight `stall_seconds` after it began: the client took nothing for that
+        long. The session is told it stalled (disconnected, audited), and the connection is cut:
+        Hypercorn cannot cancel the send, and would hold the socket as long as the client does."""
+        while True:
+            await self._sending.wait()
+            self._sending = trio.Event()
+            began = self._send_began
+            if began is None:
+                continue
+            await trio.sleep_until(began + self.stall_seconds)
+            if self._send_began != began:
+                continue  # that send completed; the next one, if any, set _sending
+            self.stalled = True
+            joined = self.joined
+            if joined is not None and not self.queue.closed:
+                tell_session(joined, ParticipantStalled(joined.participant_id, trio.current_time() - began))
+            connection = (self.websocket.scope.get("state") or {}).get(CONNECTION_STATE_KEY)
+            if connection is not None:
+                connection.abort()
+            self._receive_scope.cancel()
+            return
 
     async def _deliver(self, item: Any) -> bool:
         """Send one queue item; True if it asked to close the websocket."""

@@ -31,7 +31,7 @@ from dashboard.security.origin import check_origin
 
 log = logging.getLogger(__name__)
 
-CONNECTION_STATE_KEY = "cosession.connection"  # in scope["state"]: has mark_signed_in()
+CONNECTION_STATE_KEY = "cosession.connection"  # in scope["state"]: has mark_signed_in() and abort()
 CLOSE_POLICY = 1008  # a websocket.close before accept: Hypercorn answers the handshake with 403
 ANONYMOUS_BODY_BYTES = 16 << 10
 _DECIDED = frozenset({"websocket.accept", "websocket.close", "websocket.http.response.start"})

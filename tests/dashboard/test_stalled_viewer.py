@@ -26,6 +26,7 @@ pytestmark = pytest.mark.openssh
 
 LINES = 200_000  # a 16 MB file: the stalled socket's kernel buffers (~3 MB) and its queue, twice over
 QUEUE_BYTES = 4 << 20
+TCP_ESTABLISHED = 1
 BOUND = 120  # seconds: a generous bound on the whole cat, never a measure of its speed
 
 
@@ -70,6 +71,11 @@ class StalledViewer:
                         await self.sock.send(ws.send(TextMessage(json.dumps({"type": "join"}))))
                     elif isinstance(event, TextMessage) and json.loads(event.data)["type"] == "joined":
                         return  # and never read again
+
+    def closed_by_peer(self) -> bool:
+        """Whether the gateway closed this connection (a FIN or an RST came), read from the
+        socket's TCP state without reading any data."""
+        return self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0] != TCP_ESTABLISHED
 
     def close(self) -> None:
         self.sock.close()

@@ -1,0 +1,69 @@
+"""A viewer's socket that takes nothing is cut by the gateway: a websocket send still blocked
+`engine.stall_seconds` after it began means the client stopped reading, and Hypercorn cannot
+cancel that send, so the gateway closes the TCP connection itself (the web server's
+`ClientConnection.abort`), tells the session the participant stalled (disconnected, audited),
+and the session goes on. Real OpenSSH, real websockets, real time: the setting is five seconds
+here (the controller's client, which shares the gateway's process, must never look stalled),
+and the bound on waiting for the gateway is generous."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from engine.messages import EndpointProtocol
+from tests.dashboard.test_gateway import Harness
+from tests.dashboard.test_stalled_viewer import StalledViewer
+
+pytestmark = pytest.mark.openssh
+
+BOUND = 60  # seconds: a bound on waiting for the gateway, never a measure of it
+
+
+@pytest.fixture
+def gateway_overrides():
+    return {"engine": {"stall_seconds": 5.0}}
+
+
+@pytest.fixture
+async def harness(live_gateway, nursery):
+    h = Harness(live_gateway, nursery)
+    yield h
+    await h.close()
+
+
+async def test_the_gateway_cuts_a_socket_that_takes_nothing(harness, openssh):
+    h = harness
+    h.user("alice", grant=False)
+    endpoint = h.gateway.create_endpoint("box", EndpointProtocol.SSH, openssh.host, openssh.port,
+                                         username=openssh.username, private_key=openssh.private_key,
+                                         host_key=openssh.host_key)
+    h.gateway.grant(endpoint, "alice")
+    controller = await h.open("alice", f"/ws/endpoints/{endpoint.id}/start")
+    await controller.send({"type": "start", "cols": 80, "rows": 24})
+    sid = (await controller.control("joined"))["session_id"]
+    await controller.control("state", state="active")
+    h.gateway.grant(endpoint, h.user("bob", grant=False))
+    stalled = StalledViewer()
+    try:
+        await stalled.join(h, "bob", sid)
+        await controller.control("participant_joined")
+        live = h.gateway.app.state.live_sessions.sessions[sid]
+        # Eight megabytes: bob's socket buffers fill and the gateway's send to it blocks; the
+        # controller reads all of it meanwhile.
+        await controller.send(b"stty -echo; yes 'no one reads this' | head -c 8000000; echo END-$((6*7))\r")
+        await controller.output_contains(b"END-42", deadline=BOUND)
+        with trio.fail_after(BOUND):
+            while not stalled.closed_by_peer():
+                await trio.sleep(0.05)  # polls the socket's TCP state: nothing reports it
+        left = await controller.control("participant_left", deadline=BOUND)
+        assert (left["member"]["user"]["name"], left["reason"]) == ("bob", "stalled")
+        rows = await h.audit("participant_stalled")
+        assert [(r["actor_name"], r["detail"]["role"]) for r in rows] == [("bob", "viewer")]
+        with trio.fail_after(BOUND):
+            while any(c.user.name == "bob" for c in live.channels):
+                await trio.sleep(0.05)  # a poll interval: the channel's handler ends on the loop
+        await controller.send(b"echo still-$((20+1))\r")
+        await controller.output_contains(b"still-21")
+    finally:
+        stalled.close()
