@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from engine.messages import EndpointClosed, EndpointError, EndpointOpened, Frame
+from engine.messages import DisplayUpdate, EndpointClosed, EndpointError, EndpointOpened, Frame
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -82,6 +82,10 @@ class EndpointEvents:
     @property
     def in_flight(self) -> int:
         return self._in_flight
+
+    def display(self, items: tuple[Any, ...]) -> None:
+        """A graphical endpoint's decoded update (engine.messages.Display*), in order."""
+        self._ref.tell(DisplayUpdate(items, time.perf_counter_ns()))
 
     def closed(self, detail: str = "") -> None:
         self._ref.tell(EndpointClosed(detail))

@@ -148,6 +148,78 @@ class Resync:
     dropped: int
 
 
+# --- graphical endpoint output (engine.display) ----------------------------------------------
+# A graphical endpoint connection decodes what its server sends (in its own worker thread) into
+# these, in order, and reports them as one `DisplayUpdate`; the session's display model applies
+# them to its framebuffer and writes the participants' frame once. Pixel arrays are numpy
+# (height, width, 3) uint8 RGB, made read-only by whoever builds them.
+
+
+@dataclass(frozen=True, slots=True)
+class DisplaySize:
+    """The desktop is now `width` x `height`; `resizable`: the endpoint takes SetDesktopSize."""
+
+    width: int
+    height: int
+    resizable: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DisplayPixels:
+    """New pixels. `jpeg` is the endpoint's own JPEG of exactly these pixels, if it sent one:
+    it is passed on to the browsers as it is instead of being encoded again."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    rgb: Any = field(repr=False)  # numpy (height, width, 3) uint8
+    jpeg: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class DisplayFill:
+    x: int
+    y: int
+    width: int
+    height: int
+    colour: tuple[int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class DisplayCopy:
+    """Copy the rectangle at (src_x, src_y) of the current framebuffer to (x, y)."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    src_x: int
+    src_y: int
+
+
+@dataclass(frozen=True, slots=True)
+class DisplayCursor:
+    """The pointer's shape: `rgba` is width * height * 4 bytes (alpha 0 or 255)."""
+
+    hot_x: int
+    hot_y: int
+    width: int
+    height: int
+    rgba: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class DisplayName:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class DisplayUpdate:
+    items: tuple[Any, ...]  # DisplaySize | DisplayPixels | DisplayFill | DisplayCopy | DisplayCursor | DisplayName
+    emitted_ns: int = 0
+
+
 # --- commands to the engine and to a session -------------------------------------------------
 
 

@@ -27,6 +27,7 @@ import pyte
 from pyte import graphics
 
 from engine import messages
+from engine.display import DisplayModel
 from engine.messages import Keyframe
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,13 @@ _BG = {name: code for code, name in {**graphics.BG_ANSI, **graphics.BG_AIXTERM}.
 
 
 class ScreenModel(Protocol):
+    """What the EndpointActor keeps for late joiners. A terminal takes the endpoint's bytes
+    (`feed`); a desktop (engine.display.DisplayModel) takes decoded `DisplayUpdate`s (`update`)
+    and returns the one frame every participant receives."""
+
     def feed(self, data: bytes) -> None: ...
+
+    def update(self, update: messages.DisplayUpdate) -> messages.Frame | None: ...
 
     def idle(self) -> None: ...
 
@@ -162,6 +169,9 @@ class TerminalScreen:
     def rows(self) -> int:
         return self._screen.lines
 
+    def update(self, update: messages.DisplayUpdate) -> messages.Frame | None:
+        raise TypeError("a terminal takes bytes, not display updates")
+
     def feed(self, data: bytes) -> None:
         """The hot path: append, and during a burst cut to the tail. Never parses."""
         self._pending += data
@@ -233,7 +243,7 @@ class TerminalScreen:
 
 
 def screen_for(protocol: messages.EndpointProtocol, cols: int, rows: int) -> ScreenModel:
-    """The screen model of a protocol. Graphical protocols bring their own framebuffer model."""
+    """The screen model of a protocol: a terminal, or a desktop's framebuffer (engine.display)."""
     if protocol in (messages.EndpointProtocol.VNC, messages.EndpointProtocol.RDP):
-        raise NotImplementedError(f"no screen model for {protocol.value} yet")
+        return DisplayModel()
     return TerminalScreen(cols, rows)

@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.browser",
     "tests.fixtures.gateway",
     "tests.fixtures.openssh",
+    "tests.fixtures.xvnc",
 ]

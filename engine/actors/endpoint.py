@@ -34,7 +34,7 @@ import pykka
 from engine.actors.base import describe_failure, send
 from engine.clock import Clock, Timer
 from engine.messages import (
-    ChildFailed, EndpointClosed, EndpointError, EndpointFailed, EndpointFinished, EndpointOpened,
+    ChildFailed, DisplayUpdate, EndpointClosed, EndpointError, EndpointFailed, EndpointFinished, EndpointOpened,
     EndpointReady, EndpointRetrying, Frame, Input, OpenEndpoint, ParticipantStalled, ReconnectEndpoint,
     Resize, ResyncDue, Resynchronise, StallCheckDue, Subscribe, Unsubscribe,
 )
@@ -76,16 +76,15 @@ class EndpointActor(pykka.ThreadingActor):
         match message:
             case Frame():
                 self._screen.feed(message.data)
-                for pid, sink in self._fanout:
-                    try:
-                        if not sink.offer(message) and pid not in self._refusing_since \
-                                and pid not in self._waiting_for_keyframe:
-                            self._refusing(pid)
-                    except Exception as exc:
-                        self._sink_failed(pid, exc)
+                self._fan_out(message)
                 self._events.processed(len(message.data))
                 if self.actor_inbox.empty():  # parse the screen only when nobody waits
                     self._screen.idle()
+            case DisplayUpdate():
+                # decoded by the connection's worker thread; encoded here, once, for everyone
+                frame = self._screen.update(message)
+                if frame is not None:
+                    self._fan_out(frame)
             case Resynchronise(participant_id=pid):
                 self._refusing_since.pop(pid, None)  # its consumer is back: not stalled
                 if pid in self._subscribers:
@@ -130,6 +129,15 @@ class EndpointActor(pykka.ThreadingActor):
                 self._on_error(detail, retryable)
             case _:
                 log.warning("endpoint of session %s ignored %r", self._session_id, type(message).__name__)
+
+    def _fan_out(self, frame: Frame) -> None:
+        for pid, sink in self._fanout:
+            try:
+                if not sink.offer(frame) and pid not in self._refusing_since \
+                        and pid not in self._waiting_for_keyframe:
+                    self._refusing(pid)
+            except Exception as exc:
+                self._sink_failed(pid, exc)
 
     def _resync(self) -> None:
         """Render one keyframe for every participant waiting for one, unless the last resync

@@ -1,0 +1,284 @@
+"""The display model of a graphical session: the framebuffer, the cursor and the desktop size,
+and the one place where the browsers' frames are written.
+
+A graphical endpoint connection (VNC; RDP through its VNC path) decodes what its server sends
+into `engine.messages.Display*` items. The session's EndpointActor hands each `DisplayUpdate` to
+`DisplayModel.update`, which applies it to the framebuffer (numpy) and encodes it **once** into
+the frame every participant receives: an RFB FramebufferUpdate message whose rectangles are each
+decodable alone, so that a late joiner or a resynchronised viewer can start at any keyframe:
+
+- a solid rectangle is a Tight *fill* (3 bytes);
+- pixels the endpoint sent as JPEG are passed on as the same Tight JPEG bytes (nothing encoded
+  again, no second loss);
+- other pixels become TightPNG's PNG (lossless: text stays sharp), or JPEG when PNG compresses
+  them badly (a photograph from a server without Tight);
+- CopyRect stays CopyRect (it reads the participant's own framebuffer, which the keyframe and
+  the frames since have made equal to this one);
+- the desktop size is an ExtendedDesktopSize (when the endpoint can resize) or DesktopSize
+  rectangle, the cursor shape a Cursor rectangle.
+
+No zlib stream or other state spans two messages: Tight's basic compression (stateful zlib) is
+never used. Why RFB and not a format of our own: the browsers run noVNC, which decodes exactly
+these rectangles; docs/vnc.md has the rest.
+
+`keyframe()` writes the whole desktop (size, cursor, then 128-pixel tiles, solid ones as fills)
+and keeps it until the next update, so any number of joiners and resyncs at one moment cost one
+encode. A 1920x1080 keyframe costs tens of milliseconds: the model is used from the session's
+EndpointActor thread (and any thread under its lock), never from the network loop.
+
+The framebuffer is 24-bit RGB; the frames use the browsers' pixel format, 32-bit RGBX
+(protocols.rfb.RGBX), which is the only one the gateway accepts from a browser.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+import zlib
+from typing import Any
+
+import numpy as np
+import simplejpeg
+
+from engine.messages import (
+    DisplayCopy, DisplayCursor, DisplayFill, DisplayName, DisplayPixels, DisplaySize, DisplayUpdate,
+    Frame, Keyframe,
+)
+
+log = logging.getLogger(__name__)
+
+# RFB encoding numbers the frames use (RFC 6143 and the community registry).
+TIGHT = 7
+TIGHT_PNG = -260
+COPY_RECT = 1
+DESKTOP_SIZE = -223
+EXTENDED_DESKTOP_SIZE = -308
+CURSOR = -239
+DESKTOP_NAME = -307
+
+KEYFRAME_TILE = 128
+JPEG_QUALITY = 80
+PNG_LEVEL = 1  # zlib effort: text compresses well at once, and a full screen must stay fast
+PNG_MAX_RATIO = 0.5  # a PNG larger than this share of the raw pixels is re-encoded as JPEG
+PNG_TRY_JPEG_AREA = 64 * 64  # below this, PNG whatever its size
+MAX_SIDE = 16384
+
+_RECT = struct.Struct(">HHHHi")
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _compact_length(n: int) -> bytes:
+    """Tight's 1-3 byte length."""
+    if n < 0x80:
+        return bytes((n,))
+    if n < 0x4000:
+        return bytes((n & 0x7F | 0x80, n >> 7))
+    if n < 0x400000:
+        return bytes((n & 0x7F | 0x80, (n >> 7) & 0x7F | 0x80, n >> 14))
+    raise ValueError(f"{n} bytes do not fit a Tight rectangle")
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def encode_png(rgb: np.ndarray, level: int = PNG_LEVEL) -> bytes:
+    """An RGB PNG of the pixels, filter None: numpy builds the rows, zlib compresses them."""
+    h, w, _ = rgb.shape
+    rows = np.zeros((h, w * 3 + 1), np.uint8)
+    rows[:, 1:] = rgb.reshape(h, w * 3)
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return (_PNG_SIGNATURE + _png_chunk(b"IHDR", header)
+            + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), level)) + _png_chunk(b"IEND", b""))
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+    return simplejpeg.encode_jpeg(np.ascontiguousarray(rgb), quality=quality, colorspace="RGB",
+                                  colorsubsampling="420")
+
+
+def _tight(x: int, y: int, w: int, h: int, control: int, payload: bytes, *, png: bool = False) -> bytes:
+    return _RECT.pack(x, y, w, h, TIGHT_PNG if png else TIGHT) + bytes((control,)) + _compact_length(len(payload)) + payload
+
+
+def _fill(x: int, y: int, w: int, h: int, colour: Any) -> bytes:
+    return _RECT.pack(x, y, w, h, TIGHT) + b"\x80" + bytes(colour)
+
+
+class DisplayModel:
+    """The desktop as it is now, for one graphical session (the `ScreenModel` of a VNC or RDP
+    session). `update` returns the frame for every participant; `keyframe` the whole desktop."""
+
+    def __init__(self, *, jpeg_quality: int = JPEG_QUALITY, png_level: int = PNG_LEVEL) -> None:
+        self.width = 0
+        self.height = 0
+        self.resizable = False
+        self.name = ""
+        self.framebuffer = np.zeros((0, 0, 3), np.uint8)
+        self.cursor: DisplayCursor | None = None
+        self._jpeg_quality = jpeg_quality
+        self._png_level = png_level
+        self._lock = threading.Lock()
+        self._version = 0
+        self._keyframe: tuple[int, Keyframe] | None = None
+        # counters, for tests and benchmarks
+        self.updates = 0
+        self.rects_passed = 0  # the endpoint's JPEG passed on as is
+        self.rects_encoded = 0
+        self.keyframes_rendered = 0
+
+    # --- the ScreenModel interface ---------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """Bytes are terminal output; a desktop never gets any."""
+        raise TypeError("a display model takes DisplayUpdates, not terminal bytes")
+
+    def idle(self) -> None:
+        pass
+
+    def resize(self, cols: int, rows: int) -> None:
+        """A terminal resize: the desktop's size comes from the endpoint, not the window."""
+
+    def update(self, update: DisplayUpdate) -> Frame | None:
+        """Apply `update`; the frame for every participant, or None if nothing shows."""
+        with self._lock:
+            rects: list[bytes] = []
+            for item in update.items:
+                rects += self._apply(item)
+            self.updates += 1
+            if not rects:
+                return None
+            self._version += 1
+            return Frame(_update_message(rects), update.emitted_ns)
+
+    def keyframe(self) -> Keyframe:
+        with self._lock:
+            cached = self._keyframe
+            if cached is not None and cached[0] == self._version:
+                return cached[1]
+            rects = [self._size_rect()]
+            if self.cursor is not None:
+                rects.append(self._cursor_rect(self.cursor))
+            rects += self._tiles()
+            keyframe = Keyframe(_update_message(rects), self.width, self.height)
+            self._keyframe = (self._version, keyframe)
+            self.keyframes_rendered += 1
+            return keyframe
+
+    def snapshot(self) -> np.ndarray:
+        """A copy of the framebuffer (height, width, 3), for tests and `cosession join --snapshot`."""
+        with self._lock:
+            return self.framebuffer.copy()
+
+    # --- applying one item --------------------------------------------------------------------
+
+    def _apply(self, item: Any) -> list[bytes]:
+        """Apply one item; the frame's rectangles for it (none, one, or the tiles of a large one)."""
+        match item:
+            case DisplayPixels(x=x, y=y, width=w, height=h, rgb=rgb, jpeg=jpeg):
+                if not self._inside(x, y, w, h) or rgb.shape != (h, w, 3):
+                    return []
+                self.framebuffer[y:y + h, x:x + w] = rgb
+                if jpeg is not None:
+                    self.rects_passed += 1
+                    return [_tight(x, y, w, h, 0x90, jpeg)]
+                if w * h > 4 * KEYFRAME_TILE * KEYFRAME_TILE:  # a large one: tiles encode faster and smaller
+                    return self._tiles(x, y, w, h)
+                return [self._encode(x, y, w, h, rgb)]
+            case DisplayFill(x=x, y=y, width=w, height=h, colour=colour):
+                if not self._inside(x, y, w, h):
+                    return []
+                self.framebuffer[y:y + h, x:x + w] = colour
+                return [_fill(x, y, w, h, colour)]
+            case DisplayCopy(x=x, y=y, width=w, height=h, src_x=sx, src_y=sy):
+                if not (self._inside(x, y, w, h) and self._inside(sx, sy, w, h)):
+                    return []
+                self.framebuffer[y:y + h, x:x + w] = self.framebuffer[sy:sy + h, sx:sx + w].copy()
+                return [_RECT.pack(x, y, w, h, COPY_RECT) + struct.pack(">HH", sx, sy)]
+            case DisplaySize(width=w, height=h, resizable=resizable):
+                if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
+                    return []
+                if (w, h) != (self.width, self.height):
+                    old = self.framebuffer
+                    self.framebuffer = np.zeros((h, w, 3), np.uint8)
+                    keep_h, keep_w = min(h, old.shape[0]), min(w, old.shape[1])
+                    self.framebuffer[:keep_h, :keep_w] = old[:keep_h, :keep_w]
+                    self.width, self.height = w, h
+                self.resizable = self.resizable or resizable
+                return [self._size_rect()]
+            case DisplayCursor():
+                self.cursor = item
+                return [self._cursor_rect(item)]
+            case DisplayName(name=name):
+                self.name = name
+                return []
+        log.warning("display model ignored %s", type(item).__name__)
+        return []
+
+    def _inside(self, x: int, y: int, w: int, h: int) -> bool:
+        # The connection checks every rectangle against the desktop; this keeps a buggy one
+        # from corrupting the model (numpy would silently clip).
+        return x >= 0 and y >= 0 and x + w <= self.width and y + h <= self.height
+
+    def _encode(self, x: int, y: int, w: int, h: int, rgb: np.ndarray) -> bytes:
+        self.rects_encoded += 1
+        first = rgb[0, 0]
+        if (rgb == first).all():
+            return _fill(x, y, w, h, first)
+        png = encode_png(rgb, self._png_level)
+        if w * h >= PNG_TRY_JPEG_AREA and len(png) > PNG_MAX_RATIO * w * h * 3:
+            return _tight(x, y, w, h, 0x90, encode_jpeg(rgb, self._jpeg_quality))
+        return _tight(x, y, w, h, 0xA0, png, png=True)
+
+    def _size_rect(self) -> bytes:
+        if self.resizable:
+            # one screen covering the desktop: what noVNC needs to offer the controller resizing
+            screen = struct.pack(">IHHHHI", 0, 0, 0, self.width, self.height, 0)
+            return _RECT.pack(0, 0, self.width, self.height, EXTENDED_DESKTOP_SIZE) + b"\x01\0\0\0" + screen
+        return _RECT.pack(0, 0, self.width, self.height, DESKTOP_SIZE)
+
+    @staticmethod
+    def _cursor_rect(cursor: DisplayCursor) -> bytes:
+        w, h = cursor.width, cursor.height
+        header = _RECT.pack(cursor.hot_x, cursor.hot_y, w, h, CURSOR)
+        if w == 0 or h == 0:
+            return header
+        rgba = np.frombuffer(cursor.rgba, np.uint8).reshape(h, w, 4)
+        pixels = rgba.copy()
+        pixels[:, :, 3] = 0  # the browsers' pixel format is RGBX
+        mask = np.packbits(rgba[:, :, 3] >= 128, axis=1)
+        return header + pixels.tobytes() + mask.tobytes()
+
+    def _tiles(self, x0: int = 0, y0: int = 0, w: int | None = None, h: int | None = None) -> list[bytes]:
+        """A region of the framebuffer (the whole of it by default) in KEYFRAME_TILE squares:
+        solid ones (found for a whole band of tiles at once) as fills, the rest encoded."""
+        tile = KEYFRAME_TILE
+        w = self.width if w is None else w
+        h = self.height if h is None else h
+        if h == 0 or w == 0:
+            return []
+        fb = self.framebuffer[y0:y0 + h, x0:x0 + w]
+        rects = []
+        for ty in range(0, h, tile):
+            band = fb[ty:ty + tile]
+            th = band.shape[0]
+            full = (w // tile) * tile
+            solid: list[bool] = []
+            if full:
+                blocks = band[:, :full].reshape(th, w // tile, tile, 3)
+                solid = list((blocks == blocks[:1, :, :1]).all(axis=(0, 2, 3)))
+            for i, tx in enumerate(range(0, w, tile)):
+                tw = min(tile, w - tx)
+                pixels = band[:, tx:tx + tw]
+                if i < len(solid) and solid[i]:
+                    rects.append(_fill(x0 + tx, y0 + ty, tw, th, pixels[0, 0]))
+                else:
+                    rects.append(self._encode(x0 + tx, y0 + ty, tw, th, pixels))
+        return rects
+
+
+def _update_message(rects: list[bytes]) -> bytes:
+    """A FramebufferUpdate of `rects`. More than 65535 rectangles never happen in one update
+    (the tiles of a 16384x16384 desktop are 16384)."""
+    return struct.pack(">BxH", 0, len(rects)) + b"".join(rects)

@@ -1,0 +1,799 @@
+"""VNC endpoint connection: an RFB 3.8 client (RFC 6143) on the gateway's trio loop.
+
+It connects to any RFB server, by host and port or by a unix socket path, authenticates with
+VNC authentication (or none, where the server asks for none), asks for the encodings a real
+server sends efficiently (Tight with JPEG, ZRLE, CopyRect, Raw, and the DesktopSize,
+ExtendedDesktopSize, Cursor, DesktopName and LastRect pseudo-encodings) and reports what it
+decodes as `engine.messages.Display*` items, which the session's display model (engine.display)
+applies and encodes once for every browser. docs/vnc.md describes the design; why it is
+written here rather than taken from a library is said there too.
+
+Threads and work:
+
+- `open`, `send_input`, `resize`, `close` are called from an actor thread; they only schedule
+  work onto the loop (through the `LoopBridge`) and return at once, as the SSH connection does.
+- On the loop, one task per attempt reads the server's messages. It only frames them (reads
+  lengths and headers, which is cheap) and hands each FramebufferUpdate's rectangles to the
+  decoder, then asks for the next update at once.
+- The decoder runs in a worker thread (`trio.to_thread`), one update at a time and in order
+  (Tight's and ZRLE's zlib streams span rectangles): zlib, libjpeg-turbo (simplejpeg) and numpy,
+  no per-pixel Python. A 1920x1080 JPEG decode on the loop would stall every other socket.
+- A writer task owns the socket's sending side: update requests and the controller's input.
+
+The controller's input arrives as RFB client messages (from the browser's noVNC, checked by the
+gateway); it is parsed again here and only key, pointer, clipboard and desktop-size messages
+reach the server. The password is used here and nowhere else: never logged, never in a detail.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import simplejpeg
+import trio
+
+from engine.bridge import LoopBridge, LoopClosed
+from engine.connection import EndpointEvents
+from engine.messages import (
+    DisplayCopy, DisplayCursor, DisplayFill, DisplayName, DisplayPixels, DisplaySize,
+)
+from protocols import rfb
+from protocols.rfb import Encoding, RfbError, Security, ServerType
+
+log = logging.getLogger(__name__)
+
+INPUT_QUEUE_MESSAGES = 4096  # controller messages waiting for the server; more are dropped
+DECODE_QUEUE_UPDATES = 2  # framed updates waiting for the decoder: the reader waits past that
+MAX_COMPACT_LENGTH = (1 << 22) - 1  # Tight's compact length has 22 bits
+MAX_ZRLE_BYTES = 64 << 20
+MAX_NAME = 4096
+DEFAULT_QUALITY = 6  # Tight JPEG quality level 0-9 (TigerVNC's mapping: 6 is JPEG quality 79)
+DEFAULT_COMPRESS = 2  # zlib effort the server spends, 0-9
+_CLOSE_GRACE = 1.0
+
+ENCODINGS = (Encoding.TIGHT, Encoding.ZRLE, Encoding.COPY_RECT, Encoding.RAW,
+             Encoding.EXTENDED_DESKTOP_SIZE, Encoding.DESKTOP_SIZE, Encoding.CURSOR,
+             Encoding.DESKTOP_NAME, Encoding.LAST_RECT)
+
+
+class _Failure(Exception):
+    """A failure whose detail is already written for the user (and safe to show)."""
+
+    def __init__(self, detail: str, retryable: bool) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.retryable = retryable
+
+
+# --- framing: what the loop reads -------------------------------------------------------------
+
+
+class _Reader:
+    """Exact reads from a trio stream."""
+
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self._stream = stream
+        self._buffer = bytearray()
+
+    async def read(self, n: int) -> bytes:
+        buffer = self._buffer
+        while len(buffer) < n:
+            chunk = await self._stream.receive_some(max(65536, n - len(buffer)))
+            if not chunk:
+                raise _Failure("the VNC server closed the connection", True)
+            buffer += chunk
+        data = bytes(buffer[:n])
+        del buffer[:n]
+        return data
+
+    async def unpack(self, fmt: struct.Struct) -> tuple[Any, ...]:
+        return fmt.unpack(await self.read(fmt.size))
+
+    async def compact_length(self) -> int:
+        length = 0
+        for i in range(3):
+            (byte,) = await self.read(1)
+            if i < 2:
+                length |= (byte & 0x7F) << (7 * i)
+                if not byte & 0x80:
+                    return length
+            else:
+                length |= byte << 14
+        return length
+
+
+@dataclass(slots=True)
+class _Rect:
+    """One rectangle as read from the wire, not yet decoded."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    encoding: int
+    data: bytes = b""
+    control: int = 0  # Tight: the compression-control byte
+    filter: int = 0  # Tight basic: the filter id
+    palette: bytes = b""  # Tight basic: the palette filter's colours, 3 bytes each
+
+
+_HEADER = struct.Struct(">HHHHi")
+_U8 = struct.Struct(">B")
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+
+
+@dataclass(slots=True)
+class _Framing:
+    """What framing needs to know between updates: the desktop's current size."""
+
+    width: int
+    height: int
+    resizable: bool = False
+
+
+async def read_update(reader: _Reader, framing: _Framing) -> list[_Rect]:
+    """The rectangles of one FramebufferUpdate (its type byte already read). Checks every
+    rectangle against the desktop, so a decoder never writes outside the framebuffer."""
+    (_, count) = await reader.unpack(struct.Struct(">BH"))
+    rects: list[_Rect] = []
+    for _ in range(count):
+        x, y, w, h, encoding = await reader.unpack(_HEADER)
+        if encoding == Encoding.LAST_RECT:
+            break
+        rect = _Rect(x, y, w, h, encoding)
+        if encoding in (Encoding.RAW, Encoding.COPY_RECT, Encoding.TIGHT, Encoding.ZRLE):
+            if x + w > framing.width or y + h > framing.height:
+                raise RfbError(f"a {w}x{h} rectangle at ({x},{y}) lies outside the "
+                               f"{framing.width}x{framing.height} desktop")
+        if encoding == Encoding.RAW:
+            rect.data = await reader.read(w * h * 4)
+        elif encoding == Encoding.COPY_RECT:
+            rect.data = await reader.read(4)
+            sx, sy = struct.unpack(">HH", rect.data)
+            if sx + w > framing.width or sy + h > framing.height:
+                raise RfbError("a CopyRect source lies outside the desktop")
+        elif encoding == Encoding.TIGHT:
+            await _read_tight(reader, rect)
+        elif encoding == Encoding.ZRLE:
+            (length,) = await reader.unpack(_U32)
+            if length > MAX_ZRLE_BYTES:
+                raise RfbError(f"a ZRLE rectangle of {length} bytes")
+            rect.data = await reader.read(length)
+        elif encoding == Encoding.CURSOR:
+            if w > 256 or h > 256 or (w and x >= w) or (h and y >= h):
+                raise RfbError(f"a {w}x{h} cursor with its hotspot at ({x},{y})")
+            rect.data = await reader.read(w * h * 4 + (w + 7) // 8 * h)
+        elif encoding == Encoding.DESKTOP_SIZE:
+            _check_size(w, h)
+            framing.width, framing.height = w, h
+        elif encoding == Encoding.EXTENDED_DESKTOP_SIZE:
+            (screens,) = await reader.unpack(struct.Struct(">B3x"))
+            rect.data = await reader.read(16 * screens)
+            framing.resizable = True
+            if y == 0:  # status 0: a size, not the refusal of a SetDesktopSize
+                _check_size(w, h)
+                framing.width, framing.height = w, h
+        elif encoding == Encoding.DESKTOP_NAME:
+            (length,) = await reader.unpack(_U32)
+            if length > MAX_NAME:
+                raise RfbError(f"a desktop name of {length} bytes")
+            rect.data = await reader.read(length)
+        else:
+            raise RfbError(f"the server sent encoding {encoding}, which was not asked for")
+        rects.append(rect)
+    return rects
+
+
+def _check_size(w: int, h: int) -> None:
+    if not (0 < w <= rfb.MAX_SIDE and 0 < h <= rfb.MAX_SIDE):
+        raise RfbError(f"a desktop of {w}x{h}")
+
+
+async def _read_tight(reader: _Reader, rect: _Rect) -> None:
+    (control,) = await reader.unpack(_U8)
+    rect.control = control
+    kind = control >> 4
+    w, h = rect.width, rect.height
+    if kind == 8:  # fill
+        rect.data = await reader.read(3)
+        return
+    if kind == 9:  # JPEG
+        rect.data = await reader.read(await _tight_length(reader))
+        return
+    if kind & 8:
+        raise RfbError(f"Tight compression control {control:#04x} is not defined")
+    if w > 2048:
+        raise RfbError("a Tight rectangle wider than 2048 pixels")
+    rect.filter = (await reader.unpack(_U8))[0] if kind & 4 else 0
+    if rect.filter == 0:
+        size = w * h * 3
+    elif rect.filter == 1:
+        (colours,) = await reader.unpack(_U8)
+        colours += 1
+        if colours < 2:
+            raise RfbError("a Tight palette of one colour")
+        rect.palette = await reader.read(colours * 3)
+        size = (w + 7) // 8 * h if colours == 2 else w * h
+    elif rect.filter == 2:
+        raise RfbError("the Tight gradient filter is not supported")
+    else:
+        raise RfbError(f"Tight filter {rect.filter} is not defined")
+    if size < 12:
+        rect.data = await reader.read(size)
+        rect.control |= 0x100  # ours: uncompressed (below Tight's 12-byte threshold)
+    else:
+        rect.data = await reader.read(await _tight_length(reader))
+
+
+async def _tight_length(reader: _Reader) -> int:
+    length = await reader.compact_length()
+    if length > MAX_COMPACT_LENGTH:  # pragma: no cover - 22 bits cannot exceed it
+        raise RfbError("a Tight length over 22 bits")
+    return length
+
+
+# --- decoding: what the worker thread does -----------------------------------------------------
+
+
+def _frozen(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
+
+
+class Decoder:
+    """Turns framed rectangles into display items. Keeps the zlib streams (Tight's four and
+    ZRLE's one), so one decoder serves one connection attempt, one update at a time."""
+
+    def __init__(self) -> None:
+        self._tight = [zlib.decompressobj() for _ in range(4)]
+        self._zrle = zlib.decompressobj()
+
+    def decode(self, rects: list[_Rect]) -> tuple[Any, ...]:
+        items: list[Any] = []
+        for rect in rects:
+            item = self._decode(rect)
+            if item is not None:
+                items.append(item)
+        return tuple(items)
+
+    def _decode(self, rect: _Rect) -> Any:
+        x, y, w, h = rect.x, rect.y, rect.width, rect.height
+        enc = rect.encoding
+        if enc == Encoding.RAW:
+            rgb = np.frombuffer(rect.data, np.uint8).reshape(h, w, 4)[:, :, :3]
+            return DisplayPixels(x, y, w, h, _frozen(rgb.copy()))
+        if enc == Encoding.COPY_RECT:
+            sx, sy = struct.unpack(">HH", rect.data)
+            return DisplayCopy(x, y, w, h, sx, sy)
+        if enc == Encoding.TIGHT:
+            return self._tight_rect(rect)
+        if enc == Encoding.ZRLE:
+            return DisplayPixels(x, y, w, h, _frozen(self._zrle_rect(rect)))
+        if enc == Encoding.CURSOR:
+            return _cursor(rect)
+        if enc == Encoding.DESKTOP_SIZE:
+            return DisplaySize(w, h)
+        if enc == Encoding.EXTENDED_DESKTOP_SIZE:
+            if rect.y != 0:
+                log.info("vnc: the server refused a desktop size change (status %d)", rect.y)
+                return None
+            return DisplaySize(w, h, resizable=True)
+        if enc == Encoding.DESKTOP_NAME:
+            return DisplayName(rect.data.decode("utf-8", "replace"))
+        return None  # pragma: no cover - framing refuses every other encoding
+
+    def _inflate(self, stream: Any, data: bytes, size: int) -> bytes:
+        out = stream.decompress(data, size)
+        if len(out) != size:
+            raise RfbError(f"a compressed rectangle inflated to {len(out)} bytes, not {size}")
+        return out
+
+    def _tight_rect(self, rect: _Rect) -> Any:
+        x, y, w, h = rect.x, rect.y, rect.width, rect.height
+        control = rect.control
+        for i in range(4):
+            if control & (1 << i):
+                self._tight[i] = zlib.decompressobj()
+        kind = (control >> 4) & 0x0F
+        if kind == 8:
+            return DisplayFill(x, y, w, h, (rect.data[0], rect.data[1], rect.data[2]))
+        if kind == 9:
+            try:
+                rgb = simplejpeg.decode_jpeg(rect.data, colorspace="RGB")
+            except ValueError as exc:
+                raise RfbError(f"a Tight JPEG rectangle did not decode ({exc})") from None
+            if rgb.shape[:2] != (h, w):
+                raise RfbError(f"a {w}x{h} Tight JPEG rectangle held a {rgb.shape[1]}x{rgb.shape[0]} image")
+            return DisplayPixels(x, y, w, h, _frozen(rgb), rect.data)
+        stream = self._tight[kind & 3]
+        if rect.filter == 0:
+            size = w * h * 3
+            raw = rect.data if control & 0x100 else self._inflate(stream, rect.data, size)
+            rgb = np.frombuffer(raw, np.uint8).reshape(h, w, 3).copy()
+            return DisplayPixels(x, y, w, h, _frozen(rgb))
+        palette = np.frombuffer(rect.palette, np.uint8).reshape(-1, 3)
+        if len(palette) == 2:
+            size = (w + 7) // 8 * h
+            raw = rect.data if control & 0x100 else self._inflate(stream, rect.data, size)
+            bits = np.unpackbits(np.frombuffer(raw, np.uint8).reshape(h, -1), axis=1)[:, :w]
+            return DisplayPixels(x, y, w, h, _frozen(palette[bits]))
+        size = w * h
+        raw = rect.data if control & 0x100 else self._inflate(stream, rect.data, size)
+        index = np.frombuffer(raw, np.uint8).reshape(h, w)
+        if int(index.max()) >= len(palette):
+            raise RfbError("a Tight palette index past the palette")
+        return DisplayPixels(x, y, w, h, _frozen(palette[index]))
+
+    def _zrle_rect(self, rect: _Rect) -> np.ndarray:
+        w, h = rect.width, rect.height
+        tiles = ((w + 63) // 64) * ((h + 63) // 64)
+        limit = tiles * (1 + 128 * 3) + w * h * 4  # the most any valid tile data can take
+        data = self._zrle.decompress(rect.data, limit)
+        if self._zrle.unconsumed_tail:
+            raise RfbError("a ZRLE rectangle inflates past any valid size")
+        out = np.empty((h, w, 3), np.uint8)
+        view = memoryview(data)
+        pos = 0
+        for ty in range(0, h, 64):
+            th = min(64, h - ty)
+            for tx in range(0, w, 64):
+                tw = min(64, w - tx)
+                pos = _zrle_tile(view, pos, out[ty:ty + th, tx:tx + tw], tw, th)
+        if pos != len(data):
+            raise RfbError("a ZRLE rectangle with trailing data")
+        return out
+
+
+def _need(view: memoryview, pos: int, n: int) -> None:
+    if pos + n > len(view):
+        raise RfbError("a ZRLE tile is truncated")
+
+
+def _zrle_tile(view: memoryview, pos: int, tile: np.ndarray, tw: int, th: int) -> int:
+    _need(view, pos, 1)
+    sub = view[pos]
+    pos += 1
+    count = tw * th
+    if sub == 0:
+        _need(view, pos, count * 3)
+        tile[:] = np.frombuffer(view[pos:pos + count * 3], np.uint8).reshape(th, tw, 3)
+        return pos + count * 3
+    if sub == 1:
+        _need(view, pos, 3)
+        tile[:] = np.frombuffer(view[pos:pos + 3], np.uint8)
+        return pos + 3
+    if 2 <= sub <= 16:
+        _need(view, pos, sub * 3)
+        palette = np.frombuffer(view[pos:pos + sub * 3], np.uint8).reshape(sub, 3)
+        pos += sub * 3
+        bits = 1 if sub == 2 else 2 if sub <= 4 else 4
+        row = (tw * bits + 7) // 8
+        _need(view, pos, row * th)
+        packed = np.frombuffer(view[pos:pos + row * th], np.uint8).reshape(th, row)
+        if bits == 1:
+            index = np.unpackbits(packed, axis=1)[:, :tw]
+        elif bits == 2:
+            index = np.stack([(packed >> s) & 3 for s in (6, 4, 2, 0)], axis=2).reshape(th, -1)[:, :tw]
+        else:
+            index = np.stack([packed >> 4, packed & 15], axis=2).reshape(th, -1)[:, :tw]
+        if int(index.max()) >= sub:
+            raise RfbError("a ZRLE palette index past the palette")
+        tile[:] = palette[index]
+        return pos + row * th
+    if sub == 128 or sub >= 130:
+        palette = None
+        if sub >= 130:
+            size = sub - 128
+            _need(view, pos, size * 3)
+            palette = np.frombuffer(view[pos:pos + size * 3], np.uint8).reshape(size, 3)
+            pos += size * 3
+        # Runs are parsed one by one (their lengths are variable-length); pixels are then
+        # written with one numpy repeat, never one at a time.
+        colours: list[int] = []
+        lengths: list[int] = []
+        total = 0
+        end = len(view)
+        while total < count:
+            if palette is None:
+                if pos + 3 > end:
+                    raise RfbError("a ZRLE tile is truncated")
+                colours.append(pos)
+                pos += 3
+                run = 1
+                long_run = True
+            else:
+                if pos >= end:
+                    raise RfbError("a ZRLE tile is truncated")
+                byte = view[pos]
+                pos += 1
+                colours.append(byte & 0x7F)
+                run = 1
+                long_run = bool(byte & 0x80)
+            if long_run:
+                while True:
+                    if pos >= end:
+                        raise RfbError("a ZRLE tile is truncated")
+                    byte = view[pos]
+                    pos += 1
+                    run += byte
+                    if byte != 255:
+                        break
+            lengths.append(run)
+            total += run
+        if total != count:
+            raise RfbError("a ZRLE run overflows its tile")
+        if palette is None:
+            starts = np.asarray(colours, np.intp)
+            raw = np.frombuffer(view, np.uint8)
+            pixels = np.stack([raw[starts], raw[starts + 1], raw[starts + 2]], axis=1)
+        else:
+            index = np.asarray(colours, np.intp)
+            if int(index.max()) >= len(palette):
+                raise RfbError("a ZRLE palette index past the palette")
+            pixels = palette[index]
+        tile[:] = np.repeat(pixels, lengths, axis=0).reshape(th, tw, 3)
+        return pos
+    raise RfbError(f"ZRLE tile subencoding {sub} is not defined")
+
+
+def _cursor(rect: _Rect) -> DisplayCursor:
+    w, h = rect.width, rect.height
+    if w == 0 or h == 0:
+        return DisplayCursor(0, 0, 0, 0, b"")
+    pixels = np.frombuffer(rect.data, np.uint8, w * h * 4).reshape(h, w, 4)
+    mask = np.frombuffer(rect.data, np.uint8, offset=w * h * 4).reshape(h, -1)
+    alpha = np.unpackbits(mask, axis=1)[:, :w] * np.uint8(255)
+    rgba = np.concatenate([pixels[:, :, :3], alpha[:, :, None]], axis=2)
+    return DisplayCursor(rect.x, rect.y, w, h, rgba.tobytes())
+
+
+# --- one attempt --------------------------------------------------------------------------------
+
+
+class _Attempt:
+    """State of one `open()`; `report` under `lock` so nothing is reported after `close()`."""
+
+    def __init__(self, events: EndpointEvents) -> None:
+        self.events = events
+        self.lock = threading.Lock()
+        self.closed = False
+        self.finished = False
+        self.scope = trio.CancelScope()
+        self.out_send, self.out_recv = trio.open_memory_channel[bytes](INPUT_QUEUE_MESSAGES)
+        self.input = rfb.ClientMessageReader()
+        self.framing: _Framing | None = None
+        self.screens: tuple[rfb.Screen, ...] = ()
+        self.dropped = 0
+
+    def report(self, what: str, *args: Any) -> None:
+        with self.lock:
+            if self.closed or self.finished:
+                return
+            if what in ("closed", "failed"):
+                self.finished = True
+            try:
+                getattr(self.events, what)(*args)
+            except Exception:
+                log.exception("vnc: reporting %s failed; closing the connection", what)
+                self.closed = True
+                if trio.lowlevel.in_trio_run():
+                    self.scope.cancel()
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+
+    def cancel(self) -> None:
+        self.scope.cancel()
+
+    def feed(self, data: bytes) -> None:
+        """On the loop: the controller's messages, checked, toward the server."""
+        try:
+            messages = self.input.feed(data)
+        except RfbError as exc:
+            log.warning("vnc: controller input refused: %s", exc)
+            self.input = rfb.ClientMessageReader()
+            return
+        for message, wire in messages:
+            if not isinstance(message, rfb.INPUT_MESSAGES):
+                continue
+            if isinstance(message, rfb.SetDesktopSize):
+                if self.framing is None or not self.framing.resizable:
+                    continue
+                wire = rfb.pack(_desktop_size(message.width, message.height, self.screens))
+            try:
+                self.out_send.send_nowait(wire)
+            except trio.WouldBlock:
+                self.dropped += 1
+                if self.dropped == 1 or self.dropped % 100 == 0:
+                    log.warning("vnc: input queue full, %d message(s) dropped so far", self.dropped)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                return
+
+
+def _desktop_size(width: int, height: int, screens: tuple[rfb.Screen, ...]) -> rfb.SetDesktopSize:
+    """One screen covering the desktop, keeping the server's screen id (TigerVNC wants a known id)."""
+    screen_id = screens[0].id if screens else 0
+    return rfb.SetDesktopSize(width, height, (rfb.Screen(screen_id, 0, 0, width, height, 0),))
+
+
+# --- the connection -----------------------------------------------------------------------------
+
+
+class VncConnection:
+    """A VNC desktop as an `EndpointConnection`. Give `host` and `port`, or `socket_path`.
+
+    `desktop_size` (width, height): asked of the server once it says it can resize (TigerVNC's
+    Xvnc can); None keeps the size the server has. The engine's cols/rows mean terminal cells
+    and are ignored here: the controller resizes the desktop with its browser's SetDesktopSize."""
+
+    def __init__(self, bridge: LoopBridge, host: str = "", port: int = 0, password: str | None = None, *,
+                 socket_path: str | None = None, connect_timeout: float = 10.0,
+                 quality: int = DEFAULT_QUALITY, compress: int = DEFAULT_COMPRESS,
+                 desktop_size: tuple[int, int] | None = None,
+                 encodings: tuple[int, ...] = ENCODINGS) -> None:
+        if not socket_path and not (host and 0 < port < 65536):
+            raise ValueError("a VNC connection needs host and port, or a socket path")
+        if not 0 <= quality <= 9 or not 0 <= compress <= 9:
+            raise ValueError("quality and compress are 0 to 9")
+        self._bridge = bridge
+        self._host = host
+        self._port = port
+        self._socket_path = socket_path
+        self._password = password
+        self._connect_timeout = connect_timeout
+        # `encodings`: the real and pseudo-encodings to ask for, in order of preference (tests
+        # narrow it to exercise one decoder against a real server)
+        self._encodings = (*encodings, Encoding.QUALITY_LEVEL_0 + quality, Encoding.COMPRESS_LEVEL_0 + compress)
+        self._desktop_size = desktop_size
+        self._lock = threading.Lock()
+        self._attempt: _Attempt | None = None
+        self._closed = False
+        self.updates_decoded = 0  # for tests and benchmarks
+        self.decode_seconds = 0.0
+
+    @property
+    def where(self) -> str:
+        return self._socket_path or f"{self._host}:{self._port}"
+
+    def __repr__(self) -> str:
+        return f"VncConnection({self.where})"
+
+    # --- the EndpointConnection contract (called from actor threads) -------------------------
+
+    def open(self, events: EndpointEvents, cols: int, rows: int) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            previous, self._attempt = self._attempt, _Attempt(events)
+            attempt = self._attempt
+        if previous is not None:
+            self._stop(previous)
+        try:
+            self._bridge.spawn(self._run, attempt)
+        except LoopClosed:
+            attempt.report("failed", "the gateway's network loop is not running", False)
+
+    def send_input(self, data: bytes) -> None:
+        attempt = self._attempt
+        if attempt is None or attempt.closed or not data:
+            return
+        try:
+            self._bridge.call_soon(attempt.feed, bytes(data))
+        except LoopClosed:
+            pass
+
+    def resize(self, cols: int, rows: int) -> None:
+        """Terminal cells mean nothing to a desktop (see the class)."""
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            attempt = self._attempt
+        if attempt is not None:
+            self._stop(attempt)
+
+    def _stop(self, attempt: _Attempt) -> None:
+        attempt.close()
+        try:
+            self._bridge.call_soon(attempt.cancel)
+        except LoopClosed:
+            pass
+
+    # --- on the loop -------------------------------------------------------------------------
+
+    async def _run(self, attempt: _Attempt) -> None:
+        """One attempt, from connect to the end. Lets no exception out but cancellation."""
+        stream: trio.abc.Stream | None = None
+        try:
+            with attempt.scope:
+                with trio.fail_after(self._connect_timeout):
+                    stream = await self._connect()
+                await self._session(attempt, stream)
+        except BaseException as exc:
+            cancelled, failure = _split_cancelled(exc)
+            if failure is not None:
+                self._report_failure(attempt, failure)
+            if cancelled is not None:
+                raise cancelled from None
+        finally:
+            attempt.out_recv.close()
+            if stream is not None:
+                with trio.CancelScope(shield=True) as scope:
+                    scope.deadline = trio.current_time() + _CLOSE_GRACE
+                    await stream.aclose()
+
+    async def _connect(self) -> trio.abc.Stream:
+        if self._socket_path:
+            return await trio.open_unix_socket(self._socket_path)
+        return await trio.open_tcp_stream(self._host, self._port)
+
+    async def _session(self, attempt: _Attempt, stream: trio.abc.Stream) -> None:
+        reader = _Reader(stream)
+        with trio.fail_after(self._connect_timeout):
+            width, height, name = await self._handshake(reader, stream)
+        framing = attempt.framing = _Framing(width, height)
+        await stream.send_all(rfb.pack(rfb.SetPixelFormat(rfb.RGBX))
+                              + rfb.pack(rfb.SetEncodings(tuple(int(e) for e in self._encodings)))
+                              + rfb.pack(rfb.FramebufferUpdateRequest(False, 0, 0, width, height)))
+        log.info("vnc %s: connected to %r, %dx%d", self.where, name, width, height)
+        attempt.report("opened", f"{name or 'VNC desktop'} at {self.where} ({width}x{height})")
+        decoder = Decoder()
+        updates_send, updates_recv = trio.open_memory_channel[list[_Rect] | tuple[Any, ...]](DECODE_QUEUE_UPDATES)
+        await updates_send.send((DisplaySize(width, height), DisplayName(name)))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._write, attempt, stream)
+            nursery.start_soon(self._decode, attempt, decoder, updates_recv)
+            await self._read(attempt, reader, framing, updates_send)
+            nursery.cancel_scope.cancel()
+
+    async def _handshake(self, reader: _Reader, stream: trio.abc.Stream) -> tuple[int, int, str]:
+        version = await reader.read(12)
+        if not version.startswith(b"RFB ") or not version.endswith(b"\n"):
+            raise RfbError("the server does not speak RFB")
+        try:
+            major, minor = int(version[4:7]), int(version[8:11])
+        except ValueError:
+            raise RfbError("the server does not speak RFB") from None
+        if (major, minor) < (3, 8):
+            raise _Failure(f"{self.where} speaks RFB {major}.{minor}; cosession needs 3.8", False)
+        await stream.send_all(rfb.VERSION_3_8)
+        (count,) = await reader.unpack(_U8)
+        if count == 0:
+            raise _Failure(f"{self.where} refused the connection: {await self._reason(reader)}", True)
+        offered = set(await reader.read(count))
+        if Security.VNC_AUTH in offered and self._password:
+            await stream.send_all(bytes((Security.VNC_AUTH,)))
+            challenge = await reader.read(16)
+            await stream.send_all(rfb.vnc_auth_response(self._password, challenge))
+        elif Security.NONE in offered:
+            await stream.send_all(bytes((Security.NONE,)))
+        elif Security.VNC_AUTH in offered:
+            raise _Failure(f"{self.where} asks for a VNC password and none was given", False)
+        else:
+            names = ", ".join(Security(t).name if t in Security._value2member_map_ else str(t)
+                              for t in sorted(offered))
+            raise _Failure(f"{self.where} offers no security type cosession supports ({names})", False)
+        (result,) = await reader.unpack(_U32)
+        if result != 0:
+            reason = await self._reason(reader)
+            raise _Failure(f"VNC authentication to {self.where} failed ({reason or 'wrong password'})", False)
+        await stream.send_all(b"\x01")  # ClientInit: shared, never disconnect anyone else
+        width, height = await reader.unpack(struct.Struct(">HH"))
+        await reader.read(16)  # the server's pixel format: replaced by ours at once
+        (length,) = await reader.unpack(_U32)
+        if length > MAX_NAME:
+            raise RfbError(f"a desktop name of {length} bytes")
+        name = (await reader.read(length)).decode("utf-8", "replace")
+        _check_size(width, height)
+        return width, height, name
+
+    @staticmethod
+    async def _reason(reader: _Reader) -> str:
+        (length,) = await reader.unpack(_U32)
+        return (await reader.read(min(length, 1024))).decode("utf-8", "replace")
+
+    async def _read(self, attempt: _Attempt, reader: _Reader, framing: _Framing,
+                    updates: trio.MemorySendChannel[Any]) -> None:
+        asked_size = False
+        while True:
+            (kind,) = await reader.unpack(_U8)
+            if kind == ServerType.FRAMEBUFFER_UPDATE:
+                rects = await read_update(reader, framing)
+                # ask for the next update now: the server prepares it while this one decodes
+                await attempt.out_send.send(rfb.pack(rfb.FramebufferUpdateRequest(
+                    True, 0, 0, framing.width, framing.height)))
+                for rect in rects:
+                    if rect.encoding == Encoding.EXTENDED_DESKTOP_SIZE and rect.data:
+                        attempt.screens = tuple(rfb.Screen(*struct.unpack_from(">IHHHHI", rect.data, 16 * i))
+                                                for i in range(len(rect.data) // 16))
+                if framing.resizable and not asked_size and self._desktop_size is not None:
+                    asked_size = True
+                    if self._desktop_size != (framing.width, framing.height):
+                        await attempt.out_send.send(rfb.pack(_desktop_size(*self._desktop_size, attempt.screens)))
+                if rects:
+                    await updates.send(rects)
+            elif kind == ServerType.SET_COLOUR_MAP_ENTRIES:
+                _, count = await reader.unpack(struct.Struct(">xHH"))
+                await reader.read(6 * count)  # true colour is in force: nothing to apply
+            elif kind == ServerType.BELL:
+                pass
+            elif kind == ServerType.SERVER_CUT_TEXT:
+                (length,) = await reader.unpack(struct.Struct(">3xI"))
+                if length > rfb.MAX_CUT_TEXT:
+                    raise RfbError(f"a clipboard text of {length} bytes")
+                await reader.read(length)  # the endpoint's clipboard is not passed on (docs/vnc.md)
+            else:
+                raise RfbError(f"the server sent message type {kind}, which cosession did not ask for")
+
+    async def _decode(self, attempt: _Attempt, decoder: Decoder, updates: trio.MemoryReceiveChannel[Any]) -> None:
+        async for update in updates:
+            if isinstance(update, tuple):
+                attempt.report("display", update)
+                continue
+            started = trio.current_time()
+            items = await trio.to_thread.run_sync(decoder.decode, update)
+            self.decode_seconds += trio.current_time() - started
+            self.updates_decoded += 1
+            if items:
+                attempt.report("display", items)
+
+    async def _write(self, attempt: _Attempt, stream: trio.abc.Stream) -> None:
+        async for data in attempt.out_recv:
+            await stream.send_all(data)
+
+    def _report_failure(self, attempt: _Attempt, exc: BaseException) -> None:
+        detail, retryable, unexpected = self._describe(exc)
+        if unexpected:
+            log.error("vnc %s: %s", self.where, detail, exc_info=exc)
+        else:
+            log.warning("vnc %s: %s (%s)", self.where, detail, "retryable" if retryable else "final")
+        attempt.report("failed", detail, retryable)
+
+    def _describe(self, exc: BaseException) -> tuple[str, bool, bool]:
+        """(detail, retryable, unexpected). Details name the endpoint and never the password."""
+        where = self.where
+        if isinstance(exc, _Failure):
+            return exc.detail, exc.retryable, False
+        if isinstance(exc, RfbError):
+            return f"{where} broke the RFB protocol: {exc}", False, False
+        if isinstance(exc, trio.TooSlowError):
+            return f"connection to {where} timed out after {self._connect_timeout:g} s", True, False
+        cause = exc.__cause__  # trio.open_tcp_stream wraps each address's error in one OSError
+        if isinstance(exc, ConnectionRefusedError) or isinstance(cause, ConnectionRefusedError) or (
+                isinstance(cause, BaseExceptionGroup)
+                and all(isinstance(e, ConnectionRefusedError) for e in _leaves(cause))):
+            return f"connection to {where} refused", True, False
+        if isinstance(exc, socket.gaierror):
+            return f"cannot resolve host {self._host}", True, False
+        if isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError)):
+            return f"connection to {where} lost", True, False
+        if isinstance(exc, OSError):
+            return f"cannot connect to {where}: {exc.strerror or type(exc).__name__}", True, False
+        return f"internal error in the VNC connection to {where} ({type(exc).__name__})", False, True
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def _split_cancelled(exc: BaseException) -> tuple[BaseException | None, BaseException | None]:
+    leaves = _leaves(exc)
+    failures = [leaf for leaf in leaves if isinstance(leaf, Exception)]
+    others = [leaf for leaf in leaves if not isinstance(leaf, Exception)]
+    if not others:
+        return None, failures[0] if failures else None
+    if isinstance(exc, BaseExceptionGroup):
+        propagate, _ = exc.split(lambda e: not isinstance(e, Exception))
+        return propagate, failures[0] if failures else None
+    return exc, None
