@@ -22,7 +22,11 @@ from __future__ import annotations
 
 import enum
 import struct
+import zlib
 from dataclasses import dataclass
+
+import numpy as np
+import simplejpeg
 
 from cryptography.hazmat.decrepit.ciphers.algorithms import TripleDES
 from cryptography.hazmat.primitives.ciphers import Cipher, modes
@@ -470,3 +474,148 @@ class BrowserLeg:
     def server_init(width: int, height: int, name: str) -> bytes:
         raw = name.encode("utf-8")[:256]
         return struct.pack(">HH", width, height) + RGBX.pack() + struct.pack(">I", len(raw)) + raw
+
+
+# --- what a browser sees, in Python -------------------------------------------------------------
+
+
+class FrameDecoder:
+    """Applies a session's frames (the display model's FramebufferUpdates: Tight fill and JPEG,
+    TightPNG, CopyRect, DesktopSize, ExtendedDesktopSize, Cursor) to a framebuffer, as noVNC
+    does in a browser. `cosession join --snapshot` and the tests use it to see what a
+    participant sees. It takes the whole stream from a keyframe on, in any chunks."""
+
+    def __init__(self) -> None:
+        self.framebuffer = np.zeros((0, 0, 3), np.uint8)
+        self._buffer = bytearray()
+        self.updates = 0
+
+    @property
+    def width(self) -> int:
+        return self.framebuffer.shape[1]
+
+    @property
+    def height(self) -> int:
+        return self.framebuffer.shape[0]
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+        while True:
+            consumed = self._update(memoryview(self._buffer))
+            if consumed == 0:
+                return
+            del self._buffer[:consumed]
+            self.updates += 1
+
+    def _update(self, view: memoryview) -> int:
+        """Apply one complete FramebufferUpdate from the start of `view`; 0 if incomplete.
+        Parses first, applies after, so an incomplete update changes nothing."""
+        if len(view) < 4:
+            return 0
+        if view[0] != ServerType.FRAMEBUFFER_UPDATE:
+            raise RfbError(f"message type {view[0]} in a session's frames")
+        (count,) = struct.unpack_from(">H", view, 2)
+        pos = 4
+        rects = []
+        for _ in range(count):
+            if len(view) < pos + 12:
+                return 0
+            x, y, w, h, enc = struct.unpack_from(">HHHHi", view, pos)
+            pos += 12
+            start = pos
+            if enc in (Encoding.TIGHT, Encoding.TIGHT_PNG):
+                if len(view) < pos + 1:
+                    return 0
+                control = view[pos]
+                pos += 1
+                if control >> 4 == 8:
+                    pos += 3
+                else:
+                    length, pos = _compact(view, pos)
+                    if length is None:
+                        return 0
+                    pos += length
+            elif enc == Encoding.COPY_RECT:
+                pos += 4
+            elif enc == Encoding.CURSOR:
+                pos += w * h * 4 + (w + 7) // 8 * h
+            elif enc == Encoding.EXTENDED_DESKTOP_SIZE:
+                if len(view) < pos + 1:
+                    return 0
+                pos += 4 + 16 * view[pos]
+            elif enc != Encoding.DESKTOP_SIZE:
+                raise RfbError(f"encoding {enc} in a session's frames")
+            if len(view) < pos:
+                return 0
+            rects.append((x, y, w, h, enc, bytes(view[start:pos])))
+        for rect in rects:
+            self._apply(*rect)
+        return pos
+
+    def _apply(self, x: int, y: int, w: int, h: int, enc: int, data: bytes) -> None:
+        if enc in (Encoding.DESKTOP_SIZE, Encoding.EXTENDED_DESKTOP_SIZE):
+            if (h, w) != self.framebuffer.shape[:2]:
+                old, self.framebuffer = self.framebuffer, np.zeros((h, w, 3), np.uint8)
+                kh, kw = min(h, old.shape[0]), min(w, old.shape[1])
+                self.framebuffer[:kh, :kw] = old[:kh, :kw]
+            return
+        if enc == Encoding.CURSOR:
+            return
+        if x + w > self.width or y + h > self.height:
+            raise RfbError(f"a {w}x{h} rectangle at ({x},{y}) outside the desktop")
+        target = self.framebuffer[y:y + h, x:x + w]
+        if enc == Encoding.COPY_RECT:
+            sx, sy = struct.unpack(">HH", data)
+            target[:] = self.framebuffer[sy:sy + h, sx:sx + w].copy()
+            return
+        control = data[0] >> 4
+        if control == 8:
+            target[:] = np.frombuffer(data[1:4], np.uint8)
+            return
+        _, start = _compact(memoryview(data), 1)
+        payload = data[start:]
+        if control == 9:
+            target[:] = simplejpeg.decode_jpeg(payload, colorspace="RGB")
+        elif control == 10 and enc == Encoding.TIGHT_PNG:
+            target[:] = decode_png(payload)
+        else:
+            raise RfbError(f"Tight control {data[0]:#04x} in a session's frames")
+
+
+def _compact(view: memoryview, pos: int) -> tuple[int | None, int]:
+    length = 0
+    for i in range(3):
+        if len(view) <= pos:
+            return None, pos
+        byte = view[pos]
+        pos += 1
+        if i < 2:
+            length |= (byte & 0x7F) << (7 * i)
+            if not byte & 0x80:
+                break
+        else:
+            length |= byte << 14
+    return length, pos
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """An 8-bit RGB PNG as the display model writes it (filter None on every row), as
+    (height, width, 3)."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise RfbError("not a PNG")
+    pos, idat, width, height = 8, bytearray(), 0, 0
+    while pos < len(data):
+        (length,) = struct.unpack_from(">I", data, pos)
+        kind = data[pos + 4:pos + 8]
+        body = data[pos + 8:pos + 8 + length]
+        if kind == b"IHDR":
+            width, height, depth, colour = struct.unpack_from(">IIBB", body)
+            if (depth, colour) != (8, 2):
+                raise RfbError("only 8-bit RGB PNGs")
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    rows = np.frombuffer(zlib.decompress(bytes(idat)), np.uint8).reshape(height, width * 3 + 1)
+    if rows[:, 0].any():
+        raise RfbError("only PNG filter None")
+    return rows[:, 1:].reshape(height, width, 3)

@@ -259,7 +259,11 @@ class Decoder:
     def decode(self, rects: list[_Rect]) -> tuple[Any, ...]:
         items: list[Any] = []
         for rect in rects:
-            item = self._decode(rect)
+            try:
+                item = self._decode(rect)
+            except (zlib.error, ValueError) as exc:  # data that does not decode as it says
+                raise RfbError(f"a rectangle of encoding {rect.encoding} did not decode "
+                               f"({type(exc).__name__})") from None
             if item is not None:
                 items.append(item)
         return tuple(items)
@@ -649,10 +653,19 @@ class VncConnection:
         decoder = Decoder()
         updates_send, updates_recv = trio.open_memory_channel[list[_Rect] | tuple[Any, ...]](DECODE_QUEUE_UPDATES)
         await updates_send.send((DisplaySize(width, height), DisplayName(name)))
+        decoded = trio.Event()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._write, attempt, stream)
-            nursery.start_soon(self._decode, attempt, decoder, updates_recv)
-            await self._read(attempt, reader, framing, updates_send)
+            nursery.start_soon(self._decode, attempt, decoder, updates_recv, decoded)
+            try:
+                await self._read(attempt, reader, framing, updates_send)
+            except _Failure:
+                # the server hung up: what it sent before still decodes (and its error, if it
+                # sent garbage and left, says more than the hang-up)
+                updates_send.close()
+                with trio.move_on_after(self._connect_timeout):
+                    await decoded.wait()
+                raise
             nursery.cancel_scope.cancel()
 
     async def _handshake(self, reader: _Reader, stream: trio.abc.Stream) -> tuple[int, int, str]:
@@ -688,12 +701,12 @@ class VncConnection:
             raise _Failure(f"VNC authentication to {self.where} failed ({reason or 'wrong password'})", False)
         await stream.send_all(b"\x01")  # ClientInit: shared, never disconnect anyone else
         width, height = await reader.unpack(struct.Struct(">HH"))
+        _check_size(width, height)
         await reader.read(16)  # the server's pixel format: replaced by ours at once
         (length,) = await reader.unpack(_U32)
         if length > MAX_NAME:
             raise RfbError(f"a desktop name of {length} bytes")
         name = (await reader.read(length)).decode("utf-8", "replace")
-        _check_size(width, height)
         return width, height, name
 
     @staticmethod
@@ -734,7 +747,8 @@ class VncConnection:
             else:
                 raise RfbError(f"the server sent message type {kind}, which cosession did not ask for")
 
-    async def _decode(self, attempt: _Attempt, decoder: Decoder, updates: trio.MemoryReceiveChannel[Any]) -> None:
+    async def _decode(self, attempt: _Attempt, decoder: Decoder, updates: trio.MemoryReceiveChannel[Any],
+                      decoded: trio.Event) -> None:
         async for update in updates:
             if isinstance(update, tuple):
                 attempt.report("display", update)
@@ -745,6 +759,7 @@ class VncConnection:
             self.updates_decoded += 1
             if items:
                 attempt.report("display", items)
+        decoded.set()
 
     async def _write(self, attempt: _Attempt, stream: trio.abc.Stream) -> None:
         async for data in attempt.out_recv:
@@ -791,6 +806,8 @@ def _split_cancelled(exc: BaseException) -> tuple[BaseException | None, BaseExce
     leaves = _leaves(exc)
     failures = [leaf for leaf in leaves if isinstance(leaf, Exception)]
     others = [leaf for leaf in leaves if not isinstance(leaf, Exception)]
+    # what the server said wrong explains a lost connection better than the lost connection
+    failures.sort(key=lambda e: not isinstance(e, (RfbError, _Failure)))
     if not others:
         return None, failures[0] if failures else None
     if isinstance(exc, BaseExceptionGroup):

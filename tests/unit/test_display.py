@@ -1,0 +1,199 @@
+"""The display model: applying decoded updates, encoding each once into frames that decode
+alone from any keyframe (checked with protocols.rfb.FrameDecoder, which does what noVNC does)."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+from engine.display import DisplayModel, encode_jpeg, encode_png
+from engine.messages import (
+    DisplayCopy, DisplayCursor, DisplayFill, DisplayName, DisplayPixels, DisplaySize, DisplayUpdate,
+)
+from protocols.rfb import Encoding, FrameDecoder, decode_png
+
+
+def rects_of(frame: bytes) -> list[tuple[int, int, int, int, int, int]]:
+    """(x, y, w, h, encoding, tight control or -1) of each rectangle of one update."""
+    decoder_view = memoryview(frame)
+    count = struct.unpack_from(">H", frame, 2)[0]
+    out, pos = [], 4
+    for _ in range(count):
+        x, y, w, h, enc = struct.unpack_from(">HHHHi", frame, pos)
+        pos += 12
+        control = -1
+        if enc in (Encoding.TIGHT, Encoding.TIGHT_PNG):
+            control = frame[pos]
+            pos += 1
+            if control >> 4 == 8:
+                pos += 3
+            else:
+                length, shift = 0, 0
+                for i in range(3):
+                    b = decoder_view[pos]
+                    pos += 1
+                    length |= (b & (0x7F if i < 2 else 0xFF)) << shift
+                    shift += 7
+                    if i < 2 and not b & 0x80:
+                        break
+                pos += length
+        elif enc == Encoding.COPY_RECT:
+            pos += 4
+        elif enc == Encoding.CURSOR:
+            pos += w * h * 4 + (w + 7) // 8 * h
+        elif enc == Encoding.EXTENDED_DESKTOP_SIZE:
+            pos += 4 + 16 * frame[pos]
+        out.append((x, y, w, h, enc, control))
+    assert pos == len(frame)
+    return out
+
+
+def noise(h: int, w: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def text_like(h: int, w: int) -> np.ndarray:
+    """Two colours in a pattern, as a terminal's text is: compresses well, must stay exact."""
+    out = np.zeros((h, w, 3), np.uint8)
+    out[::3, ::2] = (250, 250, 200)
+    out[1::7, 1::5] = (20, 200, 40)
+    return out
+
+
+def gradient(h: int, w: int) -> np.ndarray:
+    """Photo-like: smooth, many colours (JPEG's ground)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    return np.stack([(xx * 255 // max(w - 1, 1)), (yy * 255 // max(h - 1, 1)), ((xx + yy) % 256)],
+                    axis=2).astype(np.uint8)
+
+
+def update(*items) -> DisplayUpdate:
+    for item in items:
+        if isinstance(item, DisplayPixels):
+            item.rgb.flags.writeable = False
+    return DisplayUpdate(tuple(items))
+
+
+def test_size_then_pixels_fill_copy_round_trip_exactly():
+    model = DisplayModel()
+    stream = FrameDecoder()
+    text = text_like(40, 60)
+    for item in (DisplaySize(320, 200), DisplayPixels(10, 20, 60, 40, text),
+                 DisplayFill(100, 100, 50, 30, (1, 2, 3)), DisplayCopy(200, 10, 60, 40, 10, 20)):
+        frame = model.update(update(item))
+        stream.feed(frame.data)
+    assert (model.width, model.height) == (320, 200)
+    assert (stream.framebuffer == model.framebuffer).all()
+    assert (model.framebuffer[10:50, 200:260] == text).all()
+    assert (model.framebuffer[100:130, 100:150] == (1, 2, 3)).all()
+
+
+def test_encodings_chosen_per_rectangle():
+    model = DisplayModel()
+    model.update(update(DisplaySize(512, 512)))
+    solid = np.full((32, 32, 3), 7, np.uint8)
+    jpeg = encode_jpeg(gradient(64, 64))
+    frame = model.update(update(
+        DisplayPixels(0, 0, 32, 32, solid),  # solid: a fill
+        DisplayPixels(0, 64, 60, 40, text_like(40, 60)),  # few colours: PNG, lossless
+        DisplayPixels(100, 100, 128, 128, noise(128, 128)),  # noise: PNG is no good, so JPEG
+        DisplayPixels(300, 300, 64, 64, gradient(64, 64), jpeg),  # the endpoint's own JPEG
+    ))
+    kinds = [(enc, control >> 4) for *_, enc, control in rects_of(frame.data)]
+    assert kinds == [(Encoding.TIGHT, 8), (Encoding.TIGHT_PNG, 10), (Encoding.TIGHT, 9), (Encoding.TIGHT, 9)]
+    assert jpeg in frame.data  # passed on byte for byte, never encoded again
+    assert model.rects_passed == 1
+
+
+def test_no_state_spans_messages_any_suffix_after_a_keyframe_decodes():
+    """A joiner starts at a keyframe and gets only the frames after it: its picture must equal
+    the model's (lossless content exactly)."""
+    model = DisplayModel()
+    frames = [model.update(update(DisplaySize(256, 256))).data]
+    for i in range(6):
+        frames.append(model.update(update(DisplayPixels(i * 20, i * 30, 60, 40, text_like(40, 60)),
+                                          DisplayCopy(0, 200, 50, 50, i * 20, i * 30))).data)
+        if i == 2:
+            keyframe = model.keyframe()
+            later = len(frames)
+    joiner = FrameDecoder()
+    joiner.feed(keyframe.data)
+    for data in frames[later:]:
+        joiner.feed(data)
+    assert (joiner.framebuffer == model.framebuffer).all()
+    assert (keyframe.cols, keyframe.rows) == (256, 256)
+
+
+def test_keyframe_is_rendered_once_per_version():
+    model = DisplayModel()
+    model.update(update(DisplaySize(300, 200), DisplayPixels(0, 0, 60, 40, text_like(40, 60))))
+    first = model.keyframe()
+    assert model.keyframe() is first and model.keyframes_rendered == 1
+    model.update(update(DisplayFill(0, 0, 10, 10, (9, 9, 9))))
+    assert model.keyframe() is not first and model.keyframes_rendered == 2
+
+
+def test_keyframe_tiles_solid_areas_as_fills_and_decodes_within_jpeg_tolerance():
+    model = DisplayModel()
+    model.update(update(DisplaySize(1920, 1080)))
+    picture = gradient(300, 400)
+    model.update(update(DisplayPixels(100, 100, 400, 300, picture, encode_jpeg(picture, 90))))
+    model.update(update(DisplayPixels(900, 500, 300, 200, text_like(200, 300))))
+    keyframe = model.keyframe()
+    rects = rects_of(keyframe.data)
+    fills = sum(1 for *_, enc, control in rects if control >> 4 == 8)
+    assert fills > len(rects) * 0.8  # the empty desktop costs 3 bytes a tile
+    assert len(keyframe.data) < 400_000
+    joiner = FrameDecoder()
+    joiner.feed(keyframe.data)
+    diff = np.abs(joiner.framebuffer.astype(int) - model.framebuffer.astype(int))
+    assert diff.mean() < 1.0
+    assert (joiner.framebuffer[500:700, 900:1200] == model.framebuffer[500:700, 900:1200]).all()
+
+
+def test_large_rectangles_are_tiled():
+    model = DisplayModel()
+    model.update(update(DisplaySize(1024, 768)))
+    frame = model.update(update(DisplayPixels(0, 0, 1024, 768, text_like(768, 1024))))
+    assert len(rects_of(frame.data)) == 8 * 6
+    joiner = FrameDecoder()
+    joiner.feed(model.keyframe().data)
+    assert (joiner.framebuffer == model.framebuffer).all()
+
+
+def test_cursor_and_resizable_desktop_in_frames_and_keyframes():
+    model = DisplayModel()
+    rgba = np.zeros((4, 3, 4), np.uint8)
+    rgba[:, :, 0] = 200
+    rgba[1:3, :, 3] = 255
+    model.update(update(DisplaySize(64, 48, resizable=True)))
+    frame = model.update(update(DisplayCursor(1, 2, 3, 4, rgba.tobytes())))
+    (x, y, w, h, enc, _), = rects_of(frame.data)
+    assert (x, y, w, h, enc) == (1, 2, 3, 4, Encoding.CURSOR)
+    body = frame.data[4 + 12:]
+    assert body[:4] == bytes((200, 0, 0, 0))  # RGBX
+    assert body[48:] == bytes((0, 0b11100000, 0b11100000, 0))  # the mask, rows padded to a byte
+    kinds = [enc for *_, enc, _ in rects_of(model.keyframe().data)][:2]
+    assert kinds == [Encoding.EXTENDED_DESKTOP_SIZE, Encoding.CURSOR]
+
+
+def test_resize_keeps_the_overlap_and_nothing_outside_is_applied():
+    model = DisplayModel()
+    model.update(update(DisplaySize(100, 100), DisplayFill(0, 0, 100, 100, (5, 5, 5))))
+    model.update(update(DisplaySize(50, 150)))
+    assert model.framebuffer.shape == (150, 50, 3)
+    assert (model.framebuffer[:100] == 5).all() and (model.framebuffer[100:] == 0).all()
+    # a rectangle outside the desktop changes nothing and writes nothing (the connection
+    # refuses these first; the model never trusts it to)
+    assert model.update(update(DisplayFill(40, 0, 20, 10, (9, 9, 9)))) is None
+    assert model.update(update(DisplaySize(0, 10), DisplaySize(99999, 10))) is None
+    assert model.update(update(DisplayName("desk"))) is None and model.name == "desk"
+
+
+def test_png_round_trip_and_a_terminal_gets_no_display_updates():
+    pixels = noise(17, 33)
+    assert (decode_png(encode_png(pixels)) == pixels).all()
+    with pytest.raises(TypeError):
+        DisplayModel().feed(b"bytes")
