@@ -78,8 +78,9 @@ class _Failure(Exception):
 class _Reader:
     """Exact reads from a trio stream."""
 
-    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+    def __init__(self, stream: trio.abc.ReceiveStream, where: str) -> None:
         self._stream = stream
+        self._where = where
         self._buffer = bytearray()
 
     async def read(self, n: int) -> bytes:
@@ -87,7 +88,7 @@ class _Reader:
         while len(buffer) < n:
             chunk = await self._stream.receive_some(max(65536, n - len(buffer)))
             if not chunk:
-                raise _Failure("the VNC server closed the connection", True)
+                raise _Failure(f"the VNC server at {self._where} closed the connection", True)
             buffer += chunk
         data = bytes(buffer[:n])
         del buffer[:n]
@@ -641,7 +642,7 @@ class VncConnection:
         return await trio.open_tcp_stream(self._host, self._port)
 
     async def _session(self, attempt: _Attempt, stream: trio.abc.Stream) -> None:
-        reader = _Reader(stream)
+        reader = _Reader(stream, self.where)
         with trio.fail_after(self._connect_timeout):
             width, height, name = await self._handshake(reader, stream)
         framing = attempt.framing = _Framing(width, height)
