@@ -1,0 +1,35 @@
+"""The demo desktop (`cosession serve`'s second demo endpoint): a real Xvnc with an xterm and a
+clock, reached with its random password through the VNC connection; stopped, nothing is left."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+import trio
+
+from protocols.demo_vnc import serve_demo_vnc
+from protocols.vnc import VncConnection
+from tests.fixtures.xvnc import DisplayRecorder, skip_reason
+
+pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))
+
+
+async def test_demo_desktop_shows_its_clients_and_leaves_nothing(vnc_bridge, tmp_path):
+    async with trio.open_nursery() as nursery:
+        demo = await nursery.start(functools.partial(serve_demo_vnc, "127.0.0.1", width=800, height=600))
+        assert demo.password and demo.password not in repr(demo)
+        assert Path(f"/tmp/.X11-unix/X{demo.display}").exists()
+        events = DisplayRecorder()
+        conn = VncConnection(vnc_bridge, demo.host, demo.port, demo.password)
+        conn.open(events, 80, 24)
+        # the xterm and the clock paint over the black root window
+        await events.wait_for(lambda: events.model.width == 800
+                              and int((events.model.framebuffer.max(axis=2) > 100).sum()) > 5000, 15)
+        assert "cosession demo" in events.events[0][1]
+        conn.close()
+        nursery.cancel_scope.cancel()
+    with pytest.raises(OSError):
+        await trio.open_tcp_stream(demo.host, demo.port)
+    assert not Path(f"/tmp/.X{demo.display}-lock").exists()
