@@ -26,8 +26,9 @@ and keeps it until the next update, so any number of joiners and resyncs at one 
 encode. A 1920x1080 keyframe costs tens of milliseconds: the model is used from the session's
 EndpointActor thread (and any thread under its lock), never from the network loop.
 
-The framebuffer is 24-bit RGB; the frames use the browsers' pixel format, 32-bit RGBX
-(protocols.rfb.RGBX), which is the only one the gateway accepts from a browser.
+The framebuffer is RGBX, 4 bytes a pixel (X = 0), so that comparing pixels is one uint32 compare
+(solid tiles are found ~15x faster than on 3-byte pixels); the frames use the browsers' pixel
+format, 32-bit RGBX (protocols.rfb.RGBX), the only one the gateway accepts from a browser.
 """
 
 from __future__ import annotations
@@ -83,19 +84,37 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def encode_png(rgb: np.ndarray, level: int = PNG_LEVEL) -> bytes:
-    """An RGB PNG of the pixels, filter None: numpy builds the rows, zlib compresses them."""
-    h, w, _ = rgb.shape
+def encode_png(pixels: np.ndarray, level: int = PNG_LEVEL) -> bytes:
+    """An RGB PNG of (h, w, 3) RGB or (h, w, 4) RGBX pixels, filter None: numpy builds the
+    rows, zlib compresses them."""
+    h, w = pixels.shape[:2]
     rows = np.zeros((h, w * 3 + 1), np.uint8)
-    rows[:, 1:] = rgb.reshape(h, w * 3)
+    rows[:, 1:] = pixels[:, :, :3].reshape(h, w * 3)
     header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
     return (_PNG_SIGNATURE + _png_chunk(b"IHDR", header)
             + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), level)) + _png_chunk(b"IEND", b""))
 
 
-def encode_jpeg(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
-    return simplejpeg.encode_jpeg(np.ascontiguousarray(rgb), quality=quality, colorspace="RGB",
+def encode_jpeg(pixels: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
+    """A JPEG of (h, w, 3) RGB or (h, w, 4) RGBX pixels (libjpeg-turbo reads either)."""
+    colorspace = "RGBX" if pixels.shape[2] == 4 else "RGB"
+    return simplejpeg.encode_jpeg(np.ascontiguousarray(pixels), quality=quality, colorspace=colorspace,
                                   colorsubsampling="420")
+
+
+def _solid(pixels: np.ndarray) -> bool:
+    """All pixels equal: one uint32 compare a pixel on an RGBX block."""
+    words = pixels.view(np.uint32)
+    return bool((words == words[0, 0]).all())
+
+
+def _photographic(pixels: np.ndarray) -> bool:
+    """Would PNG do badly here? zlib on every eighth row answers for the whole rectangle at an
+    eighth of the cost of finding out by compressing all of it (incompressible pixels are
+    zlib's slowest case too)."""
+    sample = np.ascontiguousarray(pixels[::8, :, :3])
+    raw = sample.tobytes()
+    return len(zlib.compress(raw, 1)) > PNG_MAX_RATIO * len(raw)
 
 
 def _tight(x: int, y: int, w: int, h: int, control: int, payload: bytes, *, png: bool = False) -> bytes:
@@ -115,7 +134,7 @@ class DisplayModel:
         self.height = 0
         self.resizable = False
         self.name = ""
-        self.framebuffer = np.zeros((0, 0, 3), np.uint8)
+        self.framebuffer = np.zeros((0, 0, 4), np.uint8)  # RGBX, X = 0
         self.cursor: DisplayCursor | None = None
         self._jpeg_quality = jpeg_quality
         self._png_level = png_level
@@ -167,29 +186,29 @@ class DisplayModel:
             return keyframe
 
     def snapshot(self) -> np.ndarray:
-        """A copy of the framebuffer (height, width, 3), for tests and `cosession join --snapshot`."""
+        """A copy of the framebuffer as (height, width, 3) RGB, for tests and snapshots."""
         with self._lock:
-            return self.framebuffer.copy()
+            return self.framebuffer[:, :, :3].copy()
 
     # --- applying one item --------------------------------------------------------------------
 
     def _apply(self, item: Any) -> list[bytes]:
         """Apply one item; the frame's rectangles for it (none, one, or the tiles of a large one)."""
         match item:
-            case DisplayPixels(x=x, y=y, width=w, height=h, rgb=rgb, jpeg=jpeg):
-                if not self._inside(x, y, w, h) or rgb.shape != (h, w, 3):
+            case DisplayPixels(x=x, y=y, width=w, height=h, rgbx=rgbx, jpeg=jpeg):
+                if not self._inside(x, y, w, h) or rgbx.shape != (h, w, 4):
                     return []
-                self.framebuffer[y:y + h, x:x + w] = rgb
+                self.framebuffer[y:y + h, x:x + w] = rgbx
                 if jpeg is not None:
                     self.rects_passed += 1
                     return [_tight(x, y, w, h, 0x90, jpeg)]
                 if w * h > 4 * KEYFRAME_TILE * KEYFRAME_TILE:  # a large one: tiles encode faster and smaller
                     return self._tiles(x, y, w, h)
-                return [self._encode(x, y, w, h, rgb)]
+                return [self._encode(x, y, w, h, self.framebuffer[y:y + h, x:x + w])]
             case DisplayFill(x=x, y=y, width=w, height=h, colour=colour):
                 if not self._inside(x, y, w, h):
                     return []
-                self.framebuffer[y:y + h, x:x + w] = colour
+                self.framebuffer[y:y + h, x:x + w, :3] = colour
                 return [_fill(x, y, w, h, colour)]
             case DisplayCopy(x=x, y=y, width=w, height=h, src_x=sx, src_y=sy):
                 if not (self._inside(x, y, w, h) and self._inside(sx, sy, w, h)):
@@ -201,7 +220,7 @@ class DisplayModel:
                     return []
                 if (w, h) != (self.width, self.height):
                     old = self.framebuffer
-                    self.framebuffer = np.zeros((h, w, 3), np.uint8)
+                    self.framebuffer = np.zeros((h, w, 4), np.uint8)
                     keep_h, keep_w = min(h, old.shape[0]), min(w, old.shape[1])
                     self.framebuffer[:keep_h, :keep_w] = old[:keep_h, :keep_w]
                     self.width, self.height = w, h
@@ -221,15 +240,13 @@ class DisplayModel:
         # from corrupting the model (numpy would silently clip).
         return x >= 0 and y >= 0 and x + w <= self.width and y + h <= self.height
 
-    def _encode(self, x: int, y: int, w: int, h: int, rgb: np.ndarray) -> bytes:
+    def _encode(self, x: int, y: int, w: int, h: int, rgbx: np.ndarray) -> bytes:
         self.rects_encoded += 1
-        first = rgb[0, 0]
-        if (rgb == first).all():
-            return _fill(x, y, w, h, first)
-        png = encode_png(rgb, self._png_level)
-        if w * h >= PNG_TRY_JPEG_AREA and len(png) > PNG_MAX_RATIO * w * h * 3:
-            return _tight(x, y, w, h, 0x90, encode_jpeg(rgb, self._jpeg_quality))
-        return _tight(x, y, w, h, 0xA0, png, png=True)
+        if _solid(rgbx):
+            return _fill(x, y, w, h, rgbx[0, 0, :3])
+        if w * h >= PNG_TRY_JPEG_AREA and _photographic(rgbx):
+            return _tight(x, y, w, h, 0x90, encode_jpeg(rgbx, self._jpeg_quality))
+        return _tight(x, y, w, h, 0xA0, encode_png(rgbx, self._png_level), png=True)
 
     def _size_rect(self) -> bytes:
         if self.resizable:
@@ -266,13 +283,13 @@ class DisplayModel:
             full = (w // tile) * tile
             solid: list[bool] = []
             if full:
-                blocks = band[:, :full].reshape(th, w // tile, tile, 3)
-                solid = list((blocks == blocks[:1, :, :1]).all(axis=(0, 2, 3)))
+                words = band[:, :full].view(np.uint32).reshape(th, w // tile, tile)
+                solid = list((words == words[:1, :, :1]).all(axis=(0, 2)))
             for i, tx in enumerate(range(0, w, tile)):
                 tw = min(tile, w - tx)
                 pixels = band[:, tx:tx + tw]
                 if i < len(solid) and solid[i]:
-                    rects.append(_fill(x0 + tx, y0 + ty, tw, th, pixels[0, 0]))
+                    rects.append(_fill(x0 + tx, y0 + ty, tw, th, pixels[0, 0, :3]))
                 else:
                     rects.append(self._encode(x0 + tx, y0 + ty, tw, th, pixels))
         return rects

@@ -152,7 +152,8 @@ class Resync:
 # A graphical endpoint connection decodes what its server sends (in its own worker thread) into
 # these, in order, and reports them as one `DisplayUpdate`; the session's display model applies
 # them to its framebuffer and writes the participants' frame once. Pixel arrays are numpy
-# (height, width, 3) uint8 RGB, made read-only by whoever builds them.
+# (height, width, 4) uint8 RGBX with X = 0 (four bytes a pixel: one uint32 compare per pixel),
+# made read-only by whoever builds them.
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,7 +174,7 @@ class DisplayPixels:
     y: int
     width: int
     height: int
-    rgb: Any = field(repr=False)  # numpy (height, width, 3) uint8
+    rgbx: Any = field(repr=False)  # numpy (height, width, 4) uint8, X = 0
     jpeg: bytes | None = field(default=None, repr=False)
 
 

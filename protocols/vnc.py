@@ -249,6 +249,18 @@ def _frozen(array: np.ndarray) -> np.ndarray:
     return array
 
 
+def _rgbx(rgb: np.ndarray) -> np.ndarray:
+    """(h, w, 3) → a new (h, w, 4) with X = 0."""
+    out = np.zeros((*rgb.shape[:2], 4), np.uint8)
+    out[:, :, :3] = rgb
+    return out
+
+
+def _palette(colours: np.ndarray) -> np.ndarray:
+    """(n, 3) RGB → (n, 4) RGBX, for one fancy-indexing lookup per rectangle."""
+    return _rgbx(colours.reshape(1, -1, 3))[0]
+
+
 class Decoder:
     """Turns framed rectangles into display items. Keeps the zlib streams (Tight's four and
     ZRLE's one), so one decoder serves one connection attempt, one update at a time."""
@@ -273,8 +285,9 @@ class Decoder:
         x, y, w, h = rect.x, rect.y, rect.width, rect.height
         enc = rect.encoding
         if enc == Encoding.RAW:
-            rgb = np.frombuffer(rect.data, np.uint8).reshape(h, w, 4)[:, :, :3]
-            return DisplayPixels(x, y, w, h, _frozen(rgb.copy()))
+            rgbx = np.frombuffer(rect.data, np.uint8).reshape(h, w, 4).copy()
+            rgbx[:, :, 3] = 0  # the padding byte is the server's to fill
+            return DisplayPixels(x, y, w, h, _frozen(rgbx))
         if enc == Encoding.COPY_RECT:
             sx, sy = struct.unpack(">HH", rect.data)
             return DisplayCopy(x, y, w, h, sx, sy)
@@ -312,19 +325,19 @@ class Decoder:
             return DisplayFill(x, y, w, h, (rect.data[0], rect.data[1], rect.data[2]))
         if kind == 9:
             try:
-                rgb = simplejpeg.decode_jpeg(rect.data, colorspace="RGB")
+                rgbx = simplejpeg.decode_jpeg(rect.data, colorspace="RGBX")
             except ValueError as exc:
                 raise RfbError(f"a Tight JPEG rectangle did not decode ({exc})") from None
-            if rgb.shape[:2] != (h, w):
-                raise RfbError(f"a {w}x{h} Tight JPEG rectangle held a {rgb.shape[1]}x{rgb.shape[0]} image")
-            return DisplayPixels(x, y, w, h, _frozen(rgb), rect.data)
+            if rgbx.shape[:2] != (h, w):
+                raise RfbError(f"a {w}x{h} Tight JPEG rectangle held a {rgbx.shape[1]}x{rgbx.shape[0]} image")
+            rgbx[:, :, 3] = 0
+            return DisplayPixels(x, y, w, h, _frozen(rgbx), rect.data)
         stream = self._tight[kind & 3]
         if rect.filter == 0:
             size = w * h * 3
             raw = rect.data if control & 0x100 else self._inflate(stream, rect.data, size)
-            rgb = np.frombuffer(raw, np.uint8).reshape(h, w, 3).copy()
-            return DisplayPixels(x, y, w, h, _frozen(rgb))
-        palette = np.frombuffer(rect.palette, np.uint8).reshape(-1, 3)
+            return DisplayPixels(x, y, w, h, _frozen(_rgbx(np.frombuffer(raw, np.uint8).reshape(h, w, 3))))
+        palette = _palette(np.frombuffer(rect.palette, np.uint8))
         if len(palette) == 2:
             size = (w + 7) // 8 * h
             raw = rect.data if control & 0x100 else self._inflate(stream, rect.data, size)
@@ -344,14 +357,14 @@ class Decoder:
         data = self._zrle.decompress(rect.data, limit)
         if self._zrle.unconsumed_tail:
             raise RfbError("a ZRLE rectangle inflates past any valid size")
-        out = np.empty((h, w, 3), np.uint8)
+        out = np.zeros((h, w, 4), np.uint8)
         view = memoryview(data)
         pos = 0
         for ty in range(0, h, 64):
             th = min(64, h - ty)
             for tx in range(0, w, 64):
                 tw = min(64, w - tx)
-                pos = _zrle_tile(view, pos, out[ty:ty + th, tx:tx + tw], tw, th)
+                pos = _zrle_tile(view, pos, out[ty:ty + th, tx:tx + tw, :3], tw, th)
         if pos != len(data):
             raise RfbError("a ZRLE rectangle with trailing data")
         return out
