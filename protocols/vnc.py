@@ -75,7 +75,7 @@ class _Failure(Exception):
 # --- framing: what the loop reads -------------------------------------------------------------
 
 
-class _Reader:
+class RfbReader:
     """Exact reads from a trio stream."""
 
     def __init__(self, stream: trio.abc.ReceiveStream, where: str) -> None:
@@ -111,7 +111,7 @@ class _Reader:
 
 
 @dataclass(slots=True)
-class _Rect:
+class Rect:
     """One rectangle as read from the wire, not yet decoded."""
 
     x: int
@@ -132,7 +132,7 @@ _U32 = struct.Struct(">I")
 
 
 @dataclass(slots=True)
-class _Framing:
+class Framing:
     """What framing needs to know between updates: the desktop's current size."""
 
     width: int
@@ -140,16 +140,19 @@ class _Framing:
     resizable: bool = False
 
 
-async def read_update(reader: _Reader, framing: _Framing) -> list[_Rect]:
+async def read_update(reader: RfbReader, framing: Framing, *, tight_png: bool = False) -> list[Rect]:
     """The rectangles of one FramebufferUpdate (its type byte already read). Checks every
-    rectangle against the desktop, so a decoder never writes outside the framebuffer."""
+    rectangle against the desktop, so a decoder never writes outside the framebuffer.
+    `tight_png`: also frame TightPNG (what the gateway sends browsers; the benchmark reads it)."""
     (_, count) = await reader.unpack(struct.Struct(">BH"))
-    rects: list[_Rect] = []
+    rects: list[Rect] = []
     for _ in range(count):
         x, y, w, h, encoding = await reader.unpack(_HEADER)
         if encoding == Encoding.LAST_RECT:
             break
-        rect = _Rect(x, y, w, h, encoding)
+        rect = Rect(x, y, w, h, encoding)
+        if tight_png and encoding == Encoding.TIGHT_PNG:
+            encoding = Encoding.TIGHT  # framed alike: PNG is Tight's control 0xA0
         if encoding in (Encoding.RAW, Encoding.COPY_RECT, Encoding.TIGHT, Encoding.ZRLE):
             if x + w > framing.width or y + h > framing.height:
                 raise RfbError(f"a {w}x{h} rectangle at ({x},{y}) lies outside the "
@@ -162,7 +165,7 @@ async def read_update(reader: _Reader, framing: _Framing) -> list[_Rect]:
             if sx + w > framing.width or sy + h > framing.height:
                 raise RfbError("a CopyRect source lies outside the desktop")
         elif encoding == Encoding.TIGHT:
-            await _read_tight(reader, rect)
+            await _read_tight(reader, rect, png=rect.encoding == Encoding.TIGHT_PNG)
         elif encoding == Encoding.ZRLE:
             (length,) = await reader.unpack(_U32)
             if length > MAX_ZRLE_BYTES:
@@ -198,7 +201,7 @@ def _check_size(w: int, h: int) -> None:
         raise RfbError(f"a desktop of {w}x{h}")
 
 
-async def _read_tight(reader: _Reader, rect: _Rect) -> None:
+async def _read_tight(reader: RfbReader, rect: Rect, *, png: bool = False) -> None:
     (control,) = await reader.unpack(_U8)
     rect.control = control
     kind = control >> 4
@@ -206,7 +209,7 @@ async def _read_tight(reader: _Reader, rect: _Rect) -> None:
     if kind == 8:  # fill
         rect.data = await reader.read(3)
         return
-    if kind == 9:  # JPEG
+    if kind == 9 or (kind == 10 and png):  # JPEG; TightPNG's PNG (framed, never decoded here)
         rect.data = await reader.read(await _tight_length(reader))
         return
     if kind & 8:
@@ -234,7 +237,7 @@ async def _read_tight(reader: _Reader, rect: _Rect) -> None:
         rect.data = await reader.read(await _tight_length(reader))
 
 
-async def _tight_length(reader: _Reader) -> int:
+async def _tight_length(reader: RfbReader) -> int:
     length = await reader.compact_length()
     if length > MAX_COMPACT_LENGTH:  # pragma: no cover - 22 bits cannot exceed it
         raise RfbError("a Tight length over 22 bits")
@@ -269,7 +272,7 @@ class Decoder:
         self._tight = [zlib.decompressobj() for _ in range(4)]
         self._zrle = zlib.decompressobj()
 
-    def decode(self, rects: list[_Rect]) -> tuple[Any, ...]:
+    def decode(self, rects: list[Rect]) -> tuple[Any, ...]:
         items: list[Any] = []
         for rect in rects:
             try:
@@ -281,7 +284,7 @@ class Decoder:
                 items.append(item)
         return tuple(items)
 
-    def _decode(self, rect: _Rect) -> Any:
+    def _decode(self, rect: Rect) -> Any:
         x, y, w, h = rect.x, rect.y, rect.width, rect.height
         enc = rect.encoding
         if enc == Encoding.RAW:
@@ -314,7 +317,7 @@ class Decoder:
             raise RfbError(f"a compressed rectangle inflated to {len(out)} bytes, not {size}")
         return out
 
-    def _tight_rect(self, rect: _Rect) -> Any:
+    def _tight_rect(self, rect: Rect) -> Any:
         x, y, w, h = rect.x, rect.y, rect.width, rect.height
         control = rect.control
         for i in range(4):
@@ -350,7 +353,7 @@ class Decoder:
             raise RfbError("a Tight palette index past the palette")
         return DisplayPixels(x, y, w, h, _frozen(palette[index]))
 
-    def _zrle_rect(self, rect: _Rect) -> np.ndarray:
+    def _zrle_rect(self, rect: Rect) -> np.ndarray:
         w, h = rect.width, rect.height
         tiles = ((w + 63) // 64) * ((h + 63) // 64)
         limit = tiles * (1 + 128 * 3) + w * h * 4  # the most any valid tile data can take
@@ -462,7 +465,7 @@ def _zrle_tile(view: memoryview, pos: int, tile: np.ndarray, tw: int, th: int) -
     raise RfbError(f"ZRLE tile subencoding {sub} is not defined")
 
 
-def _cursor(rect: _Rect) -> DisplayCursor:
+def _cursor(rect: Rect) -> DisplayCursor:
     w, h = rect.width, rect.height
     if w == 0 or h == 0:
         return DisplayCursor(0, 0, 0, 0, b"")
@@ -487,7 +490,7 @@ class _Attempt:
         self.scope = trio.CancelScope()
         self.out_send, self.out_recv = trio.open_memory_channel[bytes](INPUT_QUEUE_MESSAGES)
         self.input = rfb.ClientMessageReader()
-        self.framing: _Framing | None = None
+        self.framing: Framing | None = None
         self.screens: tuple[rfb.Screen, ...] = ()
         self.dropped = 0
 
@@ -655,17 +658,17 @@ class VncConnection:
         return await trio.open_tcp_stream(self._host, self._port)
 
     async def _session(self, attempt: _Attempt, stream: trio.abc.Stream) -> None:
-        reader = _Reader(stream, self.where)
+        reader = RfbReader(stream, self.where)
         with trio.fail_after(self._connect_timeout):
             width, height, name = await self._handshake(reader, stream)
-        framing = attempt.framing = _Framing(width, height)
+        framing = attempt.framing = Framing(width, height)
         await stream.send_all(rfb.pack(rfb.SetPixelFormat(rfb.RGBX))
                               + rfb.pack(rfb.SetEncodings(tuple(int(e) for e in self._encodings)))
                               + rfb.pack(rfb.FramebufferUpdateRequest(False, 0, 0, width, height)))
         log.info("vnc %s: connected to %r, %dx%d", self.where, name, width, height)
         attempt.report("opened", f"{name or 'VNC desktop'} at {self.where} ({width}x{height})")
         decoder = Decoder()
-        updates_send, updates_recv = trio.open_memory_channel[list[_Rect] | tuple[Any, ...]](DECODE_QUEUE_UPDATES)
+        updates_send, updates_recv = trio.open_memory_channel[list[Rect] | tuple[Any, ...]](DECODE_QUEUE_UPDATES)
         await updates_send.send((DisplaySize(width, height), DisplayName(name)))
         decoded = trio.Event()
         async with trio.open_nursery() as nursery:
@@ -682,7 +685,7 @@ class VncConnection:
                 raise
             nursery.cancel_scope.cancel()
 
-    async def _handshake(self, reader: _Reader, stream: trio.abc.Stream) -> tuple[int, int, str]:
+    async def _handshake(self, reader: RfbReader, stream: trio.abc.Stream) -> tuple[int, int, str]:
         version = await reader.read(12)
         if not version.startswith(b"RFB ") or not version.endswith(b"\n"):
             raise RfbError("the server does not speak RFB")
@@ -724,11 +727,11 @@ class VncConnection:
         return width, height, name
 
     @staticmethod
-    async def _reason(reader: _Reader) -> str:
+    async def _reason(reader: RfbReader) -> str:
         (length,) = await reader.unpack(_U32)
         return (await reader.read(min(length, 1024))).decode("utf-8", "replace")
 
-    async def _read(self, attempt: _Attempt, reader: _Reader, framing: _Framing,
+    async def _read(self, attempt: _Attempt, reader: RfbReader, framing: Framing,
                     updates: trio.MemorySendChannel[Any]) -> None:
         asked_size = False
         while True:
