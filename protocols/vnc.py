@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import struct
 import threading
 import zlib
@@ -58,6 +59,32 @@ DEFAULT_QUALITY = 6  # Tight JPEG quality level 0-9 (TigerVNC's mapping: 6 is JP
 DEFAULT_COMPRESS = 2  # zlib effort the server spends, 0-9
 _CLOSE_GRACE = 1.0
 
+# VeNCrypt subtypes in the order they are chosen, with the authentication inside the TLS. The
+# certificate of the X509 ones is not verified (VNC servers' are self-signed, and there is no
+# place yet to pin one), and the TLS* ones have none: TLS here protects against eavesdropping
+# (VncAuth alone encrypts nothing), not against a man in the middle.
+VENCRYPT_PREFERENCE = ((261, Security.VNC_AUTH), (258, Security.VNC_AUTH),  # X509Vnc, TLSVnc
+                       (260, Security.NONE), (257, Security.NONE))  # X509None, TLSNone
+
+
+def _tls_context(anonymous: bool) -> ssl.SSLContext:
+    """VeNCrypt's TLS* subtypes are anonymous Diffie-Hellman (TigerVNC's GnuTLS settles on
+    AECDH-AES256-SHA), its X509* ones use the server's certificate. Anonymous suites exist only
+    up to TLS 1.2 and at OpenSSL's security level 0; they are offered only for TLS* subtypes."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if anonymous:
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        context.set_ciphers("aNULL:!eNULL:!RC4:!3DES:!MD5:@SECLEVEL=0")
+    return context
+
+
+def _tls_reason(exc: BaseException) -> str:
+    cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else exc
+    return getattr(cause, "reason", None) or type(cause).__name__
+
+
 ENCODINGS = (Encoding.TIGHT, Encoding.ZRLE, Encoding.COPY_RECT, Encoding.RAW,
              Encoding.EXTENDED_DESKTOP_SIZE, Encoding.DESKTOP_SIZE, Encoding.CURSOR,
              Encoding.DESKTOP_NAME, Encoding.LAST_RECT)
@@ -79,14 +106,14 @@ class RfbReader:
     """Exact reads from a trio stream."""
 
     def __init__(self, stream: trio.abc.ReceiveStream, where: str) -> None:
-        self._stream = stream
+        self.stream = stream
         self._where = where
         self._buffer = bytearray()
 
     async def read(self, n: int) -> bytes:
         buffer = self._buffer
         while len(buffer) < n:
-            chunk = await self._stream.receive_some(max(65536, n - len(buffer)))
+            chunk = await self.stream.receive_some(max(65536, n - len(buffer)))
             if not chunk:
                 raise _Failure(f"the VNC server at {self._where} closed the connection", True)
             buffer += chunk
@@ -492,6 +519,7 @@ class _Attempt:
         self.input = rfb.ClientMessageReader()
         self.framing: Framing | None = None
         self.screens: tuple[rfb.Screen, ...] = ()
+        self.stream: trio.abc.Stream | None = None  # TLS, once VeNCrypt chose it
         self.dropped = 0
 
     def report(self, what: str, *args: Any) -> None:
@@ -650,7 +678,9 @@ class VncConnection:
             if stream is not None:
                 with trio.CancelScope(shield=True) as scope:
                     scope.deadline = trio.current_time() + _CLOSE_GRACE
-                    await stream.aclose()
+                    await (attempt.stream or stream).aclose()
+                if scope.cancelled_caught:
+                    await trio.aclose_forcefully(stream)
 
     async def _connect(self) -> trio.abc.Stream:
         if self._socket_path:
@@ -660,7 +690,8 @@ class VncConnection:
     async def _session(self, attempt: _Attempt, stream: trio.abc.Stream) -> None:
         reader = RfbReader(stream, self.where)
         with trio.fail_after(self._connect_timeout):
-            width, height, name = await self._handshake(reader, stream)
+            stream, width, height, name = await self._handshake(reader, stream)
+        attempt.stream = stream
         framing = attempt.framing = Framing(width, height)
         await stream.send_all(rfb.pack(rfb.SetPixelFormat(rfb.RGBX))
                               + rfb.pack(rfb.SetEncodings(tuple(int(e) for e in self._encodings)))
@@ -685,7 +716,8 @@ class VncConnection:
                 raise
             nursery.cancel_scope.cancel()
 
-    async def _handshake(self, reader: RfbReader, stream: trio.abc.Stream) -> tuple[int, int, str]:
+    async def _handshake(self, reader: RfbReader, stream: trio.abc.Stream) -> tuple[trio.abc.Stream, int, int, str]:
+        """RFB's handshake up to ServerInit; the stream to go on with (TLS, if VeNCrypt chose it)."""
         version = await reader.read(12)
         if not version.startswith(b"RFB ") or not version.endswith(b"\n"):
             raise RfbError("the server does not speak RFB")
@@ -700,10 +732,20 @@ class VncConnection:
         if count == 0:
             raise _Failure(f"{self.where} refused the connection: {await self._reason(reader)}", True)
         offered = set(await reader.read(count))
-        if Security.VNC_AUTH in offered and self._password:
-            await stream.send_all(bytes((Security.VNC_AUTH,)))
+        inner: int | None = None  # the authentication inside VeNCrypt's TLS, if TLS is used
+        if Security.VENCRYPT in offered:
+            await stream.send_all(bytes((Security.VENCRYPT,)))
+            stream, inner = await self._vencrypt(reader, stream)
+            reader.stream = stream
+        if inner == Security.VNC_AUTH or (inner is None and Security.VNC_AUTH in offered and self._password):
+            if not self._password:
+                raise _Failure(f"{self.where} asks for a VNC password and none was given", False)
+            if inner is None:
+                await stream.send_all(bytes((Security.VNC_AUTH,)))
             challenge = await reader.read(16)
             await stream.send_all(rfb.vnc_auth_response(self._password, challenge))
+        elif inner == Security.NONE:
+            pass
         elif Security.NONE in offered:
             await stream.send_all(bytes((Security.NONE,)))
         elif Security.VNC_AUTH in offered:
@@ -724,7 +766,38 @@ class VncConnection:
         if length > MAX_NAME:
             raise RfbError(f"a desktop name of {length} bytes")
         name = (await reader.read(length)).decode("utf-8", "replace")
-        return width, height, name
+        return stream, width, height, name
+
+    async def _vencrypt(self, reader: RfbReader, stream: trio.abc.Stream) -> tuple[trio.abc.Stream, int]:
+        """VeNCrypt 0.2: choose TLS (anonymous or with a certificate) around VNC authentication
+        (or none); returns the TLS stream and the inner security type."""
+        major, minor = await reader.unpack(struct.Struct(">BB"))
+        if (major, minor) < (0, 2):
+            raise _Failure(f"{self.where} speaks VeNCrypt {major}.{minor}; cosession needs 0.2", False)
+        await stream.send_all(b"\x00\x02")
+        (status,) = await reader.unpack(_U8)
+        if status != 0:
+            raise _Failure(f"{self.where} refused VeNCrypt 0.2", False)
+        (count,) = await reader.unpack(_U8)
+        subtypes = struct.unpack(f">{count}I", await reader.read(4 * count))
+        for subtype, inner in VENCRYPT_PREFERENCE:
+            if subtype in subtypes and (inner == Security.NONE or self._password):
+                break
+        else:
+            raise _Failure(f"{self.where} offers no VeNCrypt subtype cosession supports "
+                           f"({', '.join(str(t) for t in subtypes)})", False)
+        await stream.send_all(struct.pack(">I", subtype))
+        (accepted,) = await reader.unpack(_U8)
+        if accepted != 1:
+            raise _Failure(f"{self.where} declined TLS", False)
+        tls = trio.SSLStream(stream, _tls_context(anonymous=subtype in (257, 258)), server_hostname=None,
+                             https_compatible=False)
+        try:
+            await tls.do_handshake()
+        except (trio.BrokenResourceError, ssl.SSLError) as exc:
+            raise _Failure(f"the TLS handshake with {self.where} failed ({_tls_reason(exc)})", False) from None
+        log.info("vnc %s: VeNCrypt subtype %d, %s %s", self.where, subtype, tls.version(), tls.cipher()[0])
+        return tls, inner
 
     @staticmethod
     async def _reason(reader: RfbReader) -> str:

@@ -172,3 +172,51 @@ def test_password_file_is_what_vncpasswd_writes():
         made = subprocess.run(["vncpasswd", "-f"], input=password.encode("latin-1") + b"\n",
                               capture_output=True, check=True).stdout
         assert rfb.obfuscated_password(password) == made, password
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "xvnc-test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+@pytest.mark.parametrize("security", ["TLSVnc", "X509Vnc", "TLSNone", "TLSVnc,VncAuth"])
+async def test_vencrypt_tls_is_chosen_where_offered(vnc_bridge, security, tmp_path, caplog):
+    extra: tuple[str, ...] = ()
+    if "X509" in security:
+        cert, key = self_signed(tmp_path)
+        extra = ("-X509Cert", str(cert), "-X509Key", str(key))
+    caplog.set_level("INFO", logger="protocols.vnc")
+    with start_xvnc(640, 480, security=security, extra=extra) as server:
+        server.run("xclock", "-geometry", "200x200+10+10")
+        server.wait_for_window("xclock")
+        conn, events = connect(vnc_bridge, server)
+        await events.wait_for(lambda: "opened" in events.kinds() or events.ended is not None)
+        assert events.ended is None, events.ended
+        await wait_same(events, server, exact=False)
+        conn.close()
+    subtype = {"TLSVnc": 258, "X509Vnc": 261, "TLSNone": 257, "TLSVnc,VncAuth": 258}[security]
+    assert any(f"VeNCrypt subtype {subtype}, TLSv" in r.getMessage() for r in caplog.records)
+
+
+async def test_vencrypt_with_a_wrong_password_is_final(vnc_bridge):
+    with start_xvnc(320, 240, security="TLSVnc") as server:
+        conn, events = connect(vnc_bridge, server, password="wrong-one")
+        await events.wait_for(lambda: events.ended is not None)
+        kind, detail, retryable = events.ended
+        assert kind == "failed" and not retryable and "VNC authentication" in detail and "wrong-one" not in detail
