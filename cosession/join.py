@@ -1,12 +1,17 @@
 """Watch a joint session read-only in this terminal, from its share link.
 
     cosession join http://gateway:8080/sessions/SESSION?share=TOKEN [--user NAME] [--password-stdin]
+                   [--snapshot FILE]
 
 Signs in with ``POST /api/login``, opens the session's websocket (trio-websocket) with the
 session cookie and this server's Origin, joins as a viewer, and writes the session's terminal
 output to stdout as the bytes it is (a terminal of the same size shows the same screen). State
 changes go to stderr. Exits when the session ends, with its reason: 0 when it ended, 1 when the
 join was refused or the connection failed, 2 for a usage error.
+
+A graphical session (VNC, RDP) cannot be shown in a terminal: the command says so and leaves
+(exit 1), or with ``--snapshot FILE`` it speaks RFB as a browser does, saves the desktop as it
+is now as a PNG, leaves and exits 0.
 
 This module is also the websocket client of the load test (cosession/loadtest_ws.py) and of the
 gateway's tests: `login` and `open_socket`.
@@ -29,6 +34,10 @@ import trio
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, wrap_client_stream
 
 from dashboard.security.share import parse_share_url
+from engine.display import encode_png
+from protocols.rfb import BrowserClient, RfbError
+
+GRAPHICAL = ("vnc", "rdp")
 
 MAX_MESSAGE_BYTES = 16 << 20  # what the client accepts from the gateway (keyframes, batches)
 SESSION_COOKIE = "cosession"
@@ -161,9 +170,13 @@ async def send_json(ws: Any, message: dict[str, Any]) -> None:
 class Watcher:
     """Writes a session's output to `out` and its state changes to `err`."""
 
-    def __init__(self, out: BinaryIO, err: TextIO) -> None:
+    def __init__(self, out: BinaryIO, err: TextIO, snapshot: str | None = None) -> None:
         self.out = out
         self.err = err
+        self.snapshot = snapshot  # a graphical session: save the desktop here as a PNG
+        self.desktop: BrowserClient | None = None
+        self.done = False  # nothing more to watch: leave
+        self.failed = False
         self.role = ""
         self.controller = ""
         self.viewers: dict[str, str] = {}
@@ -176,9 +189,25 @@ class Watcher:
         self.err.write(f"\r\n[cosession] {text}\r\n")
         self.err.flush()
 
-    def data(self, data: bytes) -> None:
-        self.out.write(data)
-        self.out.flush()
+    def data(self, data: bytes) -> bytes:
+        """Terminal output to stdout; a desktop's RFB to its client. What to send back."""
+        if self.desktop is None:
+            self.out.write(data)
+            self.out.flush()
+            return b""
+        try:
+            reply = self.desktop.receive(data)
+        except RfbError as exc:
+            self.say(f"the gateway's desktop stream is not valid RFB: {exc}")
+            self.done = self.failed = True
+            return b""
+        if self.desktop.frames.updates and self.snapshot and not self.done:
+            frames = self.desktop.frames
+            with open(self.snapshot, "wb") as out:
+                out.write(encode_png(frames.framebuffer))
+            self.say(f"saved the {frames.width}x{frames.height} desktop to {self.snapshot}")
+            self.done = True
+        return reply
 
     def control(self, m: dict[str, Any]) -> None:
         kind = m.get("type")
@@ -189,6 +218,14 @@ class Watcher:
             self.viewers = {x["participant_id"]: x["user"]["name"] for x in m["members"] if x["role"] == "viewer"}
             self.say(f"joined {m['endpoint']['name']} as {self.role} (read-only); controller "
                      f"{self.controller}; {len(self.viewers)}/{self.max_viewers} viewers; state {m['state']}")
+            protocol = m["endpoint"].get("protocol", "")
+            if protocol in GRAPHICAL:
+                if self.snapshot:
+                    self.desktop = BrowserClient()
+                else:
+                    self.say(f"this session shows a {protocol.upper()} desktop; cosession join shows terminals "
+                             "only (save a picture of the desktop with --snapshot FILE)")
+                    self.done = self.failed = True
         elif kind == "participant_joined":
             member = m["member"]
             if member["role"] == "viewer":
@@ -236,9 +273,14 @@ async def watch(base_url: str, session_id: str, token: str | None, cookie: str, 
                 except ConnectionClosed:
                     break
                 if isinstance(message, bytes):
-                    watcher.data(message)
+                    reply = watcher.data(message)
+                    if reply:
+                        await ws.send_message(reply)
                 else:
                     watcher.control(json.loads(message))
+                if watcher.done:
+                    await send_json(ws, {"type": "leave"})
+                    return 1 if watcher.failed else 0
     except HandshakeError as exc:
         watcher.say(f"the gateway refused the websocket: {exc}")
         return 1
@@ -257,6 +299,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--user", help="sign in as this user (default: $COSESSION_USER, then your login name)")
     parser.add_argument("--password-stdin", action="store_true",
                         help="read the password from the first line of stdin (default: ask, or $COSESSION_PASSWORD)")
+    parser.add_argument("--snapshot", metavar="FILE",
+                        help="for a graphical (VNC, RDP) session: save the desktop as a PNG, then leave")
     parser.set_defaults(run=run)
 
 
@@ -271,7 +315,7 @@ def _password(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    watcher = Watcher(sys.stdout.buffer, sys.stderr)
+    watcher = Watcher(sys.stdout.buffer, sys.stderr, getattr(args, "snapshot", None))
     try:
         base_url, session_id, token = parse_share_url(args.url)
     except ValueError as exc:

@@ -476,6 +476,75 @@ class BrowserLeg:
         return struct.pack(">HH", width, height) + RGBX.pack() + struct.pack(">I", len(raw)) + raw
 
 
+# --- a browser's side of the browser leg, in Python --------------------------------------------
+
+# What noVNC 1.7 asks for (core/rfb.js _sendEncodings), less what cosession never sends.
+BROWSER_ENCODINGS = (Encoding.COPY_RECT, Encoding.TIGHT, Encoding.TIGHT_PNG, Encoding.ZRLE, Encoding.RAW,
+                     Encoding.QUALITY_LEVEL_0 + 6, Encoding.COMPRESS_LEVEL_0 + 2, Encoding.DESKTOP_SIZE,
+                     Encoding.LAST_RECT, Encoding.EXTENDED_DESKTOP_SIZE, Encoding.DESKTOP_NAME, Encoding.CURSOR)
+
+
+class BrowserClient:
+    """The client side of the browser leg without I/O, as noVNC speaks it: for Python clients
+    of the gateway (`cosession join --snapshot`, tests). Feed it the gateway's binary messages;
+    it answers the handshake and then passes the session's frames to `frames` (a FrameDecoder)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._step = "version"
+        self.frames = FrameDecoder()
+        self.width = self.height = 0
+        self.name = ""
+
+    @property
+    def ready(self) -> bool:
+        return self._step == "frames"
+
+    def receive(self, data: bytes) -> bytes:
+        """What to send back (empty once the handshake is done)."""
+        if self._step == "frames":
+            self.frames.feed(data)
+            return b""
+        self._buffer += data
+        reply = bytearray()
+        while True:
+            buf = self._buffer
+            if self._step == "version" and len(buf) >= 12:
+                if bytes(buf[:12]) != VERSION_3_8:
+                    raise RfbError("the gateway must speak RFB 3.8")
+                del buf[:12]
+                reply += VERSION_3_8
+                self._step = "security"
+            elif self._step == "security" and buf and len(buf) >= 1 + buf[0]:
+                if buf[0] == 0 or Security.NONE not in buf[1:1 + buf[0]]:
+                    raise RfbError("the gateway did not offer security type None")
+                del buf[:1 + buf[0]]
+                reply += bytes((Security.NONE,))
+                self._step = "result"
+            elif self._step == "result" and len(buf) >= 4:
+                if bytes(buf[:4]) != b"\0\0\0\0":
+                    raise RfbError("the gateway refused the handshake")
+                del buf[:4]
+                reply += b"\x01"  # ClientInit: shared
+                self._step = "init"
+            elif self._step == "init" and len(buf) >= 24:
+                (length,) = struct.unpack_from(">I", buf, 20)
+                if len(buf) < 24 + length:
+                    break
+                self.width, self.height = struct.unpack_from(">HH", buf)
+                self.name = bytes(buf[24:24 + length]).decode("utf-8", "replace")
+                rest = bytes(buf[24 + length:])
+                self._buffer = bytearray()
+                reply += pack(SetPixelFormat(RGBX)) + pack(SetEncodings(tuple(int(e) for e in BROWSER_ENCODINGS)))
+                reply += pack(FramebufferUpdateRequest(False, 0, 0, self.width, self.height))
+                self._step = "frames"
+                self.frames.feed(rest)
+                break
+            else:
+                break
+        return bytes(reply)
+
+
 # --- what a browser sees, in Python -------------------------------------------------------------
 
 

@@ -161,3 +161,25 @@ async def test_a_server_that_breaks_the_protocol_ends_the_connection(vnc_bridge,
     events = await scripted(vnc_bridge, script)
     kind, reported, was_retryable = events.ended
     assert kind == "failed" and detail in reported and was_retryable is retryable, events.ended
+
+
+def test_a_python_browser_and_the_browser_leg_shake_hands():
+    """BrowserClient (what `cosession join --snapshot` speaks) against BrowserLeg (the gateway)."""
+    from engine.display import DisplayModel
+    from engine.messages import DisplayFill, DisplaySize, DisplayUpdate
+
+    leg, client = BrowserLeg(), rfb.BrowserClient()
+    to_leg = client.receive(leg.greeting())
+    done = False
+    while to_leg:
+        back, events = leg.receive(to_leg)
+        done = done or any(isinstance(e, HandshakeDone) for e in events)
+        if done and not client.ready:
+            back += BrowserLeg.server_init(64, 48, "desk")
+        to_leg = client.receive(back) if back else b""
+    assert done and client.ready and (client.width, client.height, client.name) == (64, 48, "desk")
+    assert rfb.Encoding.TIGHT_PNG in leg.encodings
+    model = DisplayModel()
+    model.update(DisplayUpdate((DisplaySize(64, 48), DisplayFill(0, 0, 64, 48, (9, 8, 7)))))
+    client.receive(model.keyframe().data)
+    assert client.frames.updates == 1 and (client.frames.framebuffer == (9, 8, 7)).all()
