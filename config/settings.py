@@ -63,6 +63,26 @@ class Ssh:
 
 
 @dataclass(frozen=True, slots=True)
+class Vnc:
+    connect_timeout_seconds: float
+    quality: int
+    compress: int
+    demo_geometry: str
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.quality <= 9 and 0 <= self.compress <= 9):
+            raise SettingsError("vnc.quality and vnc.compress are 0 to 9")
+        width, _, height = self.demo_geometry.partition("x")
+        if not (width.isdigit() and height.isdigit() and 64 <= int(width) <= 8192 and 64 <= int(height) <= 8192):
+            raise SettingsError(f"vnc.demo_geometry is {self.demo_geometry!r}: WIDTHxHEIGHT, 64 to 8192 each")
+
+    @property
+    def demo_size(self) -> tuple[int, int]:
+        width, _, height = self.demo_geometry.partition("x")
+        return int(width), int(height)
+
+
+@dataclass(frozen=True, slots=True)
 class Security:
     secret_key: str
     credential_key: str
@@ -97,6 +117,7 @@ class Settings:
     engine: EngineSettings
     gateway: GatewaySettings
     ssh: Ssh
+    vnc: Vnc
     security: Security
     demo: Demo
     audit: Audit
