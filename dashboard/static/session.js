@@ -1,6 +1,7 @@
 // cosession: the session page. One websocket to the gateway (docs/protocol.md): binary messages
-// are terminal data (bytes, never decoded here), text messages are small JSON control messages.
-// Only the controller's terminal sends anything to the endpoint; a viewer's has no input path.
+// are terminal data (bytes, never decoded here) or, for a graphical session, RFB between noVNC
+// and the gateway (desktop.js); text messages are small JSON control messages. Only the
+// controller's terminal or desktop sends anything to the endpoint; a viewer's has no input path.
 (function () {
   "use strict";
 
@@ -79,6 +80,47 @@
     graceUntil: null, // a disconnected controller may come back until then (rule 8)
   };
   window.cosession = session; // for tests and the curious: state only, nothing secret
+  const GRAPHICAL = ["vnc", "rdp"];
+  session.graphical = GRAPHICAL.includes(config.protocol);
+
+  // --- the desktop (graphical sessions): noVNC, loaded on the first join -----------------------
+
+  let desktop = null; // desktop.js's handle for this websocket's RFB stream
+  let desktopPending = []; // the gateway's RFB bytes that came before noVNC was ready
+  let desktopOpening = null; // the websocket noVNC is being opened for
+
+  function openDesktop(ws, viewOnly) {
+    $("terminal-wrap").hidden = true;
+    $("desktop-wrap").hidden = false;
+    desktopOpening = ws;
+    import(config.desktop_module).then(({ openDesktop: open }) => {
+      if (session.ws !== ws || desktopOpening !== ws) return; // a newer websocket took over
+      const container = $("desktop");
+      container.textContent = "";
+      desktop = open({
+        container,
+        viewOnly,
+        send: (data) => { if (ws.readyState === WebSocket.OPEN) ws.send(data); },
+        onConnect: () => { if (!session.timings.desktop) session.timings.desktop = performance.now(); },
+      });
+      window.cosessionDesktop = desktop.rfb;
+      for (const data of desktopPending) desktop.receive(data);
+      desktopPending = [];
+      if (!viewOnly) desktop.focus();
+    }).catch((e) => notice(`The desktop viewer did not load: ${e}`, "error", "desktop_failed"));
+  }
+
+  function closeDesktop() {
+    if (desktop) desktop.closed();
+    desktop = null;
+    desktopPending = [];
+    desktopOpening = null;
+  }
+
+  function desktopData(data) {
+    if (desktop) desktop.receive(data);
+    else desktopPending.push(data);
+  }
 
   // --- the terminal ----------------------------------------------------------------------------
 
@@ -287,6 +329,10 @@
       ws.send(JSON.stringify(first()));
     };
     ws.onmessage = (event) => {
+      if (typeof event.data !== "string" && session.graphical) {
+        if (session.ws === ws) desktopData(event.data);
+        return;
+      }
       if (typeof event.data !== "string") {
         if (keyframeNext) {
           keyframeNext = false;
@@ -311,6 +357,7 @@
     ws.onclose = () => {
       if (session.ws !== ws) return;
       session.ws = null;
+      if (session.graphical) closeDesktop();
       if (session.ended || session.fatal || session.left) return;
       if (!opened) {
         // The gateway refuses a signed-out handshake with a plain 403, which a page cannot
@@ -384,7 +431,9 @@
         if (typeof m.now === "number") session.clockOffset = m.now - Date.now() / 1000;
         if (m.controller) $("controller").textContent = m.controller.name;
         $("viewer-cap").textContent = String(m.max_viewers);
-        openTerminal();
+        session.graphical = GRAPHICAL.includes(m.endpoint.protocol);
+        if (session.graphical) openDesktop(session.ws, m.role !== "controller");
+        else openTerminal();
         showRole(m.role);
         showShare(m.share_url);
         setState(m.state);
@@ -396,7 +445,9 @@
           history.replaceState(null, "", m.session_url);
           config.mode = "session";
         }
-        if (m.role === "controller") {
+        if (m.role === "controller" && session.graphical) {
+          $("send-password").hidden = !config.send_password;
+        } else if (m.role === "controller") {
           enableControllerInput();
           if (!config.cols) fit.fit(); // a launch sets the size; after that, the window does
           send({ type: "resize", cols: term.cols, rows: term.rows });
@@ -494,14 +545,17 @@
   }
 
   function joinSession() {
-    openTerminal();
+    if (!session.graphical) openTerminal();
     const path = `/ws/sessions/${encodeURIComponent(session.sessionId)}`;
     connect(path, () => ({ type: "join" }));
   }
 
   // --- the three ways into a session -----------------------------------------------------------
 
-  if (config.mode === "start") {
+  if (config.mode === "start" && session.graphical) {
+    // a desktop's size is the launcher's (asked of the server), not the window's
+    connect(config.ws_url, () => ({ type: "start", launch: config.launch, cols: 80, rows: 24 }));
+  } else if (config.mode === "start") {
     // opened by the Session Launcher: start with its one-time launch, at its terminal size
     openTerminal();
     if (config.cols && config.rows) term.resize(config.cols, config.rows);
