@@ -407,6 +407,12 @@ def may_send_password(role: AssetRole | None, profile: Profile | None) -> Refuse
     least supervisor and a profile that allows clipboard upload."""
     if not _at_least(role, AssetRole.SUPERVISOR):
         return Refused(Reason.NOT_SUPERVISOR, "Send Password needs at least the supervisor role")
+    return may_upload_clipboard(profile)
+
+
+def may_upload_clipboard(profile: Profile | None) -> Refused | None:
+    """May the controller's clipboard go to a desktop (a graphical session's ClientCutText)?
+    Needs a profile that allows clipboard upload."""
     if profile is None or not profile.clipboard_upload:
         return Refused(Reason.CLIPBOARD_NOT_ALLOWED, "your access profile does not allow clipboard upload")
     return None
