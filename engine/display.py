@@ -15,7 +15,14 @@ decodable alone, so that a late joiner or a resynchronised viewer can start at a
 - CopyRect stays CopyRect (it reads the participant's own framebuffer, which the keyframe and
   the frames since have made equal to this one);
 - the desktop size is an ExtendedDesktopSize (when the endpoint can resize) or DesktopSize
-  rectangle, the cursor shape a Cursor rectangle.
+  rectangle.
+
+The pointer is drawn into the frames, at the position the controller last moved it to, with the
+shape the endpoint last sent (the endpoint is asked for the Cursor pseudo-encoding, so its
+framebuffer, and the model's, never has the pointer in it): viewers see where the controller
+points, and the frames stay the same bytes for everyone. Each frame that paints under the
+pointer ends with a small patch of the pointer's box, composited; a CopyRect whose source holds
+the pointer is sent as pixels instead (it would copy the pointer too).
 
 No zlib stream or other state spans two messages: Tight's basic compression (stateful zlib) is
 never used. Why RFB and not a format of our own: the browsers run noVNC, which decodes exactly
@@ -43,8 +50,8 @@ import numpy as np
 import simplejpeg
 
 from engine.messages import (
-    DisplayCopy, DisplayCursor, DisplayFill, DisplayName, DisplayPixels, DisplaySize, DisplayUpdate,
-    Frame, Keyframe,
+    DisplayCopy, DisplayCursor, DisplayFill, DisplayName, DisplayPixels, DisplayPointer, DisplaySize,
+    DisplayUpdate, Frame, Keyframe,
 )
 
 log = logging.getLogger(__name__)
@@ -55,7 +62,6 @@ TIGHT_PNG = -260
 COPY_RECT = 1
 DESKTOP_SIZE = -223
 EXTENDED_DESKTOP_SIZE = -308
-CURSOR = -239
 DESKTOP_NAME = -307
 
 KEYFRAME_TILE = 128
@@ -66,6 +72,7 @@ PNG_TRY_JPEG_AREA = 64 * 64  # below this, PNG whatever its size
 MAX_SIDE = 16384
 
 _RECT = struct.Struct(">HHHHi")
+Box = tuple[int, int, int, int]  # x, y, width, height
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -136,6 +143,8 @@ class DisplayModel:
         self.name = ""
         self.framebuffer = np.zeros((0, 0, 4), np.uint8)  # RGBX, X = 0
         self.cursor: DisplayCursor | None = None
+        self.pointer: tuple[int, int] | None = None  # where the controller's pointer is, if known
+        self._cursor_rgba: np.ndarray | None = None  # (h, w, 4) of `cursor`
         self._jpeg_quality = jpeg_quality
         self._png_level = png_level
         self._lock = threading.Lock()
@@ -163,8 +172,11 @@ class DisplayModel:
         """Apply `update`; the frame for every participant, or None if nothing shows."""
         with self._lock:
             rects: list[bytes] = []
+            self._painted: list[Box] = []  # what the items painted (over the pointer, maybe)
+            self._repaint: list[Box] = []  # where the pointer was or is, after it moved or changed
             for item in update.items:
                 rects += self._apply(item)
+            rects += self._pointer_patches(self._painted, self._repaint)
             self.updates += 1
             if not rects:
                 return None
@@ -177,9 +189,8 @@ class DisplayModel:
             if cached is not None and cached[0] == self._version:
                 return cached[1]
             rects = [self._size_rect()]
-            if self.cursor is not None:
-                rects.append(self._cursor_rect(self.cursor))
             rects += self._tiles()
+            rects += self._pointer_patches([(0, 0, self.width, self.height)], [])
             keyframe = Keyframe(_update_message(rects), self.width, self.height)
             self._keyframe = (self._version, keyframe)
             self.keyframes_rendered += 1
@@ -199,6 +210,7 @@ class DisplayModel:
                 if not self._inside(x, y, w, h) or rgbx.shape != (h, w, 4):
                     return []
                 self.framebuffer[y:y + h, x:x + w] = rgbx
+                self._painted.append((x, y, w, h))
                 if jpeg is not None:
                     self.rects_passed += 1
                     return [_tight(x, y, w, h, 0x90, jpeg)]
@@ -209,11 +221,16 @@ class DisplayModel:
                 if not self._inside(x, y, w, h):
                     return []
                 self.framebuffer[y:y + h, x:x + w, :3] = colour
+                self._painted.append((x, y, w, h))
                 return [_fill(x, y, w, h, colour)]
             case DisplayCopy(x=x, y=y, width=w, height=h, src_x=sx, src_y=sy):
                 if not (self._inside(x, y, w, h) and self._inside(sx, sy, w, h)):
                     return []
                 self.framebuffer[y:y + h, x:x + w] = self.framebuffer[sy:sy + h, sx:sx + w].copy()
+                self._painted.append((x, y, w, h))
+                if _overlap((sx, sy, w, h), self._pointer_box()):
+                    # the participants' source holds the drawn pointer: send the pixels instead
+                    return self._tiles(x, y, w, h)
                 return [_RECT.pack(x, y, w, h, COPY_RECT) + struct.pack(">HH", sx, sy)]
             case DisplaySize(width=w, height=h, resizable=resizable):
                 if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
@@ -225,10 +242,20 @@ class DisplayModel:
                     self.framebuffer[:keep_h, :keep_w] = old[:keep_h, :keep_w]
                     self.width, self.height = w, h
                 self.resizable = self.resizable or resizable
+                self._painted.append((0, 0, w, h))
                 return [self._size_rect()]
-            case DisplayCursor():
+            case DisplayCursor(width=w, height=h, rgba=rgba):
+                old = self._pointer_box()
                 self.cursor = item
-                return [self._cursor_rect(item)]
+                self._cursor_rgba = np.frombuffer(rgba, np.uint8).reshape(h, w, 4) if w and h else None
+                self._repaint += [b for b in (old, self._pointer_box()) if b is not None]
+                return []
+            case DisplayPointer(x=px, y=py):
+                if self.pointer != (px, py):
+                    old = self._pointer_box()
+                    self.pointer = (px, py)
+                    self._repaint += [b for b in (old, self._pointer_box()) if b is not None]
+                return []
             case DisplayName(name=name):
                 self.name = name
                 return []
@@ -255,17 +282,51 @@ class DisplayModel:
             return _RECT.pack(0, 0, self.width, self.height, EXTENDED_DESKTOP_SIZE) + b"\x01\0\0\0" + screen
         return _RECT.pack(0, 0, self.width, self.height, DESKTOP_SIZE)
 
-    @staticmethod
-    def _cursor_rect(cursor: DisplayCursor) -> bytes:
-        w, h = cursor.width, cursor.height
-        header = _RECT.pack(cursor.hot_x, cursor.hot_y, w, h, CURSOR)
-        if w == 0 or h == 0:
-            return header
-        rgba = np.frombuffer(cursor.rgba, np.uint8).reshape(h, w, 4)
-        pixels = rgba.copy()
-        pixels[:, :, 3] = 0  # the browsers' pixel format is RGBX
-        mask = np.packbits(rgba[:, :, 3] >= 128, axis=1)
-        return header + pixels.tobytes() + mask.tobytes()
+    def _pointer_box(self) -> Box | None:
+        """(x, y, w, h) of the drawn pointer, clipped to the desktop; None if none is drawn."""
+        cursor, pointer = self.cursor, self.pointer
+        if cursor is None or pointer is None or self._cursor_rgba is None:
+            return None
+        x0, y0 = pointer[0] - cursor.hot_x, pointer[1] - cursor.hot_y
+        x1, y1 = min(self.width, x0 + cursor.width), min(self.height, y0 + cursor.height)
+        x0, y0 = max(0, x0), max(0, y0)
+        if x1 <= x0 or y1 <= y0:
+            return None
+        return x0, y0, x1 - x0, y1 - y0
+
+    def _pointer_patches(self, painted: list[Box], repaint: list[Box]) -> list[bytes]:
+        """Rectangles that put the pointer back: over the pointer's box if anything was painted
+        over it, and over every box the pointer left or took. Each is the framebuffer's pixels
+        with the pointer drawn in (PNG: a few hundred bytes)."""
+        box = self._pointer_box()
+        regions = list(repaint)
+        if box is not None and any(_overlap(p, box) for p in painted):
+            regions.append(box)
+        merged: list[Box] = []
+        for region in regions:  # a few boxes at most: merge those that touch
+            for i, other in enumerate(merged):
+                if _overlap(region, other):
+                    merged[i] = _union(region, other)
+                    break
+            else:
+                merged.append(region)
+        return [self._patch(region, box) for region in merged]
+
+    def _patch(self, region: Box, box: Box | None) -> bytes:
+        x, y, w, h = region
+        pixels = self.framebuffer[y:y + h, x:x + w].copy()
+        if box is not None and _overlap(region, box):
+            assert self.cursor is not None and self.pointer is not None and self._cursor_rgba is not None
+            # the part of the pointer's box inside the region, and where it is in the shape
+            x0, y0 = max(x, box[0]), max(y, box[1])
+            x1, y1 = min(x + w, box[0] + box[2]), min(y + h, box[1] + box[3])
+            sx, sy = x0 - (self.pointer[0] - self.cursor.hot_x), y0 - (self.pointer[1] - self.cursor.hot_y)
+            shape = self._cursor_rgba[sy:sy + (y1 - y0), sx:sx + (x1 - x0)]
+            target = pixels[y0 - y:y1 - y, x0 - x:x1 - x]
+            opaque = shape[:, :, 3] >= 128
+            target[opaque, :3] = shape[opaque, :3]
+        self.rects_encoded += 1
+        return _tight(x, y, w, h, 0xA0, encode_png(pixels, self._png_level), png=True)
 
     def _tiles(self, x0: int = 0, y0: int = 0, w: int | None = None, h: int | None = None) -> list[bytes]:
         """A region of the framebuffer (the whole of it by default) in KEYFRAME_TILE squares:
@@ -293,6 +354,18 @@ class DisplayModel:
                 else:
                     rects.append(self._encode(x0 + tx, y0 + ty, tw, th, pixels))
         return rects
+
+
+def _overlap(a: Box, b: Box | None) -> bool:
+    if b is None:
+        return False
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def _union(a: Box, b: Box) -> Box:
+    x0, y0 = min(a[0], b[0]), min(a[1], b[1])
+    x1, y1 = max(a[0] + a[2], b[0] + b[2]), max(a[1] + a[3], b[1] + b[3])
+    return x0, y0, x1 - x0, y1 - y0
 
 
 def _update_message(rects: list[bytes]) -> bytes:

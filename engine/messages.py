@@ -211,13 +211,21 @@ class DisplayCursor:
 
 
 @dataclass(frozen=True, slots=True)
+class DisplayPointer:
+    """Where the pointer is now (the controller moved it): drawn into everyone's frames."""
+
+    x: int
+    y: int
+
+
+@dataclass(frozen=True, slots=True)
 class DisplayName:
     name: str
 
 
 @dataclass(frozen=True, slots=True)
 class DisplayUpdate:
-    items: tuple[Any, ...]  # DisplaySize | DisplayPixels | DisplayFill | DisplayCopy | DisplayCursor | DisplayName
+    items: tuple[Any, ...]  # DisplaySize | DisplayPixels | DisplayFill | DisplayCopy | DisplayCursor | DisplayPointer | DisplayName
     emitted_ns: int = 0
 
 

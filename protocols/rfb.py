@@ -400,7 +400,7 @@ class HandshakeDone:
 
 # Every encoding a browser must accept for the frames cosession writes (engine.display).
 REQUIRED_BROWSER_ENCODINGS = frozenset({Encoding.TIGHT, Encoding.TIGHT_PNG, Encoding.COPY_RECT,
-                                        Encoding.DESKTOP_SIZE})
+                                        Encoding.DESKTOP_SIZE})  # the pointer is drawn in, not a Cursor
 
 
 class BrowserLeg:

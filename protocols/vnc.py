@@ -43,7 +43,7 @@ import trio
 from engine.bridge import LoopBridge, LoopClosed
 from engine.connection import EndpointEvents
 from engine.messages import (
-    DisplayCopy, DisplayCursor, DisplayFill, DisplayName, DisplayPixels, DisplaySize,
+    DisplayCopy, DisplayCursor, DisplayFill, DisplayName, DisplayPixels, DisplayPointer, DisplaySize,
 )
 from protocols import rfb
 from protocols.rfb import Encoding, RfbError, Security, ServerType
@@ -551,9 +551,12 @@ class _Attempt:
             log.warning("vnc: controller input refused: %s", exc)
             self.input = rfb.ClientMessageReader()
             return
+        pointer = None
         for message, wire in messages:
             if not isinstance(message, rfb.INPUT_MESSAGES):
                 continue
+            if isinstance(message, rfb.PointerEvent):
+                pointer = (message.x, message.y)
             if isinstance(message, rfb.SetDesktopSize):
                 if self.framing is None or not self.framing.resizable:
                     continue
@@ -566,6 +569,9 @@ class _Attempt:
                     log.warning("vnc: input queue full, %d message(s) dropped so far", self.dropped)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 return
+        if pointer is not None and self.framing is not None:
+            # the display model draws the pointer where the controller put it (for the viewers)
+            self.report("display", (DisplayPointer(*pointer),))
 
 
 def _desktop_size(width: int, height: int, screens: tuple[rfb.Screen, ...]) -> rfb.SetDesktopSize:

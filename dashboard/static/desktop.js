@@ -30,7 +30,9 @@ export function openDesktop({ container, viewOnly, send, onConnect, onDesktopNam
   rfb.scaleViewport = true; // the whole desktop, scaled to the window
   rfb.resizeSession = false; // the desktop's size is the endpoint's (or the launcher's), not the window's
   rfb.focusOnClick = !viewOnly;
-  rfb.showDotCursor = viewOnly; // a viewer's own pointer over the canvas, as a dot
+  // The desktop's pointer is drawn into the frames where the controller put it (so viewers see
+  // it); a dot shows this page's own pointer at once, before the drawn one follows it.
+  rfb.showDotCursor = true;
   rfb.addEventListener("connect", () => onConnect && onConnect());
   rfb.addEventListener("desktopname", (e) => onDesktopName && onDesktopName(e.detail.name));
   return {

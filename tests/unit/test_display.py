@@ -10,7 +10,8 @@ import pytest
 
 from engine.display import DisplayModel, encode_jpeg, encode_png
 from engine.messages import (
-    DisplayCopy, DisplayCursor, DisplayFill, DisplayName, DisplayPixels, DisplaySize, DisplayUpdate,
+    DisplayCopy, DisplayCursor, DisplayFill, DisplayName, DisplayPixels, DisplayPointer, DisplaySize,
+    DisplayUpdate,
 )
 from protocols.rfb import Encoding, FrameDecoder, decode_png
 
@@ -171,20 +172,55 @@ def test_large_rectangles_are_tiled():
     assert (joiner.framebuffer == model.snapshot()).all()
 
 
-def test_cursor_and_resizable_desktop_in_frames_and_keyframes():
-    model = DisplayModel()
-    rgba = np.zeros((4, 3, 4), np.uint8)
+def arrow() -> DisplayCursor:
+    """A 4x6 pointer, red where opaque, hotspot (1, 2)."""
+    rgba = np.zeros((6, 4, 4), np.uint8)
     rgba[:, :, 0] = 200
-    rgba[1:3, :, 3] = 255
-    model.update(update(DisplaySize(64, 48, resizable=True)))
-    frame = model.update(update(DisplayCursor(1, 2, 3, 4, rgba.tobytes())))
-    (x, y, w, h, enc, _), = rects_of(frame.data)
-    assert (x, y, w, h, enc) == (1, 2, 3, 4, Encoding.CURSOR)
-    body = frame.data[4 + 12:]
-    assert body[:4] == bytes((200, 0, 0, 0))  # RGBX
-    assert body[48:] == bytes((0, 0b11100000, 0b11100000, 0))  # the mask, rows padded to a byte
-    kinds = [enc for *_, enc, _ in rects_of(model.keyframe().data)][:2]
-    assert kinds == [Encoding.EXTENDED_DESKTOP_SIZE, Encoding.CURSOR]
+    rgba[1:5, :, 3] = 255
+    return DisplayCursor(1, 2, 4, 6, rgba.tobytes())
+
+
+def with_pointer(model: DisplayModel) -> np.ndarray:
+    """What the participants should show: the framebuffer with the pointer drawn in."""
+    picture = model.snapshot()
+    x, y = model.pointer[0] - 1, model.pointer[1] - 2
+    for dy in range(1, 5):
+        for dx in range(4):
+            if 0 <= y + dy < picture.shape[0] and 0 <= x + dx < picture.shape[1]:
+                picture[y + dy, x + dx] = (200, 0, 0)
+    return picture
+
+
+def test_the_pointer_is_drawn_where_the_controller_put_it():
+    model = DisplayModel()
+    viewer = FrameDecoder()
+    feed = lambda *items: viewer.feed(model.update(update(*items)).data)  # noqa: E731
+    feed(DisplaySize(64, 48, resizable=True), DisplayFill(0, 0, 64, 48, (0, 0, 90)))
+    assert model.update(update(arrow())) is None  # a shape, but no position yet: nothing drawn
+    feed(DisplayPointer(10, 10))
+    assert (viewer.framebuffer == with_pointer(model)).all()
+    feed(DisplayPointer(50, 40))  # moved: the old place is repainted, the new one drawn
+    assert (viewer.framebuffer == with_pointer(model)).all()
+    assert (model.snapshot() == (0, 0, 90)).all()  # the model's framebuffer never has the pointer
+    feed(pixels(40, 30, text_like(16, 20)))  # painted under the pointer: the pointer is put back
+    assert (viewer.framebuffer == with_pointer(model)).all()
+    frame = model.update(update(DisplayCopy(0, 0, 20, 16, 40, 30)))  # copying from under it
+    assert all(enc != Encoding.COPY_RECT for *_, enc, _ in rects_of(frame.data))
+    viewer.feed(frame.data)
+    assert (viewer.framebuffer == with_pointer(model)).all()
+    joiner = FrameDecoder()
+    joiner.feed(model.keyframe().data)
+    assert (joiner.framebuffer == with_pointer(model)).all()
+    kinds = [enc for *_, enc, _ in rects_of(model.keyframe().data)]
+    assert kinds[0] == Encoding.EXTENDED_DESKTOP_SIZE and Encoding.CURSOR not in kinds
+
+
+def test_a_pointer_that_jumps_far_repaints_two_small_boxes():
+    model = DisplayModel()
+    model.update(update(DisplaySize(1920, 1080), arrow(), DisplayPointer(5, 5)))
+    frame = model.update(update(DisplayPointer(1900, 1070)))
+    boxes = [(w, h) for _, _, w, h, _, _ in rects_of(frame.data)]
+    assert len(boxes) == 2 and all(w <= 4 and h <= 6 for w, h in boxes)
 
 
 def test_resize_keeps_the_overlap_and_nothing_outside_is_applied():
