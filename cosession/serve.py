@@ -1,11 +1,13 @@
-"""Run the gateway: the web application, the engine and (unless disabled) a demo SSH endpoint.
+"""Run the gateway: the web application, the engine and (unless disabled) the demo endpoints:
+an SSH server, and a desktop (Xvnc with an xterm and a clock) when TigerVNC is installed.
 
 One trio event loop owns every socket: the loop bridge (endpoint connections), Hypercorn's
 trio worker (HTTP and websockets) and the demo SSH server. The engine's actors run in their
-own threads: started before the loop, stopped when it ends (Ctrl-C or SIGTERM).
+own threads: started before the loop, stopped when it ends (Ctrl-C or SIGTERM). The demo
+desktop's processes are stopped with the loop.
 
 On the first start (no users yet) it creates an administrator ``admin`` and, with the demo
-enabled, a user ``demo`` who may use the demo endpoint, and prints their passwords once.
+enabled, a user ``demo`` who may use the demo endpoints, and prints their passwords once.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import trio
 log = logging.getLogger("cosession.serve")
 
 DEMO_ENDPOINT = "demo"
+DEMO_DESKTOP = "demo-desktop"
 DEMO_USER = "demo"
 ADMIN_USER = "admin"
 GRACEFUL_SECONDS = 3.0  # at the stop, how long open connections get to finish
@@ -32,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="address to listen on (default: server.host, 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default: server.port, 8080; 0: any free)")
     parser.add_argument("--data-dir", metavar="DIR", help="database, keys, recordings (default: server.data_dir)")
-    parser.add_argument("--no-demo", action="store_true", help="do not start the demo SSH endpoint")
+    parser.add_argument("--no-demo", action="store_true", help="do not start the demo endpoints (SSH, desktop)")
     parser.set_defaults(run=run)
 
 
@@ -94,6 +97,44 @@ def register_demo_endpoint(services: Any, demo: Any) -> Any:
     return endpoints.get(record.id)
 
 
+def register_demo_desktop(services: Any, demo: Any) -> Any:
+    """Create or refresh the `demo-desktop` endpoint for a demo desktop that just started: its
+    address and password (stored encrypted). The demo user may use it; an administrator's Joint
+    Session toggle is kept on a refresh."""
+    from engine.messages import EndpointProtocol
+
+    endpoints = services.endpoints
+    record = endpoints.get_by_name(DEMO_DESKTOP)
+    if record is None:
+        record = endpoints.create(DEMO_DESKTOP, EndpointProtocol.VNC, demo.host, demo.port,
+                                  password=demo.password, joint_session=True)
+    else:
+        record = endpoints.update(record.id, protocol=EndpointProtocol.VNC, host=demo.host, port=demo.port,
+                                  username="", password=demo.password)
+    user = services.users.get_by_name(DEMO_USER)
+    if user is not None:
+        from engine.access import AssetRole
+
+        services.access.grant(record.id, user.id, AssetRole.OWNER)
+    return endpoints.get(record.id)
+
+
+async def _start_demo_desktop(nursery: trio.Nursery, services: Any) -> Any:
+    """The demo desktop, registered; None (with a note) when Xvnc is missing or fails."""
+    from protocols.demo_vnc import DemoUnavailable, serve_demo_vnc
+
+    width, height = services.settings.vnc.demo_size
+    try:
+        demo = await nursery.start(functools.partial(serve_demo_vnc, "127.0.0.1", width=width, height=height))
+        return await trio.to_thread.run_sync(register_demo_desktop, services, demo)
+    except DemoUnavailable as exc:
+        _say(f"note: no demo desktop: {exc}")
+    except Exception:  # the gateway is useful without its demo
+        log.exception("the demo desktop did not start")
+        _say("warning: the demo desktop did not start (see the log); going on without it")
+    return None
+
+
 def _demo_server() -> Any:
     try:
         from protocols.demo_ssh import serve_demo_ssh
@@ -140,7 +181,7 @@ async def _serve(services: Any, first: _FirstRun) -> None:
             if problem:
                 _say(f"warning: {problem}")
 
-            demo_record = None
+            demo_record = desktop_record = None
             if settings.demo.enabled:
                 serve_demo_ssh = _demo_server()
                 if serve_demo_ssh is None:
@@ -152,6 +193,7 @@ async def _serve(services: Any, first: _FirstRun) -> None:
                     except Exception:  # the gateway is useful without its demo
                         log.exception("the demo SSH endpoint did not start")
                         _say("warning: the demo SSH endpoint did not start (see the log); going on without it")
+                desktop_record = await _start_demo_desktop(nursery, services)
 
             shutdown = trio.Event()
             app = create_app(services)
@@ -161,7 +203,7 @@ async def _serve(services: Any, first: _FirstRun) -> None:
             if not settings.server.public_url:
                 services.public_url = default_public_url(settings, port)
 
-            _banner(services, binds, first, demo_record)
+            _banner(services, binds, first, demo_record, desktop_record)
 
             async for signum in signals:
                 _say(f"\n{signal.Signals(signum).name}: stopping (sessions end, the audit log is committed) ...")
@@ -171,12 +213,12 @@ async def _serve(services: Any, first: _FirstRun) -> None:
             await trio.to_thread.run_sync(services.engine.stop)
             shutdown.set()
             with trio.move_on_after(GRACEFUL_SECONDS + 2):
-                while len(nursery.child_tasks) > (2 if demo_record is not None else 1):
+                while len(nursery.child_tasks) > 1 + (demo_record is not None) + (desktop_record is not None):
                     await trio.sleep(0.05)
             nursery.cancel_scope.cancel()
 
 
-def _banner(services: Any, binds: list[str], first: _FirstRun, demo_record: Any) -> None:
+def _banner(services: Any, binds: list[str], first: _FirstRun, demo_record: Any, desktop_record: Any = None) -> None:
     url = services.public_url
     _say()
     _say(f"cosession is running: open {url}/")
@@ -196,6 +238,9 @@ def _banner(services: Any, binds: list[str], first: _FirstRun, demo_record: Any)
         _say("Try a joint session: sign in as demo, press Quick Access on 'demo' (you control the")
         _say("shell) and copy its share link; open it in a private window signed in as admin: you")
         _say("watch read-only, live.")
+    if desktop_record is not None:
+        _say(f"Demo desktop '{desktop_record.name}': a VNC desktop (Xvnc, an xterm, a clock) on "
+             f"{desktop_record.address}: Quick Access opens it in the browser.")
     _say()
     _say("Press Ctrl-C to stop.")
 

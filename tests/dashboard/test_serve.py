@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -134,6 +135,8 @@ def test_serve_with_the_demo_endpoint(tmp_path):
             demo_line = next(line for line in served.lines if "name: demo" in line)
             assert "owner of the demo endpoint" in demo_line and "viewer" not in demo_line, demo_line
             assert "sign in as demo, press Quick Access" in out
+            if shutil.which("Xvnc"):
+                assert "Demo desktop 'demo-desktop': a VNC desktop" in out
             with httpx.Client(base_url=served.url) as client:
                 answer = client.post("/api/login", json={"name": "demo", "password": passwords["demo"]})
                 assert answer.status_code == 200
@@ -159,6 +162,10 @@ def test_serve_with_the_demo_endpoint(tmp_path):
 
                 blob = db.execute(sa.text("select secret from endpoints where name = 'demo'")).scalar_one()
             assert services.endpoints.stored_credentials(record.id).password.encode() not in blob
+            desktop = services.endpoints.get_by_name("demo-desktop")
+            if shutil.which("Xvnc"):
+                assert desktop is not None and desktop.protocol.value == "vnc" and desktop.joint_session
+                assert desktop.secret_kind == "password" and services.access.may_join(demo_user, desktop.id)
         finally:
             services.close()
 
