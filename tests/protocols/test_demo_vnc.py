@@ -33,3 +33,26 @@ async def test_demo_desktop_shows_its_clients_and_leaves_nothing(vnc_bridge, tmp
     with pytest.raises(OSError):
         await trio.open_tcp_stream(demo.host, demo.port)
     assert not Path(f"/tmp/.X{demo.display}-lock").exists()
+
+
+async def test_a_private_display_on_a_unix_socket_only(vnc_bridge):
+    """What the RDP path runs its client in: no TCP listener, no password, a private socket."""
+    from protocols.xvnc import serve_xvnc
+
+    async with trio.open_nursery() as nursery:
+        display = await nursery.start(functools.partial(
+            serve_xvnc, width=640, height=400, unix_socket=True,
+            clients=[["xclock", "-geometry", "200x200+0+0", "-update", "1"]]))
+        assert display.port == 0 and Path(display.socket_path).exists()
+        assert oct(Path(display.socket_path).parent.stat().st_mode & 0o777) == "0o700"
+        events = DisplayRecorder()
+        conn = VncConnection(vnc_bridge, socket_path=display.socket_path)
+        conn.open(events, 80, 24)
+        await events.wait_for(lambda: events.model.width == 640
+                              and int((events.model.framebuffer.max(axis=2) > 100).sum()) > 2000, 15)
+        conn.close()
+        # nothing listens on TCP for this display (Xvnc would take 5900 + display by default)
+        with pytest.raises(OSError):
+            await trio.open_tcp_stream("127.0.0.1", 5900 + display.display)
+        nursery.cancel_scope.cancel()
+    assert not Path(display.socket_path).exists()
