@@ -145,6 +145,8 @@ class DisplayModel:
         self.cursor: DisplayCursor | None = None
         self.pointer: tuple[int, int] | None = None  # where the controller's pointer is, if known
         self._cursor_rgba: np.ndarray | None = None  # (h, w, 4) of `cursor`
+        self._painted: list[Box] = []  # during an update: what its items painted (over the pointer?)
+        self._repaint: list[Box] = []  # ... and where the pointer was or is, if it moved or changed
         self._jpeg_quality = jpeg_quality
         self._png_level = png_level
         self._lock = threading.Lock()
@@ -172,8 +174,7 @@ class DisplayModel:
         """Apply `update`; the frame for every participant, or None if nothing shows."""
         with self._lock:
             rects: list[bytes] = []
-            self._painted: list[Box] = []  # what the items painted (over the pointer, maybe)
-            self._repaint: list[Box] = []  # where the pointer was or is, after it moved or changed
+            self._painted, self._repaint = [], []
             for item in update.items:
                 rects += self._apply(item)
             rects += self._pointer_patches(self._painted, self._repaint)
