@@ -34,8 +34,9 @@ import trio
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, wrap_client_stream
 
 from dashboard.security.share import parse_share_url
-from engine.display import encode_png
-from protocols.rfb import BrowserClient, RfbError
+from engine import encode_png
+from protocols.rfb import RfbError
+from protocols.rfb_browser import BrowserClient
 
 GRAPHICAL = ("vnc", "rdp")
 

@@ -13,12 +13,13 @@ from engine.bridge import LoopBridge, LoopClosed
 from engine.clock import Clock, ManualClock, SystemClock, Timer
 from engine.connection import Credentials, EndpointConnection, EndpointEvents
 from engine.db import create_tables, make_engine
+from engine.display import DisplayModel, encode_png
 from engine.errors import EngineNotRunning, NodeInUse, ReplyTimeout
 from engine.runtime import Engine, Participant, actor_threads, tell_session
 from engine.sinks import CollectingSink, OutboundQueue, Sink
 
 __all__ = [
-    "Clock", "CollectingSink", "Credentials", "EndpointConnection", "EndpointEvents", "Engine", "EngineNotRunning",
+    "Clock", "CollectingSink", "Credentials", "DisplayModel", "EndpointConnection", "EndpointEvents", "Engine", "EngineNotRunning",
     "LoopBridge", "LoopClosed", "ManualClock", "NodeInUse", "OutboundQueue", "Participant", "ReplyTimeout", "Sink",
-    "SystemClock", "Timer", "actor_threads", "create_tables", "make_engine", "tell_session",
+    "SystemClock", "Timer", "actor_threads", "create_tables", "encode_png", "make_engine", "tell_session",
 ]

@@ -12,7 +12,7 @@ from config.settings import load
 from engine.messages import EndpointProtocol, EndpointSpec, EndReason, InputRefused, SessionEnded, User
 from engine.runtime import Engine
 from protocols import rfb
-from protocols.rfb import FrameDecoder
+from protocols.rfb_browser import FrameDecoder
 from protocols.vnc import VncConnection
 
 ALICE = User("alice", "Alice")

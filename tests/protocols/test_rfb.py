@@ -12,6 +12,7 @@ import trio
 
 from protocols import rfb
 from protocols.rfb import BrowserLeg, ClientMessageReader, Encoding, HandshakeDone, LegState, RfbError
+from protocols.rfb_browser import BrowserClient
 from protocols.vnc import VncConnection
 from tests.fixtures.xvnc import DisplayRecorder
 
@@ -168,7 +169,7 @@ def test_a_python_browser_and_the_browser_leg_shake_hands():
     from engine.display import DisplayModel
     from engine.messages import DisplayFill, DisplaySize, DisplayUpdate
 
-    leg, client = BrowserLeg(), rfb.BrowserClient()
+    leg, client = BrowserLeg(), BrowserClient()
     to_leg = client.receive(leg.greeting())
     done = False
     while to_leg:

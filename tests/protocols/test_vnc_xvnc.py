@@ -6,7 +6,6 @@ encodings, within a JPEG tolerance for Tight with JPEG."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import tempfile

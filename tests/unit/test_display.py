@@ -13,7 +13,8 @@ from engine.messages import (
     DisplayCopy, DisplayCursor, DisplayFill, DisplayName, DisplayPixels, DisplayPointer, DisplaySize,
     DisplayUpdate,
 )
-from protocols.rfb import Encoding, FrameDecoder, decode_png
+from protocols.rfb import Encoding
+from protocols.rfb_browser import FrameDecoder, decode_png
 
 
 def rects_of(frame: bytes) -> list[tuple[int, int, int, int, int, int]]:
