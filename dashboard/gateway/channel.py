@@ -118,6 +118,10 @@ class SessionWire(Protocol):
     async def send_output(self, channel: "Channel", item: Any) -> None:
         """Write one ``data`` or ``keyframe`` item of the queue to the client."""
 
+    async def begin(self, channel: "Channel") -> bool:
+        """After ``joined``, before anything else is sent (a graphical wire's RFB handshake).
+        False: the websocket is done (closed by the wire)."""
+
 
 # --- one websocket -----------------------------------------------------------------------------
 
@@ -220,6 +224,11 @@ class Channel:
     def post(self, message: dict[str, Any]) -> None:
         """Queue a gateway message for this client (any time after the join, from the loop)."""
         self.queue.event(_Wire(message))
+
+    def close_queued(self, code: int, reason: str) -> None:
+        """Close the websocket once what is queued before this is sent; read nothing more."""
+        self.closing = True
+        self.queue.event(_CloseRequest(code, reason))
 
     # refusals
 
@@ -327,6 +336,8 @@ class Channel:
         self.live.channels.add(self)
         try:
             await self.send_text(self._joined_message(joined, endpoint, controller))
+            if not await session_wire.begin(self):
+                return
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._sender)
                 nursery.start_soon(self._watch_sends)

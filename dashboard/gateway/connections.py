@@ -15,13 +15,16 @@ from engine import Credentials, EndpointConnection, LoopClosed
 from engine.messages import EndpointProtocol, EndpointSpec
 from protocols.ssh import SshConnection
 from protocols.synthetic import SyntheticConnection
+from protocols.vnc import VncConnection
 
 log = logging.getLogger(__name__)
 
 
 def build_connection(services: Services, endpoint: Endpoint, credentials: Credentials | None,
-                     start: wire.Start, term_type: str | None = None) -> EndpointConnection:
-    """The endpoint connection for a start, built on the loop."""
+                     start: wire.Start, term_type: str | None = None,
+                     desktop_size: tuple[int, int] | None = None) -> EndpointConnection:
+    """The endpoint connection for a start, built on the loop. `desktop_size`: the launcher's,
+    asked of a VNC server that can resize (None keeps the server's)."""
     spec: EndpointSpec = endpoint.spec
     if spec.protocol is EndpointProtocol.SYNTHETIC:
         return SyntheticConnection(services.engine.clock, frame_bytes=start.frame_bytes or 64)
@@ -50,4 +53,9 @@ def build_connection(services: Services, endpoint: Endpoint, credentials: Creden
             connect_timeout=services.settings.ssh.connect_timeout_seconds,
             keepalive_interval=services.settings.ssh.keepalive_seconds,
             **({"term_type": term_type} if term_type else {}))
+    if spec.protocol is EndpointProtocol.VNC:
+        vnc = services.settings.vnc
+        return VncConnection(services.bridge, spec.host, spec.port, credentials.password if credentials else None,
+                             connect_timeout=vnc.connect_timeout_seconds, quality=vnc.quality,
+                             compress=vnc.compress, desktop_size=desktop_size)
     raise ValueError(f"sessions on {spec.protocol.value} endpoints are not available here")

@@ -64,6 +64,7 @@ async def session_page(request: Request) -> Response:
         "controller": wire.user_json(controller),
         "you": wire.user_json(user),
         "max_viewers": policy.viewer_cap(services.settings.engine.max_viewers),
+        "desktop_module": request.url_for("static", path="desktop.js").path,
     }
     if is_controller:  # the controller coming back: its own tools (a viewer's page never has them)
         live = directory.sessions.get(session_id)
@@ -104,6 +105,7 @@ async def start_page(request: Request) -> Response:
         "max_viewers": policy.viewer_cap(services.settings.engine.max_viewers),
         "approval_id": launch.grant.approval_id or None,
         "send_password": await trio.to_thread.run_sync(may_offer, services, user, endpoint),
+        "desktop_module": request.url_for("static", path="desktop.js").path,
     }
     return await render(request, "session.html", {
         "config": config, "summary": None, "endpoint_name": endpoint.name, "endpoint": endpoint,

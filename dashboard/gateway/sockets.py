@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Callable
 
 import trio
 from starlette.websockets import WebSocket
@@ -21,6 +22,7 @@ from dashboard.gateway.channel import (
     CLOSE_POLICY, Channel, ChannelClosed, SessionWire,
 )
 from dashboard.gateway.connections import build_connection
+from dashboard.gateway.desktop import DesktopWire
 from dashboard.gateway.terminal import TERMINAL
 from dashboard.repositories.endpoints import Endpoint
 from dashboard.security import share
@@ -33,12 +35,17 @@ from engine.messages import EndpointProtocol, EndpointSpec, Join, Joined, Reason
 
 log = logging.getLogger(__name__)
 
-SESSION_WIRES: dict[EndpointProtocol, SessionWire] = {protocol: TERMINAL for protocol in TERMINAL.protocols}
+# A terminal's wire has no state of its own: one serves every websocket. A desktop's RFB stream
+# has (its handshake, a message split across websocket messages): one per websocket.
+SESSION_WIRES: dict[EndpointProtocol, Callable[[], SessionWire]] = {
+    **{protocol: (lambda: TERMINAL) for protocol in TERMINAL.protocols},
+    **{protocol: DesktopWire for protocol in DesktopWire.protocols},
+}
 
 
 def session_wire(protocol: EndpointProtocol) -> SessionWire:
     """The wire of a session on an endpoint of `protocol` (a terminal unless another is known)."""
-    return SESSION_WIRES.get(protocol, TERMINAL)
+    return SESSION_WIRES.get(protocol, lambda: TERMINAL)()
 
 
 # --- opening a websocket -----------------------------------------------------------------------
@@ -85,7 +92,8 @@ async def start_socket(websocket: WebSocket) -> None:
             return
         endpoint, grant, credentials = authorised.endpoint, authorised.grant, authorised.credentials
         try:
-            connection = build_connection(services, endpoint, credentials, start, authorised.term_type)
+            connection = build_connection(services, endpoint, credentials, start, authorised.term_type,
+                                          authorised.desktop_size)
         except Exception as exc:
             log.warning("cannot build a connection to endpoint %s: %s", endpoint_id, type(exc).__name__)
             await channel.refuse_fatally(Reason.ENDPOINT_UNAVAILABLE, str(exc) if isinstance(exc, ValueError)
@@ -117,6 +125,7 @@ class _Authorised:
     credentials: Credentials | None
     source: str  # of the credentials: 'entered', 'stored' or 'none'
     term_type: str | None
+    desktop_size: tuple[int, int] | None = None  # the launcher's, for a graphical endpoint
 
 
 async def _authorise(channel: Channel, endpoint_id: str, start: wire.Start) -> _Authorised | None:
@@ -152,14 +161,16 @@ async def _authorise(channel: Channel, endpoint_id: str, start: wire.Start) -> _
         credentials, source = Credentials(c.username, c.password, c.private_key, c.passphrase), "entered"
     elif launch is not None and launch.credentials is not None:
         credentials, source = launch.credentials, "entered"
-    elif endpoint.protocol is EndpointProtocol.SSH:
+    elif endpoint.protocol in (EndpointProtocol.SSH, EndpointProtocol.VNC):
         credentials = await trio.to_thread.run_sync(services.endpoints.stored_credentials, endpoint_id)
-        source = "stored"
-        if credentials is None:
+        source = "stored" if credentials is not None else "none"
+        if credentials is None and endpoint.protocol is EndpointProtocol.SSH:
             await channel.refuse_fatally(wire.WireReason.CREDENTIALS_REQUIRED,
                                          "this endpoint needs a user name and a password or key")
-            return None
-    return _Authorised(endpoint, decided, credentials, source, launch.parameters.terminal if launch else None)
+            return None  # a VNC server may ask for no password: it says so if it does
+    parameters = launch.parameters if launch else None
+    return _Authorised(endpoint, decided, credentials, source, parameters.terminal if parameters else None,
+                       (parameters.width, parameters.height) if parameters else None)
 
 
 async def session_socket(websocket: WebSocket) -> None:

@@ -3,8 +3,7 @@ messages are the JSON control messages of gateway/wire.py, binary messages are t
 in both directions, never decoded; a keyframe is a ``reset`` message and the bytes that redraw
 the screen. docs/protocol.md describes it.
 
-A graphical session's wire (RFB to a noVNC client) would sit beside this one: its own `decode`
-of the client's binary messages, its own rights per role, its own `send_output`.
+A graphical session's wire (RFB to a noVNC client) sits beside this one: gateway/desktop.py.
 """
 
 from __future__ import annotations
@@ -25,6 +24,9 @@ class TerminalWire:
 
     def rights(self, role: Role) -> Rights:
         return TERMINAL_RIGHTS[role]
+
+    async def begin(self, channel: Channel) -> bool:
+        return True
 
     async def send_output(self, channel: Channel, item: Any) -> None:
         if item.kind == "data":

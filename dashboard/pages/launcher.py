@@ -72,6 +72,7 @@ async def launcher_page(request: Request) -> Response:
         "endpoint": endpoint, "decided": decided, "parameters": parameters, "facts": facts,
         "startable": endpoint.protocol in STARTABLE,
         "needs_credentials": endpoint.protocol is EndpointProtocol.SSH and not endpoint.has_credentials,
+        "vnc_password": endpoint.protocol is EndpointProtocol.VNC and not endpoint.has_credentials,
         "terminal_types": rules.TERMINAL_TYPES, "limits": rules.TERMINAL_LIMITS | rules.SCREEN_LIMITS,
         "terminal": endpoint.protocol in (EndpointProtocol.SSH, EndpointProtocol.SYNTHETIC),
     })
@@ -115,6 +116,11 @@ async def launch(request: Request) -> Response:
                                          "this endpoint stores no credentials: enter a user name and a password or key"))
         credentials = Credentials(username, password or None, key or None,
                                   str(values.get("passphrase", "")) or None)
+    elif endpoint.protocol is EndpointProtocol.VNC and not endpoint.has_credentials:
+        password = str(values.get("password", ""))  # a VNC server may ask for none
+        if len(password) > 4096:
+            return _refusal(400, Refused(Reason.MALFORMED, "the password has at most 4096 characters"))
+        credentials = Credentials("", password) if password else None
     now = services.now()
     mfa_token = str(values.get("mfa_token", "")) or None
     decided = await trio.to_thread.run_sync(authorise_start, services, user, facts, mfa_token, now)

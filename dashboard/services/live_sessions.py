@@ -50,6 +50,7 @@ class LiveSession:
     connection: EndpointConnection | None = None  # the endpoint connection, if built here
     channels: set[Attached] = field(default_factory=set)
     approval_id: str | None = None  # the request for access it was started under (its deadline's source)
+    desktop_size: tuple[int, int] | None = None  # a graphical session's, as its last keyframe said
 
     def post_to_others(self, message: dict[str, Any], sender: Attached) -> None:
         """A gateway message for every other participant served here."""

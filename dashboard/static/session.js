@@ -81,7 +81,7 @@
   };
   window.cosession = session; // for tests and the curious: state only, nothing secret
   const GRAPHICAL = ["vnc", "rdp"];
-  session.graphical = GRAPHICAL.includes(config.protocol);
+  session.graphical = GRAPHICAL.includes(config.endpoint && config.endpoint.protocol);
 
   // --- the desktop (graphical sessions): noVNC, loaded on the first join -----------------------
 

@@ -1,0 +1,165 @@
+"""Graphical (VNC) sessions through the real gateway and real websockets, against a real Xvnc:
+Python clients that speak RFB as noVNC does (protocols.rfb.BrowserClient). The browser itself
+is in test_desktop_browser.py; here, what the gateway lets through and refuses, by message.
+
+The X server is the witness of what reached the desktop: `xev` logs every key and button event
+its full-screen window receives."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import trio
+
+from cosession.join import connect_socket, login
+from engine.messages import EndpointProtocol
+from protocols import rfb
+from protocols.rfb_browser import BrowserClient
+
+pytestmark = pytest.mark.xvnc
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture
+def gateway_overrides():
+    return {"engine": {"endpoint_retries": 0}}
+
+
+@pytest.fixture
+def desk(live_gateway, xvnc):
+    record = live_gateway.create_endpoint("desk", EndpointProtocol.VNC, xvnc.host, xvnc.port, password=xvnc.password)
+    for name in ("alice", "bob", "carol"):
+        live_gateway.create_user(name, PASSWORD)
+        live_gateway.grant(record, name)
+    return record
+
+
+class Participant:
+    """A websocket to the gateway speaking RFB as noVNC does; JSON control messages kept."""
+
+    def __init__(self, socket) -> None:
+        self.socket = socket
+        self.client = BrowserClient()
+        self.control: list[dict] = []
+        self.closed = False
+        self.changed = trio.Event()
+
+    async def read(self) -> None:
+        from trio_websocket import ConnectionClosed
+
+        try:
+            while True:
+                message = await self.socket.get_message()
+                if isinstance(message, str):
+                    self.control.append(json.loads(message))
+                else:
+                    reply = self.client.receive(message)
+                    if reply:
+                        await self.socket.send_message(reply)
+                self.changed.set()
+                self.changed = trio.Event()
+        except ConnectionClosed:
+            self.closed = True
+            self.changed.set()
+
+    def of(self, kind: str) -> list[dict]:
+        return [m for m in self.control if m.get("type") == kind]
+
+    async def wait(self, predicate, timeout: float = 15.0) -> None:
+        with trio.fail_after(timeout):
+            while not predicate():
+                await self.changed.wait()
+
+
+async def participant(nursery, gateway, name: str, path: str, first: dict) -> Participant:
+    cookie = await trio.to_thread.run_sync(login, gateway.base_url, name, PASSWORD)
+    socket = await connect_socket(nursery, gateway.base_url, path, cookie, message_queue_size=64)
+    p = Participant(socket)
+    nursery.start_soon(p.read)
+    await socket.send_message(json.dumps(first))
+    await p.wait(lambda: p.of("joined") or p.of("refused") or p.closed)
+    return p
+
+
+def close_to(a: np.ndarray, b: np.ndarray) -> bool:
+    if a.shape != b.shape:
+        return False
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    return diff.mean() < 3.0 and int((diff.max(axis=2) > 48).sum()) < 300
+
+
+async def converge(p: Participant, xvnc, timeout: float = 15.0) -> None:
+    with trio.fail_after(timeout):
+        while not close_to(p.client.frames.framebuffer, await trio.to_thread.run_sync(xvnc.screenshot)):
+            await p.changed.wait()
+
+
+def xev_events(path: Path) -> list[str]:
+    """The key and button events xev logged: ('KeyPress', keysym name) ... one line each."""
+    out = []
+    lines = path.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(("KeyPress", "KeyRelease", "ButtonPress", "ButtonRelease")):
+            kind = line.split()[0]
+            detail = " ".join(lines[i + 1:i + 4])
+            out.append(f"{kind} {detail}")
+    return out
+
+
+async def test_controller_input_arrives_viewer_input_never_does(live_gateway, xvnc, desk, tmp_path):
+    log = tmp_path / "xev.log"
+    with open(log, "w") as out:
+        xev = subprocess.Popen(["xev", "-geometry", f"{xvnc.width}x{xvnc.height}+0+0", "-event", "keyboard",
+                                "-event", "button"], env=xvnc.env, stdout=out, stderr=subprocess.DEVNULL)
+    xvnc.clients.append(xev)
+    xvnc.wait_for_window("Event Tester")
+    async with trio.open_nursery() as nursery:
+        alice = await participant(nursery, live_gateway, "alice", f"/ws/endpoints/{desk.id}/start",
+                                  {"type": "start", "cols": 80, "rows": 24})
+        assert alice.of("joined")[0]["role"] == "controller"
+        session_id = alice.of("joined")[0]["session_id"]
+        bob = await participant(nursery, live_gateway, "bob", f"/ws/sessions/{session_id}", {"type": "join"})
+        await bob.wait(lambda: bob.client.frames.updates > 0)
+        # the viewer tries every input message there is: none reaches the X server
+        for message in (rfb.KeyEvent(True, ord("v")), rfb.KeyEvent(False, ord("v")),
+                        rfb.PointerEvent(1, 100, 100), rfb.PointerEvent(0, 100, 100),
+                        rfb.ClientCutText(b"from the viewer"),
+                        rfb.SetDesktopSize(800, 600, (rfb.Screen(0, 0, 0, 800, 600),))):
+            await bob.socket.send_message(rfb.pack(message))
+        await bob.wait(lambda: len([r for r in bob.of("refused") if r["reason"] == "not_controller"]) == 6)
+        # the controller's keys and click do
+        await alice.socket.send_message(rfb.pack(rfb.PointerEvent(0, 200, 200)) + rfb.pack(rfb.PointerEvent(1, 200, 200))
+                                        + rfb.pack(rfb.PointerEvent(0, 200, 200)))
+        await alice.socket.send_message(rfb.pack(rfb.KeyEvent(True, ord("c"))) + rfb.pack(rfb.KeyEvent(False, ord("c"))))
+        with trio.fail_after(10):
+            while not any("keysym 0x63, c)" in e for e in xev_events(log)):
+                await trio.sleep(0.02)  # polling xev's log file
+        events = xev_events(log)
+        assert not any("keysym 0x76, v)" in e for e in events), events
+        assert sum(1 for e in events if e.startswith("ButtonPress")) == 1, events  # only alice's click
+        rows = await audit(live_gateway, "input_refused")
+        assert rows and all(r["detail"]["role"] == "viewer" for r in rows)
+        assert sum(r["detail"].get("count", 1) for r in rows) == 6  # each refusal audited (repeats counted)
+        await close_all(nursery, alice, bob)
+
+
+async def close_all(nursery, *participants: Participant) -> None:
+    for p in participants:
+        with trio.move_on_after(5):
+            await p.socket.aclose()
+    nursery.cancel_scope.cancel()
+
+
+async def audit(gateway, kind: str) -> list[dict]:
+    def read() -> list[dict]:
+        gateway.engine.flush_audit()
+        rows, _ = gateway.services.audit_reader.events(kind=kind, limit=10_000)
+        return rows
+
+    return await trio.to_thread.run_sync(read)
