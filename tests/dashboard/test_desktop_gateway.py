@@ -8,8 +8,9 @@ its full-screen window receives."""
 from __future__ import annotations
 
 import json
+import struct
 import subprocess
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import trio
 from cosession.join import connect_socket, login
 from engine.messages import EndpointProtocol
 from protocols import rfb
-from protocols.rfb_browser import BrowserClient
+from protocols.rfb_browser import BrowserClient, decode_png
 
 pytestmark = pytest.mark.xvnc
 
@@ -73,8 +74,11 @@ class Participant:
 
     async def wait(self, predicate, timeout: float = 15.0) -> None:
         with trio.fail_after(timeout):
-            while not predicate():
-                await self.changed.wait()
+            while True:
+                changed = self.changed
+                if predicate():
+                    return
+                await changed.wait()
 
 
 async def participant(nursery, gateway, name: str, path: str, first: dict) -> Participant:
@@ -95,9 +99,18 @@ def close_to(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 async def converge(p: Participant, xvnc, timeout: float = 15.0) -> None:
-    with trio.fail_after(timeout):
-        while not close_to(p.client.frames.framebuffer, await trio.to_thread.run_sync(xvnc.screenshot)):
-            await p.changed.wait()
+    with trio.move_on_after(timeout):
+        while True:
+            changed = p.changed  # before looking: a change while we look wakes the wait
+            truth = await trio.to_thread.run_sync(xvnc.screenshot)
+            if close_to(p.client.frames.framebuffer, truth):
+                return
+            await changed.wait()
+    picture, truth = p.client.frames.framebuffer, xvnc.screenshot()
+    diff = np.abs(picture.astype(np.int16) - truth.astype(np.int16)) if picture.shape == truth.shape else None
+    raise AssertionError(f"never the X server's picture: updates {p.client.frames.updates}, ready {p.client.ready}, "
+                         f"{picture.shape}, diff {None if diff is None else (diff.mean(), (diff.max(axis=2) > 48).sum())}, "
+                         f"control {p.control[-3:]}")
 
 
 def xev_events(path: Path) -> list[str]:
@@ -163,3 +176,90 @@ async def audit(gateway, kind: str) -> list[dict]:
         return rows
 
     return await trio.to_thread.run_sync(read)
+
+
+async def start_and_join(nursery, gateway, desk, *viewers: str) -> tuple[Participant, list[Participant]]:
+    alice = await participant(nursery, gateway, "alice", f"/ws/endpoints/{desk.id}/start",
+                              {"type": "start", "cols": 80, "rows": 24})
+    session_id = alice.of("joined")[0]["session_id"]
+    joined = [await participant(nursery, gateway, name, f"/ws/sessions/{session_id}", {"type": "join"})
+              for name in viewers]
+    return alice, joined
+
+
+async def test_everyone_and_a_late_joiner_see_the_desktop_and_a_snapshot_saves_it(live_gateway, xvnc, desk, tmp_path):
+    xvnc.run("xterm", "-T", "shown", "-geometry", "70x20+20+20", "-bg", "darkgreen", "-fg", "white",
+             "-e", "sh", "-c", "ls -l /usr/bin | head -30; sleep 60")
+    xvnc.run("xclock", "-geometry", "150x150+700+400")
+    xvnc.wait_for_window("shown")
+    async with trio.open_nursery() as nursery:
+        alice, (bob,) = await start_and_join(nursery, live_gateway, desk, "bob")
+        assert bob.of("joined")[0]["endpoint"]["protocol"] == "vnc"
+        await converge(alice, xvnc)
+        await converge(bob, xvnc)
+        session_id = alice.of("joined")[0]["session_id"]
+        carol = await participant(nursery, live_gateway, "carol", f"/ws/sessions/{session_id}", {"type": "join"})
+        await converge(carol, xvnc)  # the late joiner: its keyframe, then the frames after it
+        assert (carol.client.width, carol.client.height) == (xvnc.width, xvnc.height)
+        assert carol.client.name == "desk"
+        # cosession join --snapshot, as a viewer would run it
+        snapshot = tmp_path / "desk.png"
+        code = await trio.to_thread.run_sync(lambda: subprocess.run(
+            [sys.executable, "-m", "cosession.cli", "join", f"{live_gateway.base_url}/sessions/{session_id}",
+             "--user", "bob", "--password-stdin", "--snapshot", str(snapshot)], input=PASSWORD + "\n",
+            capture_output=True, text=True, timeout=60))
+        assert code.returncode == 0, code.stderr
+        assert f"saved the {xvnc.width}x{xvnc.height} desktop to {snapshot}" in code.stderr
+        assert close_to(decode_png(snapshot.read_bytes()), xvnc.screenshot())
+        plain = await trio.to_thread.run_sync(lambda: subprocess.run(
+            [sys.executable, "-m", "cosession.cli", "join", f"{live_gateway.base_url}/sessions/{session_id}",
+             "--user", "bob", "--password-stdin"], input=PASSWORD + "\n", capture_output=True, text=True, timeout=60))
+        assert plain.returncode == 1 and "cosession join shows terminals only" in plain.stderr
+        await close_all(nursery, alice, bob, carol)
+
+
+@pytest.mark.parametrize("garbage, detail", [
+    (b"\x63\x00\x00\x00", "unknown client message type 99"),
+    (b"\0\0\0\0" + rfb.PixelFormat(bits_per_pixel=16, depth=16, red_max=31, green_max=63, blue_max=31,
+                                   red_shift=11, green_shift=5, blue_shift=0).pack(), "pixel format"),
+    (struct.pack(">BxH", 2, 2) + struct.pack(">2i", 0, 16), "does not accept"),
+])
+async def test_a_browser_that_breaks_rfb_is_closed_and_the_session_goes_on(live_gateway, xvnc, desk, garbage, detail):
+    async with trio.open_nursery() as nursery:
+        alice, (bob,) = await start_and_join(nursery, live_gateway, desk, "bob")
+        await bob.wait(lambda: bob.client.frames.updates > 0)
+        await bob.socket.send_message(garbage)
+        await bob.wait(lambda: bob.closed)
+        refused = bob.of("refused")[-1]
+        assert refused["reason"] == "malformed" and detail in refused["detail"]
+        rows = await audit(live_gateway, "input_refused")
+        assert any(r["detail"]["reason"] == "malformed" for r in rows)
+        # the controller goes on: its key still reaches the desktop, its picture still follows it
+        updates = alice.client.frames.updates
+        xvnc.run("xclock", "-geometry", "100x100+10+10", "-update", "1")
+        await alice.wait(lambda: alice.client.frames.updates > updates)
+        assert not alice.of("ended")
+        await close_all(nursery, alice, bob)
+
+
+async def test_killing_the_vnc_server_ends_the_session_for_everyone(live_gateway, xvnc, desk):
+    async with trio.open_nursery() as nursery:
+        alice, viewers = await start_and_join(nursery, live_gateway, desk, "bob", "carol")
+        xvnc.stop()
+        for p in (alice, *viewers):
+            await p.wait(lambda p=p: p.of("ended"))
+            ended = p.of("ended")[0]
+            assert ended["reason"] == "endpoint_failed" and f"{xvnc.host}:{xvnc.port}" in ended["detail"]
+        await close_all(nursery, alice, *viewers)
+
+
+async def test_terminal_messages_are_refused_on_a_desktop(live_gateway, xvnc, desk):
+    async with trio.open_nursery() as nursery:
+        alice, (bob,) = await start_and_join(nursery, live_gateway, desk, "bob")
+        await alice.socket.send_message(json.dumps({"type": "resize", "cols": 100, "rows": 40}))
+        await bob.socket.send_message(json.dumps({"type": "resize", "cols": 100, "rows": 40}))
+        await alice.wait(lambda: alice.of("refused"))
+        await bob.wait(lambda: bob.of("refused"))
+        assert alice.of("refused")[0]["reason"] == "not_permitted"
+        assert bob.of("refused")[0]["reason"] == "not_controller"
+        await close_all(nursery, alice, bob)
