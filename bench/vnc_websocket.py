@@ -124,7 +124,7 @@ def gateway_child() -> int:
                                                password=config["password"], joint_session=True)
             for name in config["users"]:
                 user = services.users.create(name, PASSWORD)
-                services.access.grant(record.id, user.id)
+                services.grants.grant(record.id, user.id)
             reply({"base_url": gateway.base_url, "endpoint": record.id, "pid": os.getpid()})
             for line in sys.stdin:
                 if line.strip() == "stop":

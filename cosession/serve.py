@@ -115,7 +115,7 @@ def register_demo_desktop(services: Any, demo: Any) -> Any:
     if user is not None:
         from engine.access import AssetRole
 
-        services.access.grant(record.id, user.id, AssetRole.OWNER)
+        services.grants.grant(record.id, user.id, AssetRole.OWNER)
     return endpoints.get(record.id)
 
 
