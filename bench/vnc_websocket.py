@@ -456,9 +456,13 @@ async def phase_cpu(side: Side, viewers: list[Viewer]) -> dict[str, Any]:
             "bytes_per_viewer_s": statistics.median(per_viewer) if per_viewer else None}
 
 
-async def phase_late(side: Side, nursery: Any, n: int) -> dict[str, Any]:
+async def phase_late(side: Side, nursery: Any, n: int, viewers: list[Viewer]) -> dict[str, Any]:
+    """A viewer leaves (cosession's cap is 10 viewers), then each late joiner in turn joins and
+    leaves again, with a user of its own."""
     import trio
 
+    await viewers.pop().aclose()
+    await trio.sleep(0.5)
     times: list[float] = []
     for i in range(side.options.late):
         area = [0]
@@ -470,7 +474,7 @@ async def phase_late(side: Side, nursery: Any, n: int) -> dict[str, Any]:
                 done.append(now)
 
         started = time.perf_counter_ns()
-        viewer = await side.connect(nursery, f"late{n}-{i}" if side.name == "direct" else f"u{n}", False)
+        viewer = await side.connect(nursery, f"u{n + i}", False)
         viewer.listeners.append(on)
         await wait_until(lambda: bool(done), 10)
         if done:
@@ -496,7 +500,7 @@ async def measure(side: Side, options: Options) -> dict[str, Any]:
                        "bytes_per_viewer_kbs": (loaded["bytes_per_viewer_s"] or 0) / 1e3})
         result.update(await phase_marks(side, controller, viewers))
         result.update(await phase_full(side, controller, viewers))
-        result.update(await phase_late(side, nursery, options.viewers + 1))
+        result.update(await phase_late(side, nursery, options.viewers + 1, viewers))
         for v in [controller, *viewers]:
             await v.aclose()
         nursery.cancel_scope.cancel()
@@ -524,7 +528,7 @@ async def _main(options: Options, xvnc: Any, gateway: GatewayProcess, websockify
     from cosession.join import login
     import trio
 
-    names = [f"u{i}" for i in range(options.viewers + 2)]
+    names = [f"u{i}" for i in range(options.viewers + 1 + options.late)]
     base = gateway.info["base_url"]
     cookies = {name: await trio.to_thread.run_sync(login, base, name, PASSWORD) for name in names}
     runs = []
@@ -570,7 +574,8 @@ def run_benchmark(options: Options) -> dict[str, Any]:
                                            f"127.0.0.1:{xvnc.port}"], stdout=log, stderr=log, start_new_session=True)
             processes.append(websockify)
             gateway = GatewayProcess({"host": xvnc.host, "port": xvnc.port, "password": xvnc.password,
-                                      "users": [f"u{i}" for i in range(options.viewers + 2)]}, work / "gateway.log")
+                                      "users": [f"u{i}" for i in range(options.viewers + 1 + options.late)]},
+                                     work / "gateway.log")
             say(options, f"Xvnc :{xvnc.display} on {xvnc.port}, websockify on {ws_port}, gateway {gateway.info['base_url']}")
             try:
                 runs = trio.run(_main, options, xvnc, gateway, (ws_port, websockify.pid))

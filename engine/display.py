@@ -28,9 +28,10 @@ No zlib stream or other state spans two messages: Tight's basic compression (sta
 never used. Why RFB and not a format of our own: the browsers run noVNC, which decodes exactly
 these rectangles; docs/vnc.md has the rest.
 
-`keyframe()` writes the whole desktop (size, cursor, then 128-pixel tiles, solid ones as fills)
+`keyframe()` writes the whole desktop (size, 128-pixel tiles, solid ones as fills, the pointer)
 and keeps it until the next update, so any number of joiners and resyncs at one moment cost one
-encode. A 1920x1080 keyframe costs tens of milliseconds: the model is used from the session's
+render; and each tile's bytes are kept until something paints over it, so a render re-encodes
+only the tiles that changed since the last one. A 1920x1080 keyframe costs tens of milliseconds: the model is used from the session's
 EndpointActor thread (and any thread under its lock), never from the network loop.
 
 The framebuffer is RGBX, 4 bytes a pixel (X = 0), so that comparing pixels is one uint32 compare
@@ -145,6 +146,7 @@ class DisplayModel:
         self.cursor: DisplayCursor | None = None
         self.pointer: tuple[int, int] | None = None  # where the controller's pointer is, if known
         self._cursor_rgba: np.ndarray | None = None  # (h, w, 4) of `cursor`
+        self._tile_cache: dict[tuple[int, int], bytes] = {}  # a keyframe's tiles, by (row, column), still valid
         self._painted: list[Box] = []  # during an update: what its items painted (over the pointer?)
         self._repaint: list[Box] = []  # ... and where the pointer was or is, if it moved or changed
         self._jpeg_quality = jpeg_quality
@@ -177,6 +179,7 @@ class DisplayModel:
             self._painted, self._repaint = [], []
             for item in update.items:
                 rects += self._apply(item)
+            self._invalidate(self._painted)
             rects += self._pointer_patches(self._painted, self._repaint)
             self.updates += 1
             if not rects:
@@ -189,9 +192,10 @@ class DisplayModel:
             cached = self._keyframe
             if cached is not None and cached[0] == self._version:
                 return cached[1]
-            rects = [self._size_rect()]
-            rects += self._tiles()
-            rects += self._pointer_patches([(0, 0, self.width, self.height)], [])
+            rects = []
+            if self.width and self.height:  # before the endpoint's first answer there is no desktop
+                rects = [self._size_rect(), *self._keyframe_tiles(),
+                         *self._pointer_patches([(0, 0, self.width, self.height)], [])]
             keyframe = Keyframe(_update_message(rects), self.width, self.height)
             self._keyframe = (self._version, keyframe)
             self.keyframes_rendered += 1
@@ -237,6 +241,7 @@ class DisplayModel:
                 if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
                     return []
                 if (w, h) != (self.width, self.height):
+                    self._tile_cache.clear()
                     old = self.framebuffer
                     self.framebuffer = np.zeros((h, w, 4), np.uint8)
                     keep_h, keep_w = min(h, old.shape[0]), min(w, old.shape[1])
@@ -328,6 +333,32 @@ class DisplayModel:
             target[opaque, :3] = shape[opaque, :3]
         self.rects_encoded += 1
         return _tight(x, y, w, h, 0xA0, encode_png(pixels, self._png_level), png=True)
+
+    def _invalidate(self, painted: list[Box]) -> None:
+        """Forget the cached keyframe tiles under what was painted."""
+        if not self._tile_cache:
+            return
+        tile = KEYFRAME_TILE
+        for x, y, w, h in painted:
+            for row in range(y // tile, (y + h - 1) // tile + 1):
+                for column in range(x // tile, (x + w - 1) // tile + 1):
+                    self._tile_cache.pop((row, column), None)
+
+    def _keyframe_tiles(self) -> list[bytes]:
+        """The whole desktop in KEYFRAME_TILE squares. A tile nothing painted since the last
+        keyframe is the same bytes as then: a late joiner of a desktop where little moves costs
+        the encoding of what moved, not of the whole screen."""
+        tile, cache = KEYFRAME_TILE, self._tile_cache
+        rects = []
+        for row, y in enumerate(range(0, self.height, tile)):
+            h = min(tile, self.height - y)
+            for column, x in enumerate(range(0, self.width, tile)):
+                cached = cache.get((row, column))
+                if cached is None:
+                    w = min(tile, self.width - x)
+                    cached = cache[(row, column)] = self._encode(x, y, w, h, self.framebuffer[y:y + h, x:x + w])
+                rects.append(cached)
+        return rects
 
     def _tiles(self, x0: int = 0, y0: int = 0, w: int | None = None, h: int | None = None) -> list[bytes]:
         """A region of the framebuffer (the whole of it by default) in KEYFRAME_TILE squares:

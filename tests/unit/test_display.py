@@ -237,8 +237,31 @@ def test_resize_keeps_the_overlap_and_nothing_outside_is_applied():
     assert model.update(update(DisplayName("desk"))) is None and model.name == "desk"
 
 
+def test_before_the_endpoint_answers_a_keyframe_is_an_empty_update():
+    assert DisplayModel().keyframe().data == b"\0\0\0\0"  # FramebufferUpdate, no rectangle
+
+
 def test_png_round_trip_and_a_terminal_gets_no_display_updates():
     pixels = noise(17, 33)
     assert (decode_png(encode_png(pixels)) == pixels).all()
     with pytest.raises(TypeError):
         DisplayModel().feed(b"bytes")
+
+
+def test_a_keyframe_re_encodes_only_the_tiles_painted_since_the_last():
+    model = DisplayModel()
+    model.update(update(DisplaySize(1024, 768), pixels(0, 0, text_like(768, 1024))))
+    model.keyframe()
+    encoded = model.rects_encoded
+    model.update(update(pixels(300, 200, noise(10, 10))))  # one tile (256..383, 128..255)
+    after = model.update(update(DisplayFill(130, 130, 2, 2, (1, 1, 1))))  # another
+    assert after is not None
+    encoded = model.rects_encoded
+    keyframe = model.keyframe()
+    assert model.rects_encoded - encoded == 2  # of 48 tiles
+    joiner = FrameDecoder()
+    joiner.feed(keyframe.data)
+    assert (joiner.framebuffer == model.snapshot()).all()  # lossless tiles: what was kept is exact
+    model.update(update(DisplaySize(640, 480)))
+    model.keyframe()
+    assert model.rects_encoded - encoded == 2 + 20  # a new size: every tile anew
