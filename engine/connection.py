@@ -83,9 +83,10 @@ class EndpointEvents:
     def in_flight(self) -> int:
         return self._in_flight
 
-    def display(self, items: tuple[Any, ...]) -> None:
-        """A graphical endpoint's decoded update (engine.messages.Display*), in order."""
-        self._ref.tell(DisplayUpdate(items, time.perf_counter_ns()))
+    def display(self, items: tuple[Any, ...], applied: Callable[[], None] | None = None) -> None:
+        """A graphical endpoint's decoded update (engine.messages.Display*), in order.
+        `applied()` is called from the actor's thread once it is applied and fanned out."""
+        self._ref.tell(DisplayUpdate(items, time.perf_counter_ns(), applied))
 
     def closed(self, detail: str = "") -> None:
         self._ref.tell(EndpointClosed(detail))

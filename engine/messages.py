@@ -227,6 +227,9 @@ class DisplayName:
 class DisplayUpdate:
     items: tuple[Any, ...]  # DisplaySize | DisplayPixels | DisplayFill | DisplayCopy | DisplayCursor | DisplayPointer | DisplayName
     emitted_ns: int = 0
+    # Called by the EndpointActor once the update is applied and fanned out: the connection asks
+    # its server for more only then, so decoded desktops never pile up in the actor's inbox.
+    applied: Any = field(default=None, repr=False, compare=False)
 
 
 # --- commands to the engine and to a session -------------------------------------------------

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import ssl
 import struct
 import threading
 from typing import Any
@@ -40,6 +39,7 @@ from engine import EndpointEvents, LoopBridge, LoopClosed
 from engine.messages import DisplayName, DisplayPointer, DisplaySize
 from protocols import rfb
 from protocols.attempts import leaves, split_cancelled
+from protocols.vencrypt import VencryptRefused, vencrypt
 from protocols.rfb import Encoding, RfbError, Security, ServerType
 from protocols.rfb_decode import MAX_NAME, Decoder, Framing, Rect, RfbReader, ServerClosed, check_size, read_update
 
@@ -47,37 +47,12 @@ log = logging.getLogger(__name__)
 
 INPUT_QUEUE_MESSAGES = 4096  # controller messages waiting for the server; more are dropped
 DECODE_QUEUE_UPDATES = 2  # framed updates waiting for the decoder: the reader waits past that
+UPDATES_IN_FLIGHT = 2  # read from the server and not yet applied by the actor: no request past that
 DEFAULT_QUALITY = 6  # Tight JPEG quality level 0-9 (TigerVNC's mapping: 6 is JPEG quality 79)
 DEFAULT_COMPRESS = 2  # zlib effort the server spends, 0-9
 _CLOSE_GRACE = 1.0
 _U8 = struct.Struct(">B")
 _U32 = struct.Struct(">I")
-
-# VeNCrypt subtypes in the order they are chosen, with the authentication inside the TLS. The
-# certificate of the X509 ones is not verified (VNC servers' are self-signed, and there is no
-# place yet to pin one), and the TLS* ones have none: TLS here protects against eavesdropping
-# (VncAuth alone encrypts nothing), not against a man in the middle.
-VENCRYPT_PREFERENCE = ((261, Security.VNC_AUTH), (258, Security.VNC_AUTH),  # X509Vnc, TLSVnc
-                       (260, Security.NONE), (257, Security.NONE))  # X509None, TLSNone
-
-
-def _tls_context(anonymous: bool) -> ssl.SSLContext:
-    """VeNCrypt's TLS* subtypes are anonymous Diffie-Hellman (TigerVNC's GnuTLS settles on
-    AECDH-AES256-SHA), its X509* ones use the server's certificate. Anonymous suites exist only
-    up to TLS 1.2 and at OpenSSL's security level 0; they are offered only for TLS* subtypes."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    if anonymous:
-        context.maximum_version = ssl.TLSVersion.TLSv1_2
-        context.set_ciphers("aNULL:!eNULL:!RC4:!3DES:!MD5:@SECLEVEL=0")
-    return context
-
-
-def _tls_reason(exc: BaseException) -> str:
-    cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) else exc
-    return getattr(cause, "reason", None) or type(cause).__name__
-
 
 ENCODINGS = (Encoding.TIGHT, Encoding.ZRLE, Encoding.COPY_RECT, Encoding.RAW,
              Encoding.EXTENDED_DESKTOP_SIZE, Encoding.DESKTOP_SIZE, Encoding.CURSOR,
@@ -110,6 +85,8 @@ class _Attempt:
         self.framing: Framing | None = None
         self.screens: tuple[rfb.Screen, ...] = ()
         self.stream: trio.abc.Stream | None = None  # TLS, once VeNCrypt chose it
+        self.in_flight = 0  # updates read and not yet applied by the actor
+        self.applied = trio.Event()
         self.dropped = 0
 
     def report(self, what: str, *args: Any) -> None:
@@ -132,6 +109,12 @@ class _Attempt:
 
     def cancel(self) -> None:
         self.scope.cancel()
+
+    def one_applied(self) -> None:
+        """On the loop: the actor applied one update."""
+        self.in_flight = max(0, self.in_flight - 1)
+        self.applied.set()
+        self.applied = trio.Event()
 
     def feed(self, data: bytes) -> None:
         """On the loop: the controller's messages, checked, toward the server."""
@@ -266,7 +249,7 @@ class VncConnection:
         except BaseException as exc:
             # what the server said wrong explains a lost connection better than the loss does
             cancelled, failure = split_cancelled(
-                exc, lambda e: isinstance(e, (RfbError, _Failure)) and not isinstance(e, ServerClosed))
+                exc, lambda e: isinstance(e, (RfbError, _Failure, VencryptRefused)))
             if failure is not None:
                 self._report_failure(attempt, failure)
             if cancelled is not None:
@@ -333,7 +316,7 @@ class VncConnection:
         inner: int | None = None  # the authentication inside VeNCrypt's TLS, if TLS is used
         if Security.VENCRYPT in offered:
             await stream.send_all(bytes((Security.VENCRYPT,)))
-            stream, inner = await self._vencrypt(reader, stream)
+            stream, inner = await vencrypt(reader, stream, self.where, bool(self._password))
             reader.stream = stream
         if inner == Security.VNC_AUTH or (inner is None and Security.VNC_AUTH in offered and self._password):
             if not self._password:
@@ -366,37 +349,6 @@ class VncConnection:
         name = (await reader.read(length)).decode("utf-8", "replace")
         return stream, width, height, name
 
-    async def _vencrypt(self, reader: RfbReader, stream: trio.abc.Stream) -> tuple[trio.abc.Stream, int]:
-        """VeNCrypt 0.2: choose TLS (anonymous or with a certificate) around VNC authentication
-        (or none); returns the TLS stream and the inner security type."""
-        major, minor = await reader.unpack(struct.Struct(">BB"))
-        if (major, minor) < (0, 2):
-            raise _Failure(f"{self.where} speaks VeNCrypt {major}.{minor}; cosession needs 0.2", False)
-        await stream.send_all(b"\x00\x02")
-        (status,) = await reader.unpack(_U8)
-        if status != 0:
-            raise _Failure(f"{self.where} refused VeNCrypt 0.2", False)
-        (count,) = await reader.unpack(_U8)
-        subtypes = struct.unpack(f">{count}I", await reader.read(4 * count))
-        for subtype, inner in VENCRYPT_PREFERENCE:
-            if subtype in subtypes and (inner == Security.NONE or self._password):
-                break
-        else:
-            raise _Failure(f"{self.where} offers no VeNCrypt subtype cosession supports "
-                           f"({', '.join(str(t) for t in subtypes)})", False)
-        await stream.send_all(struct.pack(">I", subtype))
-        (accepted,) = await reader.unpack(_U8)
-        if accepted != 1:
-            raise _Failure(f"{self.where} declined TLS", False)
-        tls = trio.SSLStream(stream, _tls_context(anonymous=subtype in (257, 258)), server_hostname=None,
-                             https_compatible=False)
-        try:
-            await tls.do_handshake()
-        except (trio.BrokenResourceError, ssl.SSLError) as exc:
-            raise _Failure(f"the TLS handshake with {self.where} failed ({_tls_reason(exc)})", False) from None
-        log.info("vnc %s: VeNCrypt subtype %d, %s %s", self.where, subtype, tls.version(), tls.cipher()[0])
-        return tls, inner
-
     @staticmethod
     async def _reason(reader: RfbReader) -> str:
         (length,) = await reader.unpack(_U32)
@@ -409,9 +361,8 @@ class VncConnection:
             (kind,) = await reader.unpack(_U8)
             if kind == ServerType.FRAMEBUFFER_UPDATE:
                 rects = await read_update(reader, framing)
-                # ask for the next update now: the server prepares it while this one decodes
-                await attempt.out_send.send(rfb.pack(rfb.FramebufferUpdateRequest(
-                    True, 0, 0, framing.width, framing.height)))
+                attempt.in_flight += 1
+                await updates.send(rects)
                 for rect in rects:
                     if rect.encoding == Encoding.EXTENDED_DESKTOP_SIZE and rect.data:
                         attempt.screens = tuple(rfb.Screen(*struct.unpack_from(">IHHHHI", rect.data, 16 * i))
@@ -420,8 +371,12 @@ class VncConnection:
                     asked_size = True
                     if self._desktop_size != (framing.width, framing.height):
                         await attempt.out_send.send(rfb.pack(_desktop_size(*self._desktop_size, attempt.screens)))
-                if rects:
-                    await updates.send(rects)
+                # Ask for the next update now (the server prepares it while this one decodes),
+                # unless the actor is behind: the server then keeps merging what changes.
+                while attempt.in_flight > UPDATES_IN_FLIGHT:
+                    await attempt.applied.wait()
+                await attempt.out_send.send(rfb.pack(rfb.FramebufferUpdateRequest(
+                    True, 0, 0, framing.width, framing.height)))
             elif kind == ServerType.SET_COLOUR_MAP_ENTRIES:
                 _, count = await reader.unpack(struct.Struct(">xHH"))
                 await reader.read(6 * count)  # true colour is in force: nothing to apply
@@ -446,8 +401,21 @@ class VncConnection:
             self.decode_seconds += trio.current_time() - started
             self.updates_decoded += 1
             if items:
-                attempt.report("display", items)
+                attempt.report("display", items, self._applied_callback(attempt))
+            else:
+                attempt.one_applied()
         decoded.set()
+
+    def _applied_callback(self, attempt: _Attempt) -> Any:
+        bridge = self._bridge
+
+        def applied() -> None:  # from the actor's thread
+            try:
+                bridge.call_soon(attempt.one_applied)
+            except LoopClosed:
+                pass
+
+        return applied
 
     async def _write(self, attempt: _Attempt, stream: trio.abc.Stream) -> None:
         async for data in attempt.out_recv:
@@ -468,6 +436,8 @@ class VncConnection:
             return exc.detail, exc.retryable, False
         if isinstance(exc, ServerClosed):
             return str(exc), True, False
+        if isinstance(exc, VencryptRefused):
+            return str(exc), False, False
         if isinstance(exc, RfbError):
             return f"{where} broke the RFB protocol: {exc}", False, False
         if isinstance(exc, trio.TooSlowError):

@@ -80,11 +80,16 @@ class EndpointActor(pykka.ThreadingActor):
                 self._events.processed(len(message.data))
                 if self.actor_inbox.empty():  # parse the screen only when nobody waits
                     self._screen.idle()
-            case DisplayUpdate():
+            case DisplayUpdate(applied=applied):
                 # decoded by the connection's worker thread; encoded here, once, for everyone
                 frame = self._screen.update(message)
                 if frame is not None:
                     self._fan_out(frame)
+                if applied is not None:
+                    try:
+                        applied()
+                    except Exception:  # the connection's business; never the session's end
+                        log.exception("endpoint of session %s: the applied callback failed", self._session_id)
             case Resynchronise(participant_id=pid):
                 self._refusing_since.pop(pid, None)  # its consumer is back: not stalled
                 if pid in self._subscribers:

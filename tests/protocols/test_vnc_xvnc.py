@@ -200,7 +200,7 @@ async def test_vencrypt_tls_is_chosen_where_offered(vnc_bridge, security, tmp_pa
     if "X509" in security:
         cert, key = self_signed(tmp_path)
         extra = ("-X509Cert", str(cert), "-X509Key", str(key))
-    caplog.set_level("INFO", logger="protocols.vnc")
+    caplog.set_level("INFO", logger="protocols.vencrypt")
     with start_xvnc(640, 480, security=security, extra=extra) as server:
         server.run("xclock", "-geometry", "200x200+10+10")
         server.wait_for_window("xclock")
@@ -219,3 +219,32 @@ async def test_vencrypt_with_a_wrong_password_is_final(vnc_bridge):
         await events.wait_for(lambda: events.ended is not None)
         kind, detail, retryable = events.ended
         assert kind == "failed" and not retryable and "VNC authentication" in detail and "wrong-one" not in detail
+
+
+async def test_an_actor_that_falls_behind_stops_the_requests(vnc_bridge, xvnc):
+    """Updates the actor has not applied are bounded: the connection asks the server for no
+    more (the server merges what changes meanwhile) until the actor catches up."""
+    from protocols.vnc import UPDATES_IN_FLIGHT
+
+    xvnc.run("xterm", "-geometry", "60x20+0+0", "-e", "sh", "-c", "while :; do date +%N; done")
+    held: list = []
+
+    class Holding(DisplayRecorder):
+        def display(self, items, applied=None):
+            super().display(items, None)
+            if applied is not None:
+                held.append(applied)
+
+    events = Holding()
+    conn = VncConnection(vnc_bridge, xvnc.host, xvnc.port, xvnc.password)
+    conn.open(events, 80, 24)
+    with trio.move_on_after(5):
+        await events.wait_for(lambda: len(held) >= UPDATES_IN_FLIGHT + 1)
+    assert len(held) >= UPDATES_IN_FLIGHT + 1, (len(held), events.updates, events.events)
+    with trio.move_on_after(1.0):  # a busy desktop: were the requests going on, updates would pour in
+        await events.wait_for(lambda: len(held) > UPDATES_IN_FLIGHT + 1, 1.0)
+    assert len(held) == UPDATES_IN_FLIGHT + 1
+    for applied in held[:]:
+        applied()
+    await events.wait_for(lambda: len(held) > UPDATES_IN_FLIGHT + 2)
+    conn.close()
