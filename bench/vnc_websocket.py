@@ -652,10 +652,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     options = Options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Options) if f.name != "quiet"})
     report = run_benchmark(options)
-    if args.json:
-        print(json.dumps(report, indent=2))
     block = markdown(report)
-    print(block)
+    print(json.dumps(report, indent=2) if args.json else block)
     if args.write_docs:
         write_docs_section(Path(args.write_docs), block)
     return 0

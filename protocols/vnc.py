@@ -48,6 +48,10 @@ log = logging.getLogger(__name__)
 INPUT_QUEUE_MESSAGES = 4096  # controller messages waiting for the server; more are dropped
 DECODE_QUEUE_UPDATES = 2  # framed updates waiting for the decoder: the reader waits past that
 UPDATES_IN_FLIGHT = 2  # read from the server and not yet applied by the actor: no request past that
+# An update this small decodes on the loop in tens of microseconds, which costs less than the two
+# thread switches of a worker (what a key's echo waits for); anything bigger goes to a worker.
+INLINE_DECODE_BYTES = 16 * 1024
+INLINE_DECODE_PIXELS = 128 * 128
 DEFAULT_QUALITY = 6  # Tight JPEG quality level 0-9 (TigerVNC's mapping: 6 is JPEG quality 79)
 DEFAULT_COMPRESS = 2  # zlib effort the server spends, 0-9
 _CLOSE_GRACE = 1.0
@@ -397,7 +401,12 @@ class VncConnection:
                 attempt.report("display", update)
                 continue
             started = trio.current_time()
-            items = await trio.to_thread.run_sync(decoder.decode, update)
+            if sum(len(r.data) for r in update) <= INLINE_DECODE_BYTES \
+                    and sum(r.width * r.height for r in update) <= INLINE_DECODE_PIXELS \
+                    and not any(r.encoding == Encoding.ZRLE for r in update):  # its RLE runs are Python
+                items = decoder.decode(update)  # a key's echo, a pointer's shape: microseconds
+            else:
+                items = await trio.to_thread.run_sync(decoder.decode, update)
             self.decode_seconds += trio.current_time() - started
             self.updates_decoded += 1
             if items:

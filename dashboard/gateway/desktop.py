@@ -27,7 +27,7 @@ from typing import Any
 import trio
 
 from dashboard.gateway import wire
-from dashboard.gateway.channel import CLOSE_POLICY, Channel, Rights
+from dashboard.gateway.channel import CLIENT_GONE, CLOSE_POLICY, Channel, Rights
 from dashboard.gateway.send_password import send_password
 from engine import tell_session
 from engine.access import may_upload_clipboard
@@ -127,8 +127,13 @@ class DesktopWire:
 
     @staticmethod
     async def _refuse_and_close(channel: Channel, detail: str, size: int) -> None:
-        await channel.send_text(channel.refuse(Reason.MALFORMED, detail, "input", size))
+        """Before the sender runs: refuse, close, and read until the client's close (Channel.close)."""
+        try:
+            await channel.send_text(channel.refuse(Reason.MALFORMED, detail, "input", size))
+        except CLIENT_GONE:
+            pass
         await channel.close(CLOSE_POLICY, "malformed RFB")
+        await channel.linger()
 
 
 def _broken(channel: Channel, request: BrokenRfb, size: int) -> None:

@@ -154,7 +154,7 @@ def test_keyframe_tiles_solid_areas_as_fills_and_decodes_within_jpeg_tolerance()
     keyframe = model.keyframe()
     rects = rects_of(keyframe.data)
     fills = sum(1 for *_, enc, control in rects if control >> 4 == 8)
-    assert fills > len(rects) * 0.8  # the empty desktop costs 3 bytes a tile
+    assert fills >= len(rects) * 0.75  # the empty desktop costs 3 bytes a tile
     assert len(keyframe.data) < 400_000
     joiner = FrameDecoder()
     joiner.feed(keyframe.data)
@@ -167,7 +167,7 @@ def test_large_rectangles_are_tiled():
     model = DisplayModel()
     model.update(update(DisplaySize(1024, 768)))
     frame = model.update(update(pixels(0, 0, text_like(768, 1024))))
-    assert len(rects_of(frame.data)) == 8 * 6
+    assert len(rects_of(frame.data)) == 4 * 3
     joiner = FrameDecoder()
     joiner.feed(model.keyframe().data)
     assert (joiner.framebuffer == model.snapshot()).all()
@@ -253,15 +253,15 @@ def test_a_keyframe_re_encodes_only_the_tiles_painted_since_the_last():
     model.update(update(DisplaySize(1024, 768), pixels(0, 0, text_like(768, 1024))))
     model.keyframe()
     encoded = model.rects_encoded
-    model.update(update(pixels(300, 200, noise(10, 10))))  # one tile (256..383, 128..255)
-    after = model.update(update(DisplayFill(130, 130, 2, 2, (1, 1, 1))))  # another
+    model.update(update(pixels(300, 200, noise(10, 10))))  # one tile (256..511, 0..255)
+    after = model.update(update(DisplayFill(130, 300, 2, 2, (1, 1, 1))))  # another (0..255, 256..511)
     assert after is not None
     encoded = model.rects_encoded
     keyframe = model.keyframe()
-    assert model.rects_encoded - encoded == 2  # of 48 tiles
+    assert model.rects_encoded - encoded == 2  # of 12 tiles
     joiner = FrameDecoder()
     joiner.feed(keyframe.data)
     assert (joiner.framebuffer == model.snapshot()).all()  # lossless tiles: what was kept is exact
     model.update(update(DisplaySize(640, 480)))
     model.keyframe()
-    assert model.rects_encoded - encoded == 2 + 20  # a new size: every tile anew
+    assert model.rects_encoded - encoded == 2 + 6  # a new size: every tile anew
