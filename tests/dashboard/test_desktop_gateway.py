@@ -263,3 +263,29 @@ async def test_terminal_messages_are_refused_on_a_desktop(live_gateway, xvnc, de
         assert alice.of("refused")[0]["reason"] == "not_permitted"
         assert bob.of("refused")[0]["reason"] == "not_controller"
         await close_all(nursery, alice, bob)
+
+
+async def test_a_browser_that_answers_the_greeting_wrongly_is_closed(live_gateway, xvnc, desk):
+    """Refused during the RFB handshake itself (before any frame): refused, audited, closed."""
+    async with trio.open_nursery() as nursery:
+        alice, _ = await start_and_join(nursery, live_gateway, desk)
+        session_id = alice.of("joined")[0]["session_id"]
+        cookie = await trio.to_thread.run_sync(login, live_gateway.base_url, "bob", PASSWORD)
+        socket = await connect_socket(nursery, live_gateway.base_url, f"/ws/sessions/{session_id}", cookie,
+                                      message_queue_size=64)
+        await socket.send_message(json.dumps({"type": "join"}))
+        got = []
+        with trio.fail_after(15):
+            while not any(isinstance(m, bytes) for m in got):
+                got.append(await socket.get_message())
+        assert got[-1] == b"RFB 003.008\n"
+        await socket.send_message(b"RFB 003.003\n")
+        with trio.fail_after(15):
+            refusal = json.loads(await socket.get_message())
+        assert refusal["type"] == "refused" and refusal["reason"] == "malformed" and "3.8" in refusal["detail"]
+        rows = await audit(live_gateway, "input_refused")
+        assert any(r["detail"]["reason"] == "malformed" and r["detail"]["role"] == "viewer" for r in rows)
+        with trio.move_on_after(5):
+            await socket.aclose()
+        assert not alice.of("ended")
+        await close_all(nursery, alice)
