@@ -65,7 +65,6 @@ from bench.ssh_websocket import (  # noqa: E402 - the path above first
     cpu_seconds, machine_info,
 )
 
-WIDTH, HEIGHT = 1920, 1080
 MARK = (40, 40, 96, 96)  # bench/vnc_workload.py's marker square
 PASSWORD = "bench-password-1"
 SECTION = "## Joint VNC sessions through real websockets"
@@ -89,6 +88,8 @@ class Options:
     full: int = 8
     late: int = 8
     seconds: float = 8.0
+    width: int = 1920
+    height: int = 1080
     sides: str = "cosession,direct"
     quiet: bool = False
 
@@ -422,7 +423,7 @@ async def phase_full(side: Side, controller: Viewer, viewers: list[Viewer]) -> d
         def listener(v: Viewer) -> Callable[[int, list], None]:
             def on(now: int, boxes: list) -> None:
                 area[v.name] += sum(w * h for _, _, w, h in boxes)
-                if v.name not in done and area[v.name] >= 0.95 * WIDTH * HEIGHT:
+                if v.name not in done and area[v.name] >= 0.95 * side.options.width * side.options.height:
                     done[v.name] = now
             return on
 
@@ -470,7 +471,7 @@ async def phase_late(side: Side, nursery: Any, n: int, viewers: list[Viewer]) ->
 
         def on(now: int, boxes: list) -> None:
             area[0] += sum(w * h for _, _, w, h in boxes)
-            if not done and area[0] >= WIDTH * HEIGHT:
+            if not done and area[0] >= side.options.width * side.options.height:
                 done.append(now)
 
         started = time.perf_counter_ns()
@@ -518,8 +519,8 @@ FIGURES = [
     ("cpu_all_pct", "CPU, controller + viewers (server side)", "% of a core"),
     ("cpu_per_viewer_pct", "CPU per added viewer", "% of a core"),
     ("bytes_per_viewer_kbs", "bytes per viewer", "KB/s"),
-    ("late_p50_ms", "late join to a full 1920x1080 picture, p50", "ms"),
-    ("late_p99_ms", "late join to a full 1920x1080 picture, p99", "ms"),
+    ("late_p50_ms", "late join to a full picture of the desktop, p50", "ms"),
+    ("late_p99_ms", "late join to a full picture of the desktop, p99", "ms"),
     ("marks_missed", "marks a viewer never saw", ""),
 ]
 
@@ -560,8 +561,9 @@ def run_benchmark(options: Options) -> dict[str, Any]:
     processes: list[subprocess.Popen] = []
     gateway = None
     try:
-        with start_xvnc(WIDTH, HEIGHT, password=PASSWORD[:8], extra=("-FrameRate=60",)) as xvnc:
-            workload = xvnc.run(sys.executable, str(ROOT / "bench" / "vnc_workload.py"), str(WIDTH), str(HEIGHT),
+        with start_xvnc(options.width, options.height, password=PASSWORD[:8], extra=("-FrameRate=60",)) as xvnc:
+            workload = xvnc.run(sys.executable, str(ROOT / "bench" / "vnc_workload.py"), str(options.width),
+                                str(options.height),
                                 str(options.rate), stdout=subprocess.PIPE)
             assert workload.stdout is not None
             if workload.stdout.readline().strip() != b"ready":
@@ -624,7 +626,7 @@ def markdown(report: dict[str, Any]) -> str:
              f"{len(report['runs'])} run(s), medians with the spread (min–max) over the runs.", "",
              f"Machine: {m['nproc']} cores, {m['memory_gib']} GiB, Python {m['python']}; load average at the "
              f"start {' / '.join(str(x) for x in m['load_average'])} (a shared machine: other work ran too).", "",
-             f"Workload: Xvnc 1920x1080x24 `FrameRate=60`; four 320x180 photo-like regions repainted "
+             f"Workload: Xvnc {o['width']}x{o['height']}x24 `FrameRate=60`; four 320x180 photo-like regions repainted "
              f"{o['rate']:g}/s; 1 controller + {o['viewers']} viewers asking for Tight, JPEG quality 6; "
              f"{o['marks']} marker keys, {o['full']} full-screen changes, {o['late']} late joins. Direct: each "
              f"client through websockify 0.13 to `Xvnc -AlwaysShared`.", "",

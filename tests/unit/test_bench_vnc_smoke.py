@@ -29,7 +29,8 @@ def test_the_vnc_benchmark_produces_every_figure(tmp_path):
     docs.write_text("# Benchmarks\n\n## Joint VNC sessions through real websockets\n\nBy hand, kept.\n\n"
                     "## After\n\nkept too\n")
     process = subprocess.run(
-        [sys.executable, str(SCRIPT), "--runs", "1", "--viewers", "2", "--marks", "3", "--full", "1",
+        [sys.executable, str(SCRIPT), "--runs", "1", "--viewers", "2", "--marks", "3", "--full", "1", "--width", "800",
+         "--height", "600",
          "--late", "1", "--seconds", "1", "--mark-interval", "0.1", "--json", "--write-docs", str(docs)],
         cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert process.returncode == 0, process.stderr[-3000:]
