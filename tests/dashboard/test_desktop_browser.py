@@ -15,6 +15,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from engine.messages import EndpointProtocol, User
+from tests.fixtures.screenshots import save_screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.xvnc]
 
@@ -139,6 +140,8 @@ def test_a_joint_desktop_session(desk, live_gateway, xvnc):
     controller.keyboard.press("Enter")
     desk.wait_same(controller)
     desk.wait_same(viewer)
+    save_screenshot(viewer, "desktop-viewer.png")
+    desk.wait_same(viewer)  # scaled to the new window, the same pixels
 
     # a viewer whose page is tampered with: its noVNC sends keys and clicks; the gateway refuses them
     viewer.evaluate("() => { window.cosessionDesktop.viewOnly = false; }")
