@@ -15,6 +15,7 @@ import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from engine.messages import EndpointProtocol, User
+from tests.dashboard.test_csp_browser import Watched
 from tests.fixtures.screenshots import save_screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.xvnc]
@@ -129,6 +130,7 @@ def test_a_joint_desktop_session(desk, live_gateway, xvnc):
     others = [desk.user(f"v{n}") for n in range(8)]
 
     controller = desk.signed_in("alice")
+    watched = Watched(controller)  # noVNC runs under the CSP with no violation and no error
     session_id = desk.start(controller)
     expect(controller.get_by_test_id("role")).to_have_text("you control this session")
     viewer = desk.join("bob", session_id)
@@ -160,6 +162,7 @@ def test_a_joint_desktop_session(desk, live_gateway, xvnc):
     assert not any("keysym 0x76, v)" in e or "keysym 0x69, i)" in e for e in events), events
     assert sum(1 for e in events if e.startswith("ButtonPress")) == 1, events
 
+    watched.assert_clean("the controller's desktop page")
     late = desk.join("carol", session_id)  # a late joiner: the desktop at once, as the server has it
     late.wait_for_function("() => window.cosession.timings.desktop")
     desk.wait_same(late)
