@@ -7,7 +7,9 @@ starts Xvnc listening where it is told (a loopback TCP port with VNC authenticat
 password, and/or a unix socket in a private directory), waits until it answers RFB, starts the
 X clients with that display, reports an `XvncDisplay` through `task_status.started`, and runs
 until cancelled. Then the clients and Xvnc are stopped (each in its own process group, SIGTERM
-then SIGKILL) and reaped, and the private directory removed, before it returns.
+then SIGKILL) and reaped, and the private directory removed, before it returns. Should the
+gateway die without that (a SIGKILL), the kernel sends Xvnc SIGTERM (PR_SET_PDEATHSIG), and its
+X clients end with their display.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +36,16 @@ log = logging.getLogger(__name__)
 
 XVNC = "Xvnc"
 READY_SECONDS = 10.0
+# Run in the child before Xvnc: ask the kernel for SIGTERM when the gateway dies, however it dies
+# (a SIGKILL leaves no `finally` to stop it; Xvnc's X clients end with their display). A tiny
+# interpreter execs Xvnc, instead of a `preexec_fn`, which is not safe with threads (the actors).
+_DIE_WITH_PARENT = """
+import ctypes, os, signal, sys
+ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(0)  # the parent died before the request took effect
+os.execv(sys.argv[2], sys.argv[2:])
+"""
 _STOP_GRACE = 2.0
 _ATTEMPTS = 5  # a display or port taken between looking and starting: try the next
 
@@ -138,8 +151,10 @@ async def serve_xvnc(*, width: int, height: int, tcp_host: str | None = None, pa
             argv += ["-rfbport", str(port), "-interface", tcp_host] if tcp_host is not None else ["-rfbport", "-1"]
             if socket_path:
                 argv += ["-rfbunixpath", socket_path, "-rfbunixmode", "0600"]
+            shim = [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid())]
             with open(directory / "xvnc.log", "ab") as out:
-                process = await trio.lowlevel.open_process(argv, stdout=out, stderr=out, start_new_session=True)
+                process = await trio.lowlevel.open_process([*shim, *argv], stdout=out, stderr=out,
+                                                           start_new_session=True)
             processes.append(process)
             if await _answers_rfb(process, tcp_host or "", port, socket_path):
                 started = XvncDisplay(display, width, height, tcp_host or "", port, socket_path, password or "")

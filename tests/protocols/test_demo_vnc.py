@@ -56,3 +56,37 @@ async def test_a_private_display_on_a_unix_socket_only(vnc_bridge):
             await trio.open_tcp_stream("127.0.0.1", 5900 + display.display)
         nursery.cancel_scope.cancel()
     assert not Path(display.socket_path).exists()
+
+
+def test_the_display_dies_with_a_killed_gateway(tmp_path):
+    """A gateway killed with SIGKILL runs no `finally`: the kernel ends its Xvnc all the same."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "gateway.py"
+    script.write_text(
+        "import functools, sys, trio\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})\n"
+        "from protocols.xvnc import serve_xvnc\n"
+        "async def main():\n"
+        "    async with trio.open_nursery() as n:\n"
+        "        d = await n.start(functools.partial(serve_xvnc, width=320, height=200, tcp_host='127.0.0.1'))\n"
+        "        print(d.display, flush=True)\n"
+        "        await trio.sleep_forever()\n"
+        "trio.run(main)\n")
+    gateway = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    display = int(gateway.stdout.readline())
+    lock = Path(f"/tmp/.X{display}-lock")
+    assert lock.exists()
+    xvnc_pid = int(lock.read_text().strip())
+    gateway.send_signal(signal.SIGKILL)
+    gateway.wait(10)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{xvnc_pid}").exists() and Path(f"/proc/{xvnc_pid}/stat").read_text().split()[2] != "Z":
+        assert time.monotonic() < deadline, "Xvnc outlived the gateway"
+        time.sleep(0.05)  # polling for the process to go
+    gateway.stdout.close()
+    assert not os.path.exists(f"/proc/{xvnc_pid}") or "Z" in Path(f"/proc/{xvnc_pid}/stat").read_text().split()[2]
