@@ -61,6 +61,7 @@ async def test_a_private_display_on_a_unix_socket_only(vnc_bridge):
 def test_the_display_dies_with_a_killed_gateway(tmp_path):
     """A gateway killed with SIGKILL runs no `finally`: the kernel ends its Xvnc all the same."""
     import os
+    import shutil
     import signal
     import subprocess
     import sys
@@ -82,6 +83,8 @@ def test_the_display_dies_with_a_killed_gateway(tmp_path):
     lock = Path(f"/tmp/.X{display}-lock")
     assert lock.exists()
     xvnc_pid = int(lock.read_text().strip())
+    argv = Path(f"/proc/{xvnc_pid}/cmdline").read_bytes().split(b"\0")
+    private = Path(argv[argv.index(b"-rfbauth") + 1].decode()).parent  # a killed gateway leaves it
     gateway.send_signal(signal.SIGKILL)
     gateway.wait(10)
     deadline = time.monotonic() + 10
@@ -89,4 +92,5 @@ def test_the_display_dies_with_a_killed_gateway(tmp_path):
         assert time.monotonic() < deadline, "Xvnc outlived the gateway"
         time.sleep(0.05)  # polling for the process to go
     gateway.stdout.close()
+    shutil.rmtree(private, ignore_errors=True)
     assert not os.path.exists(f"/proc/{xvnc_pid}") or "Z" in Path(f"/proc/{xvnc_pid}/stat").read_text().split()[2]
