@@ -121,7 +121,9 @@ class DesktopWire:
                 await channel.send_bytes(data[start:start + wire.MAX_FRAME_BYTES])
         else:
             keyframe: Keyframe = item.value
-            if channel.live is not None:
+            # Before the desktop's first update a keyframe is empty (0x0): a later joiner's
+            # ServerInit keeps the last real size, or the placeholder, rather than no screen.
+            if channel.live is not None and keyframe.cols and keyframe.rows:
                 channel.live.desktop_size = (keyframe.cols, keyframe.rows)
             await channel.send_bytes(keyframe.data)
 

@@ -8,6 +8,8 @@ its full-screen window receives."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import struct
 import subprocess
 import sys
@@ -240,6 +242,26 @@ async def test_a_browser_that_breaks_rfb_is_closed_and_the_session_goes_on(live_
         await alice.wait(lambda: alice.client.frames.updates > updates)
         assert not alice.of("ended")
         await close_all(nursery, alice, bob)
+
+
+async def test_joiners_before_the_desktop_answers_never_get_an_empty_screen(live_gateway, xvnc, desk):
+    # A desktop slow to send its first update (here: its X server stopped) gives early joiners an
+    # empty keyframe; a later joiner's ServerInit must still carry a real size, never 0x0.
+    os.kill(xvnc.process.pid, signal.SIGSTOP)
+    try:
+        async with trio.open_nursery() as nursery:
+            alice, (bob,) = await start_and_join(nursery, live_gateway, desk, "bob")
+            await bob.wait(lambda: bob.client.ready)
+            session_id = alice.of("joined")[0]["session_id"]
+            carol = await participant(nursery, live_gateway, "carol", f"/ws/sessions/{session_id}", {"type": "join"})
+            await carol.wait(lambda: carol.client.ready)
+            assert (carol.client.width, carol.client.height) != (0, 0)
+            os.kill(xvnc.process.pid, signal.SIGCONT)
+            for p in (alice, bob, carol):
+                await converge(p, xvnc)
+            await close_all(nursery, alice, bob, carol)
+    finally:
+        os.kill(xvnc.process.pid, signal.SIGCONT)
 
 
 async def test_killing_the_vnc_server_ends_the_session_for_everyone(live_gateway, xvnc, desk):
