@@ -95,6 +95,7 @@ class Report:
     errors: list[str] = field(default_factory=list)
     # beyond the JSON contract: for the table and the benchmarks
     startup_seconds: float = 0.0
+    stop_seconds: float = 0.0
     controller_inputs_sent: int = 0
     viewer_inputs_sent: int = 0
     threads_at_start: int = 0
@@ -212,7 +213,9 @@ def run_engine_loadtest(options: Options, settings: Settings | None = None,
         finally:
             for connection in connections:
                 connection.close()
+            stopping = time.perf_counter()
             engine.stop()
+            report.stop_seconds = round(time.perf_counter() - stopping, 3)
         report.controller_inputs_sent = inputs.sent["controller"]
         report.viewer_inputs_sent = inputs.sent["viewer"]
         report.joins_refused = dict(refusals)
@@ -341,5 +344,6 @@ def _print_table(report: Report) -> None:
             value = "; ".join(value) or "none"
         table.add_row(key.replace("_", " "), str(value))
     table.add_row("startup seconds", str(report.startup_seconds))
+    table.add_row("stop seconds", str(report.stop_seconds))
     table.add_row("audit rows", str(report.audit_rows))
     Console().print(table)
