@@ -44,6 +44,7 @@ class EngineSettings:
     joins_window_seconds: float
     node_id: str
     heartbeat_seconds: float
+    actor_workers: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,5 +213,7 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
             raise SettingsError(f"{section}.{key} must be positive, not {merged[section][key]}")
     if merged["audit"]["refusal_interval_seconds"] < 0:
         raise SettingsError("audit.refusal_interval_seconds must be 0 (off) or positive")
+    if merged["engine"]["actor_workers"] < 1:
+        raise SettingsError("engine.actor_workers must be at least 1")
     return Settings(**{name: cls(**merged[name]) for name, cls in
                        ((n, globals()[t] if isinstance(t, str) else t) for n, t in _SECTIONS.items())})

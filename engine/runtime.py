@@ -23,6 +23,7 @@ import pykka
 
 from config.settings import Settings, load
 from engine.actors.base import send
+from engine.actors.pool import ActorPool
 from engine.actors.supervisor import EngineSupervisor
 from engine.clock import Clock, SystemClock
 from engine.errors import EngineNotRunning, ReplyTimeout
@@ -39,11 +40,13 @@ log = logging.getLogger(__name__)
 
 _CLAIM_SECONDS = 60.0  # claiming the node's row: one transaction, plus the ends of what a crash left open
 
-# pykka names an actor's thread after its class; these are the engine's.
-_ACTOR_THREAD = re.compile(r"^(EngineSupervisor|SessionActor|EndpointActor|ParticipantActor|StoreActor)-\d+$")
+# The threads that run the engine's actors: the workers of every actor pool, and the store's own
+# thread (pykka names a ThreadingActor's thread after its class).
+_ACTOR_THREAD = re.compile(r"^(cosession-actors-\d+-\d+|StoreActor-\d+)$")
 
 
 def actor_threads() -> list[threading.Thread]:
+    """Every thread that runs an actor of an engine in this process; none once they stopped."""
     return [t for t in threading.enumerate() if _ACTOR_THREAD.match(t.name)]
 
 
@@ -108,6 +111,7 @@ class Engine:
         self._database_url = database_url or self.settings.database_url
         self._connect = connect or self._no_connect
         self._directory: dict[str, SessionSummary] = {}
+        self._pool: ActorPool | None = None
         self._store: Any = None
         self._supervisor: Any = None
         self.node: Node | None = None  # this run of this node, once started (engine/nodes.py)
@@ -122,6 +126,8 @@ class Engine:
         if self._own_clock:
             self._clock = SystemClock()
         node = Node.this_process(self.settings.engine.node_id)
+        # The store keeps a thread of its own: its commits block on the database, and a pool
+        # worker blocked there would be taken from every session (engine/actors/pool.py).
         self._store = StoreActor.start(self._database_url, self._clock, node=node,
                                        heartbeat_seconds=self.settings.engine.heartbeat_seconds,
                                        refusal_interval=self.settings.audit.refusal_interval_seconds)
@@ -136,17 +142,17 @@ class Engine:
                 self._clock.stop()
             raise claimed
         self.node, self.recovered = node, claimed.ended
-        self._supervisor = EngineSupervisor.start(
-            store=self._store, clock=self._clock, settings=self.settings.engine,
+        self._pool = ActorPool(self.settings.engine.actor_workers)
+        self._supervisor = EngineSupervisor.start_on(
+            self._pool, store=self._store, clock=self._clock, settings=self.settings.engine,
             connect=self._connect, directory=self._directory)
         return self
 
     def stop(self, timeout: float = 120.0) -> None:
-        """End every session (engine_stopped), commit the audit log, stop every actor thread.
-        Never raises: past `timeout` whatever is left is stopped without waiting for sessions to
-        end, and the problem is logged. Stopping thousands of actors takes seconds: pykka's
-        registry and CPython's thread bookkeeping are linear in the number of threads (see
-        docs/benchmarks.md)."""
+        """End every session (engine_stopped), stop every actor (anything a failure orphaned
+        too), end the pool's workers, then commit the audit log and stop the store. Never raises:
+        past `timeout` whatever is left is stopped without waiting for sessions to end, and the
+        problem is logged."""
         if self._supervisor is None:
             return
         deadline = time.monotonic() + timeout
@@ -158,15 +164,17 @@ class Engine:
             self._call(lambda r: self._supervisor.tell(Shutdown(r)), left())
         except (ReplyTimeout, pykka.ActorDeadError):
             log.error("sessions did not all end within %.0f s; stopping their actors", timeout)
-        for name in ("_supervisor", "_store"):  # the store last: it commits what was told to it
-            try:
-                getattr(self, name).stop(block=True, timeout=left())
-            except (pykka.Timeout, pykka.ActorDeadError):
-                log.error("%s did not stop in time", name.strip("_"))
-            setattr(self, name, None)
-        for ref in pykka.ActorRegistry.get_all():  # anything orphaned by a failure
-            if _ACTOR_THREAD.match(f"{ref.actor_class.__name__}-0"):
-                ref.stop(block=False)
+        try:
+            self._supervisor.stop(block=True, timeout=left())
+        except (pykka.Timeout, pykka.ActorDeadError):
+            log.error("the supervisor did not stop in time")
+        self._supervisor = None
+        self._pool.stop(left())  # and anything orphaned by a failure
+        try:  # the store last: it commits what was told to it
+            self._store.stop(block=True, timeout=left())
+        except (pykka.Timeout, pykka.ActorDeadError):
+            log.error("the store did not stop in time")
+        self._store = None
         for thread in actor_threads():
             thread.join(left())
         if self._own_clock and self._clock is not None:
@@ -181,6 +189,11 @@ class Engine:
     @property
     def clock(self) -> Clock:
         return self._clock
+
+    @property
+    def actor_pool(self) -> ActorPool | None:
+        """The pool that runs this engine's actors (kept after stop, for its final count)."""
+        return self._pool
 
     # --- non-blocking: safe on the event loop ------------------------------------------------
 

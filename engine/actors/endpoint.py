@@ -29,9 +29,8 @@ import collections
 import logging
 from typing import Any
 
-import pykka
-
 from engine.actors.base import describe_failure, send
+from engine.actors.pool import PooledActor
 from engine.clock import Clock, Timer
 from engine.messages import (
     ChildFailed, DisplayUpdate, EndpointClosed, EndpointError, EndpointFailed, EndpointFinished, EndpointOpened,
@@ -44,7 +43,7 @@ from engine.connection import EndpointConnection, EndpointEvents
 log = logging.getLogger(__name__)
 
 
-class EndpointActor(pykka.ThreadingActor):
+class EndpointActor(PooledActor):
     def __init__(self, session_ref: Any, session_id: str, connection: EndpointConnection,
                  screen: ScreenModel, clock: Clock, retries: int, backoff: float, window: float,
                  stall_seconds: float, resync_interval: float) -> None:

@@ -12,15 +12,14 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import pykka
-
 from engine.actors.base import describe_failure, send
+from engine.actors.pool import PooledActor
 from engine.messages import ChildFailed, Member
 
 log = logging.getLogger(__name__)
 
 
-class ParticipantActor(pykka.ThreadingActor):
+class ParticipantActor(PooledActor):
     def __init__(self, session_ref: Any, member: Member, sink: Any) -> None:
         super().__init__()
         self._session = session_ref

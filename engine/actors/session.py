@@ -15,12 +15,11 @@ import logging
 from dataclasses import replace
 from typing import Any
 
-import pykka
-
 from engine import policy
 from engine.actors.base import describe_failure, reply, send
 from engine.actors.endpoint import EndpointActor
 from engine.actors.participant import ParticipantActor
+from engine.actors.pool import PooledActor
 from engine.clock import Clock, Timer
 from engine.messages import (
     Accepted, AuditEvent, AuditSessionEnded, AuditSessionStarted, ChildFailed, Describe, Disconnected,
@@ -44,7 +43,7 @@ class _Participant:
         self.ref = ref
 
 
-class SessionActor(pykka.ThreadingActor):
+class SessionActor(PooledActor):
     def __init__(self, session_id: str, start: StartSession, *, supervisor: Any, store: Any,
                  clock: Clock, settings: EngineSettings) -> None:
         super().__init__()

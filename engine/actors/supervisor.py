@@ -16,10 +16,9 @@ import uuid
 from dataclasses import replace
 from typing import Any, Callable
 
-import pykka
-
 from engine.actors.base import reply, send
 from engine.actors.participant import ParticipantActor
+from engine.actors.pool import PooledActor
 from engine.actors.session import SessionActor
 from engine.clock import Clock
 from engine.messages import (
@@ -33,7 +32,7 @@ log = logging.getLogger(__name__)
 _RECENTLY_ENDED = 4096  # ended session ids remembered, to say "ended" rather than "unknown"
 
 
-class EngineSupervisor(pykka.ThreadingActor):
+class EngineSupervisor(PooledActor):
     def __init__(self, *, store: Any, clock: Clock, settings: EngineSettings,
                  connect: Callable[[StartSession], Any], directory: dict[str, SessionSummary]) -> None:
         super().__init__()

@@ -1,6 +1,7 @@
 import json
 import threading
 import time
+from collections import Counter
 
 import pytest
 import sqlalchemy as sa
@@ -38,7 +39,26 @@ def engine(tmp_path, clock):
     engine = make_engine(settings, clock, tmp_path).start()
     yield engine
     engine.stop()
+    assert_nothing_left(engine)
+
+
+def assert_nothing_left(engine):
+    """After Engine.stop(): no worker or store thread, no actor registered on the pool, none
+    waiting on its run queue."""
     assert actor_threads() == [], "an actor thread outlived Engine.stop()"
+    assert engine.actor_pool.actors() == [], "an actor outlived Engine.stop()"
+    assert engine.actor_pool.scheduled() == 0, "an actor is still scheduled after Engine.stop()"
+
+
+def census(engine):
+    """The engine's live actors by class: every actor started on its pool and not yet ended."""
+    return Counter(ref.actor_class.__name__ for ref in engine.actor_pool.actors())
+
+
+def tree(sessions=0, participants=0):
+    """The census of a tree with `sessions` sessions and `participants` participants in all."""
+    return Counter({"EngineSupervisor": 1, "SessionActor": sessions, "EndpointActor": sessions,
+                    "ParticipantActor": participants}) - Counter()
 
 
 @pytest.fixture

@@ -3,11 +3,13 @@
 import pytest
 
 from engine import policy
-from engine.messages import EndpointRetrying, EndReason, ParticipantLeft, Resync, SessionEnded
+from engine.messages import EndpointRetrying, EndReason, ParticipantJoined, ParticipantLeft, Resync, SessionEnded
 from engine.runtime import Participant, actor_threads
 from engine.sinks import CollectingSink, OutboundQueue
 from config.settings import load
-from tests.actors.conftest import make_engine, wait_until, ALICE, SSH, audit_rows, kinds, viewer
+from tests.actors.conftest import (
+    make_engine, wait_until, ALICE, SSH, assert_nothing_left, audit_rows, census, kinds, tree, viewer,
+)
 
 
 class ExplodingSink(CollectingSink):
@@ -30,6 +32,23 @@ def test_a_crashing_participant_is_removed_and_the_session_goes_on(engine, sessi
         in audit_rows(engine)
 
 
+def test_a_participant_whose_actor_fails_is_removed_and_its_actor_is_gone(engine, session):
+    class BrokenEvents(CollectingSink):
+        def event(self, event):
+            if isinstance(event, ParticipantJoined):
+                raise RuntimeError("viewer's event handling broke")
+            return super().event(event)
+
+    fragile = engine.join_session(session.session_id, viewer(1), sink=BrokenEvents())
+    engine.join_session(session.session_id, viewer(2))  # told to viewer 1's actor, which fails
+    assert session.sink.wait_for(lambda s: any(e.reason == "failed" and e.member.user.name == "Viewer 1"
+                                               for e in s.events_of(ParticipantLeft)))
+    assert wait_until(lambda: census(engine) == tree(sessions=1, participants=2)), census(engine)
+    assert fragile.sink.closed
+    assert ("participant_failed", "Viewer 1", {"error": "RuntimeError", "participant": fragile.participant_id}) \
+        in audit_rows(engine)
+
+
 def test_a_failing_endpoint_is_retried_with_backoff_then_ends_the_session(engine, session, connection, clock):
     bob = engine.join_session(session.session_id, viewer(1))
     for attempt, backoff in ((1, 1.0), (2, 2.0)):
@@ -47,6 +66,7 @@ def test_a_failing_endpoint_is_retried_with_backoff_then_ends_the_session(engine
                                              and e.detail == "connection reset" for e in s.events))
     assert wait_until(lambda: connection.closed)
     assert kinds(engine).count("endpoint_retry") == 2 and "endpoint_failure" in kinds(engine)
+    assert wait_until(lambda: census(engine) == tree()), census(engine)
 
 
 def test_a_non_retryable_endpoint_error_ends_the_session_at_once(engine, session, connection):
@@ -54,12 +74,14 @@ def test_a_non_retryable_endpoint_error_ends_the_session_at_once(engine, session
     assert session.sink.wait_for(lambda s: any(isinstance(e, SessionEnded) and e.reason is EndReason.ENDPOINT_FAILED
                                                for e in s.events))
     assert connection.opens == 1
+    assert wait_until(lambda: census(engine) == tree()), census(engine)
 
 
 def test_the_endpoint_ending_normally_ends_the_session(engine, session, connection):
     connection.finish("exit status 0")
     assert session.sink.wait_for(lambda s: any(isinstance(e, SessionEnded) and e.reason is EndReason.ENDPOINT_CLOSED
                                                for e in s.events))
+    assert wait_until(lambda: census(engine) == tree()), census(engine)
 
 
 def test_a_crashing_session_actor_is_cleaned_up_by_the_root(engine, session, connection, monkeypatch):
@@ -79,6 +101,7 @@ def test_a_crashing_session_actor_is_cleaned_up_by_the_root(engine, session, con
     rows = audit_rows(engine)
     assert rows[-2][0] == "session_failure" and rows[-1][0] == "session_ended"
     assert rows[-1][2]["reason"] == "session_failed"
+    assert wait_until(lambda: census(engine) == tree()), census(engine)
     monkeypatch.undo()
     assert isinstance(engine.open_session(SSH, ALICE), Participant)  # the engine goes on
 
@@ -122,13 +145,15 @@ def test_a_late_joiner_gets_the_screen_first_then_the_live_stream(engine, sessio
 
 
 def test_stop_ends_every_session_and_leaves_no_thread(tmp_path, clock):
-    engine = make_engine(load(env={}), clock, tmp_path).start()
+    engine = make_engine(load(env={}, engine={"actor_workers": 3}), clock, tmp_path).start()
     participants = []
     for n in range(5):
         controller = engine.open_session(SSH, ALICE)
         participants += [controller] + [engine.join_session(controller.session_id, viewer(v)) for v in range(3)]
-    assert len(actor_threads()) > 20
+    assert census(engine) == tree(sessions=5, participants=20)
+    # 31 actors on the pool's 3 threads, plus the store's own thread
+    assert sorted(t.name.rsplit("-", 1)[0] for t in actor_threads()) == ["StoreActor"] + [engine.actor_pool.name] * 3
     engine.stop()
-    assert actor_threads() == []
+    assert_nothing_left(engine)
     assert all(any(isinstance(e, SessionEnded) and e.reason is EndReason.ENGINE_STOPPED for e in p.sink.events)
                for p in participants)
