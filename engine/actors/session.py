@@ -219,13 +219,12 @@ class SessionActor(PooledActor):
         send(self._endpoint, Subscribe(member.participant_id, sink))
         return member
 
-    def _remove(self, pid: str, reason: str, by: User | None = None, stop: bool = True) -> Member | None:
+    def _remove(self, pid: str, reason: str, by: User | None = None) -> Member | None:
         participant = self._participants.pop(pid, None)
         if participant is None:
             return None
         send(self._endpoint, Unsubscribe(pid))
-        if stop:
-            _stop(participant.ref)
+        _stop(participant.ref)
         if pid == self._controller_pid:
             self._controller_pid = None
         self._broadcast(ParticipantLeft(participant.member, reason, by))
@@ -299,7 +298,9 @@ class SessionActor(PooledActor):
             self._end(EndReason.ENDPOINT_FAILED, detail=failed.detail)
             return
         was_controller = failed.child_id == self._controller_pid
-        member = self._remove(failed.child_id, "failed", stop=False)
+        # Stopped even if it failed itself (stopping an ended actor does nothing): a failure
+        # that the endpoint reports (the participant's sink broke) leaves the actor running.
+        member = self._remove(failed.child_id, "failed")
         if member is None:
             return
         self._audit("participant_failed", member.user, participant=failed.child_id, error=failed.detail)

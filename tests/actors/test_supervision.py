@@ -30,6 +30,8 @@ def test_a_crashing_participant_is_removed_and_the_session_goes_on(engine, sessi
     assert [m.user.name for m in engine.describe(session.session_id).viewers] == ["Viewer 2"]
     assert ("participant_failed", "Viewer 1", {"error": "RuntimeError", "participant": fragile.participant_id}) \
         in audit_rows(engine)
+    assert wait_until(lambda: census(engine) == tree(sessions=1, participants=2)), census(engine)
+    assert fragile.sink.closed  # its actor stopped, and closed its sink
 
 
 def test_a_participant_whose_actor_fails_is_removed_and_its_actor_is_gone(engine, session):
