@@ -158,6 +158,7 @@ class TerminalScreen:
         self._screen = _AltScreen(cols, rows)
         self._stream = pyte.ByteStream(self._screen)
         self._pending = bytearray()
+        self._keyframe: Keyframe | None = None  # the last one rendered, while the screen is unchanged
         self.bytes_skipped = 0  # cut during bursts, never parsed
         self.parse_errors = 0
 
@@ -187,6 +188,7 @@ class TerminalScreen:
     def resize(self, cols: int, rows: int) -> None:
         self._catch_up()
         self._screen.resize(lines=rows, columns=cols)
+        self._keyframe = None
 
     def display(self) -> list[str]:
         """The visible text, one string per row (for tests and the dashboard's preview)."""
@@ -197,6 +199,11 @@ class TerminalScreen:
         if len(self._pending) > 2 * _TAIL:  # a joiner waits for this parse: only the tail
             self._skip_to_tail()
         self._catch_up()
+        if self._keyframe is None:  # ten viewers joining a quiet session: one rendering
+            self._keyframe = self._render()
+        return self._keyframe
+
+    def _render(self) -> Keyframe:
         screen = self._screen
         parts = ["\x1bc", f"\x1b[8;{screen.lines};{screen.columns}t"]
         if screen.saved_primary is not None:
@@ -217,6 +224,7 @@ class TerminalScreen:
             self._parse(data)
 
     def _parse(self, data: bytes) -> None:
+        self._keyframe = None
         try:
             self._stream.feed(data)
         except Exception:
@@ -234,6 +242,7 @@ class TerminalScreen:
         dropped = bytes(self._pending[:cut])
         del self._pending[:cut]
         self.bytes_skipped += len(dropped)
+        self._keyframe = None
         entered = max(dropped.rfind(seq) for seq in _ALT_ENTER)
         exited = max(dropped.rfind(seq) for seq in _ALT_EXIT)
         in_alt = entered > exited if entered != exited else self._screen.saved_primary is not None

@@ -77,7 +77,7 @@ class EndpointActor(PooledActor):
                 self._screen.feed(message.data)
                 self._fan_out(message)
                 self._events.processed(len(message.data))
-                if self.actor_inbox.empty():  # parse the screen only when nobody waits
+                if self.nothing_waiting():  # parse the screen only when no message waits for it
                     self._screen.idle()
             case DisplayUpdate(applied=applied):
                 # decoded by the connection's worker thread; encoded here, once, for everyone

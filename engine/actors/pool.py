@@ -182,6 +182,11 @@ class PooledActor(pykka.Actor):
     def _start_actor_loop(self) -> None:
         self._pool._admit(self)
 
+    def nothing_waiting(self) -> bool:
+        """No message waits for a worker: none in this actor's inbox, and no other actor of the
+        pool on the run queue. The moment for optional work, which must never delay a message."""
+        return self.actor_inbox.empty() and self._pool._ready.empty()
+
     def _run_slice(self, budget: int) -> None:
         """Handle up to `budget` messages, on a worker. pykka's `_actor_loop`, one slice at a time."""
         inbox: Mailbox = self.actor_inbox  # type: ignore[assignment]

@@ -55,6 +55,8 @@ class Recorder(PooledActor):
                     return "pong"
                 case "threads":
                     return set(self.threads)
+                case "nothing_waiting":
+                    return self.nothing_waiting()
             self.log.append(message)
             return message
         finally:
@@ -104,6 +106,27 @@ def test_a_busy_actor_yields_its_worker_after_one_slice():
         order = [m for m in handled if isinstance(m, tuple) and m[0] in ("flood", "quiet")]
         assert order.index(("quiet", 0)) == 7  # the hold and 7 floods made the first slice
         assert [m[1] for m in order if m[0] == "flood"] == list(range(1000))
+    finally:
+        assert one.stop(WAIT)
+
+
+def test_nothing_waiting_means_no_message_waits_on_the_whole_pool():
+    """What the endpoint asks before optional work (parsing its screen model)."""
+    one = ActorPool(workers=1)
+    try:
+        a, b = Recorder.start_on(one), Recorder.start_on(one)
+        assert b.ask("ping", timeout=WAIT) == "pong"
+        assert a.ask("nothing_waiting", timeout=WAIT) is True
+        entered, gate = threading.Event(), threading.Event()
+        a.tell(("hold", entered, gate))
+        assert entered.wait(WAIT)
+        behind_own = a.ask("nothing_waiting", block=False)  # another of a's messages waits behind it
+        alone = a.ask("nothing_waiting", block=False)
+        b.tell("x")  # b waits on the run queue for the only worker
+        gate.set()
+        assert behind_own.get(timeout=WAIT) is False and alone.get(timeout=WAIT) is False
+        assert b.ask("ping", timeout=WAIT) == "pong"
+        assert a.ask("nothing_waiting", timeout=WAIT) is True
     finally:
         assert one.stop(WAIT)
 

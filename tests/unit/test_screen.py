@@ -86,3 +86,18 @@ def test_a_keyframe_parses_at_most_the_tail(monkeypatch):
     copy = replay(s.keyframe(), 40, 3)
     assert sum(parsed) <= screen_module._TAIL
     assert copy.display()[1].startswith("line 29999")
+
+
+def test_a_keyframe_is_rendered_once_while_the_screen_is_unchanged():
+    screen = TerminalScreen(40, 5)
+    screen.feed(b"$ ls\r\n")
+    first = screen.keyframe()
+    assert screen.keyframe() is first  # ten joiners of a quiet session: one rendering
+    screen.feed(b"more\r\n")
+    after_output = screen.keyframe()
+    assert after_output is not first and b"more" in after_output.data
+    screen.resize(30, 4)
+    resized = screen.keyframe()
+    assert resized is not after_output and (resized.cols, resized.rows) == (30, 4)
+    screen.feed(b"x" * 300_000)  # a burst is cut to its tail: the screen starts afresh
+    assert screen.keyframe() is not resized
