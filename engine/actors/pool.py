@@ -95,9 +95,6 @@ class Mailbox:
     def empty(self) -> bool:
         return not self._envelopes
 
-    def __len__(self) -> int:
-        return len(self._envelopes)
-
     # --- for the pool ---------------------------------------------------------------------------
 
     def _admit(self, actor: PooledActor) -> None:
@@ -190,17 +187,27 @@ class PooledActor(pykka.Actor):
     def _run_slice(self, budget: int) -> None:
         """Handle up to `budget` messages, on a worker. pykka's `_actor_loop`, one slice at a time."""
         inbox: Mailbox = self.actor_inbox  # type: ignore[assignment]
-        if not self._started:
-            self._started = True
-            self._actor_loop_setup()  # on_start; a failure there stops the actor without on_failure
         stopped = self.actor_stopped
-        for _ in range(budget):
-            if stopped.is_set():
-                break
-            envelope = inbox._next()
-            if envelope is None:
-                break
-            self._handle_envelope(envelope)
+        try:
+            if not self._started:
+                self._started = True
+                self._actor_loop_setup()  # on_start; a failure there stops the actor without on_failure
+            for _ in range(budget):
+                if stopped.is_set():
+                    break
+                envelope = inbox._next()
+                if envelope is None:
+                    break
+                self._handle_envelope(envelope)
+        except BaseException:
+            # pykka stops every actor when one raises a BaseException (SystemExit, ...): so does
+            # the pool, for its own actors, without waiting, and the worker goes on.
+            log.error("%r in %s: stopping every actor of its pool", sys.exc_info()[1], self)
+            try:
+                self._stop()
+            except BaseException:
+                stopped.set()
+            self._pool.stop_actors()
         if stopped.is_set():
             inbox._close()
             self._actor_loop_teardown()  # answers every ask still in the inbox
@@ -224,12 +231,6 @@ class PooledActor(pykka.Actor):
                     self.on_failure(*sys.exc_info())
                 except Exception:
                     self._handle_failure(*sys.exc_info())
-        except BaseException:
-            # pykka stops every actor when one raises a BaseException (SystemExit, ...): so does
-            # the pool, for its own actors, without waiting, and the worker goes on.
-            log.error("%r in %s: stopping every actor of its pool", sys.exc_info()[1], self)
-            self._stop()
-            self._pool.stop_actors()
 
 
 class ActorPool:

@@ -223,7 +223,15 @@ def test_a_base_exception_stops_every_actor_of_the_pool_and_the_workers_go_on(po
     refs[0].tell(("exit",))
     assert _wait_for(lambda: pool.actors() == [])
     assert log.count("stop") == 5
-    assert Recorder.start_on(pool).ask("ping", timeout=WAIT) == "pong"
+    assert Recorder.start_on(pool, log).ask("ping", timeout=WAIT) == "pong"  # the workers went on
+
+    class ExitAtStart(Recorder):
+        def on_start(self):
+            raise SystemExit(4)
+
+    ExitAtStart.start_on(pool, log)  # outside pykka's own handling of on_start
+    assert _wait_for(lambda: pool.actors() == [])
+    assert log.count("stop") == 7  # the one that raised, and the one started above
 
 
 def _wait_for(predicate, timeout=WAIT):
