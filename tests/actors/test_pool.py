@@ -131,6 +131,29 @@ def test_nothing_waiting_means_no_message_waits_on_the_whole_pool():
         assert one.stop(WAIT)
 
 
+def test_an_actor_without_on_start_takes_no_turn_until_its_first_message():
+    class Plain(PooledActor):
+        def on_receive(self, message):
+            return message
+
+    one = ActorPool(workers=1)
+    try:
+        holder = Recorder.start_on(one)
+        entered, gate = threading.Event(), threading.Event()
+        holder.tell(("hold", entered, gate))
+        assert entered.wait(WAIT)
+        plain = Plain.start_on(one)
+        assert one.scheduled() == 0
+        Recorder.start_on(one)  # its on_start needs a turn
+        assert one.scheduled() == 1
+        reply = plain.ask("hello", block=False)
+        assert one.scheduled() == 2
+        gate.set()
+        assert reply.get(timeout=WAIT) == "hello"
+    finally:
+        assert one.stop(WAIT)
+
+
 def test_failure_and_stop_behave_as_pykka_says(pool):
     log = []
     ref = Recorder.start_on(pool, log)
