@@ -45,7 +45,7 @@ def measure(shape: tuple, runs: int, duration: float) -> list[dict]:
         result = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"{shape[0]} sessions x {shape[1]} viewers x {shape[2]:g}/s run {n + 1}/{runs}: "
               f"p99 {result['fanout_latency_ms']['p99']} ms, start {result['startup_seconds']} s, "
-              f"stop {result['stop_seconds']} s, load {result['load_at_start']:.2f}, errors {result['errors']}",
+              f"stop {result['stop_seconds']} s, cpu {result['load_cpu_percent']} %, load {result['load_at_start']:.2f}, errors {result['errors']}",
               file=sys.stderr)
         results.append(result)
     return results
@@ -73,8 +73,8 @@ def table(shape: tuple, results: list[dict], duration: float) -> str:
         ("rule violations and errors", [len(r["errors"]) for r in results]),
         ("start-up (open + join all), s", [r["startup_seconds"] for r in results]),
         ("stop, s", [r["stop_seconds"] for r in results]),
-        ("peak RSS, MB", [r["peak_rss_mb"] for r in results]),
-        ("threads after stop", [r["threads_after_stop"] for r in results]),
+        ("CPU while the streams ran, % of a core", [r["load_cpu_percent"] for r in results]),
+XX, [r["threads_after_stop"] for r in results]),
         ("load average (1 min) at the run's start", [round(r["load_at_start"], 2) for r in results]),
     ]
     lines = [f"`{command(shape, duration)}` — {len(results)} runs, median (min–max):", "",
@@ -88,8 +88,9 @@ def table(shape: tuple, results: list[dict], duration: float) -> str:
 def sweep(counts: list[int], rate: float, runs: int, duration: float, bound: float) -> str:
     lines = [f"Sweep: `{command((0, 10, rate, 0.0, 128), duration).replace('--sessions 0', '--sessions N')}`, "
              f"{runs} runs per N, median (min–max):", "",
-             "| sessions | p99 fan-out, ms | p50, ms | start-up, s | stop, s | peak RSS, MB | errors | load at start |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| sessions | p99 fan-out, ms | p50, ms | start-up, s | stop, s | CPU, % of a core | peak RSS, MB "
+             "| errors | load at start |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     held = None
     for sessions in counts:
         results = measure((sessions, 10, rate, 0.0, 128), runs, duration)
@@ -101,6 +102,7 @@ def sweep(counts: list[int], rate: float, runs: int, duration: float, bound: flo
             median_and_spread([r["fanout_latency_ms"]["p50"] for r in results]),
             median_and_spread([r["startup_seconds"] for r in results]),
             median_and_spread([r["stop_seconds"] for r in results]),
+            median_and_spread([r["load_cpu_percent"] for r in results]),
             median_and_spread([r["peak_rss_mb"] for r in results]),
             str(sum(len(r["errors"]) for r in results)),
             median_and_spread([round(r["load_at_start"], 2) for r in results]) + " |"]))

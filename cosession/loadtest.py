@@ -96,6 +96,7 @@ class Report:
     # beyond the JSON contract: for the table and the benchmarks
     startup_seconds: float = 0.0
     stop_seconds: float = 0.0
+    load_cpu_percent: float = 0.0  # the process's CPU while the streams ran, % of one core
     controller_inputs_sent: int = 0
     viewer_inputs_sent: int = 0
     threads_at_start: int = 0
@@ -198,7 +199,8 @@ def run_engine_loadtest(options: Options, settings: Settings | None = None,
                 connection.start_stream(options.rate)
             for i, participant in enumerate(participants):
                 inputs.start(participant, offset=(i % 97) / 97)
-            end = time.monotonic() + options.duration
+            cpu_before, wall_before = time.process_time(), time.monotonic()
+            end = wall_before + options.duration
             while (left := end - time.monotonic()) > 0:
                 if progress:
                     progress("run", options.duration - left, options.duration)
@@ -206,6 +208,9 @@ def run_engine_loadtest(options: Options, settings: Settings | None = None,
             inputs.stop()
             for connection in connections:
                 connection.stop_stream()
+            if options.duration > 0:
+                report.load_cpu_percent = round(
+                    100 * (time.process_time() - cpu_before) / (time.monotonic() - wall_before), 1)
             _wait_for_deliveries(connections, session_sinks)
             report.audit_rows = engine.flush_audit().rows
         except Exception as exc:  # report, then still stop everything
@@ -345,5 +350,6 @@ def _print_table(report: Report) -> None:
         table.add_row(key.replace("_", " "), str(value))
     table.add_row("startup seconds", str(report.startup_seconds))
     table.add_row("stop seconds", str(report.stop_seconds))
+    table.add_row("cpu during load %", str(report.load_cpu_percent))
     table.add_row("audit rows", str(report.audit_rows))
     Console().print(table)
