@@ -74,7 +74,8 @@ def table(shape: tuple, results: list[dict], duration: float) -> str:
         ("start-up (open + join all), s", [r["startup_seconds"] for r in results]),
         ("stop, s", [r["stop_seconds"] for r in results]),
         ("CPU while the streams ran, % of a core", [r["load_cpu_percent"] for r in results]),
-XX, [r["threads_after_stop"] for r in results]),
+("peak RSS, MB", [r["peak_rss_mb"] for r in results]),
+        ("threads after stop", [r["threads_after_stop"] for r in results]),
         ("load average (1 min) at the run's start", [round(r["load_at_start"], 2) for r in results]),
     ]
     lines = [f"`{command(shape, duration)}` — {len(results)} runs, median (min–max):", "",
