@@ -5,7 +5,7 @@ each run in a fresh process, reported as medians with the spread.
     .venv/bin/python bench/engine.py --sweep 600,1000,1500 [--rate 5] [--runs 3] [--duration 20]
 
 A workload is `cosession loadtest` with the figures of the table below it: 10 viewers per
-session, 128-byte frames. `--sweep` runs the scale workload at each session count given and
+session, 128-byte frames, each session's stream at its own phase (`--in-step`: all at once). `--sweep` runs the scale workload at each session count given and
 reports the largest count whose median p99 fan-out latency stays under `--p99-bound` ms.
 Every run records the machine's 1-minute load average when it began: the machine is shared.
 """
@@ -33,14 +33,19 @@ def one(args: argparse.Namespace) -> None:
 
     sessions, viewers, rate, input_rate, frame_bytes = json.loads(args.one)
     load = os.getloadavg()[0]
-    report = run_engine_loadtest(Options(sessions, viewers, rate, frame_bytes, input_rate, args.duration))
+    report = run_engine_loadtest(Options(sessions, viewers, rate, frame_bytes, input_rate, args.duration,
+                                         in_step=args.in_step))
     print(json.dumps({**asdict(report), "load_at_start": load}))
+
+
+IN_STEP = False  # --in-step: every session emits at the same instant
 
 
 def measure(shape: tuple, runs: int, duration: float) -> list[dict]:
     results = []
     for n in range(runs):
-        out = subprocess.run([sys.executable, __file__, "--one", json.dumps(shape), "--duration", str(duration)],
+        out = subprocess.run([sys.executable, __file__, "--one", json.dumps(shape), "--duration", str(duration)]
+                             + (["--in-step"] if IN_STEP else []),
                              capture_output=True, text=True, check=True)
         result = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"{shape[0]} sessions x {shape[1]} viewers x {shape[2]:g}/s run {n + 1}/{runs}: "
@@ -57,7 +62,7 @@ def median_and_spread(values: list[float]) -> str:
 
 def command(shape: tuple, duration: float) -> str:
     sessions, viewers, rate, input_rate, frame_bytes = shape
-    extra = f" --input-rate {input_rate:g}" if input_rate else ""
+    extra = (f" --input-rate {input_rate:g}" if input_rate else "") + (" --in-step" if IN_STEP else "")
     return (f"cosession loadtest --sessions {sessions} --viewers {viewers} --rate {rate:g}{extra} "
             f"--frame-bytes {frame_bytes} --duration {duration:g}")
 
@@ -120,8 +125,12 @@ def main() -> None:
     parser.add_argument("--sweep", help="comma-separated session counts, at --rate frames/s, 10 viewers")
     parser.add_argument("--rate", type=float, default=5.0, help="frames/s per session in a sweep (default 5)")
     parser.add_argument("--p99-bound", type=float, default=50.0, help="the sweep's p99 bound in ms (default 50)")
+    parser.add_argument("--in-step", action="store_true",
+                        help="every session emits at the same instant (default: spread over one period)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global IN_STEP
+    IN_STEP = args.in_step
     if args.one:
         one(args)
         return

@@ -42,6 +42,7 @@ class Options:
     input_rate: float = 0.0
     duration: float = 5.0
     data_dir: str | None = None
+    in_step: bool = False
 
 
 class LatencySink:
@@ -196,7 +197,9 @@ def run_engine_loadtest(options: Options, settings: Settings | None = None,
                     progress("setup", n + 1, options.sessions)
             report.startup_seconds = round(time.perf_counter() - began, 3)
             for i, connection in enumerate(connections):
-                connection.start_stream(options.rate)
+                # Independent sessions print at independent moments: spread over one period,
+                # unless every stream is to emit in step (a burst of one frame per session).
+                connection.start_stream(options.rate, phase=1.0 if options.in_step else (i % 97 + 1) / 97)
             for i, participant in enumerate(participants):
                 inputs.start(participant, offset=(i % 97) / 97)
             cpu_before, wall_before = time.process_time(), time.monotonic()
@@ -276,6 +279,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="input messages per second sent by every participant (default 0)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds of load (default 5)")
     parser.add_argument("--data-dir", help="keep the audit database here (default: a temporary directory)")
+    parser.add_argument("--in-step", action="store_true",
+                        help="every session emits at the same instant (default: spread over one frame period)")
     parser.add_argument("--via", choices=["engine", "websocket"], default="engine",
                         help="drive the actors directly (engine) or a running gateway's websockets")
     parser.add_argument("--url", help="with --via websocket: the gateway's base URL")
@@ -300,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"cosession loadtest: {problem}", file=sys.stderr)
         return 2
     options = Options(args.sessions, args.viewers, args.rate, args.frame_bytes, args.input_rate,
-                      args.duration, args.data_dir)
+                      args.duration, args.data_dir, args.in_step)
     settings = load(args.config, server={"data_dir": args.data_dir} if args.data_dir else {})
     if args.via == "websocket":
         from cosession.loadtest_ws import run_websocket_loadtest

@@ -59,16 +59,16 @@ class SyntheticConnection:
         if self._rate > 0:
             self.start_stream(self._rate)
 
-    def start_stream(self, rate: float) -> None:
-        """Emit `rate` frames per second from now on (a load test starts every stream at once,
-        after its set-up)."""
+    def start_stream(self, rate: float, phase: float = 1.0) -> None:
+        """Emit `rate` frames per second from now on, the first after `phase` periods (a load
+        test starts every stream after its set-up, each at its own phase in [0, 1))."""
         with self._lock:
             if self._closed or self._events is None or rate <= 0:
                 return
             if self._timer is not None:
                 self._timer.cancel()
             self._rate = rate
-            self._next_at = self._clock.now() + 1.0 / rate
+            self._next_at = self._clock.now() + phase / rate
             self._timer = self._clock.call_at(self._next_at, self._tick)
 
     def stop_stream(self) -> None:

@@ -42,3 +42,12 @@ def test_bad_flags_are_refused_clearly():
     assert run.returncode == 2 and "--sessions must not be negative" in run.stderr
     run = cosession("loadtest", "--frame-bytes", "0")
     assert run.returncode == 2 and "--frame-bytes must be at least 1" in run.stderr
+
+
+def test_streams_in_step_or_spread_deliver_every_frame():
+    for flags in ([], ["--in-step"]):
+        run = cosession("loadtest", "--sessions", "4", "--viewers", "2", "--rate", "20", "--duration", "0.5",
+                        "--json", *flags)
+        assert run.returncode == 0, run.stderr
+        report = json.loads(run.stdout)
+        assert report["frames_generated"] >= 4 and report["frames_delivered"] == report["frames_generated"] * 3
