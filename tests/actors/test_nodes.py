@@ -6,7 +6,7 @@ import pytest
 from config.settings import load
 from engine.errors import NodeInUse
 from engine.runtime import actor_threads
-from tests.actors.conftest import ALICE, SSH, make_engine
+from tests.actors.conftest import ALICE, SSH, assert_nothing_left, census, make_engine, tree
 
 
 def test_one_name_one_running_engine_per_database(tmp_path, clock):
@@ -18,13 +18,14 @@ def test_one_name_one_running_engine_per_database(tmp_path, clock):
         with pytest.raises(NodeInUse, match="node 'gw1' is already running"):
             make_engine(settings, clock, tmp_path).start()
         # the refused engine stopped what it had started, and the first one goes on
-        assert {t.name.split("-")[0] for t in actor_threads()} == {"StoreActor", "EngineSupervisor", "SessionActor",
-                                                                  "EndpointActor", "ParticipantActor"}
+        assert sorted(t.name.rsplit("-", 1)[0] for t in actor_threads()) == \
+            ["StoreActor"] + [first.actor_pool.name] * first.settings.engine.actor_workers
+        assert census(first) == tree(sessions=1, participants=1)
         session.send_input(b"still mine\r")
         assert session.wait_for_output(b"still mine")
     finally:
         first.stop()
-    assert actor_threads() == []
+    assert_nothing_left(first)
     again = make_engine(settings, clock, tmp_path).start()  # a clean stop ended its sessions itself
     try:
         assert again.recovered == ()
