@@ -7,7 +7,8 @@ beneath it, so that the joiner's terminal comes back to the shell when the progr
 
 Parsing costs far more CPU than moving bytes: pyte parses about 1 MB/s, an SSH session can
 print 100 MB/s. So the hot path only appends output to a buffer. Interactive output (a little
-at a time: a shell, vim, top) is parsed when the endpoint actor is idle (`idle()`). Bulk output
+at a time: a shell, vim, top) is parsed when the endpoint actor finds the screen settled
+(`idle()`: after a pause in the output, engine/actors/endpoint.py). Bulk output
 (`cat` of a large file) is not parsed as it flows: the buffer is cut to its recent tail, because
 after that much output the screen *is* the tail, and a keyframe parses at most that tail. A
 cheap scan of the bytes cut keeps track of the alternate screen. (Parsing bulk output whenever

@@ -42,6 +42,10 @@ from engine.connection import EndpointConnection, EndpointEvents
 
 log = logging.getLogger(__name__)
 
+# Output after this long a pause is worth parsing into the screen model: the screen had settled.
+# Output that keeps coming is not parsed as it flows (a keyframe parses what is pending).
+QUIET_SECONDS = 0.5
+
 
 class EndpointActor(PooledActor):
     def __init__(self, session_ref: Any, session_id: str, connection: EndpointConnection,
@@ -70,14 +74,17 @@ class EndpointActor(PooledActor):
         self._waiting_for_keyframe: set[str] = set()
         self._last_resync = -float("inf")
         self._resync_timer: Timer | None = None
+        self._last_output = float("-inf")
 
     def on_receive(self, message: Any) -> None:
         match message:
             case Frame():
+                now = self._clock.now()
+                after_pause, self._last_output = now - self._last_output >= QUIET_SECONDS, now
                 self._screen.feed(message.data)
                 self._fan_out(message)
                 self._events.processed(len(message.data))
-                if self.nothing_waiting():  # parse the screen only when no message waits for it
+                if after_pause and self.nothing_waiting():  # parse only when no message waits for it
                     self._screen.idle()
             case DisplayUpdate(applied=applied):
                 # decoded by the connection's worker thread; encoded here, once, for everyone

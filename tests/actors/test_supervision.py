@@ -159,3 +159,4 @@ def test_stop_ends_every_session_and_leaves_no_thread(tmp_path, clock):
     assert_nothing_left(engine)
     assert all(any(isinstance(e, SessionEnded) and e.reason is EndReason.ENGINE_STOPPED for e in p.sink.events)
                for p in participants)
+
