@@ -25,3 +25,8 @@ class ReplyTimeout(EngineError):
 class NodeInUse(EngineError):
     """Another process that is still running uses this node's name on this database
     (engine/nodes.py): starting would end its sessions."""
+
+
+class BlockedWorker(EngineError):
+    """An actor waited for a reply on a pool worker (engine/actors/pool.py): actors answer
+    through a message's `reply_to`, never by `ask()`ing one another."""

@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Self
 
 import pykka
 
-from engine.errors import EngineError, EngineNotRunning
+from engine.errors import BlockedWorker, EngineNotRunning
 
 if TYPE_CHECKING:
     from pykka._envelope import Envelope  # what pykka's inbox protocol carries
@@ -54,10 +54,6 @@ log = logging.getLogger(__name__)
 
 SLICE_MESSAGES = 32  # messages an actor handles before it yields its worker to the next actor
 WORKERS = 4
-
-
-class BlockedWorker(EngineError):
-    """An actor waited for a reply on a pool worker. Actors answer through `reply_to`."""
 
 
 _worker = threading.local()  # .pool on the pool's own worker threads

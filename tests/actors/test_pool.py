@@ -6,8 +6,8 @@ import threading
 import pykka
 import pytest
 
-from engine.actors.pool import ActorPool, BlockedWorker, PooledActor
-from engine.errors import EngineNotRunning
+from engine.actors.pool import ActorPool, PooledActor
+from engine.errors import BlockedWorker, EngineNotRunning
 
 WAIT = 10.0  # a bound on waiting for the workers, never a wait for time to pass
 
