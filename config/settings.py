@@ -6,6 +6,7 @@ or the environment of the wrong type, or a key that does not exist, is an error 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, fields
@@ -13,6 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 PRODUCT_VIEWER_CAP = 10  # rule 2: a setting may lower this, never raise it
 ENV_PREFIX = "COSESSION_"
 
@@ -21,12 +24,34 @@ class SettingsError(ValueError):
     pass
 
 
+def is_loopback(host: str) -> bool:
+    """A loopback address or ``localhost``; an empty host or a wildcard (0.0.0.0, ::) is not."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True, slots=True)
 class Server:
     host: str
     port: int
     data_dir: str
     public_url: str
+    certfile: str
+    keyfile: str
+
+    @property
+    def tls(self) -> bool:
+        """The gateway serves TLS itself (https://, wss://)."""
+        return bool(self.certfile and self.keyfile)
+
+    @property
+    def loopback(self) -> bool:
+        """It listens on a loopback address only (127.0.0.0/8, ::1, localhost)."""
+        return is_loopback(self.host)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +138,22 @@ class Edge:
 
 
 @dataclass(frozen=True, slots=True)
+class Log:
+    format: str
+    level: str
+    access: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    enabled: bool
+    token: str
+
+    def __repr__(self) -> str:
+        return f"Metrics(enabled={self.enabled}, token=<hidden>)"
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     server: Server
     engine: EngineSettings
@@ -123,6 +164,8 @@ class Settings:
     demo: Demo
     audit: Audit
     edge: Edge
+    log: Log
+    metrics: Metrics
 
     @property
     def data_path(self) -> Path:
@@ -215,5 +258,19 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
         raise SettingsError("audit.refusal_interval_seconds must be 0 (off) or positive")
     if merged["engine"]["actor_workers"] < 1:
         raise SettingsError("engine.actor_workers must be at least 1")
+    server = merged["server"]
+    if bool(server["certfile"]) != bool(server["keyfile"]):
+        raise SettingsError("server.certfile and server.keyfile go together: set both for TLS, or neither")
+    log = merged["log"]
+    log["format"], log["level"] = log["format"].lower(), log["level"].lower()
+    if log["format"] not in LOG_FORMATS:
+        raise SettingsError(f"log.format is {log['format']!r}: expected one of {', '.join(LOG_FORMATS)}")
+    if log["level"] not in LOG_LEVELS:
+        raise SettingsError(f"log.level is {log['level']!r}: expected one of {', '.join(LOG_LEVELS)}")
+    if merged["metrics"]["token"] and len(merged["metrics"]["token"]) < 16:
+        raise SettingsError("metrics.token is too short (at least 16 characters)")
+    if merged["metrics"]["enabled"] and not merged["metrics"]["token"] and not is_loopback(server["host"]):
+        raise SettingsError("metrics.enabled with the gateway listening beyond loopback needs metrics.token "
+                            "(a bearer token Prometheus sends; COSESSION_METRICS_TOKEN)")
     return Settings(**{name: cls(**merged[name]) for name, cls in
                        ((n, globals()[t] if isinstance(t, str) else t) for n, t in _SECTIONS.items())})

@@ -35,6 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="address to listen on (default: server.host, 127.0.0.1)")
     parser.add_argument("--port", type=int, help="port to listen on (default: server.port, 8080; 0: any free)")
     parser.add_argument("--data-dir", metavar="DIR", help="database, keys, recordings (default: server.data_dir)")
+    parser.add_argument("--certfile", metavar="FILE", help="serve TLS with this PEM certificate chain (with --keyfile)")
+    parser.add_argument("--keyfile", metavar="FILE", help="the certificate's PEM private key (with --certfile)")
     parser.add_argument("--no-demo", action="store_true", help="do not start the demo endpoints (SSH, desktop)")
     parser.set_defaults(run=run)
 
@@ -53,7 +55,8 @@ def _settings(args: argparse.Namespace) -> Any:
     from config.settings import load
 
     server = {key: value for key, value in
-              (("host", args.host), ("port", args.port), ("data_dir", args.data_dir)) if value is not None}
+              (("host", args.host), ("port", args.port), ("data_dir", args.data_dir),
+               ("certfile", args.certfile), ("keyfile", args.keyfile)) if value is not None}
     overrides: dict[str, dict[str, Any]] = {"server": server}
     if args.no_demo:
         overrides["demo"] = {"enabled": False}
@@ -167,7 +170,18 @@ def _leaves(exc: BaseException) -> list[BaseException]:
     return [exc]
 
 
-async def _serve(services: Any, first: _FirstRun) -> None:
+def exposure_warning(settings: Any) -> str | None:
+    """What to say at start when the gateway listens beyond loopback without TLS: passwords,
+    session cookies and every keystroke would cross the network in clear text."""
+    if settings.server.loopback or settings.server.tls:
+        return None
+    return (f"warning: listening on {settings.server.host or 'every address'} WITHOUT TLS: sign-in passwords, "
+            "session cookies and every keystroke cross the network in clear text. Give --certfile and "
+            "--keyfile (or [server] certfile and keyfile), or put a TLS proxy in front and listen on 127.0.0.1 "
+            "(docs/operations.md)")
+
+
+async def _serve(services: Any, first: _FirstRun, tls: Any = None) -> None:
     from cosession import web_server
     from dashboard.app import create_app
     from dashboard.services import default_public_url
@@ -198,7 +212,8 @@ async def _serve(services: Any, first: _FirstRun) -> None:
             shutdown = trio.Event()
             app = create_app(services)
             binds = await nursery.start(functools.partial(
-                web_server.serve, app, settings, shutdown_trigger=shutdown.wait, graceful_timeout=GRACEFUL_SECONDS))
+                web_server.serve, app, settings, shutdown_trigger=shutdown.wait, graceful_timeout=GRACEFUL_SECONDS,
+                tls=tls))
             port = int(binds[0].rsplit(":", 1)[1]) if binds else settings.server.port
             if not settings.server.public_url:
                 services.public_url = default_public_url(settings, port)
@@ -224,6 +239,11 @@ def _banner(services: Any, binds: list[str], first: _FirstRun, demo_record: Any,
     _say(f"cosession is running: open {url}/")
     if len(binds) > 1 or (binds and not binds[0].startswith(url)):
         _say(f"  (listening on {', '.join(binds)})")
+    warning = exposure_warning(services.settings)
+    if warning:
+        _say()
+        _say(warning)
+        log.warning("%s", warning.removeprefix("warning: "))
     if first.admin_password:
         _say()
         _say("First start: created these accounts. The passwords are shown only this once;")
@@ -246,15 +266,23 @@ def _banner(services: Any, binds: list[str], first: _FirstRun, demo_record: Any,
 
 
 def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from config.settings import SettingsError
     from dashboard.security.secrets import KeyMaterialError
     from dashboard.services import Services
     from engine import Engine, LoopBridge, NodeInUse
 
+    from cosession import logs
+    from cosession.web_server import tls_context
+
     try:
         settings = _settings(args)
     except SettingsError as exc:
+        print(f"cosession serve: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(settings.log)
+    try:
+        tls = tls_context(settings.server)  # before anything starts: a bad certificate stops here
+    except OSError as exc:
         print(f"cosession serve: {exc}", file=sys.stderr)
         return 2
     engine = Engine(settings)
@@ -272,7 +300,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"cosession serve: {exc}", file=sys.stderr)
             return 1
         try:
-            trio.run(_serve, services, first)
+            trio.run(_serve, services, first, tls)
         except BaseException as exc:
             leaves = _leaves(exc)
             if all(isinstance(e, KeyboardInterrupt) for e in leaves):

@@ -28,7 +28,13 @@ RFC 6455 asks for instead of a dropped TCP connection. Each replacement checks t
 replaces is still there, so a Hypercorn upgrade that moves it fails loudly at start, and
 tests/dashboard/test_web_server.py checks both against the real server.
 
-TLS is not served here: deploy behind a proxy that terminates it (docs/security.md).
+TLS (`tls_context`, with ``server.certfile`` and ``server.keyfile``): each accepted connection,
+once admitted by the guard, is wrapped in a ``trio.SSLStream`` before Hypercorn sees it;
+Hypercorn's ``TCPServer`` does the handshake (within ``TLS_HANDSHAKE_SECONDS``) and marks the
+connection's scope ``https``/``wss``. Only TLS 1.2 and 1.3 with forward-secret AEAD ciphers, and
+ALPN ``http/1.1`` only: the guard's limits count HTTP/1.1 connections, and HTTP/2's multiplexing
+would change what one connection can hold. A connection refused by a limit is closed without a
+byte on TLS (an answer would cost a handshake, which is what a flood wants of us).
 """
 
 from __future__ import annotations
@@ -38,11 +44,12 @@ import functools
 import ipaddress
 import logging
 import socket
+import ssl
 import struct
 import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Generator
+from typing import Any, Awaitable, Callable, Generator, Iterator
 
 import trio
 from hypercorn.config import Config
@@ -50,12 +57,15 @@ from hypercorn.trio.lifespan import Lifespan
 from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.utils import repr_socket_addr, wrap_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from dashboard.security.admission import CONNECTION_STATE_KEY
 
 log = logging.getLogger("cosession.web_server")
 
 REFUSAL_SECONDS = 1.0  # how long a refused client may take to receive its 503
+TLS_HANDSHAKE_SECONDS = 10.0  # Hypercorn's default is 60 s: an anonymous slot held for a minute
+TLS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"  # TLS 1.2's; TLS 1.3's are all AEAD and forward-secret
 LOG_INTERVAL = 60.0  # a failing connection's traceback is logged at most once per interval
 
 
@@ -99,6 +109,29 @@ def adjust_hypercorn_websockets() -> None:
     ws_stream.PerMessageDeflate = DeclinedPerMessageDeflate  # type: ignore[misc]
     ws_stream.Connection = FailingConnection  # type: ignore[misc]
     ws_stream._cosession_adjusted = True  # type: ignore[attr-defined]
+
+
+# --- TLS ----------------------------------------------------------------------------------------
+
+
+def tls_context(server: Any) -> ssl.SSLContext | None:
+    """The server side's TLS context for `server` (config.settings.Server), or None without TLS.
+    Raises OSError (ssl.SSLError included) if the certificate or its key cannot be loaded."""
+    if not server.tls:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.set_ciphers(TLS_CIPHERS)
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
+    context.set_alpn_protocols(["http/1.1"])
+    try:
+        context.load_cert_chain(server.certfile, server.keyfile)
+    except ssl.SSLError as exc:
+        raise ssl.SSLError(f"cannot use the TLS certificate {server.certfile} with the key {server.keyfile}: "
+                           f"{exc.reason or exc}") from exc
+    except OSError as exc:
+        raise OSError(f"cannot read the TLS certificate or key: {exc}") from exc
+    return context
 
 
 # --- limits and the guard ----------------------------------------------------------------------
@@ -191,12 +224,13 @@ class ConnectionGuard:
     """The handler of every accepted TCP connection (see the module's docstring)."""
 
     def __init__(self, app: Any, config: Config, context: WorkerContext, state: dict[str, Any],
-                 limits: ConnectionLimits) -> None:
+                 limits: ConnectionLimits, tls: ssl.SSLContext | None = None) -> None:
         self.app = app
         self.config = config
         self.context = context
         self.state = state
         self.limits = limits
+        self.tls = tls
         self._open: Counter[str] = Counter()
         self._anonymous: Counter[str] = Counter()
         self._open_total = 0
@@ -213,6 +247,20 @@ class ConnectionGuard:
     @property
     def anonymous_connections(self) -> int:
         return self._anonymous_total
+
+    def collect(self) -> Iterator[Any]:
+        """Its counts, for /metrics (dashboard/services/metrics.py reads them at each scrape)."""
+        yield GaugeMetricFamily("cosession_connections_open", "Open TCP connections", value=self._open_total)
+        yield GaugeMetricFamily("cosession_connections_anonymous", "Open TCP connections none of whose requests "
+                                "was signed in yet", value=self._anonymous_total)
+        refused = CounterMetricFamily("cosession_connections_refused", "Connections refused at accept, by the "
+                                      "[edge] limit reached", labels=["limit"])
+        for limit in ("max_connections", "max_connections_per_client", "max_anonymous_connections",
+                      "max_anonymous_connections_per_client"):
+            refused.add_metric([limit], self.refusals[limit])
+        yield refused
+        yield CounterMetricFamily("cosession_connection_failures", "Connections whose handling raised (closed, "
+                                  "logged)", value=self.failures)
 
     def _limit_reached(self, key: str) -> str | None:
         limits = self.limits
@@ -243,9 +291,12 @@ class ConnectionGuard:
         self._anonymous[key] += 1
         self._open_total += 1
         self._anonymous_total += 1
+        served: trio.abc.Stream = stream
+        if self.tls is not None:  # Hypercorn's TCPServer does the handshake (config.ssl_handshake_timeout)
+            served = trio.SSLStream(stream, self.tls, server_side=True, https_compatible=True)
         try:
             await TCPServer(self.app, self.config, self.context,  # type: ignore[arg-type]
-                            {**self.state, CONNECTION_STATE_KEY: connection}, stream)
+                            {**self.state, CONNECTION_STATE_KEY: connection}, served)
         except* Exception as group:  # never trio.Cancelled, which is how the server stops
             self.failures += 1
             failure = group.exceptions[0] if len(group.exceptions) == 1 else group
@@ -267,10 +318,13 @@ class ConnectionGuard:
                 del counter[key]
 
     async def _refuse(self, stream: trio.SocketStream, key: str, limit: str) -> None:
-        """A plain 503 before reading anything, then close."""
+        """A plain 503 before reading anything, then close (on TLS: close at once)."""
         self.refusals[limit] += 1
         self._report_refusal("refused a connection from %s: %s reached (see [edge] in the settings)",
                              key, limit, exc=None)  # type: ignore[arg-type]
+        if self.tls is not None:
+            await trio.aclose_forcefully(stream)
+            return
         body = b"Too many connections: try again later.\n"
         answer = (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain; charset=utf-8\r\n"
                   b"content-length: %d\r\nretry-after: 5\r\nconnection: close\r\n\r\n%s" % (len(body), body))
@@ -296,22 +350,29 @@ def hypercorn_config(settings: Any, *, graceful_timeout: float) -> Config:
     config.errorlog = logging.getLogger("hypercorn.error")
     config.graceful_timeout = graceful_timeout
     config.websocket_max_message_size = 2 * settings.gateway.max_message_bytes
+    config.ssl_handshake_timeout = TLS_HANDSHAKE_SECONDS
     return config
 
 
 async def serve(app: Any, settings: Any, *, shutdown_trigger: Callable[[], Awaitable[None]],
                 graceful_timeout: float = 3.0, guard_ready: Callable[[ConnectionGuard], None] | None = None,
+                tls: ssl.SSLContext | None = None,
                 task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve the ASGI `app` on `settings.server`'s address until `shutdown_trigger()` returns;
     started with ``nursery.start``, which returns the addresses it listens on. Then connections
-    get `graceful_timeout` seconds to finish before they are cancelled."""
+    get `graceful_timeout` seconds to finish before they are cancelled. TLS with `tls`, or else
+    with the context `tls_context` makes of the settings (if they name a certificate)."""
     adjust_hypercorn_websockets()
+    tls = tls if tls is not None else tls_context(settings.server)
     config = hypercorn_config(settings, graceful_timeout=graceful_timeout)
     asgi = wrap_app(app, config.wsgi_max_body_size, "asgi")
     lifespan_state: dict[str, Any] = {}
     lifespan = Lifespan(asgi, config, lifespan_state)  # type: ignore[arg-type]
     context = WorkerContext(None)
-    guard = ConnectionGuard(asgi, config, context, lifespan_state, ConnectionLimits.of(settings))
+    guard = ConnectionGuard(asgi, config, context, lifespan_state, ConnectionLimits.of(settings), tls)
+    services = getattr(getattr(app, "state", None), "services", None)
+    if services is not None:  # /metrics: the guard's counts beside the application's
+        services.metrics.register(guard.collect)
     if guard_ready is not None:
         guard_ready(guard)
     async with trio.open_nursery() as lifespan_nursery:
@@ -323,7 +384,7 @@ async def serve(app: Any, settings: Any, *, shutdown_trigger: Callable[[], Await
         for sock in sockets.insecure_sockets:
             sock.listen(config.backlog)
             listeners.append(trio.SocketListener(trio.socket.from_stdlib_socket(sock)))
-            binds.append(f"http://{repr_socket_addr(sock.family, sock.getsockname())}")
+            binds.append(f"{'https' if tls else 'http'}://{repr_socket_addr(sock.family, sock.getsockname())}")
         log.info("listening on %s", ", ".join(binds))
         async with trio.open_nursery() as connections:
             async with trio.open_nursery() as accepting:

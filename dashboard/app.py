@@ -10,7 +10,7 @@ from starlette.routing import BaseRoute, Mount
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from dashboard import api, gateway
+from dashboard import api, gateway, operations
 from dashboard.pages import account, audit, endpoints, extensions, launcher, live, requests, signin
 from dashboard.pages import access as access_pages
 from dashboard.pages import dashboard as dashboard_pages
@@ -22,13 +22,15 @@ from dashboard.services.audit_log import AuditChain
 from dashboard.services.live_sessions import LiveSessions
 from dashboard.services.starts import Launches
 from dashboard.web.errors import exception_handlers
+from dashboard.web.request_log import RequestLog
 from dashboard.web.templating import STATIC_DIR, VENDOR_DIR
 
 
 class SecurityHeaders:
     """Headers on every HTTP response: no framing, no MIME sniffing, no referrer to others, and
     scripts only from this server's own files (dashboard/static and the pinned npm packages
-    under /vendor): no inline script, no eval (docs/security.md)."""
+    under /vendor): no inline script, no eval (docs/security.md). On a connection that came
+    over TLS, HSTS too: browsers then refuse plain HTTP to this host for a year."""
 
     HEADERS = [
         (b"x-frame-options", b"DENY"),
@@ -37,6 +39,7 @@ class SecurityHeaders:
         (b"content-security-policy",
          b"script-src 'self'; frame-ancestors 'none'; object-src 'none'; base-uri 'self'; form-action 'self'"),
     ]
+    HSTS = (b"strict-transport-security", b"max-age=31536000")
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -45,12 +48,13 @@ class SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        headers = self.HEADERS + [self.HSTS] if scope.get("scheme") == "https" else self.HEADERS
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 present = {name.lower() for name, _ in message.get("headers", [])}
                 message["headers"] = list(message.get("headers", [])) + [
-                    (k, v) for k, v in self.HEADERS if k not in present]
+                    (k, v) for k, v in headers if k not in present]
             await send(message)
 
         await self.app(scope, receive, send_with_headers)
@@ -59,6 +63,7 @@ class SecurityHeaders:
 def create_app(services: Services) -> Starlette:
     """The whole web application for `services`."""
     routes: list[BaseRoute] = [  # matched in this order: /endpoints/new before /endpoints/{id}
+        *operations.routes,             # /healthz, /readyz, /metrics: no sign-in
         *signin.routes,                 # /login, /logout
         *endpoints.routes,              # /endpoints... (administrators)
         *dashboard_pages.routes,        # /, /connections, /endpoints/{id}, terminate
@@ -75,8 +80,10 @@ def create_app(services: Services) -> Starlette:
         Mount("/vendor", StaticFiles(directory=VENDOR_DIR, check_dir=False), name="vendor"),
     ]
     middleware = [
+        Middleware(RequestLog, access=services.settings.log.access),  # outermost: the request id for every line
         Middleware(SecurityHeaders),
-        session_middleware(services.secrets.secret_key, https_only=services.public_url.startswith("https://")),
+        session_middleware(services.secrets.secret_key, https_only=services.public_url.startswith("https://")
+                           or services.settings.server.tls),
         Middleware(Admission, max_request_body_bytes=services.settings.edge.max_request_body_bytes,
                    max_handshakes_in_flight=services.settings.edge.max_handshakes_in_flight),  # inside the session
         Middleware(CsrfMiddleware),  # inside the session, whose token it checks
@@ -91,4 +98,5 @@ def create_app(services: Services) -> Starlette:
     app.state.live_hub = live.LiveHub(services)
     app.state.audit_chain = AuditChain(services.settings.database_url)
     app.state.live_row_paths = live.row_paths(app)
+    app.state.readiness = operations.Readiness(operations.default_checks(services))
     return app

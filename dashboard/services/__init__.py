@@ -27,6 +27,7 @@ from starlette.requests import HTTPConnection
 from config.settings import Settings
 from dashboard.repositories import Repositories
 from dashboard.security.secrets import Secrets, ensure_data_dir
+from dashboard.services.metrics import GatewayMetrics
 from engine import Engine, EngineNotRunning, LoopBridge
 from engine.audit import AuditReader
 from engine.messages import AuditEvent, User
@@ -40,6 +41,7 @@ class Services(Repositories):
     engine: Engine
     bridge: LoopBridge
     audit_reader: AuditReader
+    metrics: GatewayMetrics  # on the engine's registry: /metrics exports both
     public_url: str = ""  # "http://host:port" without a trailing slash; set once the port is bound
 
     @classmethod
@@ -55,6 +57,7 @@ class Services(Repositories):
         return cls.open(settings.database_url, secrets, hasher=hasher, joint_sessions=engine,
                         settings=settings, engine=engine, bridge=bridge,
                         audit_reader=AuditReader(settings.database_url),
+                        metrics=GatewayMetrics(engine.metrics.registry, engine),
                         public_url=public_url if public_url is not None else default_public_url(settings))
 
     # --- audit -----------------------------------------------------------------------------
@@ -88,7 +91,8 @@ def services_of(conn: HTTPConnection) -> Services:
 
 
 def default_public_url(settings: Settings, port: int | None = None) -> str:
-    """`server.public_url`, or http://HOST:PORT from the settings (IPv6 hosts bracketed)."""
+    """`server.public_url`, or http://HOST:PORT from the settings (https:// when the gateway serves
+    TLS itself; IPv6 hosts bracketed)."""
     if settings.server.public_url:
         return settings.server.public_url.rstrip("/")
     host = settings.server.host
@@ -98,4 +102,5 @@ def default_public_url(settings: Settings, port: int | None = None) -> str:
         host = "::1"
     if ":" in host:
         host = f"[{host}]"
-    return f"http://{host}:{port if port is not None else settings.server.port}"
+    scheme = "https" if settings.server.tls else "http"
+    return f"{scheme}://{host}:{port if port is not None else settings.server.port}"
