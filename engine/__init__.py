@@ -15,11 +15,14 @@ from engine.connection import Credentials, EndpointConnection, EndpointEvents
 from engine.db import create_tables, make_engine
 from engine.display import DisplayModel, encode_png
 from engine.errors import EngineNotRunning, NodeInUse, ReplyTimeout
+from engine.metrics import EngineMetrics
+from engine.nodes import running_nodes
 from engine.runtime import Engine, Participant, actor_threads, tell_session
 from engine.sinks import CollectingSink, OutboundQueue, Sink
 
 __all__ = [
-    "Clock", "CollectingSink", "Credentials", "DisplayModel", "EndpointConnection", "EndpointEvents", "Engine", "EngineNotRunning",
-    "LoopBridge", "LoopClosed", "ManualClock", "NodeInUse", "OutboundQueue", "Participant", "ReplyTimeout", "Sink",
-    "SystemClock", "Timer", "actor_threads", "create_tables", "encode_png", "make_engine", "tell_session",
+    "Clock", "CollectingSink", "Credentials", "DisplayModel", "EndpointConnection", "EndpointEvents", "Engine",
+    "EngineMetrics", "EngineNotRunning", "LoopBridge", "LoopClosed", "ManualClock", "NodeInUse", "OutboundQueue",
+    "Participant", "ReplyTimeout", "Sink", "SystemClock", "Timer", "actor_threads", "create_tables", "encode_png",
+    "make_engine", "running_nodes", "tell_session",
 ]

@@ -27,6 +27,7 @@ from engine.actors.pool import ActorPool
 from engine.actors.supervisor import EngineSupervisor
 from engine.clock import Clock, SystemClock
 from engine.errors import EngineNotRunning, ReplyTimeout
+from engine.metrics import EngineMetrics
 from engine.messages import (
     Accepted, ClaimNode, Describe, Disconnected, Eject, EndpointSpec, Extend, Flush, Flushed, Input, Join, Joined,
     Leave, NodeClaimed, Refused, Resize, Route, SessionSummary, SetJointSession, Shutdown, StartSession, Terminate,
@@ -104,8 +105,11 @@ class Participant:
 class Engine:
     def __init__(self, settings: Settings | None = None, *, clock: Clock | None = None,
                  database_url: str | None = None,
-                 connect: Callable[[StartSession], Any] | None = None) -> None:
+                 connect: Callable[[StartSession], Any] | None = None,
+                 metrics: EngineMetrics | None = None) -> None:
         self.settings = settings or load()
+        # what the actors count, on its own registry unless the caller shares one (/metrics)
+        self.metrics = metrics if metrics is not None else EngineMetrics()
         self._own_clock = clock is None
         self._clock = clock
         self._database_url = database_url or self.settings.database_url
@@ -130,7 +134,8 @@ class Engine:
         # worker blocked there would be taken from every session (engine/actors/pool.py).
         self._store = StoreActor.start(self._database_url, self._clock, node=node,
                                        heartbeat_seconds=self.settings.engine.heartbeat_seconds,
-                                       refusal_interval=self.settings.audit.refusal_interval_seconds)
+                                       refusal_interval=self.settings.audit.refusal_interval_seconds,
+                                       metrics=self.metrics)
         try:
             claimed = self._call(lambda r: self._store.tell(ClaimNode(r)), _CLAIM_SECONDS)
         except ReplyTimeout as exc:
@@ -145,7 +150,7 @@ class Engine:
         self._pool = ActorPool(self.settings.engine.actor_workers)
         self._supervisor = EngineSupervisor.start_on(
             self._pool, store=self._store, clock=self._clock, settings=self.settings.engine,
-            connect=self._connect, directory=self._directory)
+            connect=self._connect, directory=self._directory, metrics=self.metrics)
         return self
 
     def stop(self, timeout: float = 120.0) -> None:
@@ -194,6 +199,10 @@ class Engine:
     def actor_pool(self) -> ActorPool | None:
         """The pool that runs this engine's actors (kept after stop, for its final count)."""
         return self._pool
+
+    def alive(self) -> bool:
+        """The supervisor and the audit store are running (for readiness probes). Never blocks."""
+        return all(ref is not None and ref.is_alive() for ref in (self._supervisor, self._store))
 
     # --- non-blocking: safe on the event loop ------------------------------------------------
 

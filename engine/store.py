@@ -41,6 +41,7 @@ from engine.db import (
     GENESIS_HASH, HEAD_ID, audit_events, audit_head, canonical_json, event_hash, make_engine, plain, sessions,
 )
 from engine.errors import NodeInUse
+from engine.metrics import EngineMetrics
 from engine.messages import (
     AuditEvent, AuditSessionEnded, AuditSessionStarted, ClaimNode, EndReason, Flush, Flushed, NodeClaimed,
 )
@@ -162,8 +163,10 @@ class StoreActor(pykka.ThreadingActor):
     its own error instead of a dead actor."""
 
     def __init__(self, database_url: str, clock: Clock | None = None, *, node: Node | None = None,
-                 heartbeat_seconds: float = 10.0, refusal_interval: float = 0.0) -> None:
+                 heartbeat_seconds: float = 10.0, refusal_interval: float = 0.0,
+                 metrics: EngineMetrics | None = None) -> None:
         super().__init__()
+        self._metrics = metrics if metrics is not None else EngineMetrics()
         self._url = database_url
         self._engine = make_engine(database_url)  # may raise: before anything needs stopping
         self._own_clock = clock is None  # a store started alone (tests, the CLI) keeps its own
@@ -228,6 +231,7 @@ class StoreActor(pykka.ThreadingActor):
             self._receive(message)
         except Exception:  # the store outlives any message
             log.exception("audit store failed to handle %s", type(message).__name__)
+        self._metrics.note_pending(len(self._pending))
 
     def _receive(self, message: Any) -> None:
         if isinstance(message, Flush):
@@ -444,6 +448,7 @@ class StoreActor(pykka.ThreadingActor):
         self._notice = None
         self._head = _Head(last_id, prev, head.rows + len(rows))
         self._committed += len(rows)
+        self._metrics.audit_rows_written.inc(len(rows))
 
     @staticmethod
     def _start_session(conn: sa.Connection, row: dict[str, Any]) -> None:

@@ -27,10 +27,11 @@ from dashboard.gateway import wire
 from dashboard.security import share
 from dashboard.security.admission import CONNECTION_STATE_KEY
 from dashboard.services.live_sessions import LiveSession, LiveSessions
+from dashboard.services.metrics import GatewayMetrics
 from engine import EndpointConnection, LoopClosed, OutboundQueue, policy, tell_session
 from engine.messages import (
-    Disconnected, Eject, EndpointSpec, Frame, Joined, Leave, ParticipantStalled, Refused, Role, SessionEnded,
-    TransferControl, User,
+    Disconnected, Eject, EndpointSpec, Frame, Joined, Keyframe, Leave, ParticipantStalled, Refused, Role,
+    SessionEnded, TransferControl, User,
 )
 
 log = logging.getLogger(__name__)
@@ -54,21 +55,34 @@ CLOSE_REFUSED = 4403  # ours: a start or join was refused (the refusal message s
 
 class _FlushQueue(OutboundQueue):
     """An OutboundQueue that also says when `flush_bytes` are pending, so that the sender
-    does not wait for the end of its window with a full batch in hand."""
+    does not wait for the end of its window with a full batch in hand, and counts its overflows
+    (the first refused frame since the last resync) and resyncs for /metrics. Frames and
+    keyframes come from the session's one EndpointActor, so the flag needs no lock."""
 
     def __init__(self, max_bytes: int, flush_bytes: int, on_ready: Callable[[], None],
-                 on_full: Callable[[], None]) -> None:
+                 on_full: Callable[[], None], metrics: GatewayMetrics) -> None:
         super().__init__(max_bytes, on_ready)
         self._flush_bytes = flush_bytes
         self._on_full = on_full
         self._full_signalled = False
+        self._metrics = metrics
+        self._overflowed = False
 
     def offer(self, frame: Frame) -> bool:
         accepted = super().offer(frame)
         if accepted and not self._full_signalled and self.pending_bytes >= self._flush_bytes:
             self._full_signalled = True
             self._on_full()
+        elif not accepted and not self._overflowed:
+            self._overflowed = True
+            self._metrics.queue_overflows.inc()
         return accepted
+
+    def keyframe(self, keyframe: Keyframe, resync: bool = False) -> None:
+        super().keyframe(keyframe, resync)
+        if resync:
+            self._overflowed = False
+            self._metrics.resyncs.inc()
 
     def take(self) -> list[Any]:
         self._full_signalled = False
@@ -142,8 +156,9 @@ class Channel:
         self.flush_bytes = max(1, settings.gateway.flush_bytes)
         self.max_message_bytes = settings.gateway.max_message_bytes
         self.stall_seconds = settings.engine.stall_seconds
+        self.metrics = self.services.metrics
         self.queue = _FlushQueue(settings.engine.queue_max_bytes, self.flush_bytes,
-                                 self._from_actor(self._wake), self._from_actor(self._flush_now_set))
+                                 self._from_actor(self._wake), self._from_actor(self._flush_now_set), self.metrics)
         self._ready = trio.Event()
         self._flush_now = trio.Event()
         self.joined: Joined | None = None
@@ -196,6 +211,9 @@ class Channel:
 
     async def _send(self, message: dict[str, Any]) -> None:
         self.messages_sent += 1
+        self.metrics.websocket_messages_out += 1
+        payload = message["bytes"] if "bytes" in message else message["text"]  # JSON is ASCII: a byte a character
+        self.metrics.websocket_bytes_out += len(payload)
         self._send_began = trio.current_time()
         self._sending.set()
         try:
@@ -236,6 +254,7 @@ class Channel:
         """Count and audit one refused client message; the refusal to send back."""
         self.refusals += 1
         self.directory.refusals += 1
+        self.metrics.messages_refused.labels(str(reason)).inc()
         # the type only if it is one of ours: nothing the client wrote goes into the audit log
         audit_detail: dict[str, Any] = {"reason": str(reason), "message": of if of in wire.KINDS else "unknown",
                                         "role": self.role.value if self.role else "none"}
@@ -259,6 +278,9 @@ class Channel:
 
     async def refuse_fatally(self, reason: str, detail: str = "", *, audit: bool = True) -> None:
         """A start or join that cannot go ahead: say why, close, wait for the client's close."""
+        self.metrics.refusals.labels("join" if self.session_id is not None else "start", str(reason)).inc()
+        log.info("%s refused: %s", "join" if self.session_id is not None else "start", reason,
+                 extra={"session": self.session_id, "user": self.user.name, "reason": str(reason)})
         if audit:
             self.services.audit_event("websocket_refused", self.user, self.session_id, reason=str(reason))
         try:
@@ -322,6 +344,7 @@ class Channel:
 
     async def serve(self, joined: Joined, session_wire: SessionWire, endpoint: EndpointSpec, controller: User,
                     connection: EndpointConnection | None = None, approval_id: str | None = None) -> None:
+        started = self.session_id is None  # a start's channel has no session before its answer
         self.joined = joined
         self.role = joined.role
         self.session_wire = session_wire
@@ -334,6 +357,11 @@ class Channel:
         if approval_id is not None:
             self.live.approval_id = approval_id
         self.live.channels.add(self)
+        self.metrics.joins.labels(endpoint.protocol.value, joined.role.value).inc()
+        fields = {"session": joined.session_id, "participant": joined.participant_id, "user": self.user.name,
+                  "endpoint": endpoint.name, "protocol": endpoint.protocol.value, "role": joined.role.value}
+        log.info("%s the session", "started" if started else "rejoined" if joined.rejoined else "joined",
+                 extra=fields)
         try:
             await self.send_text(self._joined_message(joined, endpoint, controller))
             if not await session_wire.begin(self):
@@ -350,6 +378,10 @@ class Channel:
             if not (self.left or self.ended or self.stalled or self.queue.closed):
                 # the websocket dropped without a leave: a closed tab, a lost network (rule 8)
                 tell_session(joined, Disconnected(joined.participant_id))
+                gone = "disconnected"
+            else:
+                gone = "left" if self.left else "ended" if self.ended else "removed"
+            log.info("left the session", extra={**fields, "reason": gone})
 
     def _joined_message(self, joined: Joined, endpoint: EndpointSpec, controller: User) -> dict[str, Any]:
         return {
@@ -424,6 +456,8 @@ class Channel:
         if item.kind in ("data", "keyframe"):
             assert self.session_wire is not None
             await self.session_wire.send_output(self, item)
+            if item.kind == "data":
+                self.metrics.delivered(item.value)
         else:
             event = item.value
             if isinstance(event, _Wire):

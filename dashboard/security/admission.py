@@ -14,6 +14,10 @@
   TCP connection as such for the web server's anonymous-connection limits
   (cosession/web_server.py), through the ASGI connection state under
   `CONNECTION_STATE_KEY`. A server that does not provide it (a test client) changes nothing.
+- **Probes**: a request for ``/healthz`` or ``/readyz`` (`PROBE_PATHS`, dashboard/operations.py)
+  is admitted without a session and marks its connection the same way: a load balancer that
+  probes on a kept-alive connection is not counted as part of an anonymous flood. Such a
+  connection still counts against ``max_connections`` and ``max_connections_per_client``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ log = logging.getLogger(__name__)
 CONNECTION_STATE_KEY = "cosession.connection"  # in scope["state"]: has mark_signed_in() and abort()
 CLOSE_POLICY = 1008  # a websocket.close before accept: Hypercorn answers the handshake with 403
 ANONYMOUS_BODY_BYTES = 16 << 10
+PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 _DECIDED = frozenset({"websocket.accept", "websocket.close", "websocket.http.response.start"})
 
 
@@ -49,6 +54,8 @@ class Admission:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             signed_in = _mark_if_signed_in(scope)
+            if scope.get("path") in PROBE_PATHS:
+                _mark_if_signed_in(scope, signed_in=True)  # not a user's, but not anonymous either
             refusal = self._refuse_body(Headers(scope=scope), self.max_request_body_bytes if signed_in
                                         else min(self.max_request_body_bytes, ANONYMOUS_BODY_BYTES))
             if refusal is not None:

@@ -29,6 +29,7 @@ from engine.messages import (
     SessionFinished, SessionState, SessionSummary, SessionUpdated, SetJointSession, Shutdown,
     StartSession, StateChanged, Subscribe, Terminate, TransferControl, Unsubscribe, User,
 )
+from engine.metrics import EngineMetrics
 from engine.screen import screen_for
 from config.settings import EngineSettings
 
@@ -45,8 +46,9 @@ class _Participant:
 
 class SessionActor(PooledActor):
     def __init__(self, session_id: str, start: StartSession, *, supervisor: Any, store: Any,
-                 clock: Clock, settings: EngineSettings) -> None:
+                 clock: Clock, settings: EngineSettings, metrics: EngineMetrics | None = None) -> None:
         super().__init__()
+        self._metrics = metrics if metrics is not None else EngineMetrics()
         self._id = session_id
         self._endpoint_spec = start.endpoint
         self._controller = start.controller
@@ -111,9 +113,11 @@ class SessionActor(PooledActor):
                 if self._state is SessionState.STARTING:
                     self._set_state(SessionState.ACTIVE)
             case EndpointRetrying(attempt=attempt, delay=delay, detail=detail):
+                self._metrics.endpoint_retries.labels(self._endpoint_spec.protocol.value).inc()
                 self._audit("endpoint_retry", attempt=attempt, delay=delay, error=detail)
                 self._broadcast(message)  # everyone sees "reconnecting", not a frozen screen
             case EndpointFailed(detail=detail):
+                self._metrics.endpoint_failures.labels(self._endpoint_spec.protocol.value).inc()
                 self._audit("endpoint_failure", error=detail)
                 self._end(EndReason.ENDPOINT_FAILED, detail=detail)
             case EndpointFinished(detail=detail):
@@ -157,6 +161,7 @@ class SessionActor(PooledActor):
         if self._state is SessionState.ENDED:
             return
         self._state = policy.transition(self._state, SessionState.ENDED)
+        self._metrics.sessions_ended.labels(self._endpoint_spec.protocol.value, reason.value).inc()
         for timer in (self._deadline_timer, self._grace_timer):
             if timer is not None:
                 timer.cancel()
@@ -227,6 +232,7 @@ class SessionActor(PooledActor):
         _stop(participant.ref)
         if pid == self._controller_pid:
             self._controller_pid = None
+        self._metrics.participants_removed.labels(reason).inc()
         self._broadcast(ParticipantLeft(participant.member, reason, by))
         return participant.member
 
@@ -294,6 +300,7 @@ class SessionActor(PooledActor):
 
     def _on_child_failed(self, failed: ChildFailed) -> None:
         if failed.kind == "endpoint":
+            self._metrics.endpoint_failures.labels(self._endpoint_spec.protocol.value).inc()
             self._audit("endpoint_failure", error=failed.detail)
             self._end(EndReason.ENDPOINT_FAILED, detail=failed.detail)
             return

@@ -21,6 +21,7 @@ from engine.actors.participant import ParticipantActor
 from engine.actors.pool import PooledActor
 from engine.actors.session import SessionActor
 from engine.clock import Clock
+from engine.metrics import EngineMetrics
 from engine.messages import (
     Accepted, AuditEvent, AuditSessionEnded, ChildFailed, EndReason, Reason, Refused, Route, SessionEnded,
     SessionFinished, SessionSummary, SessionUpdated, SetJointSession, Shutdown, StartSession, Watch,
@@ -34,9 +35,11 @@ _RECENTLY_ENDED = 4096  # ended session ids remembered, to say "ended" rather th
 
 class EngineSupervisor(PooledActor):
     def __init__(self, *, store: Any, clock: Clock, settings: EngineSettings,
-                 connect: Callable[[StartSession], Any], directory: dict[str, SessionSummary]) -> None:
+                 connect: Callable[[StartSession], Any], directory: dict[str, SessionSummary],
+                 metrics: EngineMetrics | None = None) -> None:
         super().__init__()
         self._store = store
+        self._metrics = metrics if metrics is not None else EngineMetrics()
         self._clock = clock
         self._settings = settings
         self._connect = connect
@@ -91,7 +94,7 @@ class EngineSupervisor(PooledActor):
             return
         start = replace(start, connection=connection, session_id=session_id)
         ref = SessionActor.start(session_id, start, supervisor=self.actor_ref, store=self._store,
-                                 clock=self._clock, settings=self._settings)
+                                 clock=self._clock, settings=self._settings, metrics=self._metrics)
         self._sessions[session_id] = ref
         ref.tell(start)
 
