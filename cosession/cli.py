@@ -14,6 +14,7 @@ COMMANDS = {
     "audit": "cosession.audit",
     "join": "cosession.join",
     "admin": "cosession.admin",
+    "keys": "cosession.keys",
 }
 
 

@@ -119,6 +119,16 @@ def stopped(conn: sa.Connection, node: Node, now: float) -> None:
                  .values(last_seen_at=now, stopped_at=now))
 
 
+def running_nodes(db: sa.Engine, now: float) -> list[str]:
+    """The nodes on this database whose run may still be going, each described (its name, pid,
+    host and last heartbeat): not stopped, and alive by their heartbeat (or, on this host, by
+    their pid). For commands that must not run beside a gateway (`cosession keys rotate`)."""
+    me = Node.this_process()
+    with db.connect() as conn:
+        rows = conn.execute(sa.select(nodes)).all()
+    return [f"{row.node_id} ({where})" for row in rows if (where := _still_running(row, me, now))]
+
+
 def _still_running(row: Any, node: Node, now: float) -> str:
     """Who may still hold the row (a short description), or "" if its run is over."""
     if row.stopped_at is not None:

@@ -61,5 +61,14 @@ class Repositories:
                    approvals=Approvals(db, approvers), mfa=Authenticators(db, secrets),
                    launch_parameters=RememberedParameters(db), secrets=secrets, **more)
 
+    def reencrypt(self, new: Secrets, old: Secrets | None = None) -> dict[str, int]:
+        """Every stored secret (endpoint credentials, authenticator secrets) decrypted with `old`'s
+        credential key (by default the current one) and encrypted with `new`'s, in one
+        transaction: all or nothing. Blocking. Raises DecryptionFailed if one does not decrypt."""
+        old = old if old is not None else self.secrets
+        with self.db.begin() as conn:
+            return {"endpoint credentials": self.endpoints.reencrypt(conn, old, new),
+                    "authenticator secrets": self.mfa.reencrypt(conn, old, new)}
+
     def close(self) -> None:
         self.db.dispose()

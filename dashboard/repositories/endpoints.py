@@ -31,7 +31,7 @@ import sqlalchemy as sa
 
 from dashboard.repositories.access import Access
 from dashboard.repositories.tables import endpoints as t_endpoints
-from dashboard.security.secrets import Secrets
+from dashboard.security.secrets import Secrets, reencrypt
 from engine import Credentials
 from engine.messages import EndpointProtocol, EndpointSpec, User
 
@@ -238,6 +238,17 @@ class Endpoints:
         secret = json.loads(self._secrets.decrypt(row.secret, context=_context(endpoint_id)))
         return Credentials(username=row.username, password=secret.get("password"),
                            private_key=secret.get("private_key"), passphrase=secret.get("passphrase"))
+
+    def reencrypt(self, conn: sa.Connection, old: Secrets, new: Secrets) -> int:
+        """Every stored credential, decrypted with `old` and encrypted again with `new`, in the
+        caller's transaction (`Repositories.reencrypt`). Raises DecryptionFailed, naming the
+        endpoint, if one does not decrypt with `old`. The number of credentials."""
+        rows = conn.execute(sa.select(t_endpoints.c.id, t_endpoints.c.name, t_endpoints.c.secret)
+                            .where(t_endpoints.c.secret.is_not(None))).all()
+        for row in rows:
+            blob = reencrypt(row.secret, old, new, context=_context(row.id), what=f"endpoint {row.name}")
+            conn.execute(t_endpoints.update().where(t_endpoints.c.id == row.id).values(secret=blob))
+        return len(rows)
 
     def _secret_values(self, endpoint_id: str, password: str | None, private_key: str | None,
                        passphrase: str | None) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import pyotp
 import sqlalchemy as sa
 
 from dashboard.repositories.tables import mfa_secrets as t_mfa
-from dashboard.security.secrets import Secrets
+from dashboard.security.secrets import Secrets, reencrypt
 from engine import access as rules
 from engine.access import TotpAccepted
 from engine.messages import Reason, Refused, User
@@ -32,6 +32,16 @@ class Authenticators:
 
     def _context(self, user_id: str) -> str:
         return f"mfa:{user_id}"
+
+    def reencrypt(self, conn: sa.Connection, old: Secrets, new: Secrets) -> int:
+        """Every authenticator's secret, decrypted with `old` and encrypted again with `new`, in
+        the caller's transaction (`Repositories.reencrypt`). The number of secrets."""
+        rows = conn.execute(sa.select(t_mfa.c.user_id, t_mfa.c.secret)).all()
+        for row in rows:
+            blob = reencrypt(row.secret, old, new, context=self._context(row.user_id),
+                             what=f"the authenticator of user {row.user_id}")
+            conn.execute(t_mfa.update().where(t_mfa.c.user_id == row.user_id).values(secret=blob))
+        return len(rows)
 
     def status(self, user: User) -> str:
         """'none', 'unconfirmed' (enrolment begun, no token accepted yet) or 'enrolled'."""

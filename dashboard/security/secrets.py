@@ -10,6 +10,12 @@ directory that the first start generates (mode 0600) and every later start reuse
 A ciphertext blob is ``version (1 byte) | nonce (12 bytes) | ciphertext+tag``. Each blob may be
 bound to a context (an endpoint's id) as associated data, so a blob copied onto another row
 does not decrypt there.
+
+Rotating the credential key (`cosession keys rotate credential`) writes the new key to
+``credential_key.new`` first, re-encrypts every stored secret in one transaction, then renames
+the file over ``credential_key``. A ``credential_key.new`` found at start means a rotation was
+interrupted between the two: the gateway refuses to start until the command is run again and
+finishes it (it finds which of the two keys the stored secrets are under).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from config.settings import Settings
 
 SECRET_KEY_FILE = "secret_key"
 CREDENTIAL_KEY_FILE = "credential_key"
+ROTATING_SUFFIX = ".new"  # credential_key.new: the next key, while a rotation is under way
 _VERSION = b"\x01"
 _NONCE_BYTES = 12
 
@@ -66,7 +73,32 @@ def _read_or_create(path: Path, make: Callable[[], str]) -> str:
     return value
 
 
-def _decode_credential_key(text: str, where: str) -> bytes:
+def write_key_file(path: Path, value: str) -> None:
+    """Write `value` to `path` (mode 0600) so that the file is either the old one or the new one
+    whole: a temporary file, fsync, rename over `path`, fsync of the directory."""
+    temporary = path.with_name(path.name + ".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temporary, path)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+
+
+def generate_credential_key() -> str:
+    return base64.b64encode(AESGCM.generate_key(bit_length=256)).decode()
+
+
+def generate_secret_key() -> str:
+    return _random.token_urlsafe(48)
+
+
+def decode_credential_key(text: str, where: str) -> bytes:
     text = text.strip()
     try:
         if "-" in text or "_" in text:
@@ -78,6 +110,23 @@ def _decode_credential_key(text: str, where: str) -> bytes:
     if len(key) != 32:
         raise KeyMaterialError(f"{where}: the credential key must be 32 bytes (base64), not {len(key)}")
     return key
+
+
+def secret_key_of(settings: Settings) -> str:
+    """`security.secret_key`, or the key file in the data directory (generated if missing)."""
+    if settings.security.secret_key:
+        return settings.security.secret_key
+    data = ensure_data_dir(settings.data_path)
+    return _read_or_create(data / SECRET_KEY_FILE, generate_secret_key)
+
+
+def credential_key_of(settings: Settings) -> tuple[str, str]:
+    """The credential key's text and where it came from: `security.credential_key`, or the key
+    file in the data directory (generated if missing)."""
+    if settings.security.credential_key:
+        return settings.security.credential_key, "security.credential_key"
+    data = ensure_data_dir(settings.data_path)
+    return _read_or_create(data / CREDENTIAL_KEY_FILE, generate_credential_key), str(data / CREDENTIAL_KEY_FILE)
 
 
 class Secrets:
@@ -93,20 +142,15 @@ class Secrets:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> "Secrets":
-        """The keys from the settings, or from (newly generated) files in the data directory."""
-        data = settings.data_path
-        secret_key = settings.security.secret_key
-        if not secret_key:
-            ensure_data_dir(data)
-            secret_key = _read_or_create(data / SECRET_KEY_FILE, lambda: _random.token_urlsafe(48))
-        text = settings.security.credential_key
-        where = "security.credential_key"
-        if not text:
-            ensure_data_dir(data)
-            where = str(data / CREDENTIAL_KEY_FILE)
-            text = _read_or_create(data / CREDENTIAL_KEY_FILE,
-                                   lambda: base64.b64encode(AESGCM.generate_key(bit_length=256)).decode())
-        return cls(secret_key, _decode_credential_key(text, where))
+        """The keys from the settings, or from (newly generated) files in the data directory.
+        Raises KeyMaterialError while a rotation of the credential key is unfinished."""
+        secret_key = secret_key_of(settings)
+        text, where = credential_key_of(settings)
+        rotating = settings.data_path / (CREDENTIAL_KEY_FILE + ROTATING_SUFFIX)
+        if not settings.security.credential_key and rotating.exists():
+            raise KeyMaterialError(f"{rotating} exists: a rotation of the credential key was interrupted. Run "
+                                   "`cosession keys rotate credential` again to finish it")
+        return cls(secret_key, decode_credential_key(text, where))
 
     def signer(self, salt: str) -> URLSafeTimedSerializer:
         """A serializer for signed, timestamped tokens (share links, ...). Give each use its own
@@ -131,3 +175,13 @@ class Secrets:
 
     def __repr__(self) -> str:
         return "Secrets(<hidden>)"
+
+
+def reencrypt(blob: bytes, old: Secrets, new: Secrets, *, context: str, what: str) -> bytes:
+    """`blob` (encrypted with `old` for `context`) encrypted with `new` instead. Raises
+    DecryptionFailed naming `what` if `old` does not decrypt it."""
+    try:
+        plaintext = old.decrypt(blob, context=context)
+    except DecryptionFailed as exc:
+        raise DecryptionFailed(f"the stored secret of {what} does not decrypt with the current key") from exc
+    return new.encrypt(plaintext, context=context)
