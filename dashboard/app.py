@@ -98,5 +98,5 @@ def create_app(services: Services) -> Starlette:
     app.state.live_hub = live.LiveHub(services)
     app.state.audit_chain = AuditChain(services.settings.database_url)
     app.state.live_row_paths = live.row_paths(app)
-    app.state.readiness = operations.Readiness(operations.default_checks(services))
+    app.state.readiness = operations.Readiness(operations.default_checks(services), services.now)
     return app

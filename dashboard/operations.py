@@ -52,10 +52,12 @@ class ReadinessCheck:
 
 
 class Readiness:
-    """The checks of ``/readyz``, in order, and the last answer (kept `CACHE_SECONDS`)."""
+    """The checks of ``/readyz``, in order, and the last answer (kept `CACHE_SECONDS` of `now`,
+    the engine's clock: tests drive it)."""
 
-    def __init__(self, checks: list[ReadinessCheck]) -> None:
+    def __init__(self, checks: list[ReadinessCheck], now: Callable[[], float]) -> None:
         self.checks = list(checks)
+        self._now = now
         self._lock = trio.Lock()
         self._answer: tuple[float, bool] | None = None
         self._failing: tuple[str, ...] = ()
@@ -65,7 +67,7 @@ class Readiness:
 
     async def ready(self) -> bool:
         async with self._lock:  # concurrent probes wait for one check
-            now = trio.current_time()
+            now = self._now()
             if self._answer is not None and now - self._answer[0] < CACHE_SECONDS:
                 return self._answer[1]
             failing = tuple([check.name for check in self.checks if not await _passes(check)])
@@ -75,7 +77,7 @@ class Readiness:
                 else:
                     log.info("ready again")
                 self._failing = failing
-            self._answer = (trio.current_time(), not failing)
+            self._answer = (self._now(), not failing)
             return not failing
 
 
