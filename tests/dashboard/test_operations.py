@@ -75,7 +75,9 @@ def test_a_probes_connection_is_not_counted_as_anonymous(live_gateway):
 
 
 def test_metrics_are_off_by_default(live_gateway):
-    assert probe(live_gateway, "/metrics").status_code == 404
+    answer = probe(live_gateway, "/metrics")
+    assert answer.status_code == 404
+    assert "strict-transport-security" not in answer.headers  # plain HTTP: no HSTS (see test_tls_browser.py)
 
 
 def test_metrics_with_a_token_ask_for_it(tmp_path: Path):
