@@ -57,7 +57,7 @@ class Services(Repositories):
         return cls.open(settings.database_url, secrets, hasher=hasher, joint_sessions=engine,
                         settings=settings, engine=engine, bridge=bridge,
                         audit_reader=AuditReader(settings.database_url),
-                        metrics=GatewayMetrics(engine.metrics.registry, engine),
+                        metrics=GatewayMetrics(engine.metrics.registry if engine is not None else None, engine),
                         public_url=public_url if public_url is not None else default_public_url(settings))
 
     # --- audit -----------------------------------------------------------------------------

@@ -34,10 +34,12 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.6
 
 
 class GatewayMetrics(Collector):
-    def __init__(self, registry: CollectorRegistry, engine: Engine) -> None:
-        self.registry = registry
+    def __init__(self, registry: CollectorRegistry | None, engine: Engine | None) -> None:
+        """On `registry` (the engine's), or a registry of its own; `engine` None: no live sessions
+        (services built for the database only, by a command or a test)."""
+        self.registry = registry if registry is not None else CollectorRegistry()
         self._engine = engine
-        r = registry
+        r = self.registry
         # written only on the trio loop's thread
         self.websocket_messages_out = 0
         self.websocket_bytes_out = 0
@@ -77,7 +79,7 @@ class GatewayMetrics(Collector):
                                          labels=["protocol", "role"])
         by_protocol: collections.Counter[str] = collections.Counter()
         by_role: collections.Counter[tuple[str, str]] = collections.Counter()
-        for summary in self._engine.live_sessions():
+        for summary in self._engine.live_sessions() if self._engine is not None else ():
             protocol = summary.endpoint.protocol.value
             by_protocol[protocol] += 1
             for member in summary.members:

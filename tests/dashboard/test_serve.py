@@ -23,8 +23,8 @@ PASSWORD_LINE = re.compile(r"name: (\w+)\s+password: (\S+)")
 
 
 class Served:
-    def __init__(self, data_dir: Path, *args: str) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("COSESSION_")}
+    def __init__(self, data_dir: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith("COSESSION_")}, **(env or {})}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cosession.cli", "serve", "--port", "0", "--data-dir", str(data_dir), *args],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
