@@ -80,7 +80,7 @@ class _FlushQueue(OutboundQueue):
 
     def keyframe(self, keyframe: Keyframe, resync: bool = False) -> None:
         super().keyframe(keyframe, resync)
-        if resync:
+        if resync and not self.closed:  # a participant already gone is not resynchronised
             self._overflowed = False
             self._metrics.resyncs.inc()
 
