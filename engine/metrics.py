@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 
 # Reasons a participant leaves a live session (engine/actors/session.py, ParticipantLeft), shown
 # at 0 before the first of each; a reason not listed still counts, from its first occurrence.
-LEAVE_REASONS = ("left", "disconnected", "ejected", "failed")
+LEAVE_REASONS = ("left", "disconnected", "ejected", "failed", "stalled")
 
 
 class EngineMetrics(Collector):

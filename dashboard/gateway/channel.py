@@ -24,14 +24,14 @@ import trio
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from dashboard.gateway import wire
+from dashboard.gateway.flush_queue import FlushQueue
 from dashboard.security import share
 from dashboard.security.admission import CONNECTION_STATE_KEY
 from dashboard.services.live_sessions import LiveSession, LiveSessions
-from dashboard.services.metrics import GatewayMetrics
-from engine import EndpointConnection, LoopClosed, OutboundQueue, policy, tell_session
+from engine import EndpointConnection, LoopClosed, policy, tell_session
 from engine.messages import (
-    Disconnected, Eject, EndpointSpec, Frame, Joined, Keyframe, Leave, ParticipantStalled, Refused, Role,
-    SessionEnded, TransferControl, User,
+    Disconnected, Eject, EndpointSpec, Joined, Leave, ParticipantStalled, Refused, Role, SessionEnded,
+    TransferControl, User,
 )
 
 log = logging.getLogger(__name__)
@@ -50,43 +50,7 @@ CLOSE_POLICY = 1008  # websocket close code: policy violation
 CLOSE_REFUSED = 4403  # ours: a start or join was refused (the refusal message says why)
 
 
-# --- the outbound side -------------------------------------------------------------------------
-
-
-class _FlushQueue(OutboundQueue):
-    """An OutboundQueue that also says when `flush_bytes` are pending, so that the sender
-    does not wait for the end of its window with a full batch in hand, and counts its overflows
-    (the first refused frame since the last resync) and resyncs for /metrics. Frames and
-    keyframes come from the session's one EndpointActor, so the flag needs no lock."""
-
-    def __init__(self, max_bytes: int, flush_bytes: int, on_ready: Callable[[], None],
-                 on_full: Callable[[], None], metrics: GatewayMetrics) -> None:
-        super().__init__(max_bytes, on_ready)
-        self._flush_bytes = flush_bytes
-        self._on_full = on_full
-        self._full_signalled = False
-        self._metrics = metrics
-        self._overflowed = False
-
-    def offer(self, frame: Frame) -> bool:
-        accepted = super().offer(frame)
-        if accepted and not self._full_signalled and self.pending_bytes >= self._flush_bytes:
-            self._full_signalled = True
-            self._on_full()
-        elif not accepted and not self._overflowed:
-            self._overflowed = True
-            self._metrics.queue_overflows.inc()
-        return accepted
-
-    def keyframe(self, keyframe: Keyframe, resync: bool = False) -> None:
-        super().keyframe(keyframe, resync)
-        if resync and not self.closed:  # a participant already gone is not resynchronised
-            self._overflowed = False
-            self._metrics.resyncs.inc()
-
-    def take(self) -> list[Any]:
-        self._full_signalled = False
-        return super().take()
+# --- the outbound side (the queue itself: gateway/flush_queue.py) -------------------------------
 
 
 @dataclass(frozen=True, slots=True, repr=False)  # repr=False: a message may hold a password (Send Password)
@@ -157,7 +121,7 @@ class Channel:
         self.max_message_bytes = settings.gateway.max_message_bytes
         self.stall_seconds = settings.engine.stall_seconds
         self.metrics = self.services.metrics
-        self.queue = _FlushQueue(settings.engine.queue_max_bytes, self.flush_bytes,
+        self.queue = FlushQueue(settings.engine.queue_max_bytes, self.flush_bytes,
                                  self._from_actor(self._wake), self._from_actor(self._flush_now_set), self.metrics)
         self._ready = trio.Event()
         self._flush_now = trio.Event()
