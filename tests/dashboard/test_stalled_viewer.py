@@ -123,6 +123,9 @@ async def test_a_viewer_that_never_reads_costs_the_controller_nothing_and_is_dis
         assert (left["member"]["user"]["name"], left["reason"]) == ("bob", "stalled")
         rows = await h.audit("participant_stalled")
         assert [(r["actor_name"], r["detail"]["role"]) for r in rows] == [("bob", "viewer")]
+        registry = h.gateway.engine.metrics.registry  # what /metrics says (docs/operations.md)
+        assert registry.get_sample_value("cosession_participants_removed_total", {"reason": "stalled"}) == 1
+        assert registry.get_sample_value("cosession_queue_overflows_total") == 1
         assert queue.closed
         # and the session goes on for the controller
         await controller.send(b"echo still-$((20+1))\r")
