@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 import trio
@@ -18,6 +19,7 @@ import dashboard.security.secrets as secrets_module
 from cosession.keys import RotationError, rotate_credential_key
 from dashboard.repositories.tables import endpoints as t_endpoints
 from dashboard.repositories.tables import mfa_secrets
+from dashboard.security import share
 from dashboard.security.secrets import (
     CREDENTIAL_KEY_FILE, DecryptionFailed, KeyMaterialError, Secrets, decode_credential_key,
 )
@@ -132,3 +134,51 @@ def test_an_interrupted_rotation_stops_the_start_and_is_finished_by_running_it_a
         assert again.services.endpoints.stored_credentials(record.id).password == "the stored one"
     finally:
         again.stop()
+
+
+def rotate_secret(data: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cosession.cli", "keys", "rotate", "secret", "--data-dir",
+                           str(data)], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={"PATH": "/usr/bin:/bin"})
+
+
+def test_rotating_the_secret_key_signs_everyone_out_and_keeps_the_stored_credentials(tmp_path):
+    data = tmp_path / "data"
+    first = LiveGateway(data).start()
+    try:
+        first.create_user("dave", "correct horse battery")
+        first.create_endpoint("vault", "ssh", "127.0.0.1", 22, username="u", password="the stored one")
+        cookie = first.api_session("dave", "correct horse battery").cookies["cosession"]
+        assert httpx.get(first.url("/api/me"), cookies={"cosession": cookie}).status_code == 200
+        link = share.make_token(first.services, "a-session")
+        assert share.check_token(first.services, link, "a-session") is None
+    finally:
+        first.stop()
+    old_secret = (data / "secret_key").read_text()
+    credential_key = (data / CREDENTIAL_KEY_FILE).read_text()
+
+    done = rotate_secret(data)
+    assert done.returncode == 0, done.stderr
+    assert "everyone signs in again" in done.stdout
+    assert (data / "secret_key").read_text() != old_secret
+    assert oct((data / "secret_key").stat().st_mode & 0o777) == "0o600"
+    assert (data / CREDENTIAL_KEY_FILE).read_text() == credential_key  # not the credential key's business
+
+    second = LiveGateway(data).start()
+    try:
+        assert httpx.get(second.url("/api/me"), cookies={"cosession": cookie}).status_code == 401  # signed out
+        assert share.check_token(second.services, link, "a-session") is share.ShareProblem.INVALID
+        second.api_session("dave", "correct horse battery")  # signing in again works
+        record = second.services.endpoints.get_by_name("vault")
+        assert second.services.endpoints.stored_credentials(record.id).password == "the stored one"
+    finally:
+        second.stop()
+
+
+def test_a_key_set_in_the_settings_is_not_rotated_by_the_command(tmp_path):
+    data = tmp_path / "data"
+    env = {"PATH": "/usr/bin:/bin", "COSESSION_SECURITY_SECRET_KEY": "s" * 32}
+    done = subprocess.run([sys.executable, "-m", "cosession.cli", "keys", "rotate", "secret", "--data-dir",
+                           str(data)], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 1
+    assert "security.secret_key" in done.stderr and not (data / "secret_key").exists()
