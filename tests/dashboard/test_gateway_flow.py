@@ -47,30 +47,45 @@ async def stalled_viewer(h: Harness, name: str, session_id: str) -> Client:
     return Client(wrapped)
 
 
-async def test_a_stalled_viewer_never_slows_the_controller_or_the_others(harness):
-    controller, viewer, sid = await session_with_viewer(harness)
-    slow = await stalled_viewer(harness, "slow", sid)
-    gateway = harness.gateway.app.state.live_sessions
-    connection = harness.connection(sid)
+class Overflowed:
+    """What `overflow_in_lockstep` did: how many frames it emitted, of which body."""
 
-    def slow_queue():
-        channels = [c for c in gateway.sessions[sid].channels if c.user.name == "slow"]
+    def __init__(self, frames: int, body: bytes, queue) -> None:
+        self.frames, self.body, self.queue = frames, body, queue
+
+
+async def overflow_in_lockstep(h: Harness, session_id: str, name: str, controller: Client, viewer: Client,
+                               fill: bytes = b"x") -> Overflowed:
+    """Emit numbered frames in lockstep (each reaches the controller and the reading viewer
+    before the next is emitted) until the stalled viewer `name`'s queue overflows."""
+    directory = h.gateway.app.state.live_sessions
+    connection = h.connection(session_id)
+
+    def queue():
+        channels = [c for c in directory.sessions[session_id].channels if c.user.name == name]
         return channels[0].queue if channels else None
 
     with trio.fail_after(10):
-        while slow_queue() is None:
+        while queue() is None:
             await trio.sleep(0.01)
-    body = b"x" * 4000 + b"\r\n"
+    body = fill * 4000 + b"\r\n"
     n = 0
     with trio.fail_after(30):
-        # In lockstep: every frame reaches the controller and the other viewer before the next
-        # is emitted, for as long as it takes the stalled viewer's queue to overflow.
-        while not slow_queue().owes_resync:
+        while not queue().owes_resync:
             connection.emit(b"<%06d>" % n + body)
             await controller.output_contains(b"<%06d>" % n)
             await viewer.output_contains(b"<%06d>" % n)
             n += 1
             assert n < 1000, "the stalled viewer's queue never overflowed"
+    return Overflowed(n, body, queue)
+
+
+async def test_a_stalled_viewer_never_slows_the_controller_or_the_others(harness):
+    controller, viewer, sid = await session_with_viewer(harness)
+    slow = await stalled_viewer(harness, "slow", sid)
+    overflowed = await overflow_in_lockstep(harness, sid, "slow", controller, viewer)
+    n, body, slow_queue = overflowed.frames, overflowed.body, overflowed.queue
+    connection = harness.connection(sid)
     assert n * len(body) > QUEUE_BYTES
     assert slow_queue().dropped_frames > 0
     # the others got every frame, in order

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from engine.audit import verify
 from tests.dashboard.test_gateway import Harness, session_with_viewer
-from tests.dashboard.test_gateway_flow import QUEUE_BYTES, stalled_viewer
+from tests.dashboard.test_gateway_flow import QUEUE_BYTES, overflow_in_lockstep, stalled_viewer
 
 
 @pytest.fixture
@@ -63,22 +63,7 @@ async def test_the_metrics_count_exactly_a_scripted_session(harness):
     slow = await stalled_viewer(harness, "slow", sid)                   # a viewer that stops reading
     directory = gateway.app.state.live_sessions
     connection = harness.connection(sid)
-
-    def slow_queue() -> Any:
-        channels = [c for c in directory.sessions[sid].channels if c.user.name == "slow"]
-        return channels[0].queue if channels else None
-
-    with trio.fail_after(10):
-        while slow_queue() is None:
-            await trio.sleep(0.01)
-    body = b"y" * 4000 + b"\r\n"
-    n = 0
-    with trio.fail_after(30):  # in lockstep with the others, until the stalled viewer's queue overflows
-        while not slow_queue().dropped_frames:
-            connection.emit(b"<%06d>" % n + body)
-            await controller.output_contains(b"<%06d>" % n)
-            await viewer.output_contains(b"<%06d>" % n)
-            n += 1
+    overflowed = await overflow_in_lockstep(harness, sid, "slow", controller, viewer, fill=b"y")
     connection.emit(b"after the stall\r\n")
     for client in (controller, viewer):
         await client.output_contains(b"after the stall")
@@ -110,7 +95,7 @@ async def test_the_metrics_count_exactly_a_scripted_session(harness):
     assert m.total("cosession_endpoint_failures_total") == 0
     # every websocket message: the live channels' and the refused join's one refusal
     assert m.value("cosession_websocket_messages_out_total") == sent + 1
-    assert m.value("cosession_websocket_bytes_out_total") >= 2 * n * len(body)  # controller and viewer: every frame
+    assert m.value("cosession_websocket_bytes_out_total") >= 2 * overflowed.frames * len(overflowed.body)  # controller and viewer: every frame
     batches = m.value("cosession_fanout_latency_seconds_count")
     assert 0 < batches <= sent and m.value("cosession_fanout_latency_seconds_sum") > 0
     assert m.types["cosession_fanout_latency_seconds"] == "histogram"
