@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     check.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                        help="a TOML file overriding config/default.toml")
     check.add_argument("--data-dir", metavar="D", help="the data directory (server.data_dir)")
-    check.add_argument("--database-url", metavar="URL", help="a SQLAlchemy URL (engine.database_url)")
+    check.add_argument("--database-url", "--database", metavar="URL",
+                       help="the database, e.g. postgresql://USER@HOST:PORT/DB (engine.database_url)")
     check.add_argument("--anchor", metavar="ID:HASH", action="append", default=[], type=_anchor,
                        help="a row id and its hash recorded outside the database (printed by an "
                             "earlier verify); the row must still be there, unchanged. Repeatable.")

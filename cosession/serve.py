@@ -20,6 +20,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
 import trio
 
 log = logging.getLogger("cosession.serve")
@@ -37,6 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", metavar="DIR", help="database, keys, recordings (default: server.data_dir)")
     parser.add_argument("--certfile", metavar="FILE", help="serve TLS with this PEM certificate chain (with --keyfile)")
     parser.add_argument("--keyfile", metavar="FILE", help="the certificate's PEM private key (with --certfile)")
+    parser.add_argument("--database", metavar="URL",
+                        help="the database: postgresql://USER@HOST:PORT/DB for several nodes (docs/cluster.md); "
+                             "default: engine.database_url, else SQLite in the data directory")
     parser.add_argument("--no-demo", action="store_true", help="do not start the demo endpoints (SSH, desktop)")
     parser.set_defaults(run=run)
 
@@ -60,6 +64,8 @@ def _settings(args: argparse.Namespace) -> Any:
     overrides: dict[str, dict[str, Any]] = {"server": server}
     if args.no_demo:
         overrides["demo"] = {"enabled": False}
+    if args.database:
+        overrides["engine"] = {"database_url": args.database}
     return load(getattr(args, "config", None), **overrides)
 
 
@@ -265,11 +271,25 @@ def _banner(services: Any, binds: list[str], first: _FirstRun, demo_record: Any,
     _say("Press Ctrl-C to stop.")
 
 
+def _shown(url: str) -> str:
+    """A database URL fit for a message: its password hidden."""
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "(an unreadable URL)"
+
+
+def _first_line(exc: BaseException) -> str:
+    cause = getattr(exc, "orig", None) or exc  # the driver's own message, not SQLAlchemy's wrapping
+    text = str(cause).strip().splitlines()
+    return text[0] if text else type(cause).__name__
+
+
 def run(args: argparse.Namespace) -> int:
     from config.settings import SettingsError
     from dashboard.security.secrets import KeyMaterialError
     from dashboard.services import Services
-    from engine import Engine, LoopBridge, NodeInUse
+    from engine import Engine, LoopBridge, NodeInUse, SchemaError
 
     from cosession import logs
     from cosession.web_server import tls_context
@@ -291,6 +311,10 @@ def run(args: argparse.Namespace) -> int:
         services = Services.build(settings, engine, bridge)
     except (KeyMaterialError, OSError) as exc:
         print(f"cosession serve: {exc}", file=sys.stderr)
+        return 1
+    except (sa.exc.SQLAlchemyError, SchemaError) as exc:  # unreachable, refused, a schema it cannot migrate
+        print(f"cosession serve: cannot open the database {_shown(settings.database_url)}: {_first_line(exc)}",
+              file=sys.stderr)
         return 1
     try:
         first = bootstrap_users(services, demo=settings.demo.enabled and _demo_server() is not None)

@@ -12,7 +12,8 @@ the rest are the engine's own business (tests/unit/test_architecture.py checks i
 from engine.bridge import LoopBridge, LoopClosed
 from engine.clock import Clock, ManualClock, SystemClock, Timer
 from engine.connection import Credentials, EndpointConnection, EndpointEvents
-from engine.db import create_tables, make_engine
+from engine.db import make_engine
+from engine.migrate import SchemaError, adopt, upgrade as upgrade_schema
 from engine.display import DisplayModel, encode_png
 from engine.errors import EngineNotRunning, NodeInUse, ReplyTimeout
 from engine.metrics import EngineMetrics
@@ -23,6 +24,6 @@ from engine.sinks import CollectingSink, OutboundQueue, Sink
 __all__ = [
     "Clock", "CollectingSink", "Credentials", "DisplayModel", "EndpointConnection", "EndpointEvents", "Engine",
     "EngineMetrics", "EngineNotRunning", "LoopBridge", "LoopClosed", "ManualClock", "NodeInUse", "OutboundQueue",
-    "Participant", "ReplyTimeout", "Sink", "SystemClock", "Timer", "actor_threads", "create_tables", "encode_png",
-    "make_engine", "running_nodes", "tell_session",
+    "Participant", "ReplyTimeout", "SchemaError", "Sink", "SystemClock", "Timer", "actor_threads", "adopt",
+    "encode_png", "make_engine", "running_nodes", "tell_session", "upgrade_schema",
 ]

@@ -19,7 +19,9 @@ The audit log is three tables, and the nodes that write it a fourth:
 
 `engine.store.StoreActor` is the only writer of these tables. The dashboard keeps its own tables
 (users, endpoints, the access model) in the same database, on its own `MetaData`
-(dashboard/repositories/tables.py); `make_engine` and `create_tables` serve both.
+(dashboard/repositories/tables.py). Each floor's schema changes are Alembic revisions
+(engine/migrations, dashboard/migrations), applied by engine/migrate.py when a process opens the
+database: `make_engine` applies the engine's.
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+
+from engine import migrate
 
 log = logging.getLogger(__name__)
 
@@ -107,10 +111,6 @@ nodes = sa.Table(
     sa.Column("stopped_at", sa.Float, nullable=True),  # set by a clean stop; NULL while running or after a crash
 )
 
-# Columns added to a table after its first release: `create_tables` adds them to an older
-# database, which `metadata.create_all` alone would leave without them.
-_ADDED_COLUMNS = {"sessions": ("node_id", "node_incarnation")}
-
 # --- the hash chain ----------------------------------------------------------------------------
 
 GENESIS_HASH = "0" * 64  # the prev_hash of the first event
@@ -173,13 +173,31 @@ def sqlite_path(url: str | sa.URL) -> Path | None:
     return Path(database).expanduser()
 
 
+def database_url(url: str | sa.URL) -> sa.URL:
+    """`url` with its driver: ``postgresql://`` (and ``postgres://``, as libpq spells it) means
+    psycopg 3, the driver cosession installs; SQLAlchemy alone would pick psycopg2."""
+    if isinstance(url, str) and url.startswith("postgres://"):
+        url = "postgresql://" + url[len("postgres://"):]
+    parsed = sa.make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+ENGINE_MIGRATIONS = "engine.migrations"
+ENGINE_VERSION_TABLE = "engine_schema_version"
+CONNECT_TIMEOUT_SECONDS = 5  # PostgreSQL: how long opening a connection may take
+
+
 def make_engine(url: str | sa.URL, *, create: bool = True) -> sa.Engine:
-    """A SQLAlchemy engine for `url`, with every table created (unless `create` is false).
+    """A SQLAlchemy engine for `url`, its schema migrated to the newest revision (unless
+    `create` is false; engine/migrate.py).
 
     SQLite: the file's parent directories are created, the journal is WAL (readers never block
     the writer), and a connection waits up to 30 s for a lock instead of failing at once
     (usable from any thread: each thread still takes its own connection from the pool; an
     in-memory database is one connection that every thread shares)."""
+    url = database_url(url)
     if is_sqlite(url):
         path = sqlite_path(url)
         if path is not None and create:
@@ -201,49 +219,14 @@ def make_engine(url: str | sa.URL, *, create: bool = True) -> sa.Engine:
             finally:
                 cursor.close()
     else:
-        engine = sa.create_engine(url, pool_pre_ping=True)
+        # pool_pre_ping: a connection the server dropped (a restart) is replaced, not used.
+        # connect_timeout: an unreachable server is an error within seconds, not minutes.
+        engine = sa.create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS})
     if create:
-        create_tables(engine)
+        upgrade_schema(engine)
     return engine
 
 
-def create_tables(engine: sa.Engine, tables: sa.MetaData = metadata) -> None:
-    """Create what is missing of `tables` (the engine's own by default). Two processes (or
-    threads) may race to create the same table on a new database: the loser tries again once
-    and then sees the tables."""
-    try:
-        tables.create_all(engine)
-    except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError) as exc:
-        log.debug("create_all raced (%s); trying again", exc)
-        tables.create_all(engine)
-    if tables is metadata:
-        _add_columns(engine)
-
-
-def _add_columns(engine: sa.Engine) -> None:
-    """Add the columns of `_ADDED_COLUMNS` that an older database lacks (nullable, no default:
-    old rows read as NULL), and their indexes. Racing another process here is harmless: the
-    loser's ALTER fails because the column exists, and it looks again."""
-    for table_name, names in _ADDED_COLUMNS.items():
-        table = metadata.tables[table_name]
-        added = False
-        for attempt in range(2):
-            present = {c["name"] for c in sa.inspect(engine).get_columns(table_name)}
-            missing = [name for name in names if name not in present]
-            if not missing:
-                break
-            try:
-                with engine.begin() as conn:
-                    for name in missing:
-                        kind = table.c[name].type.compile(dialect=engine.dialect)
-                        conn.execute(sa.text(f"ALTER TABLE {table_name} ADD COLUMN {name} {kind}"))
-                        log.info("added column %s.%s to an older database", table_name, name)
-                added = True
-            except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
-                if attempt:
-                    raise
-                log.debug("adding columns to %s raced (%s); looking again", table_name, exc)
-        if added:
-            for index in table.indexes:
-                if any(c.name in names for c in index.columns):
-                    index.create(engine, checkfirst=True)
+def upgrade_schema(engine: sa.Engine) -> None:
+    """Bring the engine's tables (the audit log and the nodes) to the newest revision."""
+    migrate.upgrade(engine, ENGINE_MIGRATIONS, ENGINE_VERSION_TABLE)

@@ -146,6 +146,18 @@ def _op_for(message: Any, node: Node | None = None) -> _Op | None:
     return None
 
 
+def _chained(batch: list[_Op], prev: str) -> tuple[list[dict[str, Any]], str]:
+    """The event rows of `batch` chained after the hash `prev`, and the last one's hash."""
+    rows = []
+    for op in batch:
+        e = op.event
+        digest = event_hash(prev, e.at, e.session_id, e.kind, e.actor_id, e.actor_name, e.detail)
+        rows.append({"at": e.at, "session_id": e.session_id, "kind": e.kind, "actor_id": e.actor_id,
+                     "actor_name": e.actor_name, "detail": e.detail, "prev_hash": prev, "hash": digest})
+        prev = digest
+    return rows, prev
+
+
 def _transient(exc: BaseException) -> bool:
     """Worth retrying the same rows later: the database, not the rows, is the problem."""
     if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
@@ -169,6 +181,9 @@ class StoreActor(pykka.ThreadingActor):
         self._metrics = metrics if metrics is not None else EngineMetrics()
         self._url = database_url
         self._engine = make_engine(database_url)  # may raise: before anything needs stopping
+        # Appenders that do not share this store's memory (other nodes) are serialised by a row
+        # lock on the chain's head where the database has one; SQLite's write lock does it there.
+        self._lock_head = self._engine.dialect.name != "sqlite"
         self._own_clock = clock is None  # a store started alone (tests, the CLI) keeps its own
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._node = node
@@ -418,17 +433,20 @@ class StoreActor(pykka.ThreadingActor):
         assert head is not None
         if self._notice is not None:
             batch = [self._notice, *batch]
-        rows = []
-        prev = head.last_hash
-        for op in batch:
-            e = op.event
-            digest = event_hash(prev, e.at, e.session_id, e.kind, e.actor_id, e.actor_name, e.detail)
-            rows.append({"at": e.at, "session_id": e.session_id, "kind": e.kind, "actor_id": e.actor_id,
-                         "actor_name": e.actor_name, "detail": e.detail, "prev_hash": prev, "hash": digest})
-            prev = digest
         with conn.begin():
-            # The first statement writes, so SQLite takes its write lock (waiting for it up to
-            # the busy timeout) before this transaction reads anything.
+            if self._lock_head:
+                # PostgreSQL: the head row's lock serialises every appender (other nodes too)
+                # from here to the commit, and the head read under it is the newest one:
+                # chaining onto it cannot race. See docs/cluster.md.
+                locked = conn.execute(sa.select(audit_head.c.last_id, audit_head.c.last_hash, audit_head.c.rows)
+                                      .where(audit_head.c.id == HEAD_ID).with_for_update()).first()
+                if locked is None:
+                    raise _HeadMoved()  # removed meanwhile: _read_head rebuilds it
+                head = _Head(*locked)
+            rows, prev = _chained(batch, head.last_hash)
+            # SQLite: the first statement writes, so SQLite takes its write lock (waiting for it
+            # up to the busy timeout) before this transaction reads anything; the head update
+            # below then finds the head this store last wrote, unless another process wrote since.
             if len(rows) > 1:  # a plain executemany: fast on every driver, whatever the batch size
                 conn.execute(audit_events.insert(), rows[:-1])
             last_id = conn.execute(audit_events.insert().returning(audit_events.c.id), rows[-1]).scalar_one()

@@ -4,5 +4,6 @@ pytest_plugins = [
     "tests.fixtures.browser",
     "tests.fixtures.gateway",
     "tests.fixtures.openssh",
+    "tests.fixtures.postgres",
     "tests.fixtures.xvnc",
 ]

@@ -2,21 +2,25 @@
 own `MetaData`, in the same database as the engine's audit log (engine/db.py).
 
 The same definitions run on SQLite and on PostgreSQL: queries use Core constructs only, never
-SQLite-only SQL. `create(db)` creates what is missing.
+SQLite-only SQL. `create(db)` brings them to the newest revision of dashboard/migrations (a
+schema change here is a new revision there too).
 """
 
 from __future__ import annotations
 
 import sqlalchemy as sa
 
-from engine import create_tables
+from engine import upgrade_schema
 
 metadata = sa.MetaData()
 
+MIGRATIONS = "dashboard.migrations"
+VERSION_TABLE = "dashboard_schema_version"
+
 
 def create(db: sa.Engine) -> None:
-    """Create the dashboard's missing tables (the engine's own are `make_engine`'s)."""
-    create_tables(db, metadata)
+    """Migrate the dashboard's tables to the newest revision (the engine's own are `make_engine`'s)."""
+    upgrade_schema(db, MIGRATIONS, VERSION_TABLE)
 
 
 # --- users, endpoints and who may use which (repositories/accounts.py, repositories/endpoints.py) --------

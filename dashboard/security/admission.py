@@ -6,6 +6,10 @@
   ``bad_origin`` or ``not_signed_in``). So an anonymous client never has an open websocket, and
   Hypercorn never buffers or decodes a websocket message of one. At most
   ``edge.max_handshakes_in_flight`` handshakes are being decided at once; past it, ``503``.
+  When the database cannot be reached (a PostgreSQL server down, docs/cluster.md), the user
+  cannot be looked up: the handshake gets ``503`` saying so, audited as ``websocket_refused``
+  with ``database_unavailable`` (the audit store holds the row until the database is back). No
+  new session starts and no one joins meanwhile; the sessions already running go on.
 - **Request bodies**: a body must declare its ``Content-Length``, at most
   ``edge.max_request_body_bytes``, and at most `ANONYMOUS_BODY_BYTES` without a signed-in
   session (a sign-in form is a few hundred bytes); else ``411`` / ``413`` before a byte of it
@@ -25,6 +29,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import sqlalchemy as sa
 from starlette.datastructures import Headers
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -34,6 +39,8 @@ from dashboard.security.auth import SESSION_USER, Auditor, current_user
 from dashboard.security.origin import check_origin
 
 log = logging.getLogger(__name__)
+
+DATABASE_UNAVAILABLE = "database_unavailable"
 
 CONNECTION_STATE_KEY = "cosession.connection"  # in scope["state"]: has mark_signed_in() and abort()
 CLOSE_POLICY = 1008  # a websocket.close before accept: Hypercorn answers the handshake with 403
@@ -98,7 +105,7 @@ class Admission:
             websocket = WebSocket(scope, receive, send_deciding)
             reason = await self._refusal(websocket)
             if reason is not None:
-                await _refuse(websocket)
+                await _refuse(websocket, status=503 if reason == DATABASE_UNAVAILABLE else 403, reason=reason)
                 return
             await self.app(scope, receive, send_deciding)
         finally:
@@ -112,7 +119,14 @@ class Admission:
             services.audit_event("websocket_refused", None, None, reason="bad_origin",
                                  origin=(websocket.headers.get("origin") or "")[:200], path=websocket.url.path[:200])
             return "bad_origin"
-        if await current_user(websocket) is None:
+        try:
+            user = await current_user(websocket)
+        except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:  # not a verdict on the user
+            log.warning("websocket refused: the database is unreachable: %s", str(exc).splitlines()[0] if str(exc) else exc)
+            services.audit_event("websocket_refused", None, None, reason=DATABASE_UNAVAILABLE,
+                                 path=websocket.url.path[:200])
+            return DATABASE_UNAVAILABLE
+        if user is None:
             services.audit_event("websocket_refused", None, None, reason="not_signed_in",
                                  path=websocket.url.path[:200])
             return "not_signed_in"
@@ -131,7 +145,14 @@ def _mark_if_signed_in(scope: Scope, *, signed_in: bool | None = None) -> bool:
     return signed_in
 
 
-async def _refuse(websocket: WebSocket, *, status: int = 403) -> None:
+_REFUSAL_TEXT = {
+    503: "Too many websocket handshakes at once: try again later.\n",
+    DATABASE_UNAVAILABLE: "The database is unreachable: no session can start or be joined now; sessions "
+                          "already running go on. Try again later.\n",
+}
+
+
+async def _refuse(websocket: WebSocket, *, status: int = 403, reason: str = "") -> None:
     """Refuse a handshake before accepting it. The client may already have broken the handshake
     (bytes after its request: Hypercorn may answer 400 itself meanwhile), in which case the
     server refuses to send a second answer; the connection is closed either way."""
@@ -139,7 +160,7 @@ async def _refuse(websocket: WebSocket, *, status: int = 403) -> None:
         if status == 403:
             await websocket.close(code=CLOSE_POLICY)
         else:
-            await websocket.send_denial_response(PlainTextResponse("Too many websocket handshakes at once: "
-                                                                   "try again later.\n", status_code=status))
+            await websocket.send_denial_response(PlainTextResponse(_REFUSAL_TEXT.get(reason, _REFUSAL_TEXT[503]),
+                                                                   status_code=status))
     except Exception as exc:  # h11's LocalProtocolError, an OSError ...: nothing left to answer
         log.debug("refusing a websocket handshake: %r", exc)
