@@ -21,6 +21,13 @@ stops. A row is written only once committed; until then it is held in memory, ne
   written again one row per transaction, so that only the rows that fail on their own are
   dropped, each one logged with its content.
 
+Several writers on one database (the nodes of a cluster, docs/cluster.md) keep one chain: on
+PostgreSQL each batch's transaction first locks the chain's head row (``SELECT ... FOR
+UPDATE``) and chains its rows onto the head it reads under that lock, so appends are serialised
+and never re-done; on SQLite the write lock that the batch's first INSERT takes serialises them,
+and the head update's condition notices a head that another process moved since this store last
+wrote: the batch is then chained again onto the new head.
+
 `AuditReader` runs the dashboard's sync queries on its own connections (from a worker thread,
 never on the event loop).
 """

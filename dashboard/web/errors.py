@@ -1,14 +1,18 @@
 """The application's answers to `LoginRequired` and `Forbidden` (security/auth.py), on every
 route: a websocket is closed with 1008; ``/api/...`` gets JSON (401, 403); a page redirects to
-the sign-in page or shows why not (403)."""
+the sign-in page or shows why not (403). A database that cannot be reached (SQLAlchemy's
+`OperationalError`: a PostgreSQL server down, docs/cluster.md) is ``503`` with that reason,
+JSON ``database_unavailable`` for the API, instead of an internal error."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 from urllib.parse import quote
 
+import sqlalchemy as sa
 from starlette.requests import HTTPConnection
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 from dashboard.security.auth import Forbidden, LoginRequired
 from dashboard.web.http import is_api
@@ -35,4 +39,23 @@ async def on_forbidden(conn: HTTPConnection, exc: Exception) -> Response | None:
     return await render(conn, "error.html", {"title": "Not allowed", "message": detail}, status_code=403)
 
 
-exception_handlers: dict[Any, Any] = {LoginRequired: on_login_required, Forbidden: on_forbidden}
+log = logging.getLogger(__name__)
+
+DATABASE_UNAVAILABLE = ("The database is unreachable: this cannot be done now; sessions already running go on. "
+                        "Try again later.")
+
+
+async def on_database_unavailable(conn: HTTPConnection, exc: Exception) -> Response | None:
+    # No page template: rendering one may need the database too.
+    log.warning("%s %s: the database is unreachable: %s", conn.scope.get("method", "WEBSOCKET"), conn.url.path,
+                str(getattr(exc, "orig", exc)).strip().splitlines()[0:1])
+    if conn.scope["type"] == "websocket":
+        await conn.close(code=1011)  # type: ignore[attr-defined]
+        return None
+    if is_api(conn):
+        return JSONResponse({"error": "database_unavailable", "detail": DATABASE_UNAVAILABLE}, status_code=503)
+    return PlainTextResponse(DATABASE_UNAVAILABLE + "\n", status_code=503)
+
+
+exception_handlers: dict[Any, Any] = {LoginRequired: on_login_required, Forbidden: on_forbidden,
+                                      sa.exc.OperationalError: on_database_unavailable}

@@ -5,6 +5,7 @@ refusal), the running session goes on, and no audit row is lost."""
 
 from __future__ import annotations
 
+import httpx
 import pytest
 import sqlalchemy as sa
 import trio
@@ -104,6 +105,11 @@ async def test_an_unreachable_database_refuses_new_starts_and_loses_no_audit_row
         assert refused.group_contains(ConnectionRejected, match="503")
         rejected = next(e for e in _leaves(refused.value) if isinstance(e, ConnectionRejected))
         assert b"The database is unreachable" in rejected.body
+        # pages and the API say so too, rather than failing with an internal error
+        async with httpx.AsyncClient(base_url=h.gateway.base_url, headers={"Cookie": cookie}) as client:
+            page, api = await client.get("/"), await client.get("/api/sessions")
+        assert page.status_code == 503 and "The database is unreachable" in page.text
+        assert api.status_code == 503 and api.json()["error"] == "database_unavailable"
     finally:
         await trio.to_thread.run_sync(postgres.start)
     # the rows written meanwhile reach the database once it is back (Flush waits for them)
