@@ -12,6 +12,7 @@ COMMANDS = {
     "serve": "cosession.serve",
     "loadtest": "cosession.loadtest",
     "audit": "cosession.audit",
+    "cluster": "cosession.cluster",
     "join": "cosession.join",
     "admin": "cosession.admin",
     "keys": "cosession.keys",

@@ -160,12 +160,16 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def running_clause(n: Any = nodes) -> sa.ColumnElement[bool]:
+    """SQL: the ``nodes`` row `n` (the table or an alias of it) is running: not stopped, and
+    seen alive within three of its heartbeats of the freshest node (see the module's docstring)."""
+    freshest = sa.select(sa.func.max(nodes.c.last_seen_at)).scalar_subquery()
+    return sa.and_(n.c.stopped_at.is_(None), n.c.last_seen_at >= freshest - LEASE_HEARTBEATS * n.c.heartbeat_seconds)
+
+
 def live_clause() -> sa.ColumnElement[bool]:
     """SQL: the ``sessions`` row is live (see the module's docstring). Rows without a node (older
     rows, or a store given no node) are live until they end."""
     s, n = sessions.c, nodes.alias("owner")
-    freshest = sa.select(sa.func.max(nodes.c.last_seen_at)).scalar_subquery()
-    running = sa.exists().where(
-        n.c.node_id == s.node_id, n.c.incarnation == s.node_incarnation, n.c.stopped_at.is_(None),
-        n.c.last_seen_at >= freshest - LEASE_HEARTBEATS * n.c.heartbeat_seconds)
+    running = sa.exists().where(n.c.node_id == s.node_id, n.c.incarnation == s.node_incarnation, running_clause(n))
     return sa.and_(s.ended_at.is_(None), sa.or_(s.node_id.is_(None), running))

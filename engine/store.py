@@ -47,12 +47,13 @@ from engine.clock import Clock, SystemClock, Timer
 from engine.db import (
     GENESIS_HASH, HEAD_ID, audit_events, audit_head, canonical_json, event_hash, make_engine, plain, sessions,
 )
+from engine.db import nodes as nodes_table  # `nodes` is AuditReader's method
 from engine.errors import NodeInUse
 from engine.metrics import EngineMetrics
 from engine.messages import (
     AuditEvent, AuditSessionEnded, AuditSessionStarted, ClaimNode, EndReason, Flush, Flushed, NodeClaimed,
 )
-from engine.nodes import Node, live_clause
+from engine.nodes import Node, live_clause, running_clause
 from engine.refusals import RefusalCounter
 
 log = logging.getLogger(__name__)
@@ -715,6 +716,19 @@ class AuditReader:
                                 .order_by(e.id.desc() if newest_first else e.id)
                                 .limit(max(0, limit)).offset(max(0, offset))).all()
         return [_event_dict(r) for r in rows], total
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Every node that ever wrote to this database, by name: its ``nodes`` row, with
+        ``running`` (see engine/nodes.py: not stopped, and its heartbeat fresh) and
+        ``live_sessions``, how many sessions of its current run are live."""
+        n, s = nodes_table.c, sessions.c
+        live = (sa.select(sa.func.count()).select_from(sessions)
+                .where(s.node_id == n.node_id, s.node_incarnation == n.incarnation, live_clause())
+                .scalar_subquery())
+        with self._engine.connect() as conn:
+            rows = conn.execute(sa.select(nodes_table, running_clause().label("running"),
+                                          live.label("live_sessions")).order_by(n.node_id)).all()
+        return [dict(r._mapping, running=bool(r.running)) for r in rows]
 
     def kinds(self) -> list[str]:
         """The distinct event kinds in the log, sorted, in one index walk per kind (a loose index

@@ -1,11 +1,12 @@
 """`cosession serve` on PostgreSQL as real processes: two nodes on one database (one given it
-with --database, the other in its config file) share the accounts and each records itself in
-``nodes``; `cosession audit verify --database` passes afterwards; an unreachable database is
+with --database, the other in its config file) share the accounts, each records itself in
+``nodes``, and `cosession cluster status` lists both running; `cosession audit verify --database` passes afterwards; an unreachable database is
 a clear refusal to start."""
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import socket
@@ -49,6 +50,12 @@ def test_two_nodes_share_one_database_and_its_audit_chain(tmp_path, postgres_url
                 with httpx.Client(base_url=node.url) as client:
                     answer = client.post("/api/login", json={"name": "admin", "password": password})
                     assert answer.status_code == 200, answer.text
+            status = subprocess.run([sys.executable, "-m", "cosession.cli", "cluster", "status", "--json",
+                                     "--database", _plain(postgres_url)], cwd=ROOT, env=_clean_env(),
+                                    capture_output=True, text=True, timeout=60)
+            assert status.returncode == 0, status.stderr
+            listed = {n["node_id"]: (n["state"], n["live_sessions"]) for n in json.loads(status.stdout)["nodes"]}
+            assert listed == {"node-a": ("running", 0), "node-b": ("running", 0)}
         finally:
             code, _, err = second.stop(signal.SIGTERM)
         assert code == 0 and "Traceback" not in err, err
