@@ -3,6 +3,7 @@
 pytest_plugins = [
     "tests.fixtures.browser",
     "tests.fixtures.gateway",
+    "tests.fixtures.nats",
     "tests.fixtures.openssh",
     "tests.fixtures.postgres",
     "tests.fixtures.xvnc",

@@ -1,0 +1,196 @@
+"""The message bus between nodes: NATS, through the nats-py client, on the trio loop.
+
+nats-py is an asyncio library: it runs inside the trio loop through trio-asyncio, on one asyncio
+loop that lives as long as the bus (`open_bus`). This module is the only place that knows it:
+callers see trio functions and plain bytes, so that the client or the bridge can be replaced
+here without touching anything else (as protocols/ssh.py does for asyncssh).
+
+- `Bus.publish(subject, payload)` and `Bus.publish_batch(messages)`: every crossing from trio
+  into asyncio costs about half a millisecond, so a batch crosses once for all its messages
+  (DESIGN.md: about 2,200 single publishes/s against about 74,000 batched).
+- `Bus.subscribe(subject)`: a `Subscription`, an async iterator of `BusMessage` on the trio
+  side. The client's callback hands each message to a bounded trio channel without waiting: a
+  subscriber that falls behind by more than its `queue_size` loses the newest messages, which
+  are counted (`dropped`), and never slows the connection or the other subscriptions.
+- `Bus.request(subject, payload, timeout)`: one answer, or `BusTimeout` (nobody answered in
+  time, or nobody listens); `BusMessage.respond(payload)` answers a request.
+- The connection reconnects by itself, for ever, while the bus is open: subscriptions are
+  renewed by the client, and `connected` says whether it is connected now. Messages published
+  while it is down are buffered by the client (up to its pending size) and sent on reconnect.
+
+`cosession serve` does not open a bus yet: no setting names one (docs/cluster.md).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+import nats.errors
+import trio
+import trio_asyncio
+
+log = logging.getLogger(__name__)
+
+RECONNECT_WAIT_SECONDS = 0.5
+CONNECT_TIMEOUT_SECONDS = 5
+QUEUE_SIZE = 1024  # messages a subscription holds for its reader
+
+
+class BusError(Exception):
+    """The bus cannot do this now (not connected, closed, or a subject the server refuses)."""
+
+
+class BusTimeout(BusError):
+    """A request got no answer in time, or nobody subscribes to its subject."""
+
+
+@dataclass(frozen=True, slots=True)
+class BusMessage:
+    subject: str
+    payload: bytes
+    reply: str = ""  # where to answer, for a request
+    _bus: "Bus | None" = field(default=None, repr=False, compare=False)
+
+    async def respond(self, payload: bytes) -> None:
+        if not self.reply or self._bus is None:
+            raise BusError(f"a message on {self.subject} is not a request: it cannot be answered")
+        await self._bus.publish(self.reply, payload)
+
+
+class Subscription:
+    """Messages on one subject (wildcards allowed), on the trio side. `async for` them;
+    `unsubscribe()` ends the iteration."""
+
+    def __init__(self, bus: "Bus", subject: str, queue_size: int) -> None:
+        self.subject = subject
+        self.dropped = 0  # messages lost because the reader fell behind
+        self._bus = bus
+        self._send, self._receive = trio.open_memory_channel[BusMessage](queue_size)
+        self._nats: Any = None
+
+    async def _on_message(self, msg: Any) -> None:
+        # Runs on the asyncio side (inside the trio loop): never wait here.
+        try:
+            self._send.send_nowait(BusMessage(msg.subject, bytes(msg.data), msg.reply or "", self._bus))
+        except trio.WouldBlock:
+            self.dropped += 1
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+    def __aiter__(self) -> "Subscription":
+        return self
+
+    async def __anext__(self) -> BusMessage:
+        try:
+            return await self._receive.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise StopAsyncIteration from None
+
+    async def unsubscribe(self) -> None:
+        if self._nats is not None:
+            nats_sub, self._nats = self._nats, None
+            try:
+                await trio_asyncio.aio_as_trio(nats_sub.unsubscribe)()
+            except nats.errors.Error as exc:
+                log.debug("unsubscribing from %s: %r", self.subject, exc)
+        self._send.close()
+
+
+class Bus:
+    """One node's connection to NATS. Made by `open_bus`; use it only on the trio loop that
+    opened it."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._client.is_connected)
+
+    async def publish(self, subject: str, payload: bytes) -> None:
+        await self.publish_batch([(subject, payload)])
+
+    async def publish_batch(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Publish every (subject, payload) in order, crossing into asyncio once."""
+        client = self._client
+
+        async def publish_all() -> None:
+            for subject, payload in messages:
+                await client.publish(subject, payload)
+
+        try:
+            await trio_asyncio.aio_as_trio(publish_all)()
+        except nats.errors.Error as exc:
+            raise BusError(f"cannot publish: {exc}") from exc
+
+    async def subscribe(self, subject: str, *, queue_size: int = QUEUE_SIZE) -> Subscription:
+        subscription = Subscription(self, subject, queue_size)
+        try:
+            subscription._nats = await trio_asyncio.aio_as_trio(self._client.subscribe)(
+                subject, cb=subscription._on_message)
+        except nats.errors.Error as exc:
+            raise BusError(f"cannot subscribe to {subject}: {exc}") from exc
+        return subscription
+
+    async def request(self, subject: str, payload: bytes, timeout: float = 1.0) -> BusMessage:
+        try:
+            msg = await trio_asyncio.aio_as_trio(self._client.request)(subject, payload, timeout=timeout)
+        except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            raise BusTimeout(f"no answer on {subject} within {timeout} s") from exc
+        except nats.errors.Error as exc:
+            raise BusError(f"cannot request on {subject}: {exc}") from exc
+        return BusMessage(msg.subject, bytes(msg.data))
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        """Return once the server has every message published before."""
+        try:
+            await trio_asyncio.aio_as_trio(self._client.flush)(timeout=timeout)
+        except nats.errors.Error as exc:
+            raise BusError(f"cannot flush: {exc}") from exc
+
+
+@asynccontextmanager
+async def open_bus(url: str, *, name: str = "cosession") -> AsyncIterator[Bus]:
+    """Connect to the NATS server at `url` (``nats://HOST:PORT``) for the block; the connection
+    is drained and closed at its end. Raises `BusError` if the first connection fails."""
+    async def disconnected() -> None:
+        log.warning("bus %s: disconnected; reconnecting", url)
+
+    async def reconnected() -> None:
+        log.info("bus %s: reconnected", url)
+
+    async def error(exc: Exception) -> None:
+        log.warning("bus %s: %s", url, exc)
+
+    failure: BusError | None = None
+    async with trio_asyncio.open_loop():
+        client = None
+        with trio.move_on_after(CONNECT_TIMEOUT_SECONDS):  # a server that takes the TCP connection and says nothing
+            try:
+                # Two attempts for the first connection (reconnecting for ever would
+                # also retry a first connection for ever); for ever once connected.
+                client = await trio_asyncio.aio_as_trio(nats.connect)(
+                    url, name=name, connect_timeout=CONNECT_TIMEOUT_SECONDS, allow_reconnect=True,
+                    max_reconnect_attempts=1, reconnect_time_wait=RECONNECT_WAIT_SECONDS,
+                    error_cb=error, disconnected_cb=disconnected, reconnected_cb=reconnected)
+                client.options["max_reconnect_attempts"] = -1
+            except (nats.errors.Error, OSError) as exc:
+                failure = BusError(f"cannot connect to {url}: {exc}")
+        if client is None:
+            failure = failure or BusError(f"cannot connect to {url}: no answer within {CONNECT_TIMEOUT_SECONDS} s")
+        else:
+            try:
+                yield Bus(client)
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(CONNECT_TIMEOUT_SECONDS):
+                    try:
+                        await trio_asyncio.aio_as_trio(client.close)()
+                    except nats.errors.Error as exc:
+                        log.debug("closing the bus: %r", exc)
+    if failure is not None:  # outside the asyncio loop's nursery: a plain error, not a group
+        raise failure

@@ -1,0 +1,99 @@
+"""The bus between nodes (protocols/bus.py) against a real nats-server, from trio: publish and
+subscribe, a batch in order, request and answer, no answer, a reader that falls behind, and a
+server that goes away and comes back."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import trio
+
+from protocols.bus import BusError, BusTimeout, open_bus
+
+pytestmark = pytest.mark.nats
+
+DEADLINE = 10  # seconds: a bound on waiting for the server, never a wait for time
+
+
+async def test_a_published_message_reaches_a_subscriber_as_bytes(nats_server):
+    async with open_bus(nats_server.url) as bus:
+        assert bus.connected
+        sub = await bus.subscribe("session.s1.frames")
+        await bus.publish("session.s1.frames", b"\x00\xffframe")
+        with trio.fail_after(DEADLINE):
+            message = await sub.__anext__()
+        assert (message.subject, message.payload) == ("session.s1.frames", b"\x00\xffframe")
+        await sub.unsubscribe()
+
+
+async def test_a_batch_crosses_once_and_arrives_in_order_on_a_wildcard(nats_server):
+    async with open_bus(nats_server.url, name="reader") as reader, open_bus(nats_server.url, name="writer") as writer:
+        sub = await reader.subscribe("session.*.frames")
+        await reader.flush()  # the subscription is on the server before anything is published
+        batch = [(f"session.s{n % 3}.frames", b"%05d" % n) for n in range(1000)]
+        await writer.publish_batch(batch)
+        received = []
+        with trio.fail_after(DEADLINE):
+            async for message in sub:
+                received.append((message.subject, message.payload))
+                if len(received) == len(batch):
+                    break
+        assert received == batch
+        assert sub.dropped == 0
+
+
+async def test_a_request_gets_its_answer_and_an_unanswered_one_a_timeout(nats_server):
+    async with open_bus(nats_server.url) as bus, trio.open_nursery() as nursery:
+        sub = await bus.subscribe("node.a.join")
+
+        async def answer() -> None:
+            async for message in sub:
+                await message.respond(b"joined:" + message.payload)
+
+        nursery.start_soon(answer)
+        reply = await bus.request("node.a.join", b"bob", timeout=DEADLINE)
+        assert reply.payload == b"joined:bob"
+        with pytest.raises(BusTimeout, match="no answer on node.b.join"):
+            await bus.request("node.b.join", b"bob", timeout=0.5)  # nobody subscribes: at once
+        await sub.unsubscribe()
+
+
+async def test_a_reader_that_falls_behind_loses_the_newest_and_slows_no_one(nats_server):
+    async with open_bus(nats_server.url) as bus:
+        slow = await bus.subscribe("frames", queue_size=10)
+        fast = await bus.subscribe("frames")
+        await bus.publish_batch([("frames", b"%d" % n) for n in range(100)])
+        await bus.flush()
+        with trio.fail_after(DEADLINE):
+            got = [(await fast.__anext__()).payload for _ in range(100)]
+            while slow.dropped < 90:  # the client hands messages over as they arrive
+                await trio.sleep(0.01)
+        assert got == [b"%d" % n for n in range(100)]
+        kept = [(await slow.__anext__()).payload for _ in range(10)]
+        assert kept == [b"%d" % n for n in range(10)] and slow.dropped == 90
+
+
+async def test_the_bus_reconnects_and_its_subscriptions_go_on(nats_server):
+    async with open_bus(nats_server.url) as bus:
+        sub = await bus.subscribe("control")
+        await bus.flush()
+        await trio.to_thread.run_sync(nats_server.stop)
+        with trio.fail_after(DEADLINE):
+            while bus.connected:
+                await trio.sleep(0.01)
+        await trio.to_thread.run_sync(nats_server.start)
+        with trio.fail_after(DEADLINE):
+            while not bus.connected:
+                await trio.sleep(0.01)
+        await bus.publish("control", b"after")
+        with trio.fail_after(DEADLINE):
+            message = await sub.__anext__()
+        assert message.payload == b"after"
+
+
+async def test_no_server_is_a_clear_error(nats_server):
+    nats_server.stop()
+    with pytest.raises(BusError, match=rf"cannot connect to {re.escape(nats_server.url)}: nats: no servers"):
+        async with open_bus(nats_server.url):
+            pass
