@@ -223,7 +223,11 @@ def make_engine(url: str | sa.URL, *, create: bool = True) -> sa.Engine:
         # connect_timeout: an unreachable server is an error within seconds, not minutes.
         engine = sa.create_engine(url, pool_pre_ping=True, connect_args={"connect_timeout": CONNECT_TIMEOUT_SECONDS})
     if create:
-        upgrade_schema(engine)
+        try:
+            upgrade_schema(engine)
+        except BaseException:
+            engine.dispose()  # unreachable, or a schema it cannot migrate: nothing left open
+            raise
     return engine
 
 

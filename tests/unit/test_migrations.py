@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 import sqlalchemy as sa
 
 from dashboard.repositories import tables as dashboard_tables
@@ -84,3 +86,14 @@ def test_processes_opening_a_new_database_at_once_migrate_it_once(tmp_path):
         thread.join()
     assert errors == []
     assert sorted(applied, key=len) == [[], [], [], [migrate.head(ENGINE_MIGRATIONS)]]
+
+
+def test_a_database_migrated_by_a_newer_cosession_is_refused_not_used(tmp_path):
+    url = f"sqlite:///{tmp_path / 'newer.db'}"
+    make_engine(url).dispose()
+    db = sa.create_engine(url)
+    with db.begin() as conn:
+        conn.execute(sa.text(f"UPDATE {ENGINE_VERSION_TABLE} SET version_num = 'e9999'"))
+    db.dispose()
+    with pytest.raises(migrate.SchemaError, match="names revision .*e9999.*newer version"):
+        make_engine(url)
