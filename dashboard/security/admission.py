@@ -122,7 +122,7 @@ class Admission:
         try:
             user = await current_user(websocket)
         except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:  # not a verdict on the user
-            log.warning("websocket refused: the database is unreachable: %s", str(exc).splitlines()[0] if str(exc) else exc)
+            log.warning("websocket refused: the database is unreachable: %s", (str(exc).splitlines() or [""])[0])
             services.audit_event("websocket_refused", None, None, reason=DATABASE_UNAVAILABLE,
                                  path=websocket.url.path[:200])
             return DATABASE_UNAVAILABLE

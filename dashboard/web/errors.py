@@ -48,7 +48,7 @@ DATABASE_UNAVAILABLE = ("The database is unreachable: this cannot be done now; s
 async def on_database_unavailable(conn: HTTPConnection, exc: Exception) -> Response | None:
     # No page template: rendering one may need the database too.
     log.warning("%s %s: the database is unreachable: %s", conn.scope.get("method", "WEBSOCKET"), conn.url.path,
-                str(getattr(exc, "orig", exc)).strip().splitlines()[0:1])
+                (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [""])[0])
     if conn.scope["type"] == "websocket":
         await conn.close(code=1011)  # type: ignore[attr-defined]
         return None

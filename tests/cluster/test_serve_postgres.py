@@ -1,7 +1,7 @@
 """`cosession serve` on PostgreSQL as real processes: two nodes on one database (one given it
 with --database, the other in its config file) share the accounts, each records itself in
-``nodes``, and `cosession cluster status` lists both running; `cosession audit verify --database` passes afterwards; an unreachable database is
-a clear refusal to start."""
+``nodes``, and `cosession cluster status` lists both running; `cosession audit verify
+--database` passes afterwards; an unreachable database is a clear refusal to start."""
 
 from __future__ import annotations
 

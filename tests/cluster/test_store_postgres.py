@@ -1,6 +1,7 @@
 """The audit store's, the chain's and the nodes' own tests (tests/unit/test_store.py,
-test_audit_chain.py, test_nodes.py: claims, heartbeats, orphaned sessions), run again on PostgreSQL: the same code, the same assertions, on a fresh database of the
-throwaway cluster (tests/fixtures/postgres.py) for each test."""
+test_audit_chain.py, test_nodes.py: claims, heartbeats, orphaned sessions), run again on
+PostgreSQL: the same code, the same assertions, on a fresh database of the throwaway server
+(tests/fixtures/postgres.py) for each test."""
 
 from __future__ import annotations
 
