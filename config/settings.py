@@ -18,6 +18,7 @@ LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 PRODUCT_VIEWER_CAP = 10  # rule 2: a setting may lower this, never raise it
 ENV_PREFIX = "COSESSION_"
+REPLAY_ROLES = ("none", "viewer", "user", "supervisor", "owner")  # recordings.replay_role
 
 
 class SettingsError(ValueError):
@@ -128,6 +129,20 @@ class Audit:
 
 
 @dataclass(frozen=True, slots=True)
+class Recordings:
+    directory: str
+    queue_max_bytes: int
+    writer_threads: int
+    fsync_seconds: float
+    check_seconds: float
+    record_input: bool
+    keyframe_seconds: float
+    keyframe_bytes: int
+    retention_days: float
+    replay_role: str
+
+
+@dataclass(frozen=True, slots=True)
 class Edge:
     max_connections: int
     max_connections_per_client: int
@@ -163,6 +178,7 @@ class Settings:
     security: Security
     demo: Demo
     audit: Audit
+    recordings: Recordings
     edge: Edge
     log: Log
     metrics: Metrics
@@ -170,6 +186,11 @@ class Settings:
     @property
     def data_path(self) -> Path:
         return Path(self.server.data_dir).expanduser()
+
+    @property
+    def recordings_path(self) -> Path:
+        return Path(self.recordings.directory).expanduser() if self.recordings.directory \
+            else self.data_path / "recordings"
 
     @property
     def database_url(self) -> str:
@@ -254,6 +275,16 @@ def load(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | No
                          ("engine", "heartbeat_seconds")):
         if merged[section][key] <= 0:
             raise SettingsError(f"{section}.{key} must be positive, not {merged[section][key]}")
+    recordings = merged["recordings"]
+    for key in ("queue_max_bytes", "writer_threads", "fsync_seconds", "check_seconds", "keyframe_seconds",
+                "keyframe_bytes"):
+        if recordings[key] <= 0:
+            raise SettingsError(f"recordings.{key} must be positive, not {recordings[key]}")
+    if recordings["retention_days"] < 0:
+        raise SettingsError("recordings.retention_days must be 0 (keep) or positive")
+    if recordings["replay_role"] not in REPLAY_ROLES:
+        raise SettingsError(f"recordings.replay_role is one of {', '.join(REPLAY_ROLES)}, not "
+                            f"{recordings['replay_role']!r}")
     if merged["audit"]["refusal_interval_seconds"] < 0:
         raise SettingsError("audit.refusal_interval_seconds must be 0 (off) or positive")
     if merged["engine"]["actor_workers"] < 1:

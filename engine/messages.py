@@ -48,6 +48,16 @@ class EndReason(enum.StrEnum):
     SESSION_FAILED = "session_failed"
     ENGINE_STOPPED = "engine_stopped"
     GATEWAY_RESTARTED = "gateway_restarted"  # its node stopped without ending it (kill -9); found at the next start
+    RECORDING_FAILED = "recording_failed"  # it had to be recorded, and its recording failed (fail closed)
+
+
+class RecordingPolicy(enum.StrEnum):
+    """What a recorded session does when its recording fails (falls behind, cannot write): the
+    access profile's choice. Failing closed is the default: a session that must be recorded
+    does not go on unrecorded."""
+
+    END_SESSION = "end_session"
+    CONTINUE = "continue"
 
 
 class Reason(enum.StrEnum):
@@ -232,6 +242,15 @@ class DisplayUpdate:
     applied: Any = field(default=None, repr=False, compare=False)
 
 
+@dataclass(frozen=True, slots=True)
+class Resized:
+    """Told to a recorder's sink by the EndpointActor, in order with the frames: the terminal
+    is now `cols` x `rows` (the frames after it were written for that size)."""
+
+    cols: int
+    rows: int
+
+
 # --- commands to the engine and to a session -------------------------------------------------
 
 
@@ -247,6 +266,7 @@ class StartSession:
     rows: int = 24
     session_id: str | None = None
     record: bool = False
+    recording_policy: RecordingPolicy = RecordingPolicy.END_SESSION
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,10 +289,17 @@ class Disconnected:
     participant_id: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Input:
+    """`secret`: the gateway saw a password it sent this controller (Send Password) in it:
+    never recorded, whatever `recordings.record_input` says."""
+
     participant_id: str
     data: bytes
+    secret: bool = False
+
+    def __repr__(self) -> str:  # keystrokes may be a password: never in a log line
+        return f"Input({self.participant_id!r}, <{len(self.data)} bytes>)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -608,10 +635,14 @@ class EndpointFinished:
 @dataclass(frozen=True, slots=True)
 class Subscribe:
     """To the EndpointActor: send this participant a keyframe, then every frame, straight into
-    its sink (its bounded queue), so a frame wakes one thread, not one per participant."""
+    its sink (its bounded queue), so a frame wakes one thread, not one per participant.
+    `recorder`: the sink is the session's recording, not a participant: it is also told every
+    size change (`Resized`), and the EndpointActor closes it after the last frame it fans out
+    (at `Unsubscribe`, or when it stops)."""
 
     participant_id: str
     sink: Any
+    recorder: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -636,6 +667,16 @@ class ResyncDue:
 @dataclass(frozen=True, slots=True)
 class StallCheckDue:
     """The EndpointActor's own timer: look for participants behind for longer than allowed."""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordingFailed:
+    """To the session, from its recording: it fell behind (`behind`) or cannot write
+    (`write_failed`, `file_deleted`, `cannot_create`); `detail` says what happened, without a
+    path outside the recordings directory. The session audits it and follows its policy."""
+
+    reason: str
+    detail: str = ""
 
 
 @dataclass(frozen=True, slots=True)

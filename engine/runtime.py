@@ -29,11 +29,12 @@ from engine.clock import Clock, SystemClock
 from engine.errors import EngineNotRunning, ReplyTimeout
 from engine.metrics import EngineMetrics
 from engine.messages import (
-    Accepted, ClaimNode, Describe, Disconnected, Eject, EndpointSpec, Extend, Flush, Flushed, Input, Join, Joined,
-    Leave, NodeClaimed, Refused, Resize, Route, SessionSummary, SetJointSession, Shutdown, StartSession, Terminate,
-    TransferControl, User, Watch,
+    Accepted, AuditEvent, ClaimNode, Describe, Disconnected, Eject, EndpointSpec, Extend, Flush, Flushed, Input,
+    Join, Joined, Leave, NodeClaimed, RecordingPolicy, Refused, Resize, Route, SessionSummary, SetJointSession,
+    Shutdown, StartSession, Terminate, TransferControl, User, Watch,
 )
 from engine.nodes import Node
+from engine.recorders import Recordings
 from engine.sinks import CollectingSink
 from engine.store import StoreActor
 
@@ -118,6 +119,7 @@ class Engine:
         self._pool: ActorPool | None = None
         self._store: Any = None
         self._supervisor: Any = None
+        self.recordings: Recordings | None = None  # the recorded sessions' files (engine/recorder.py)
         self.node: Node | None = None  # this run of this node, once started (engine/nodes.py)
         self.recovered: tuple[str, ...] = ()  # sessions an earlier run left open, ended at start
 
@@ -148,9 +150,13 @@ class Engine:
             raise claimed
         self.node, self.recovered = node, claimed.ended
         self._pool = ActorPool(self.settings.engine.actor_workers)
+        self.recordings = Recordings(self.settings.recordings, self.settings.recordings_path, self._clock,
+                                     self._store, self.settings.audit.refusal_interval_seconds)
+        self.recordings.recover(claimed.ended)
+        self.recordings.start_retention()
         self._supervisor = EngineSupervisor.start_on(
             self._pool, store=self._store, clock=self._clock, settings=self.settings.engine,
-            connect=self._connect, directory=self._directory, metrics=self.metrics)
+            connect=self._connect, directory=self._directory, metrics=self.metrics, recordings=self.recordings)
         return self
 
     def stop(self, timeout: float = 120.0) -> None:
@@ -175,6 +181,8 @@ class Engine:
             log.error("the supervisor did not stop in time")
         self._supervisor = None
         self._pool.stop(left())  # and anything orphaned by a failure
+        if self.recordings is not None:  # every recording closed (and audited) before the store stops
+            self.recordings.stop(left())
         try:  # the store last: it commits what was told to it
             self._store.stop(block=True, timeout=left())
         except (pykka.Timeout, pykka.ActorDeadError):
@@ -230,15 +238,19 @@ class Engine:
         if self._store is None:
             raise EngineNotRunning("the engine is not running")
         send(self._store, message)
+        if self.recordings is not None and isinstance(message, AuditEvent):
+            self.recordings.mark(message)  # a marker on its session's recording, if it is one
 
     # --- blocking: for load testers and scripts, never on the event loop ---------------------
 
     def open_session(self, endpoint: EndpointSpec, controller: User, *, connection: Any = None,
                      sink: Any = None, deadline: float | None = None, cols: int = 80, rows: int = 24,
-                     record: bool = False, timeout: float = 10.0) -> Participant | Refused:
+                     record: bool = False, recording_policy: RecordingPolicy = RecordingPolicy.END_SESSION,
+                     timeout: float = 10.0) -> Participant | Refused:
         sink = sink if sink is not None else CollectingSink()
         answer = self._call(lambda r: self.submit_start(StartSession(
-            endpoint, controller, sink, r, connection, deadline, cols, rows, record=record)), timeout)
+            endpoint, controller, sink, r, connection, deadline, cols, rows, record=record,
+            recording_policy=recording_policy)), timeout)
         return Participant(self, answer, sink) if isinstance(answer, Joined) else answer
 
     def join_session(self, session_id: str, user: User, *, sink: Any = None, has_access: bool = True,

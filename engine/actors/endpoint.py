@@ -35,7 +35,7 @@ from engine.clock import Clock, Timer
 from engine.messages import (
     ChildFailed, DisplayUpdate, EndpointClosed, EndpointError, EndpointFailed, EndpointFinished, EndpointOpened,
     EndpointReady, EndpointRetrying, Frame, Input, OpenEndpoint, ParticipantStalled, ReconnectEndpoint,
-    Resize, ResyncDue, Resynchronise, StallCheckDue, Subscribe, Unsubscribe,
+    RecordingFailed, Resize, Resized, ResyncDue, Resynchronise, StallCheckDue, Subscribe, Unsubscribe,
 )
 from engine.screen import ScreenModel
 from engine.connection import EndpointConnection, EndpointEvents
@@ -62,6 +62,7 @@ class EndpointActor(PooledActor):
         self._window = window
         self._subscribers: dict[str, Any] = {}  # participant id → sink
         self._fanout: list[tuple[str, Any]] = []  # the hot path iterates a list, not a dict view
+        self._recorders: set[str] = set()  # subscribers that are the session's recording
         self._failures: collections.deque[float] = collections.deque()
         self._size = (80, 24)
         self._retry_timer: Timer | None = None
@@ -113,9 +114,16 @@ class EndpointActor(PooledActor):
                 self._size = (cols, rows)
                 self._screen.resize(cols, rows)
                 self._connection.resize(cols, rows)
-            case Subscribe(participant_id=pid, sink=sink):
+                for pid in self._recorders:  # in order with the frames: those after it are this size
+                    try:
+                        self._subscribers[pid].event(Resized(cols, rows))
+                    except Exception as exc:
+                        self._sink_failed(pid, exc)
+            case Subscribe(participant_id=pid, sink=sink, recorder=recorder):
                 self._subscribers[pid] = sink
                 self._fanout = list(self._subscribers.items())
+                if recorder:
+                    self._recorders.add(pid)
                 try:
                     ref = self.actor_ref
                     sink.attach(lambda: send(ref, Resynchronise(pid)))
@@ -194,16 +202,22 @@ class EndpointActor(PooledActor):
         self._arm_stall_timer()
 
     def _forget(self, pid: str) -> None:
-        if self._subscribers.pop(pid, None) is not None:
+        sink = self._subscribers.pop(pid, None)
+        if sink is not None:
             self._fanout = list(self._subscribers.items())
+        if pid in self._recorders:  # a recording closes after the last frame it was given
+            self._recorders.discard(pid)
+            _close_quietly(sink)
         self._refusing_since.pop(pid, None)
         self._waiting_for_keyframe.discard(pid)
 
     def _sink_failed(self, pid: str, exc: Exception) -> None:
-        log.error("the sink of participant %s failed", pid, exc_info=exc)
+        log.error("the sink of %s failed", pid, exc_info=exc)
         if pid in self._subscribers:
+            recorder = pid in self._recorders
             self._forget(pid)
-            send(self._session, ChildFailed("participant", pid, describe_failure(exc)))
+            send(self._session, RecordingFailed("failed", describe_failure(exc)) if recorder
+                 else ChildFailed("participant", pid, describe_failure(exc)))
 
     def _on_error(self, detail: str, retryable: bool) -> None:
         if self._closed:
@@ -228,6 +242,8 @@ class EndpointActor(PooledActor):
         for timer in (self._retry_timer, self._resync_timer, self._stall_timer):
             if timer is not None:
                 timer.cancel()
+        for pid in list(self._recorders):
+            self._forget(pid)
         try:
             self._connection.close()
         except Exception:
@@ -239,3 +255,10 @@ class EndpointActor(PooledActor):
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         self._close()
         send(self._session, ChildFailed("endpoint", self._session_id, describe_failure(exception_value)))
+
+
+def _close_quietly(sink: Any) -> None:
+    try:
+        sink.close()
+    except Exception:
+        log.exception("closing a recording's sink")

@@ -25,11 +25,13 @@ from engine.messages import (
     Accepted, AuditEvent, AuditSessionEnded, AuditSessionStarted, ChildFailed, Describe, Disconnected,
     Eject, Ejected, EndpointFailed, EndpointFinished, EndpointReady, EndpointRetrying, EndReason, Expire,
     Extend, GraceElapsed, Input, InputRefused, Join, Joined, Leave, Member, OpenEndpoint,
-    ParticipantJoined, ParticipantLeft, ParticipantStalled, Reason, Refused, Resize, Role, SessionEnded,
-    SessionFinished, SessionState, SessionSummary, SessionUpdated, SetJointSession, Shutdown,
-    StartSession, StateChanged, Subscribe, Terminate, TransferControl, Unsubscribe, User,
+    ParticipantJoined, ParticipantLeft, ParticipantStalled, Reason, RecordingFailed, RecordingPolicy, Refused,
+    Resize, Role, SessionEnded, SessionFinished, SessionState, SessionSummary, SessionUpdated, SetJointSession,
+    Shutdown, StartSession, StateChanged, Subscribe, Terminate, TransferControl, Unsubscribe, User,
 )
 from engine.metrics import EngineMetrics
+from engine.recorder import RECORDER_ID
+from engine.recordings import RecordingMeta
 from engine.screen import screen_for
 from config.settings import EngineSettings
 
@@ -46,13 +48,17 @@ class _Participant:
 
 class SessionActor(PooledActor):
     def __init__(self, session_id: str, start: StartSession, *, supervisor: Any, store: Any,
-                 clock: Clock, settings: EngineSettings, metrics: EngineMetrics | None = None) -> None:
+                 clock: Clock, settings: EngineSettings, metrics: EngineMetrics | None = None,
+                 recordings: Any = None) -> None:
         super().__init__()
         self._metrics = metrics if metrics is not None else EngineMetrics()
         self._id = session_id
         self._endpoint_spec = start.endpoint
         self._controller = start.controller
         self._record = start.record
+        self._recording_policy = start.recording_policy
+        self._recordings = recordings  # engine.recorders.Recordings: opens this session's, if recorded
+        self._recording: Any = None  # engine.recorder.Recording, once opened
         self._supervisor = supervisor
         self._store = store
         self._clock = clock
@@ -122,6 +128,8 @@ class SessionActor(PooledActor):
                 self._end(EndReason.ENDPOINT_FAILED, detail=detail)
             case EndpointFinished(detail=detail):
                 self._end(EndReason.ENDPOINT_CLOSED, detail=detail)
+            case RecordingFailed():
+                self._on_recording_failed(message)
             case ChildFailed():
                 self._on_child_failed(message)
             case SetJointSession(enabled=enabled):
@@ -148,6 +156,8 @@ class SessionActor(PooledActor):
             self._settings.endpoint_retries, self._settings.endpoint_backoff_seconds,
             self._settings.endpoint_retry_window_seconds, self._settings.stall_seconds,
             self._settings.resync_interval_seconds)
+        if start.record and self._recordings is not None:
+            self._start_recording(start)
         member = self._add(start.controller, Role.CONTROLLER, start.sink)
         self._controller_pid = member.participant_id
         send(self._endpoint, OpenEndpoint(start.cols, start.rows))
@@ -156,12 +166,38 @@ class SessionActor(PooledActor):
         reply(start.reply_to, self._joined(member))
         self._publish()
 
+    def _start_recording(self, start: StartSession) -> None:
+        """Rule 10: from the first byte. Subscribed before the endpoint opens (so before any
+        frame) and before the controller; its file is created by a writer thread, whose
+        failure comes back as `RecordingFailed` like any other."""
+        e, c = start.endpoint, start.controller
+        meta = RecordingMeta(self._id, e.id, e.name, e.protocol.value, c.id, c.name, self._started_at,
+                             start.cols, start.rows)
+        ref = self.actor_ref
+        self._recording = self._recordings.open(meta, self._recording_policy, lambda failed: send(ref, failed))
+        send(self._endpoint, Subscribe(RECORDER_ID, self._recording, recorder=True))
+
+    def _on_recording_failed(self, failed: RecordingFailed) -> None:
+        """Audited; then the profile's policy: end the session (fail closed, the default), or
+        go on (a recording that fell behind goes on from a keyframe; one that cannot write stops)."""
+        self._audit("recording_failed", reason=failed.reason, detail=failed.detail,
+                    policy=self._recording_policy.value)
+        if self._recording_policy is RecordingPolicy.END_SESSION:
+            self._end(EndReason.RECORDING_FAILED, detail=f"the session must be recorded, and its recording "
+                                                         f"failed ({failed.reason})")
+
     def _end(self, reason: EndReason, by: User | None = None, detail: str = "") -> None:
         """Idempotent: only the first end counts."""
         if self._state is SessionState.ENDED:
             return
         self._state = policy.transition(self._state, SessionState.ENDED)
         self._metrics.sessions_ended.labels(self._endpoint_spec.protocol.value, reason.value).inc()
+        ended_at = self._clock.now()
+        if self._recording is not None:
+            # its end marker has the session_ended row's time; the endpoint closes it after its last frame
+            self._recording.ending(reason.value, by.name if by else None, ended_at)
+            if not send(self._endpoint, Unsubscribe(RECORDER_ID)):
+                self._recording.close()
         for timer in (self._deadline_timer, self._grace_timer):
             if timer is not None:
                 timer.cancel()
@@ -171,7 +207,7 @@ class SessionActor(PooledActor):
             _stop(participant.ref)
         self._participants.clear()
         _stop(self._endpoint)
-        self._store.tell(AuditSessionEnded(self._id, self._clock.now(), reason.value, by.name if by else None))
+        self._store.tell(AuditSessionEnded(self._id, ended_at, reason.value, by.name if by else None))
         send(self._supervisor, SessionFinished(self._id, reason, by))
         self.stop()
 
@@ -323,6 +359,8 @@ class SessionActor(PooledActor):
         if refused is None:
             self.inputs_forwarded += 1
             send(self._endpoint, message)
+            if self._recording is not None and self._recordings.settings.record_input and not message.secret:
+                self._recording.input(message.data)
             return
         self.inputs_refused += 1
         self._audit("input_refused", participant.member.user if participant else None,
@@ -419,7 +457,10 @@ class SessionActor(PooledActor):
                 send(participant.ref, event)
 
     def _audit(self, kind: str, actor: User | None = None, **detail: Any) -> None:
-        self._store.tell(AuditEvent.make(kind, self._clock.now(), self._id, actor, **detail))
+        event = AuditEvent.make(kind, self._clock.now(), self._id, actor, **detail)
+        self._store.tell(event)
+        if self._recording is not None:
+            self._recording.mark(event)
 
 
 def _stop(ref: Any) -> None:

@@ -36,8 +36,9 @@ _RECENTLY_ENDED = 4096  # ended session ids remembered, to say "ended" rather th
 class EngineSupervisor(PooledActor):
     def __init__(self, *, store: Any, clock: Clock, settings: EngineSettings,
                  connect: Callable[[StartSession], Any], directory: dict[str, SessionSummary],
-                 metrics: EngineMetrics | None = None) -> None:
+                 metrics: EngineMetrics | None = None, recordings: Any = None) -> None:
         super().__init__()
+        self._recordings = recordings  # engine.recorders.Recordings, handed to every session
         self._store = store
         self._metrics = metrics if metrics is not None else EngineMetrics()
         self._clock = clock
@@ -94,7 +95,8 @@ class EngineSupervisor(PooledActor):
             return
         start = replace(start, connection=connection, session_id=session_id)
         ref = SessionActor.start(session_id, start, supervisor=self.actor_ref, store=self._store,
-                                 clock=self._clock, settings=self._settings, metrics=self._metrics)
+                                 clock=self._clock, settings=self._settings, metrics=self._metrics,
+                                 recordings=self._recordings)
         self._sessions[session_id] = ref
         ref.tell(start)
 
@@ -117,7 +119,10 @@ class EngineSupervisor(PooledActor):
             child.stop(block=False)
         self._store.tell(AuditEvent.make("session_failure", self._clock.now(), failed.child_id,
                                          error=failed.detail))
-        self._store.tell(AuditSessionEnded(failed.child_id, self._clock.now(), EndReason.SESSION_FAILED.value))
+        ended_at = self._clock.now()
+        if self._recordings is not None:  # its endpoint, stopped above, closes the recording
+            self._recordings.ended(failed.child_id, EndReason.SESSION_FAILED.value, ended_at)
+        self._store.tell(AuditSessionEnded(failed.child_id, ended_at, EndReason.SESSION_FAILED.value))
         self._forget(SessionFinished(failed.child_id, EndReason.SESSION_FAILED))
 
     def _notify(self, change: Any) -> None:
