@@ -1,4 +1,4 @@
-"""Check the audit log's hash chain (and, later, export it).
+"""Check the audit log's hash chain, the sessions table and the recordings against it.
 
     cosession audit verify [--data-dir D] [--database-url URL] [--anchor ID:HASH ...]
 
@@ -61,7 +61,7 @@ def _verify(args: Any) -> int:
         return _EXIT_ERROR
     url = settings.database_url
     try:
-        report = verify(url, anchors=dict(args.anchor))
+        report = verify(url, anchors=dict(args.anchor), recordings=settings.recordings_path)
     except AuditLogMissing as exc:
         print(f"cosession audit verify: {exc}", file=sys.stderr)
         return _EXIT_ERROR

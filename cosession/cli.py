@@ -13,6 +13,7 @@ COMMANDS = {
     "loadtest": "cosession.loadtest",
     "audit": "cosession.audit",
     "cluster": "cosession.cluster",
+    "recordings": "cosession.recordings",
     "join": "cosession.join",
     "admin": "cosession.admin",
     "keys": "cosession.keys",

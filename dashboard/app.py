@@ -96,7 +96,7 @@ def create_app(services: Services) -> Starlette:
     app.state.launches = Launches()
     app.state.live_sessions = LiveSessions(services)
     app.state.live_hub = live.LiveHub(services)
-    app.state.audit_chain = AuditChain(services.settings.database_url)
+    app.state.audit_chain = AuditChain(services.settings.database_url, services.settings.recordings_path)
     app.state.live_row_paths = live.row_paths(app)
     app.state.readiness = operations.Readiness(operations.default_checks(services), services.now)
     return app

@@ -10,7 +10,10 @@ millions of rows takes constant memory), and reports the first thing wrong:
 - an anchor (a row id and hash kept outside the database) that the log no longer has;
 - once the chain is intact, a ``sessions`` row that is not what the chained ``session_started``
   and ``session_ended`` events say (altered, invented or removed): that table is a checked
-  projection of the chain (`_check_sessions`).
+  projection of the chain (`_check_sessions`);
+- given the recordings directory, a recording file that is not what its chained
+  ``recording_closed`` row says (altered, removed) or that no row names
+  (`engine.recording_log.verify_recordings`).
 
 What it cannot see: someone who can write the database can rewrite the whole chain from the
 first changed row onwards, head included, and it verifies again. Only an anchor kept elsewhere
@@ -20,6 +23,7 @@ first changed row onwards, head included, and it verifies again. Only an anchor 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -30,9 +34,10 @@ from engine.db import (
     GENESIS_HASH, HEAD_ID, audit_events, audit_head, canonical_json, event_hash, is_sqlite, make_engine, sessions,
     sqlite_path,
 )
+from engine.recording_log import verify_recordings
 from engine.store import AuditReader
 
-__all__ = ["AuditLogMissing", "AuditReader", "VerifyReport", "canonical_json", "verify"]
+__all__ = ["AuditLogMissing", "AuditReader", "VerifyReport", "canonical_json", "open_log", "verify"]
 
 _STREAM_ROWS = 2000
 
@@ -52,20 +57,29 @@ class VerifyReport:
     session_id: str | None = None  # a session whose sessions row is not what the chain says
 
 
-def verify(url: str, anchors: dict[int, str] | None = None) -> VerifyReport:
-    """Check the chain of the audit log at `url`. `anchors` maps row ids to the hashes they had
-    when they were recorded outside the database; each must still be there, unchanged.
-
-    Raises `AuditLogMissing` if there is no log at all (nothing is created)."""
+def open_log(url: str) -> sa.Engine:
+    """The database of the audit log at `url`, to read; never creates anything. Raises
+    `AuditLogMissing` if there is no log there."""
     path = sqlite_path(url)
     if path is not None and not path.is_file():
         raise AuditLogMissing(f"no audit database at {path}")
     engine = make_engine(url, create=False)
+    missing = [t for t in (audit_events.name, audit_head.name) if not sa.inspect(engine).has_table(t)]
+    if missing:
+        where = path if path is not None else engine.url.render_as_string(hide_password=True)
+        engine.dispose()
+        raise AuditLogMissing(f"{where} holds no audit log (no {', '.join(missing)} table)")
+    return engine
+
+
+def verify(url: str, anchors: dict[int, str] | None = None, recordings: Path | None = None) -> VerifyReport:
+    """Check the chain of the audit log at `url`. `anchors` maps row ids to the hashes they had
+    when they were recorded outside the database; each must still be there, unchanged.
+    `recordings`: the recordings directory, whose files are checked against the chain.
+
+    Raises `AuditLogMissing` if there is no log at all (nothing is created)."""
+    engine = open_log(url)
     try:
-        missing = [t for t in (audit_events.name, audit_head.name) if not sa.inspect(engine).has_table(t)]
-        if missing:
-            where = path if path is not None else engine.url.render_as_string(hide_password=True)
-            raise AuditLogMissing(f"{where} holds no audit log (no {', '.join(missing)} table)")
         with engine.connect() as conn:
             # The head and the rows from one snapshot: the store may be writing meanwhile.
             if is_sqlite(url):
@@ -79,6 +93,10 @@ def verify(url: str, anchors: dict[int, str] | None = None) -> VerifyReport:
                     session_id, problem = bad
                     return VerifyReport(False, report.rows, None, problem, report.head_id, report.head_hash,
                                         session_id)
+            if report.ok and recordings is not None:
+                for found in verify_recordings(conn, recordings):
+                    return VerifyReport(False, report.rows, None, f"recording of session {found.session_id}: "
+                                        f"{found.problem}", report.head_id, report.head_hash, found.session_id)
             return report
     finally:
         engine.dispose()

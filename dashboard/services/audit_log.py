@@ -12,6 +12,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlencode
 
@@ -144,19 +145,20 @@ class AuditChain:
     """The chain check of this application: one at a time (a second caller waits, then runs its
     own), and the last result, for the audit page."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, recordings: Path | None = None) -> None:
         self._url = database_url
+        self._recordings = recordings  # the recordings directory, checked against the chain too
         self._one_at_a_time = trio.CapacityLimiter(1)
         self.last: dict[str, Any] | None = None
 
     async def check(self) -> dict[str, Any]:
         """Run `engine.audit.verify` in a worker thread and remember the result."""
-        url = self._url
+        url, recordings = self._url, self._recordings
 
         def run() -> dict[str, Any]:
             started = time.monotonic()
             try:
-                report = verify(url)
+                report = verify(url, recordings=recordings)
             except AuditLogMissing as exc:
                 return {"ok": False, "rows": 0, "first_bad_id": None, "problem": str(exc), "missing": True,
                         "head": None, "session_id": None}
