@@ -370,6 +370,8 @@ class Recording:
                 if self._failure is None:
                     os.fsync(self._fd)
                 os.fchmod(self._fd, 0o440)  # closed: nothing writes it again
+                # its time is the session's end on the engine's clock, which retention reads
+                os.utime(self._fd, (at, at))
             except OSError as exc:
                 self._io_failed("write_failed", exc)
             finally:

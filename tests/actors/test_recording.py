@@ -53,6 +53,7 @@ def start_recorded(engine, connection, **kw):
 
 def test_a_recorded_session_is_an_asciicast_from_its_first_byte_to_its_end(engine, connection, clock, recordings_dir):
     controller = start_recorded(engine, connection)
+    assert controller.joined.recorded is True
     connection.emit(b"first bytes \xe2\x82")  # a euro sign split across two reads
     assert controller.wait_for_output(b"first bytes")  # offered to the recording first (subscribed first)
     clock.advance(1.5)
@@ -218,3 +219,52 @@ def test_stopping_the_engine_closes_every_recording_before_the_store(tmp_path, c
     with sa.create_engine(engine._database_url).connect() as db:
         detail = db.execute(sa.text("select detail from audit_events where kind = 'recording_closed'")).scalar_one()
     assert json.loads(detail)["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_retention_deletes_old_recordings_each_deletion_audited(tmp_path, clock, recordings_dir):
+    from engine.audit import verify
+    from protocols.synthetic import SyntheticConnection
+
+    engine = recorded_engine(tmp_path, clock, recordings_dir, retention_days=1.0)
+    try:
+        ids = []
+        for wait in (1.5, 0.75):  # days after each session ends: the first ends 2.25 days before the last look
+            controller = start_recorded(engine, SyntheticConnection(clock))
+            engine.terminate(controller.session_id, ADMIN)
+            wait_closed(engine, len(ids) + 1)
+            ids.append(controller.session_id)
+            clock.advance(wait * 86400)  # the hourly sweeps run meanwhile, on the writer threads
+        old, young = (recordings_dir / f"{sid}.cast" for sid in ids)
+        assert wait_until(lambda: not old.exists())
+        assert wait_until(lambda: any(k == "recording_deleted" for k, _, _ in audit_rows(engine)))
+        deleted = [d for kind, _, d in audit_rows(engine) if kind == "recording_deleted"]
+        assert deleted == [{"file": old.name, "bytes": deleted[0]["bytes"], "reason": "retention",
+                            "retention_days": 1.0}] and deleted[0]["bytes"] > 0
+        assert young.exists()  # within the retention
+    finally:
+        engine.stop()
+    # a deletion the log tells is no tampering; the one kept is intact
+    report = verify(engine._database_url, recordings=recordings_dir)
+    assert report.ok, report
+
+
+@pytest.mark.parametrize("recording_policy", [RecordingPolicy.END_SESSION, RecordingPolicy.CONTINUE])
+def test_a_desktop_that_must_be_recorded_is_refused_its_recording_and_the_policy_decides(
+        engine, connection, recordings_dir, recording_policy):
+    from engine.messages import EndpointProtocol, EndpointSpec
+
+    desktop = EndpointSpec("ep2", "desk-1", EndpointProtocol.VNC)
+    controller = engine.open_session(desktop, ALICE, connection=connection, record=True,
+                                     recording_policy=recording_policy)
+    assert controller.joined.recorded is False  # nobody is told it is recorded when it is not
+    assert wait_until(lambda: any(k == "recording_failed" for k, _, _ in audit_rows(engine)))
+    [failed] = [d for k, _, d in audit_rows(engine) if k == "recording_failed"]
+    assert failed["reason"] == "unsupported" and failed["policy"] == recording_policy.value
+    if recording_policy is RecordingPolicy.END_SESSION:
+        assert controller.sink.wait_for(lambda s: any(isinstance(e, SessionEnded) for e in s.events))
+        ended = [e for e in controller.sink.events if isinstance(e, SessionEnded)][0]
+        assert ended.reason is EndReason.RECORDING_FAILED
+    else:
+        assert controller.sink.wait_for(lambda s: any(getattr(e, "state", None) == "active" for e in s.events))
+        engine.terminate(controller.session_id, ADMIN)
+    assert not recordings_dir.exists() or not list(recordings_dir.iterdir())
