@@ -379,6 +379,7 @@ class Joined:
     deadline: float | None = None
     rejoined: bool = False
     session: Any = None  # the SessionActor's ref: where this participant's Input, Leave... go
+    recorded: bool = False  # the session is being recorded (every participant's page says so)
 
 
 @dataclass(frozen=True, slots=True)

@@ -359,6 +359,7 @@ class Channel:
             "endpoint": {"id": endpoint.id, "name": endpoint.name, "protocol": endpoint.protocol.value},
             "share_url": share.share_url(self.services, joined.session_id),
             "session_url": f"/sessions/{joined.session_id}",
+            "recorded": joined.recorded,
         }
 
     async def _sender(self) -> None:

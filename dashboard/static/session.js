@@ -435,6 +435,7 @@
         if (session.graphical) openDesktop(session.ws, m.role !== "controller");
         else openTerminal();
         showRole(m.role);
+        $("recorded").hidden = !m.recorded;
         showShare(m.share_url);
         setState(m.state);
         renderMembers();

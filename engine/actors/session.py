@@ -22,7 +22,7 @@ from engine.actors.participant import ParticipantActor
 from engine.actors.pool import PooledActor
 from engine.clock import Clock, Timer
 from engine.messages import (
-    Accepted, AuditEvent, AuditSessionEnded, AuditSessionStarted, ChildFailed, Describe, Disconnected,
+    Accepted, AuditEvent, AuditSessionEnded, AuditSessionStarted, ChildFailed, Describe, Disconnected, EndpointProtocol,
     Eject, Ejected, EndpointFailed, EndpointFinished, EndpointReady, EndpointRetrying, EndReason, Expire,
     Extend, GraceElapsed, Input, InputRefused, Join, Joined, Leave, Member, OpenEndpoint,
     ParticipantJoined, ParticipantLeft, ParticipantStalled, Reason, RecordingFailed, RecordingPolicy, Refused,
@@ -33,6 +33,8 @@ from engine.metrics import EngineMetrics
 from engine.recorder import RECORDER_ID
 from engine.recordings import RecordingMeta
 from engine.screen import screen_for
+
+GRAPHICAL = (EndpointProtocol.VNC, EndpointProtocol.RDP)
 from config.settings import EngineSettings
 
 log = logging.getLogger(__name__)
@@ -157,7 +159,13 @@ class SessionActor(PooledActor):
             self._settings.endpoint_retry_window_seconds, self._settings.stall_seconds,
             self._settings.resync_interval_seconds)
         if start.record and self._recordings is not None:
-            self._start_recording(start)
+            if start.endpoint.protocol in GRAPHICAL:
+                # recorded as terminals only: a desktop that must be recorded fails like any
+                # recording that cannot be written, and the profile's policy decides
+                send(self.actor_ref, RecordingFailed("unsupported", "this gateway records terminal sessions "
+                                                                    "only, not desktops"))
+            else:
+                self._start_recording(start)
         member = self._add(start.controller, Role.CONTROLLER, start.sink)
         self._controller_pid = member.participant_id
         send(self._endpoint, OpenEndpoint(start.cols, start.rows))
@@ -442,7 +450,7 @@ class SessionActor(PooledActor):
 
     def _joined(self, member: Member, rejoined: bool = False) -> Joined:
         return Joined(self._id, member.participant_id, member.role, self._members(), self._state,
-                      self._deadline, rejoined, self.actor_ref)
+                      self._deadline, rejoined, self.actor_ref, recorded=self._recording is not None)
 
     def _summary(self) -> SessionSummary:
         return SessionSummary(self._id, self._endpoint_spec, self._controller, self._members(), self._state,
