@@ -457,3 +457,16 @@ def check_totp(secret: str | None, token: str, last_used_step: int | None, now: 
     if not fresh:
         return Refused(Reason.MFA_REUSED, "this token was already used: wait for the next one")
     return TotpAccepted(fresh[0])
+
+
+# --- replaying recordings ------------------------------------------------------------------------
+
+
+def may_replay(is_admin: bool, role: AssetRole | None, replay_role: str) -> Refused | None:
+    """May this user replay the recordings of an endpoint (docs/recordings.md)? Administrators
+    always; anyone else with at least `replay_role` on the endpoint (`recordings.replay_role`;
+    "none": administrators only)."""
+    if is_admin or (replay_role != "none" and _at_least(role, AssetRole(replay_role))):
+        return None
+    who = "administrators" if replay_role == "none" else f"administrators and the endpoint's {replay_role}s and above"
+    return Refused(Reason.NOT_PERMITTED, f"only {who} may replay its recordings")

@@ -150,6 +150,17 @@ def check_file(info: RecordingInfo, directory: Path) -> str:
         return f"its file {info.file} was removed (closed at row {info.closed_row}, no deletion row)"
     except OSError as exc:
         return f"its file {info.file} cannot be read: {exc.strerror or type(exc).__name__}"
+    return _compare(info, size, digest)
+
+
+def check_data(info: RecordingInfo, data: bytes) -> str:
+    """What is wrong with these bytes as a closed recording's file (read already), or ""."""
+    if info.state != "closed" or not info.file:
+        return ""
+    return _compare(info, len(data), hashlib.sha256(data).hexdigest())
+
+
+def _compare(info: RecordingInfo, size: int, digest: str) -> str:
     if size != info.bytes:
         return (f"its file {info.file} was altered: it is {size} bytes, the log says {info.bytes} "
                 f"(row {info.closed_row})")

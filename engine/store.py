@@ -54,6 +54,8 @@ from engine.messages import (
     AuditEvent, AuditSessionEnded, AuditSessionStarted, ClaimNode, EndReason, Flush, Flushed, NodeClaimed,
 )
 from engine.nodes import Node, live_clause, running_clause
+from engine import recording_log
+from engine.recording_log import RecordingInfo
 from engine.refusals import RefusalCounter
 
 log = logging.getLogger(__name__)
@@ -627,6 +629,11 @@ class AuditReader:
 
     def close(self) -> None:
         self._engine.dispose()
+
+    def recording(self, session_id: str) -> RecordingInfo | None:
+        """A recorded session's recording as the audit log tells it (engine.recording_log)."""
+        with self._engine.connect() as conn:
+            return recording_log.recording(conn, session_id)
 
     def sessions(self, live: bool | None = None, endpoint_id: str | None = None, user: str | None = None,
                  since: float | None = None, until: float | None = None, end_reason: str | None = None,

@@ -50,6 +50,7 @@ END_REASONS = {
     EndReason.SESSION_FAILED.value: "session failed",
     EndReason.ENGINE_STOPPED.value: "gateway stopped",
     EndReason.GATEWAY_RESTARTED.value: "gateway restarted (ended when last seen)",
+    EndReason.RECORDING_FAILED.value: "its recording failed",
 }
 
 
@@ -119,6 +120,7 @@ def _history_rows(services: Services, audience: live.Audience, rows: list[dict[s
             "join": model["join"] if model else None,
             "can_terminate": bool(model and model["can_terminate"]),
             "record": bool(r.get("record")),
+            "replay": audience.may_replay(bool(r.get("record"))),
         })
     return out
 

@@ -69,6 +69,12 @@ class Audience:
     user: User
     endpoints: frozenset[str] | None  # endpoint ids the user has access to; None: all (administrator)
     endpoint_filter: str | None = None  # only this endpoint's sessions (the endpoint page)
+    replay_role: str = "none"  # recordings.replay_role: who besides administrators may replay
+
+    def may_replay(self, record: bool) -> bool:
+        """Whether a recorded session's row offers Replay: to administrators, and to users when
+        the setting lets anyone but them replay (the player checks their role on the endpoint)."""
+        return record and (self.user.is_admin or self.replay_role != "none")
 
     def may_use(self, endpoint_id: str) -> bool:
         return self.endpoints is None or endpoint_id in self.endpoints
@@ -84,9 +90,9 @@ class Audience:
 async def audience_for(services: Services, user: User, endpoint_filter: str | None = None) -> Audience:
     """The user's `Audience` (their grants are read in a worker thread)."""
     if user.is_admin:
-        return Audience(user, None, endpoint_filter)
+        return Audience(user, None, endpoint_filter, services.settings.recordings.replay_role)
     records = await trio.to_thread.run_sync(services.endpoints.accessible, user)
-    return Audience(user, frozenset(r.id for r in records), endpoint_filter)
+    return Audience(user, frozenset(r.id for r in records), endpoint_filter, services.settings.recordings.replay_role)
 
 
 def _join(summary: SessionSummary, audience: Audience, cap: int) -> dict[str, Any] | None:
@@ -127,6 +133,7 @@ def row_model(summary: SessionSummary, audience: Audience, cap: int) -> dict[str
         "grace_until": summary.grace_until,
         "join": _join(summary, audience, cap),
         "can_terminate": audience.user.is_admin,
+        "replay": audience.may_replay(summary.record),
     }
 
 
@@ -141,6 +148,7 @@ def row_paths(app: Starlette) -> dict[str, str]:
         "endpoint": str(app.url_path_for("endpoint_page", endpoint_id=_ID)),
         "session": str(app.url_path_for("session", session_id=_ID)),
         "terminate": str(app.url_path_for("session_terminate", session_id=_ID)),
+        "recording": str(app.url_path_for("recording", session_id=_ID)),
     }
 
 
