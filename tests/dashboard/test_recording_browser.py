@@ -8,10 +8,13 @@ the recording's times are the test's."""
 
 from __future__ import annotations
 
+import re
+
 import pyte
 import pytest
 from playwright.sync_api import expect
 
+from dashboard.security import share
 from engine.clock import ManualClock
 from engine.messages import EndpointProtocol, ParticipantLeft, SessionEnded
 from protocols.synthetic import SyntheticConnection
@@ -178,6 +181,11 @@ def test_a_live_recorded_session_replays_from_its_start(live_gateway):
     root = gateway.api_session("root", PASSWORD)
     rows = root.get("/").text
     assert f'href="/sessions/{sid}/recording"' in rows  # the live row offers Replay from the start
+    shared = gateway.api_session("bob", PASSWORD).get(share.share_path(gateway.services, sid)).text
+    assert "This session is recorded" in shared  # what a share link opens says so before joining
+    session_page = root.get(f"/sessions/{sid}").text  # the session's page says it is recorded
+    badge = re.search(r'<span[^>]*data-testid="recorded"[^>]*>', session_page).group(0)
+    assert not re.search(r"\shidden\b", badge)  # the Recorded badge shows
     assert wait_until(lambda: b"bob left" in (gateway.settings.recordings_path / f"{sid}.cast").read_bytes())
     page = root.get(f"/sessions/{sid}/recording")
     assert page.status_code == 200 and "still being recorded" in page.text

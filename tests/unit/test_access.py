@@ -8,7 +8,7 @@ import pytest
 
 from engine import access
 from engine.access import (AccessFacts, Approval, ApprovalState as A, AssetRole as R, LaunchParameters,
-                           Profile, QuickOutcome as Q, StartGrant, TotpAccepted, WebSession as W)
+                           Profile, QuickOutcome as Q, StartGrant, TotpAccepted, WebSession as W, may_replay)
 from engine.messages import Reason, Refused
 
 NOW = 1_800_000_000.0
@@ -406,3 +406,14 @@ def test_may_decide(is_approver, requester, state, end, expected):
 ])
 def test_may_request_extension(approval, until, expected):
     assert reason(access.may_request_extension(approval, until, "more time", NOW)) == expected
+
+
+@pytest.mark.parametrize("replay_role, role, allowed", [
+    ("owner", R.OWNER, True), ("owner", R.SUPERVISOR, False), ("owner", None, False),
+    ("viewer", R.VIEWER, True), ("supervisor", R.USER, False), ("none", R.OWNER, False),
+])
+def test_who_may_replay_recordings(replay_role, role, allowed):
+    assert (may_replay(False, role, replay_role) is None) is allowed
+    assert may_replay(True, None, replay_role) is None  # administrators always
+    if not allowed:
+        assert may_replay(False, role, replay_role).reason.value == "not_permitted"
