@@ -137,6 +137,9 @@ class Channel:
         self.ended = False
         self.closing = False  # our close frame is sent: what the client still sends is dropped
         self.stalled = False  # a send waited stall_seconds: the client stopped reading; cut
+        # The password Send Password gave this controller, kept only while keystrokes are
+        # recorded (recordings.record_input): input holding it is marked secret, never recorded.
+        self.sent_password: bytes | None = None
         self._receive_scope = trio.CancelScope()
         self._send_began: float | None = None  # trio time at which the send in flight began
         self._sending = trio.Event()

@@ -31,7 +31,8 @@ class ControllerRights:
         assert live is not None
         if isinstance(request, wire.TerminalInput):
             if request.data:
-                tell_session(joined, Input(joined.participant_id, request.data))
+                secret = channel.sent_password is not None and channel.sent_password in request.data
+                tell_session(joined, Input(joined.participant_id, request.data, secret=secret))
         elif isinstance(request, wire.ResizeRequest):
             tell_session(joined, Resize(joined.participant_id, request.cols, request.rows))
             # The engine tells participants of no resize; the viewers served here follow it.

@@ -48,4 +48,6 @@ async def send_password(channel: Channel, live: LiveSession, size: int) -> None:
         return
     services.audit_event("decrypt_field", user, live.session_id, endpoint_id=endpoint.id,
                          endpoint_name=endpoint.name, field="password", purpose="send_password")
+    if services.settings.recordings.record_input:
+        channel.sent_password = password.encode()
     channel.post({"type": "password", "password": password})

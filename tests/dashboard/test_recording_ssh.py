@@ -29,6 +29,11 @@ pytestmark = pytest.mark.openssh
 COLS, ROWS = 100, 30
 
 
+@pytest.fixture(params=[False, True], ids=["default", "record-input"])
+def gateway_overrides(request):
+    return {"recordings": {"record_input": request.param}}
+
+
 @pytest.fixture
 async def harness(live_gateway, nursery):
     h = Harness(live_gateway, nursery)
@@ -116,7 +121,11 @@ async def test_a_recorded_ssh_session_replays_to_the_controllers_screen(harness,
     # valid asciicast v2, read by asciinema itself (its library and its `cat` command)
     header, events = asciinema_events(path)
     assert header["version"] == 2 and (header["width"], header["height"]) == (COLS, ROWS)
-    assert {e[1] for e in events} <= {"o", "m", "r"}  # keystrokes are not recorded by default
+    typed = "".join(e[2] for e in events if e[1] == "i")
+    if h.gateway.settings.recordings.record_input:  # the keystrokes, but never the pasted password
+        assert "read -rs -p 'secret: ' typed" in typed and "length-" in typed
+    else:
+        assert {e[1] for e in events} <= {"o", "m", "r"} and not typed  # keystrokes are not recorded by default
     cat = subprocess.run([sys.executable, "-m", "asciinema", "cat", str(path)], capture_output=True, timeout=60)
     assert cat.returncode == 0, cat.stderr
     output = "".join(e[2] for e in events if e[1] == "o")
