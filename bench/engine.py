@@ -8,6 +8,8 @@ A workload is `cosession loadtest` with the figures of the table below it: 10 vi
 session, 128-byte frames, each session's stream at its own phase (`--in-step`: all at once). `--sweep` runs the scale workload at each session count given and
 reports the largest count whose median p99 fan-out latency stays under `--p99-bound` ms.
 Every run records the machine's 1-minute load average when it began: the machine is shared.
+`--record` records every session (docs/recordings.md): run a workload with and without it to see
+what recording costs (CPU, fan-out latency) and how many bytes it writes.
 """
 
 from __future__ import annotations
@@ -34,18 +36,19 @@ def one(args: argparse.Namespace) -> None:
     sessions, viewers, rate, input_rate, frame_bytes = json.loads(args.one)
     load = os.getloadavg()[0]
     report = run_engine_loadtest(Options(sessions, viewers, rate, frame_bytes, input_rate, args.duration,
-                                         in_step=args.in_step))
+                                         in_step=args.in_step, record=args.record))
     print(json.dumps({**asdict(report), "load_at_start": load}))
 
 
 IN_STEP = False  # --in-step: every session emits at the same instant
+RECORD = False  # --record: every session recorded
 
 
 def measure(shape: tuple, runs: int, duration: float) -> list[dict]:
     results = []
     for n in range(runs):
         out = subprocess.run([sys.executable, __file__, "--one", json.dumps(shape), "--duration", str(duration)]
-                             + (["--in-step"] if IN_STEP else []),
+                             + (["--in-step"] if IN_STEP else []) + (["--record"] if RECORD else []),
                              capture_output=True, text=True, check=True)
         result = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"{shape[0]} sessions x {shape[1]} viewers x {shape[2]:g}/s run {n + 1}/{runs}: "
@@ -62,7 +65,8 @@ def median_and_spread(values: list[float]) -> str:
 
 def command(shape: tuple, duration: float) -> str:
     sessions, viewers, rate, input_rate, frame_bytes = shape
-    extra = (f" --input-rate {input_rate:g}" if input_rate else "") + (" --in-step" if IN_STEP else "")
+    extra = (f" --input-rate {input_rate:g}" if input_rate else "") + (" --in-step" if IN_STEP else "") \
+        + (" --record" if RECORD else "")
     return (f"cosession loadtest --sessions {sessions} --viewers {viewers} --rate {rate:g}{extra} "
             f"--frame-bytes {frame_bytes} --duration {duration:g}")
 
@@ -83,6 +87,9 @@ def table(shape: tuple, results: list[dict], duration: float) -> str:
         ("threads after stop", [r["threads_after_stop"] for r in results]),
         ("load average (1 min) at the run's start", [round(r["load_at_start"], 2) for r in results]),
     ]
+    if RECORD:  # bytes written per recorded session and minute of the streams
+        rows.append(("recorded, KB per session-minute", [
+            round(r["recording_bytes"] / max(1, r["sessions_started"]) / duration * 60 / 1024, 1) for r in results]))
     lines = [f"`{command(shape, duration)}` — {len(results)} runs, median (min–max):", "",
              "| figure | value |", "| --- | --- |"]
     lines += [f"| {label} | {median_and_spread(values)} |" for label, values in rows]
@@ -127,10 +134,11 @@ def main() -> None:
     parser.add_argument("--p99-bound", type=float, default=50.0, help="the sweep's p99 bound in ms (default 50)")
     parser.add_argument("--in-step", action="store_true",
                         help="every session emits at the same instant (default: spread over one period)")
+    parser.add_argument("--record", action="store_true", help="record every session")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    global IN_STEP
-    IN_STEP = args.in_step
+    global IN_STEP, RECORD
+    IN_STEP, RECORD = args.in_step, args.record
     if args.one:
         one(args)
         return

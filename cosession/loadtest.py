@@ -9,6 +9,7 @@ and their latency by each participant that received them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import sys
@@ -43,6 +44,7 @@ class Options:
     duration: float = 5.0
     data_dir: str | None = None
     in_step: bool = False
+    record: bool = False  # every session recorded (docs/recordings.md): the recording's overhead
 
 
 class LatencySink:
@@ -102,6 +104,7 @@ class Report:
     viewer_inputs_sent: int = 0
     threads_at_start: int = 0
     audit_rows: int = 0
+    recording_bytes: int = 0  # written to recordings, with --record
 
     def as_json(self) -> dict[str, Any]:
         return {key: getattr(self, key) for key in REPORT_KEYS}
@@ -158,6 +161,9 @@ def run_engine_loadtest(options: Options, settings: Settings | None = None,
         data_dir = Path(options.data_dir or tmp)
         data_dir.mkdir(parents=True, exist_ok=True)
         settings = settings or load(server={"data_dir": str(data_dir)})
+        if not settings.recordings.directory:  # with its database, not in the configured data directory
+            settings = dataclasses.replace(settings, recordings=dataclasses.replace(
+                settings.recordings, directory=str(data_dir / "recordings")))
         engine = Engine(settings, database_url=f"sqlite:///{data_dir / 'cosession.db'}").start()
         clock = engine.clock
         connections: list[SyntheticConnection] = []
@@ -173,7 +179,7 @@ def run_engine_loadtest(options: Options, settings: Settings | None = None,
                 connection = SyntheticConnection(clock, frame_bytes=options.frame_bytes)
                 sink = LatencySink()
                 answer = engine.open_session(endpoint, User(f"controller-{n}", f"Controller {n}"),
-                                             connection=connection, sink=sink)
+                                             connection=connection, sink=sink, record=options.record)
                 if isinstance(answer, Refused):
                     report.errors.append(f"session {n} refused: {answer.reason.value}")
                     continue
@@ -224,6 +230,7 @@ def run_engine_loadtest(options: Options, settings: Settings | None = None,
             stopping = time.perf_counter()
             engine.stop()
             report.stop_seconds = round(time.perf_counter() - stopping, 3)
+        report.recording_bytes = engine.recordings.bytes_total if engine.recordings is not None else 0
         report.controller_inputs_sent = inputs.sent["controller"]
         report.viewer_inputs_sent = inputs.sent["viewer"]
         report.joins_refused = dict(refusals)
@@ -281,6 +288,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="keep the audit database here (default: a temporary directory)")
     parser.add_argument("--in-step", action="store_true",
                         help="every session emits at the same instant (default: spread over one frame period)")
+    parser.add_argument("--record", action="store_true", help="record every session (engine only)")
     parser.add_argument("--via", choices=["engine", "websocket"], default="engine",
                         help="drive the actors directly (engine) or a running gateway's websockets")
     parser.add_argument("--url", help="with --via websocket: the gateway's base URL")
@@ -305,7 +313,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"cosession loadtest: {problem}", file=sys.stderr)
         return 2
     options = Options(args.sessions, args.viewers, args.rate, args.frame_bytes, args.input_rate,
-                      args.duration, args.data_dir, args.in_step)
+                      args.duration, args.data_dir, args.in_step, args.record)
     settings = load(args.config, server={"data_dir": args.data_dir} if args.data_dir else {})
     if args.via == "websocket":
         from cosession.loadtest_ws import run_websocket_loadtest

@@ -27,7 +27,7 @@ a recording that fell behind then goes on from a keyframe of the screen as it is
 write stops. What is written is fsynced at least every `recordings.fsync_seconds`.
 
 When a recording closes, its size and SHA-256 (of exactly the bytes written) go into the audit
-log (`recording_closed`), which `engine.recording_audit` checks the files against.
+log (`recording_closed`), which `engine.recording_log` checks the files against.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Session recordings: their files, their markers, and reading them back (docs/recordings.md).
 
 What a recording *is* lives here, for the writer (engine/recorder.py) and for every reader (the
-dashboard's player, `cosession recordings`, `engine.recording_audit.verify_recordings`):
+dashboard's player, `cosession recordings`, `engine.recording_log.verify_recordings`):
 
 - where a session's file is (`recording_path`, `find_recording`): one file per session in the
   recordings directory, named after the session;

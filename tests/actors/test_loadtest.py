@@ -51,3 +51,17 @@ def test_streams_in_step_or_spread_deliver_every_frame():
         assert run.returncode == 0, run.stderr
         report = json.loads(run.stdout)
         assert report["frames_generated"] >= 4 and report["frames_delivered"] == report["frames_generated"] * 3
+
+
+def test_recorded_load_writes_every_sessions_recording_and_they_verify(tmp_path):
+    run = cosession("loadtest", "--sessions", "3", "--viewers", "2", "--rate", "5", "--duration", "1", "--json",
+                    "--record", "--data-dir", str(tmp_path))
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["errors"] == [] and report["threads_after_stop"] == 1  # the writer threads stopped too
+    assert len(list((tmp_path / "recordings").glob("*.cast"))) == 3
+    listed = cosession("recordings", "list", "--json", "--data-dir", str(tmp_path))
+    assert [json.loads(line)["state"] for line in listed.stdout.splitlines()] == ["closed"] * 3
+    for command in (("recordings", "verify"), ("audit", "verify")):
+        done = cosession(*command, "--data-dir", str(tmp_path))
+        assert done.returncode == 0, done.stdout + done.stderr
