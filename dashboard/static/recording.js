@@ -21,10 +21,11 @@
       rows: config.rows,
       fit: "width",
       speed: state.speed,
-      startAt: startAt || 0,
       preload: true,
     });
     state.player.addEventListener("error", () => showError("The recording could not be played."));
+    // where it was: seeking renders that moment (a start time alone shows nothing until played)
+    if (startAt > 0) state.player.seek(startAt).catch(() => showError("Seeking failed."));
   }
 
   async function seekTo(index) {
@@ -42,7 +43,7 @@
   document.getElementById("speed").addEventListener("change", (event) => {
     const at = state.player ? state.player.getCurrentTime() : 0;
     state.speed = Number(event.target.value);
-    Promise.resolve(at).then((t) => create(t || 0));
+    create(at || 0);
   });
 
   create(0);

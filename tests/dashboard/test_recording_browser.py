@@ -125,6 +125,10 @@ def test_an_administrator_replays_a_session_and_seeks_to_the_viewers_join(live_g
         page.get_by_test_id("marker").nth(2).click()
         page.wait_for_function("() => window.cosessionReplay.seeked.marker === 2")
         page.wait_for_function(f"() => ({PLAYER_LINES})().join('\\n').includes('a different screen')")
+        # another speed: the player starts again where it was
+        page.get_by_test_id("speed").select_option("2")
+        page.wait_for_function("() => window.cosessionReplay.speed === 2")
+        page.wait_for_function(f"() => ({PLAYER_LINES})().join('\\n').includes('a different screen')")
         assert not errors, errors
         assert page.evaluate("() => window.__violations") == []  # the player runs under its CSP
     finally:
