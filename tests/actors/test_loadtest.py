@@ -65,3 +65,14 @@ def test_recorded_load_writes_every_sessions_recording_and_they_verify(tmp_path)
     for command in (("recordings", "verify"), ("audit", "verify")):
         done = cosession(*command, "--data-dir", str(tmp_path))
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_recorded_load_without_a_data_directory_leaves_nothing_behind(tmp_path):
+    # its database is a temporary directory's: so are its recordings (not ./data/recordings,
+    # where `audit verify` would find files its log does not name)
+    run = subprocess.run([sys.executable, "-m", "cosession.cli", "loadtest", "--sessions", "2", "--viewers", "1",
+                          "--duration", "0.5", "--json", "--record"], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["errors"] == []
+    assert list(tmp_path.iterdir()) == []
