@@ -157,7 +157,8 @@ def test_a_recording_that_falls_behind_goes_on_from_a_keyframe_when_the_profile_
         assert controller.wait_for_output(b"last line")
         blocked.set()
         connection.emit(b"after\r\n")
-        assert wait_until(lambda: b"after" in (recordings_dir / f"{controller.session_id}.cast").read_bytes())
+        path = recordings_dir / f"{controller.session_id}.cast"  # created by a writer, blocked until now
+        assert wait_until(lambda: path.exists() and b"after" in path.read_bytes())
         engine.terminate(controller.session_id, ADMIN)
         [row] = wait_closed(engine)
         assert row["complete"] is False and row["end"] == "terminated"
@@ -174,7 +175,7 @@ def test_a_file_deleted_under_a_live_recording_is_audited_and_ends_the_session(e
     controller = start_recorded(engine, connection)
     connection.emit(b"hello\r\n")
     path = recordings_dir / f"{controller.session_id}.cast"
-    assert wait_until(lambda: b"hello" in path.read_bytes())
+    assert wait_until(lambda: path.exists() and b"hello" in path.read_bytes())  # a writer creates it
     path.unlink()
     clock.advance(engine.settings.recordings.check_seconds)
     assert controller.sink.wait_for(lambda s: s.events_of(SessionEnded))

@@ -190,7 +190,8 @@ def test_a_live_recorded_session_replays_from_its_start(live_gateway):
     session_page = root.get(f"/sessions/{sid}").text  # the session's page says it is recorded
     badge = re.search(r'<span[^>]*data-testid="recorded"[^>]*>', session_page).group(0)
     assert not re.search(r"\shidden\b", badge)  # the Recorded badge shows
-    assert wait_until(lambda: b"bob left" in (gateway.settings.recordings_path / f"{sid}.cast").read_bytes())
+    path = gateway.settings.recordings_path / f"{sid}.cast"
+    assert wait_until(lambda: path.exists() and b"bob left" in path.read_bytes())
     page = root.get(f"/sessions/{sid}/recording")
     assert page.status_code == 200 and "still being recorded" in page.text
     cast = root.get(f"/sessions/{sid}/recording.cast")

@@ -70,7 +70,7 @@ def test_a_killed_gateways_recording_keeps_what_was_written_and_is_closed_at_the
                                 break
                 path = data / "recordings" / f"{started[0]}.cast"
                 with trio.fail_after(30):  # written by a writer thread: in the file, not yet on the disk maybe
-                    while b"before-42-crash" not in path.read_bytes():
+                    while not path.exists() or b"before-42-crash" not in path.read_bytes():
                         await trio.sleep(0.02)
                 served.proc.send_signal(signal.SIGKILL)
                 await trio.to_thread.run_sync(served.proc.wait, 30)
