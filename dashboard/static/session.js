@@ -79,6 +79,7 @@
     clockOffset: 0, // the gateway's clock minus this machine's, in seconds
     graceUntil: null, // a disconnected controller may come back until then (rule 8)
   };
+  session.hooks = []; // session_tools.js: called with each control message after this page handled it
   window.cosession = session; // for tests and the curious: state only, nothing secret
   const GRAPHICAL = ["vnc", "rdp"];
   session.graphical = GRAPHICAL.includes(config.endpoint && config.endpoint.protocol);
@@ -288,8 +289,7 @@
 
   $("leave").addEventListener("click", () => {
     if (session.role === "controller" && !window.confirm("End this session for everyone?")) return;
-    session.left = true;
-    send({ type: "leave" });
+    session.leave();
   });
 
   // Send Password: the gateway decides (supervisor, a profile with clipboard upload) and audits
@@ -316,6 +316,13 @@
     const ws = session.ws;
     if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(message));
   }
+  session.send = send;
+  session.leave = () => {
+    session.left = true;
+    send({ type: "leave" });
+  };
+  session.notice = notice;
+  session.reasonText = reasonText;
 
   function connect(path, first) {
     const ws = new WebSocket(wsUrl(path));
@@ -353,6 +360,7 @@
       if (message.type === "joined") session.timings.joined = performance.now();
       if (message.type === "reset") keyframeNext = true;
       onControl(message);
+      for (const hook of session.hooks) hook(message);
     };
     ws.onclose = () => {
       if (session.ws !== ws) return;

@@ -33,6 +33,8 @@ ACCEPTED = [
     (text({"type": "stream", "rate": 12.5}), wire.StreamRequest(12.5)),
     (text({"type": "stream", "rate": 0}), wire.StreamRequest(0.0)),
     (text({"type": "ping", "id": 7}), wire.Ping(7)),
+    (text({"type": "chat", "text": "<b>hi</b>"}), wire.ChatRequest("<b>hi</b>")),
+    (text({"type": "point", "x": 0, "y": 1}), wire.PointRequest(0.0, 1.0)),
     ({"type": "websocket.receive", "bytes": b"\x00\xff ls\r"}, wire.TerminalInput(b"\x00\xff ls\r")),
 ]
 
@@ -70,6 +72,10 @@ REFUSED = [
     (text({"type": "stream", "rate": "fast"}), "malformed", "stream"),
     (text('{"type": "stream", "rate": 1e999}'), "malformed", "stream"),
     (text({"type": "ping", "id": [1]}), "malformed", "ping"),
+    (text({"type": "chat"}), "malformed", "chat"),
+    (text({"type": "chat", "text": "hi", "from": "alice"}), "malformed", "chat"),
+    (text({"type": "point", "x": -0.1, "y": 0.5}), "malformed", "point"),
+    (text('{"type": "point", "x": NaN, "y": 0.5}'), "malformed", "point"),
     ({"type": "websocket.receive"}, "malformed", ""),
 ]
 
@@ -94,7 +100,7 @@ def test_kind_of():
     assert wire.kind_of(wire.TerminalInput(b"")) == "input"
     assert wire.kind_of(wire.EjectRequest("p1")) == "eject"
     assert wire.KINDS == {"start", "join", "resize", "leave", "request_control", "eject", "stream", "ping", "input",
-                          "send_password"}
+                          "send_password", "chat", "point"}
 
 
 ALICE = User("a1", "alice")

@@ -1,0 +1,281 @@
+// cosession: the session page's in-session toolbar, its chat and the pointer (docs/dashboard.md).
+// It rides on session.js: its websocket (`cosession.send`) and every control message
+// (`cosession.hooks`). What a viewer may not do is neither shown here nor accepted by the
+// gateway, which decides every message again.
+(function () {
+  "use strict";
+
+  const session = window.cosession;
+  if (!session) return;
+  const $ = (id) => document.getElementById(id);
+
+  const AUTO_CLOSE_MS = 5000; // an opened toolbar the pointer never entered closes by itself
+  const POINTER_SHOW_MS = 4000; // how long everyone sees a pointer
+  const CHAT_MAX = 500; // the gateway's bound (engine/policy.py CHAT_MAX_CHARS)
+
+  const dock = $("toolbar-dock");
+  const bar = $("toolbar");
+  const handle = $("toolbar-handle");
+  let autoClose = null;
+
+  // --- the toolbar -------------------------------------------------------------------------------
+
+  function openToolbar() {
+    bar.hidden = false;
+    handle.setAttribute("aria-expanded", "true");
+    dock.dataset.open = "1";
+    clearTimeout(autoClose);
+    autoClose = setTimeout(closeToolbar, AUTO_CLOSE_MS);
+  }
+
+  function closeToolbar() {
+    clearTimeout(autoClose);
+    autoClose = null;
+    bar.hidden = true;
+    handle.setAttribute("aria-expanded", "false");
+    delete dock.dataset.open;
+  }
+
+  handle.addEventListener("click", () => (bar.hidden ? openToolbar() : closeToolbar()));
+  $("toolbar-close").addEventListener("click", closeToolbar);
+  // once the pointer has been inside, the toolbar stays until Close (or the handle)
+  bar.addEventListener("pointerenter", () => {
+    clearTimeout(autoClose);
+    autoClose = null;
+  });
+
+  function status(text) {
+    const el = $("toolbar-status");
+    el.textContent = text;
+    el.hidden = !text;
+  }
+
+  function showForRole(role) {
+    dock.hidden = false;
+    for (const el of bar.querySelectorAll("[data-for]")) el.hidden = el.dataset.for !== role;
+    $("toolbar-disconnect").textContent = role === "controller" ? "Disconnect" : "Leave";
+    $("toolbar-disconnect").title = role === "controller" ? "End this session for everyone" : "Leave this session";
+    renderExpiration();
+  }
+
+  // Expiration: only for a session with an end (an approved session, rule 7)
+  function renderExpiration() {
+    const item = $("toolbar-expiration");
+    item.hidden = !session.deadline || session.ended;
+    if (item.hidden) return;
+    const left = session.deadline - (Date.now() / 1000 + session.clockOffset);
+    const s = Math.max(0, Math.round(left));
+    const h = Math.floor(s / 3600), m = Math.floor((s % 3600) / 60), r = s % 60;
+    $("toolbar-countdown").textContent = h ? `${h}:${String(m).padStart(2, "0")}:${String(r).padStart(2, "0")}`
+      : `${m}:${String(r).padStart(2, "0")}`;
+    // Extend opens "Ask to extend" (extension.js), which exists only for the controller of an approval
+    $("toolbar-extend").hidden = session.role !== "controller" || !$("session-extension") ||
+      $("session-extension").hidden;
+  }
+  setInterval(renderExpiration, 1000);
+
+  $("toolbar-extend").addEventListener("click", () => {
+    const box = $("session-extension");
+    box.scrollIntoView({ block: "nearest" });
+    const reason = $("extension-reason");
+    if (reason) reason.focus();
+  });
+
+  $("toolbar-url").addEventListener("click", async () => {
+    const url = session.shareUrl;
+    if (!url) return;
+    try {
+      await navigator.clipboard.writeText(url);
+      status("Session URL copied: it opens the join dialog.");
+    } catch (e) {
+      status(`Copy this link: ${url}`);
+    }
+    $("toolbar-url").dataset.url = url;
+  });
+
+  $("toolbar-disconnect").addEventListener("click", () => {
+    if (session.role === "controller" && !window.confirm("End this session for everyone?")) return;
+    session.leave();
+    closeToolbar();
+  });
+
+  // --- chat ------------------------------------------------------------------------------------
+
+  const chat = $("chat");
+  let unread = 0;
+
+  function toggleChat(open) {
+    chat.hidden = !open;
+    if (open) {
+      unread = 0;
+      $("chat-unread").hidden = true;
+      $("chat-text").focus();
+    }
+  }
+
+  $("toolbar-chat").addEventListener("click", () => toggleChat(chat.hidden));
+  $("chat-close").addEventListener("click", () => toggleChat(false));
+  $("chat-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const input = $("chat-text");
+    const text = input.value.trim().slice(0, CHAT_MAX);
+    if (!text) return;
+    session.send({ type: "chat", text });
+    input.value = "";
+  });
+
+  function timeOf(at) {
+    return new Date(at * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  }
+
+  function addChat(m) {
+    const li = document.createElement("li");
+    li.dataset.participant = m.from.participant_id;
+    if (m.from.participant_id === session.participantId) li.className = "mine";
+    const who = document.createElement("span");
+    who.className = "chat-who";
+    who.textContent = m.from.user.name; // text nodes only: a message is never HTML
+    const when = document.createElement("time");
+    when.className = "chat-time";
+    when.dateTime = new Date(m.at * 1000).toISOString();
+    when.textContent = timeOf(m.at);
+    const text = document.createElement("span");
+    text.className = "chat-text";
+    text.textContent = m.text;
+    li.append(who, when, text);
+    $("chat-log").appendChild(li);
+    li.scrollIntoView({ block: "nearest" });
+    if (chat.hidden) {
+      unread += 1;
+      $("chat-unread").textContent = String(unread);
+      $("chat-unread").hidden = false;
+    }
+  }
+
+  function chatRefused(m) {
+    const li = document.createElement("li");
+    li.className = "chat-refused";
+    li.dataset.reason = m.reason;
+    li.textContent = `Not sent: ${session.reasonText(m.reason, m.detail)}`;
+    $("chat-log").appendChild(li);
+    toggleChat(true);
+  }
+
+  // --- the pointer -----------------------------------------------------------------------------
+
+  let pointing = false;
+  const layer = document.createElement("div"); // catches the click that points, over the screen
+  layer.className = "point-layer";
+  layer.dataset.testid = "point-layer";
+  layer.setAttribute("data-testid", "point-layer");
+  layer.hidden = true;
+  $("stage").appendChild(layer);
+
+  function setPointing(on) {
+    pointing = on;
+    layer.hidden = !on;
+    $("toolbar-point").setAttribute("aria-pressed", String(on));
+  }
+
+  $("toolbar-point").addEventListener("click", () => setPointing(!pointing));
+
+  // The rectangle of the remote screen on this page, and its grid for a terminal (cols × rows)
+  function screenBox() {
+    if (session.graphical) {
+      const canvas = document.querySelector("#desktop canvas");
+      return canvas ? { rect: canvas.getBoundingClientRect(), grid: null } : null;
+    }
+    const term = window.cosessionTerminal;
+    const screen = document.querySelector("#terminal .xterm-screen");
+    if (!term || !screen) return null;
+    return { rect: screen.getBoundingClientRect(), grid: { cols: term.cols, rows: term.rows } };
+  }
+
+  layer.addEventListener("click", (event) => {
+    setPointing(false);
+    const box = screenBox();
+    if (!box) return;
+    let x = (event.clientX - box.rect.left) / box.rect.width;
+    let y = (event.clientY - box.rect.top) / box.rect.height;
+    if (!(x >= 0 && x <= 1 && y >= 0 && y <= 1)) return; // outside the screen
+    if (box.grid) { // a terminal points at a cell: its centre, the same cell on every page
+      x = (Math.min(box.grid.cols - 1, Math.floor(x * box.grid.cols)) + 0.5) / box.grid.cols;
+      y = (Math.min(box.grid.rows - 1, Math.floor(y * box.grid.rows)) + 0.5) / box.grid.rows;
+    }
+    session.send({ type: "point", x, y });
+  });
+
+  const markers = new Map(); // participant id → its marker and the timer that removes it
+
+  function showPointer(m) {
+    const box = screenBox();
+    if (!box) return;
+    const stage = $("stage").getBoundingClientRect();
+    const id = m.from.participant_id;
+    const old = markers.get(id);
+    if (old) {
+      clearTimeout(old.timer);
+      old.el.remove();
+    }
+    const el = document.createElement("div");
+    el.className = "pointer";
+    el.setAttribute("data-testid", "pointer");
+    el.dataset.participant = id;
+    let left, top;
+    if (box.grid) {
+      const cw = box.rect.width / box.grid.cols, ch = box.rect.height / box.grid.rows;
+      const col = Math.floor(m.x * box.grid.cols), row = Math.floor(m.y * box.grid.rows);
+      el.classList.add("pointer-cell");
+      el.dataset.col = String(col);
+      el.dataset.row = String(row);
+      left = box.rect.left - stage.left + col * cw;
+      top = box.rect.top - stage.top + row * ch;
+      el.style.width = `${cw}px`;
+      el.style.height = `${ch}px`;
+    } else {
+      el.classList.add("pointer-spot");
+      left = box.rect.left - stage.left + m.x * box.rect.width;
+      top = box.rect.top - stage.top + m.y * box.rect.height;
+    }
+    el.style.left = `${left}px`;
+    el.style.top = `${top}px`;
+    const label = document.createElement("span");
+    label.className = "pointer-name";
+    label.textContent = m.from.user.name;
+    el.appendChild(label);
+    $("pointers").appendChild(el);
+    markers.set(id, { el, timer: setTimeout(() => { el.remove(); markers.delete(id); }, POINTER_SHOW_MS) });
+  }
+
+  // --- the session's messages --------------------------------------------------------------------
+
+  session.hooks.push((m) => {
+    switch (m.type) {
+      case "joined":
+        session.shareUrl = m.share_url;
+        showForRole(m.role);
+        break;
+      case "state":
+        renderExpiration();
+        break;
+      case "chat":
+        addChat(m);
+        break;
+      case "point":
+        showPointer(m);
+        break;
+      case "refused":
+        if (m.of === "chat") chatRefused(m);
+        break;
+      case "ended":
+      case "ejected":
+        closeToolbar();
+        setPointing(false);
+        $("chat-form").hidden = true;
+        dock.hidden = true;
+        break;
+      default:
+        break;
+    }
+  });
+})();
