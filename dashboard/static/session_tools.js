@@ -97,6 +97,9 @@
     if (session.role === "controller" && !window.confirm("End this session for everyone?")) return;
     session.leave();
     closeToolbar();
+    setPointing(false);
+    $("chat-form").hidden = true;
+    dock.hidden = true; // left: nothing here acts on the session any more
   });
 
   // --- chat ------------------------------------------------------------------------------------

@@ -1,0 +1,177 @@
+"""The in-session toolbar, chat and pointer in headless Chromium, on the real gateway and a real
+OpenSSH server, with a controller and two viewers. Page time is Playwright's clock
+(`page.clock`): the toolbar's 5-second auto-close and the pointer's few seconds are run through,
+never waited for."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from tests.dashboard.test_session_browser import Site, run, share_url
+
+pytestmark = [pytest.mark.browser, pytest.mark.openssh]
+
+WAIT = 30_000
+HOSTILE = '<img src=x onerror="window.pwned=1">look at PID 1'
+
+
+class ToolbarSite(Site):
+    def signed_in(self, name: str) -> Page:
+        context = self.browser.new_context(viewport={"width": 1100, "height": 700},
+                                           permissions=["clipboard-read", "clipboard-write"])
+        self.contexts.append(context)
+        page = context.new_page()
+        page.set_default_timeout(WAIT)
+        page.clock.install()  # time flows until a test pauses it
+        self.gateway.login(page, name, "correct horse battery")
+        return page
+
+
+@pytest.fixture
+def site(live_gateway, browser, openssh):
+    s = ToolbarSite(live_gateway, browser, openssh)
+    yield s
+    s.close()
+
+
+def pause(page: Page) -> None:
+    """Stop the page's clock (from now on only run_for moves it)."""
+    page.clock.pause_at(page.evaluate("() => Date.now()") + 1000)
+
+
+def toolbar(page: Page) -> Any:
+    return page.get_by_test_id("toolbar")
+
+
+def open_toolbar(page: Page) -> None:
+    """The handle toggles the toolbar: open it unless it is open already."""
+    if toolbar(page).is_hidden():
+        page.get_by_test_id("toolbar-handle").click()
+    expect(toolbar(page)).to_be_visible()
+
+
+def test_the_toolbar_chat_and_pointer_with_a_controller_and_two_viewers(site):
+    for name in ("alice", "bob", "carol", "dave"):
+        site.user(name)
+    alice = site.signed_in("alice")
+    sid = site.start(alice)
+    link = share_url(alice)
+    bob = site.join("bob", link)
+    carol = site.join("carol", link)
+    expect(alice.get_by_test_id("viewer-count")).to_have_text("2")
+
+    # every page has the handle at the top centre; the toolbar opens on it
+    for page in (alice, bob, carol):
+        handle = page.get_by_test_id("toolbar-handle")
+        expect(handle).to_be_visible()
+        box, stage = handle.bounding_box(), page.locator("#stage").bounding_box()
+        assert abs(box["x"] + box["width"] / 2 - (stage["x"] + stage["width"] / 2)) < 2
+        assert abs(box["y"] - stage["y"]) < 2
+        expect(toolbar(page)).to_be_hidden()
+        page.mouse.move(5, 5)
+        handle.click()
+        expect(toolbar(page)).to_be_visible()
+        expect(page.get_by_test_id("toolbar-asset")).to_have_text("Asset box")
+        expect(page.get_by_test_id("toolbar-expiration")).to_be_hidden()  # no approval
+    # each role sees its own items only
+    expect(alice.get_by_test_id("toolbar-disconnect")).to_have_text("Disconnect")
+    expect(alice.get_by_test_id("toolbar-point")).to_be_hidden()
+    for viewer in (bob, carol):
+        expect(viewer.get_by_test_id("toolbar-disconnect")).to_have_text("Leave")
+        expect(viewer.get_by_test_id("toolbar-point")).to_be_visible()
+        expect(viewer.get_by_test_id("toolbar-extend")).to_be_hidden()
+    for page in (alice, bob, carol):
+        page.get_by_test_id("toolbar-close").click()
+        expect(toolbar(page)).to_be_hidden()
+
+    # it closes by itself 5 s after opening if the pointer never enters it
+    pause(bob)
+    bob.mouse.move(5, 5)
+    bob.get_by_test_id("toolbar-handle").click()
+    bob.mouse.move(5, 5)
+    bob.clock.run_for(4900)
+    expect(toolbar(bob)).to_be_visible()
+    bob.clock.run_for(200)
+    expect(toolbar(bob)).to_be_hidden()
+    # ...and stays open once the pointer has been inside, until Close
+    bob.get_by_test_id("toolbar-handle").click()
+    bob.get_by_test_id("toolbar-asset").hover()
+    bob.clock.run_for(10_000)
+    expect(toolbar(bob)).to_be_visible()
+    bob.get_by_test_id("toolbar-close").click()
+    expect(toolbar(bob)).to_be_hidden()
+    bob.clock.resume()
+
+    # Session URL copies the share link, which opens the join dialog for another user
+    open_toolbar(carol)
+    carol.get_by_test_id("toolbar-url").click()
+    expect(carol.get_by_test_id("toolbar-status")).to_contain_text("copied")
+    copied = carol.evaluate("() => navigator.clipboard.readText()")
+    assert copied == carol.evaluate("() => cosession.shareUrl")  # the link the gateway gave carol
+    assert copied.split("?share=")[0] == link.split("?share=")[0] == site.gateway.url(f"/sessions/{sid}")
+    dave = site.signed_in("dave")
+    dave.goto(copied)
+    expect(dave.get_by_test_id("join-dialog")).to_be_visible()
+    carol.get_by_test_id("toolbar-close").click()
+
+    # chat: everyone sees it with the name and the time, as text (never HTML)
+    open_toolbar(bob)
+    bob.get_by_test_id("toolbar-chat").click()
+    expect(bob.get_by_test_id("chat")).to_be_visible()
+    bob.get_by_test_id("chat-text").fill(HOSTILE)
+    bob.get_by_test_id("chat-send").click()
+    for page in (alice, bob, carol):
+        entry = page.get_by_test_id("chat-log").locator("li").last
+        expect(entry.locator(".chat-who")).to_have_text("bob")
+        expect(entry.locator(".chat-text")).to_have_text(HOSTILE)
+        expect(entry.locator("time")).to_have_text(re.compile(r"\d\d:\d\d"))
+        assert page.evaluate("() => window.pwned") is None
+        expect(page.get_by_test_id("chat-log").locator("img")).to_have_count(0)
+    expect(alice.get_by_test_id("chat-unread")).to_have_text("1")  # alice's panel was closed
+    site.gateway.engine.flush_audit()
+    rows, _ = site.gateway.services.audit_reader.events(kind="chat")
+    assert [(r["actor_name"], r["detail"]["text"]) for r in rows] == [("bob", HOSTILE)]
+
+    # the pointer: carol points at a cell; everyone sees the same cell with her name
+    run(alice, "clear; echo pointer-target", "pointer-target")
+    open_toolbar(carol)
+    carol.get_by_test_id("toolbar-point").click()
+    screen = carol.locator("#terminal .xterm-screen").bounding_box()
+    cols, rows_ = carol.evaluate("() => [cosessionTerminal.cols, cosessionTerminal.rows]")
+    cell_w, cell_h = screen["width"] / cols, screen["height"] / rows_
+    expect(carol.get_by_test_id("point-layer")).to_be_visible()
+    carol.mouse.click(screen["x"] + cell_w * 5.5, screen["y"] + cell_h * 1.5)
+    for page in (alice, bob, carol):
+        marker = page.get_by_test_id("pointer")
+        expect(marker).to_have_count(1)
+        expect(marker).to_have_attribute("data-col", "5")
+        expect(marker).to_have_attribute("data-row", "1")
+        expect(marker).to_have_text("carol")
+    # the pointer was not input: the shell's screen did not change
+    assert "pointer-target" in alice.evaluate("() => cosessionTerminal.buffer.active.getLine(0).translateToString(true)")
+    # shown for a few seconds
+    pause(alice)
+    alice.clock.run_for(4100)
+    expect(alice.get_by_test_id("pointer")).to_have_count(0)
+    alice.clock.resume()
+
+    # a viewer's Leave leaves; the controller's Disconnect ends the session for everyone
+    open_toolbar(bob)
+    bob.get_by_test_id("toolbar-disconnect").click()
+    expect(alice.get_by_test_id("viewer-count")).to_have_text("1")
+    expect(bob.get_by_test_id("toolbar-handle")).to_be_hidden()
+    expect(alice.get_by_test_id("state")).to_have_text("active")  # a viewer's leave ends nothing
+    open_toolbar(alice)
+    alice.once("dialog", lambda dialog: dialog.accept())
+    alice.get_by_test_id("toolbar-disconnect").click()
+    for page in (alice, carol):
+        expect(page.get_by_test_id("state")).to_have_text("ended")
+        expect(page.get_by_test_id("notice")).to_have_attribute("data-reason", "controller_left")
+        expect(page.get_by_test_id("toolbar-handle")).to_be_hidden()
+    site.gateway.engine.flush_audit()
+    ended, _ = site.gateway.services.audit_reader.events(kind="session_ended")
+    assert [r["detail"].get("reason") for r in ended if r["session_id"] == sid] == ["controller_left"]
