@@ -411,8 +411,8 @@ def may_send_password(role: AssetRole | None, profile: Profile | None) -> Refuse
 
 
 def may_upload_clipboard(profile: Profile | None) -> Refused | None:
-    """May the controller's clipboard go to a desktop (a graphical session's ClientCutText)?
-    Needs a profile that allows clipboard upload."""
+    """May the controller's clipboard go to the endpoint (a terminal's paste, a graphical
+    session's ClientCutText)? Needs a profile that allows clipboard upload."""
     if profile is None or not profile.clipboard_upload:
         return Refused(Reason.CLIPBOARD_NOT_ALLOWED, "your access profile does not allow clipboard upload")
     return None

@@ -22,6 +22,7 @@ from engine.messages import (
 
 MAX_TERMINAL_SIDE = 1000  # columns or rows; a bigger PTY is a mistake or an attack
 MAX_FRAME_BYTES = 1 << 20
+MAX_PASTE_CHARS = 16384  # one paste; a bigger one is a file (and the message limit is bytes anyway)
 
 
 class WireReason(enum.StrEnum):
@@ -115,6 +116,19 @@ class SendPassword:
     """The controller asks for the endpoint's stored password on its own clipboard (Send
     Password). Only the controller, with at least supervisor and a profile that allows
     clipboard upload; the answer goes to that one websocket and never through the engine."""
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class PasteRequest:
+    """The controller's local clipboard text, pasted into a terminal (Clipboard in the toolbar,
+    or the browser's paste): allowed by its profile's clipboard upload, decided at each use.
+    `bracketed`: the terminal asked for bracketed paste (DECSET 2004), so the text is wrapped."""
+
+    text: str
+    bracketed: bool = False
+
+    def __repr__(self) -> str:
+        return f"PasteRequest(<{len(self.text)} characters>, bracketed={self.bracketed})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +236,14 @@ def _parse_stream(obj: dict[str, Any]) -> StreamRequest:
     return StreamRequest(float(rate))
 
 
+def _parse_paste(obj: dict[str, Any]) -> PasteRequest:
+    _only(obj, "paste", frozenset({"text", "bracketed"}))
+    bracketed = obj.get("bracketed", False)
+    if not isinstance(bracketed, bool):
+        raise WireError(Reason.MALFORMED, "bracketed must be true or false")
+    return PasteRequest(_str(obj, "text", required=True, limit=MAX_PASTE_CHARS) or "", bracketed)
+
+
 def _parse_chat(obj: dict[str, Any]) -> ChatRequest:
     _only(obj, "chat", frozenset({"text"}))
     return ChatRequest(_str(obj, "text", required=True, limit=4096) or "")
@@ -259,6 +281,7 @@ PARSERS: dict[str, Any] = {
     "stream": _parse_stream,
     "ping": _parse_ping,
     "send_password": _parse_empty("send_password", SendPassword),
+    "paste": _parse_paste,
     "chat": _parse_chat,
     "point": _parse_point,
 }
@@ -324,6 +347,7 @@ _KINDS: dict[str, type] = {
     "start": Start, "join": JoinRequest, "resize": ResizeRequest, "leave": LeaveRequest,
     "request_control": RequestControl, "eject": EjectRequest, "stream": StreamRequest, "ping": Ping,
     "send_password": SendPassword, "chat": ChatRequest, "point": PointRequest,
+    "paste": PasteRequest,
 }
 
 

@@ -44,6 +44,7 @@
     clipboard_not_allowed: "Your access profile does not allow clipboard upload",
     no_stored_password: "This endpoint stores no password",
     too_many_joins: "You joined this session too often in a short time",
+    too_many_messages: "Too many messages in a short time",
     internal_error: "Internal error in the gateway",
   };
   const ENDINGS = {

@@ -102,6 +102,40 @@
     dock.hidden = true; // left: nothing here acts on the session any more
   });
 
+  // --- clipboard upload: the controller's clipboard text into the session --------------------
+  // A terminal's paste goes to the gateway as one `paste` message, which the access profile's
+  // clipboard upload allows or refuses (with the reason) at each use, and audits with its size;
+  // a desktop's goes through noVNC's RFB clipboard, which the gateway decides the same way.
+
+  function pasteText(text) {
+    if (!text || session.role !== "controller") return;
+    if (session.graphical) {
+      if (window.cosessionDesktop) window.cosessionDesktop.clipboardPasteFrom(text);
+      return;
+    }
+    const term = window.cosessionTerminal;
+    session.send({ type: "paste", text, bracketed: Boolean(term && term.modes.bracketedPasteMode) });
+  }
+
+  $("toolbar-paste").addEventListener("click", async () => {
+    let text;
+    try {
+      text = await navigator.clipboard.readText();
+    } catch (e) {
+      status("The browser did not allow reading the clipboard.");
+      return;
+    }
+    if (!text) status("The clipboard holds no text.");
+    pasteText(text);
+  });
+
+  // The browser's own paste on the terminal takes the same path (never straight into xterm.js)
+  $("terminal").addEventListener("paste", (event) => {
+    event.preventDefault();
+    event.stopPropagation();
+    if (session.role === "controller") pasteText(event.clipboardData.getData("text/plain"));
+  }, true);
+
   // --- chat ------------------------------------------------------------------------------------
 
   const chat = $("chat");
@@ -269,6 +303,10 @@
         break;
       case "refused":
         if (m.of === "chat") chatRefused(m);
+        else if (m.of === "paste") status(`Not pasted: ${session.reasonText(m.reason)}.`);
+        break;
+      case "pasted":
+        status(`Pasted ${m.size} bytes.`);
         break;
       case "ended":
       case "ejected":

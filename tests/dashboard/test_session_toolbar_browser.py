@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.dashboard.test_session_browser import Site, run, share_url
+from tests.dashboard.test_session_browser import Site, run, share_url, wait_for_text
 
 pytestmark = [pytest.mark.browser, pytest.mark.openssh]
 
@@ -158,6 +158,28 @@ def test_the_toolbar_chat_and_pointer_with_a_controller_and_two_viewers(site):
     alice.clock.run_for(4100)
     expect(alice.get_by_test_id("pointer")).to_have_count(0)
     alice.clock.resume()
+
+    # Paste clipboard (the controller's only): refused with the reason while the profile forbids
+    # clipboard upload, into the shell as a bracketed paste once a profile allows it
+    expect(bob.get_by_test_id("toolbar-paste")).to_be_hidden()
+    alice.evaluate("(text) => navigator.clipboard.writeText(text)", "echo pasted-$((6*7))")
+    open_toolbar(alice)
+    alice.get_by_test_id("toolbar-paste").click()
+    expect(alice.get_by_test_id("toolbar-status")).to_have_text(
+        "Not pasted: Your access profile does not allow clipboard upload.")
+    services = site.gateway.services
+    upload = services.profiles.create_profile("Upload", "allow", clipboard_upload=True)
+    alice_user = services.users.get_by_name("alice")
+    services.grants.grant(site.endpoint.id, alice_user.id, "user", upload.id)
+    alice.get_by_test_id("toolbar-paste").click()
+    expect(alice.get_by_test_id("toolbar-status")).to_have_text(re.compile(r"Pasted \d+ bytes"))
+    alice.locator(".xterm-helper-textarea").focus()
+    alice.keyboard.press("Enter")
+    wait_for_text(carol, "pasted-42")
+    site.gateway.engine.flush_audit()
+    assert [r["detail"]["reason"] for r in services.audit_reader.events(kind="message_refused")[0]
+            if r["detail"]["message"] == "paste"] == ["clipboard_not_allowed"]
+    assert len(services.audit_reader.events(kind="clipboard_upload")[0]) == 1
 
     # a viewer's Leave leaves; the controller's Disconnect ends the session for everyone
     open_toolbar(bob)
