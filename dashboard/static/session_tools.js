@@ -52,7 +52,9 @@
 
   function showForRole(role) {
     dock.hidden = false;
-    for (const el of bar.querySelectorAll("[data-for]")) el.hidden = el.dataset.for !== role;
+    for (const el of bar.querySelectorAll("[data-for]")) {
+      el.hidden = el.dataset.for !== role || ("graphical" in el.dataset && !session.graphical);
+    }
     $("toolbar-disconnect").textContent = role === "controller" ? "Disconnect" : "Leave";
     $("toolbar-disconnect").title = role === "controller" ? "End this session for everyone" : "Leave this session";
     renderExpiration();
@@ -135,6 +137,12 @@
     event.stopPropagation();
     if (session.role === "controller") pasteText(event.clipboardData.getData("text/plain"));
   }, true);
+
+  // Ctrl-Alt-Del: keys the browser would keep for itself, sent by noVNC as RFB key events (the
+  // gateway forwards a controller's, refuses and audits a viewer's)
+  $("toolbar-cad").addEventListener("click", () => {
+    if (window.cosessionDesktop && session.role === "controller") window.cosessionDesktop.sendCtrlAltDel();
+  });
 
   // --- chat ------------------------------------------------------------------------------------
 

@@ -176,9 +176,16 @@ def test_a_joint_desktop_session(desk, live_gateway, xvnc):
         marker = page.get_by_test_id("pointer")
         expect(marker).to_have_text("bob")
         expect(marker).to_have_class(re.compile("pointer-spot"))
+    expect(viewer.get_by_test_id("toolbar-cad")).to_be_hidden()
     controller.get_by_test_id("toolbar-handle").click()
     expect(controller.get_by_test_id("toolbar-disconnect")).to_have_text("Disconnect")
     expect(controller.get_by_test_id("toolbar-point")).to_be_hidden()
+    controller.get_by_test_id("toolbar-cad").click()  # the pointer is still over xev's window
+    deadline = time.monotonic() + 10
+    while not any("(keysym 0xffff, Delete)" in e for e in desk.xev_events()):
+        assert time.monotonic() < deadline, desk.xev_events()
+        time.sleep(0.05)  # polling xev's log file
+    assert any("(keysym 0xffe3, Control_L)" in e for e in desk.xev_events())
     assert sum(1 for e in desk.xev_events() if e.startswith("ButtonPress")) == 1
 
     watched.assert_clean("the controller's desktop page")
