@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.fixtures.screenshots import VIEWPORT, save_screenshot
 from tests.dashboard.test_session_browser import Site, run, share_url, wait_for_text
 
 pytestmark = [pytest.mark.browser, pytest.mark.openssh]
@@ -21,7 +22,7 @@ HOSTILE = '<img src=x onerror="window.pwned=1">look at PID 1'
 
 class ToolbarSite(Site):
     def signed_in(self, name: str) -> Page:
-        context = self.browser.new_context(viewport={"width": 1100, "height": 700},
+        context = self.browser.new_context(viewport=VIEWPORT,  # the screenshot's: markers stay in place
                                            permissions=["clipboard-read", "clipboard-write"])
         self.contexts.append(context)
         page = context.new_page()
@@ -151,6 +152,10 @@ def test_the_toolbar_chat_and_pointer_with_a_controller_and_two_viewers(site):
         expect(marker).to_have_attribute("data-col", "5")
         expect(marker).to_have_attribute("data-row", "1")
         expect(marker).to_have_text("carol")
+    open_toolbar(alice)
+    alice.get_by_test_id("toolbar-chat").click()
+    alice.get_by_test_id("toolbar-asset").hover()
+    save_screenshot(alice, "session-toolbar.png")
     # the pointer was not input: the shell's screen did not change
     assert "pointer-target" in alice.evaluate("() => cosessionTerminal.buffer.active.getLine(0).translateToString(true)")
     # shown for a few seconds
