@@ -457,3 +457,11 @@ def check_totp(secret: str | None, token: str, last_used_step: int | None, now: 
     if not fresh:
         return Refused(Reason.MFA_REUSED, "this token was already used: wait for the next one")
     return TotpAccepted(fresh[0])
+
+
+def may_transfer_files(profile: Profile | None) -> Refused | None:
+    """May the controller move files to and from the endpoint (Files in the toolbar)? Needs a
+    profile that allows file transfer; decided at each use."""
+    if profile is None or not profile.file_transfer:
+        return Refused(Reason.FILE_TRANSFER_NOT_ALLOWED, "your access profile does not allow file transfer")
+    return None

@@ -82,6 +82,7 @@ class Reason(enum.StrEnum):
     CREDENTIALS_REQUIRED = "credentials_required"
     NOT_SUPERVISOR = "not_supervisor"
     CLIPBOARD_NOT_ALLOWED = "clipboard_not_allowed"
+    FILE_TRANSFER_NOT_ALLOWED = "file_transfer_not_allowed"
     NO_STORED_PASSWORD = "no_stored_password"
     NOT_APPROVER = "not_approver"
     OWN_REQUEST = "own_request"
