@@ -33,7 +33,7 @@ from dashboard.security.auth import require_user
 from dashboard.services import Services, services_of
 from dashboard.services.live_sessions import LiveSession, live_sessions_of
 from engine.access import may_transfer_files
-from engine.messages import Reason, User
+from engine.messages import EndpointProtocol, EndpointSpec, Reason, User
 from protocols.ssh import FILE_CHUNK, RemoteFileError, SshConnection
 
 MAX_PATH = 1024
@@ -55,6 +55,17 @@ class _Allowed:
     user: User
     live: LiveSession
     connection: SshConnection
+
+
+def files_offer(services: Services, user: User, endpoint: EndpointSpec) -> dict[str, Any]:
+    """What the controller's toolbar says of Files: allowed, or the reason it is not (decided
+    again at each request). Blocking."""
+    if endpoint.protocol is not EndpointProtocol.SSH:
+        return {"allowed": False, "reason": "File transfer is not available for this endpoint"}
+    refused = may_transfer_files(services.access.facts(user, endpoint.id).profile)
+    if refused is not None:
+        return {"allowed": False, "reason": "Your access profile does not allow file transfer"}
+    return {"allowed": True, "reason": None}
 
 
 def relative_path(raw: str | None) -> str:

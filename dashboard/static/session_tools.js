@@ -101,6 +101,7 @@
     closeToolbar();
     setPointing(false);
     $("chat-form").hidden = true;
+    $("files").hidden = true;
     dock.hidden = true; // left: nothing here acts on the session any more
   });
 
@@ -143,6 +144,194 @@
   $("toolbar-cad").addEventListener("click", () => {
     if (window.cosessionDesktop && session.role === "controller") window.cosessionDesktop.sendCtrlAltDel();
   });
+
+  // --- Files: the controller's file manager (SSH), over /sessions/{id}/files ------------------
+  // The gateway decides every request (the controller, the profile's file transfer, SSH) and
+  // audits every transfer with its path, size and SHA-256; this only shows the home folder.
+
+  const files = $("files");
+  const UPLOAD_CHUNK = 192 * 1024; // under the edge's request body limit
+  let folder = ""; // relative to the home folder
+
+  function csrfToken() {
+    const meta = document.querySelector('meta[name="csrf-token"]');
+    return meta ? meta.content : "";
+  }
+
+  function filesUrl(op, params) {
+    const base = `/sessions/${encodeURIComponent(session.sessionId)}/files${op ? "/" + op : ""}`;
+    return `${base}?${new URLSearchParams(params)}`;
+  }
+
+  function filesStatus(text) {
+    $("files-status").textContent = text;
+  }
+
+  async function filesAnswer(response) {
+    let body = {};
+    try {
+      body = await response.json();
+    } catch (e) {
+      body = { detail: `the gateway answered ${response.status}` };
+    }
+    if (!response.ok) throw new Error(body.detail || body.error || String(response.status));
+    return body;
+  }
+
+  function post(op, params, body) {
+    return fetch(filesUrl(op, params), {
+      method: "POST", credentials: "same-origin", body: body || null,
+      headers: { "X-CSRF-Token": csrfToken(), "Content-Type": "application/octet-stream" },
+    }).then(filesAnswer);
+  }
+
+  const join = (name) => (folder ? `${folder}/${name}` : name);
+
+  function formatSize(n) {
+    if (n < 1024) return `${n} B`;
+    if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+    return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+  }
+
+  function renderPath() {
+    const nav = $("files-path");
+    nav.textContent = "";
+    const parts = folder ? folder.split("/") : [];
+    const crumbs = [["Home", ""], ...parts.map((p, i) => [p, parts.slice(0, i + 1).join("/")])];
+    crumbs.forEach(([label, path], i) => {
+      if (i) nav.append(" / ");
+      const b = document.createElement("button");
+      b.type = "button";
+      b.textContent = label;
+      b.addEventListener("click", () => openFolder(path));
+      nav.appendChild(b);
+    });
+  }
+
+  async function openFolder(path) {
+    folder = path;
+    renderPath();
+    const list = $("files-list");
+    try {
+      const answer = await fetch(filesUrl("", { path }), { credentials: "same-origin" }).then(filesAnswer);
+      list.textContent = "";
+      for (const entry of answer.entries) list.appendChild(fileRow(entry));
+      // what an action said stays; only the empty folder's note is this listing's own
+      if (!answer.entries.length) filesStatus("This folder is empty.");
+      else if ($("files-status").textContent === "This folder is empty.") filesStatus("");
+    } catch (e) {
+      filesStatus(`Could not list this folder: ${e.message}`);
+    }
+  }
+
+  function fileRow(entry) {
+    const li = document.createElement("li");
+    li.dataset.name = entry.name;
+    const path = join(entry.name);
+    if (entry.is_dir) {
+      const open = document.createElement("button");
+      open.type = "button";
+      open.className = "folder file-name";
+      open.textContent = `${entry.name}/`;
+      open.addEventListener("click", () => openFolder(path));
+      li.appendChild(open);
+    } else {
+      const name = document.createElement("span");
+      name.className = "file-name";
+      name.textContent = entry.name;
+      const size = document.createElement("span");
+      size.className = "file-size";
+      size.textContent = formatSize(entry.size);
+      const get = document.createElement("a");
+      get.href = filesUrl("download", { path });
+      get.download = entry.name;
+      get.textContent = "Download";
+      get.setAttribute("data-testid", "file-download");
+      li.append(name, size, get);
+    }
+    const del = document.createElement("button");
+    del.type = "button";
+    del.className = "small";
+    del.textContent = "Delete";
+    del.setAttribute("aria-label", `Delete ${entry.name}`);
+    del.addEventListener("click", async () => {
+      if (!window.confirm(`Delete ${path} on the host?`)) return;
+      try {
+        await post("delete", { path });
+        filesStatus(`Deleted ${path}.`);
+      } catch (e) {
+        filesStatus(`Not deleted: ${e.message}`);
+      }
+      openFolder(folder);
+    });
+    li.appendChild(del);
+    return li;
+  }
+
+  async function uploadFile(file) {
+    const path = join(file.name);
+    const progress = $("files-progress");
+    progress.hidden = false;
+    progress.value = 0;
+    try {
+      let answer = null;
+      for (let offset = 0; offset < file.size || (offset === 0 && !answer); offset += UPLOAD_CHUNK) {
+        const chunk = file.slice(offset, offset + UPLOAD_CHUNK);
+        answer = await post("upload", { path, offset, total: file.size }, chunk);
+        progress.value = file.size ? Math.min(1, (offset + chunk.size) / file.size) : 1;
+        filesStatus(`Uploading ${file.name}: ${Math.round(progress.value * 100)}%`);
+        if (answer.done) break;
+      }
+      filesStatus(`Uploaded ${file.name} (${formatSize(answer.size)}, SHA-256 ${answer.sha256}).`);
+      files.dataset.lastSha256 = answer.sha256;
+    } catch (e) {
+      filesStatus(`Upload failed: ${e.message}`);
+    }
+    progress.hidden = true;
+    openFolder(folder);
+  }
+
+  $("files-upload").addEventListener("change", (event) => {
+    const file = event.target.files[0];
+    event.target.value = "";
+    if (file) uploadFile(file);
+  });
+
+  $("files-mkdir").addEventListener("click", async () => {
+    const name = (window.prompt("New folder name:", "") || "").trim();
+    if (!name) return;
+    try {
+      await post("mkdir", { path: join(name) });
+      filesStatus(`Made ${join(name)}.`);
+    } catch (e) {
+      filesStatus(`Not made: ${e.message}`);
+    }
+    openFolder(folder);
+  });
+
+  function showFiles(open) {
+    files.hidden = !open;
+    if (open) openFolder(folder);
+  }
+
+  $("toolbar-files").addEventListener("click", () => showFiles(files.hidden));
+  $("files-close").addEventListener("click", () => showFiles(false));
+
+  function offerFiles() {
+    const button = $("toolbar-files");
+    const offer = config().files;
+    if (!offer || session.role !== "controller") {
+      button.hidden = true;
+      return;
+    }
+    button.disabled = !offer.allowed;
+    button.title = offer.allowed ? "Transfer files to and from your home folder on the host" : offer.reason;
+    button.dataset.reason = offer.reason || "";
+  }
+
+  function config() {
+    return JSON.parse(document.getElementById("session-config").textContent);
+  }
 
   // --- chat ------------------------------------------------------------------------------------
 
@@ -299,6 +488,7 @@
       case "joined":
         session.shareUrl = m.share_url;
         showForRole(m.role);
+        offerFiles();
         break;
       case "state":
         renderExpiration();
@@ -321,6 +511,7 @@
         closeToolbar();
         setPointing(false);
         $("chat-form").hidden = true;
+        files.hidden = true;
         dock.hidden = true;
         break;
       default:

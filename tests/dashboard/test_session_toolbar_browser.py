@@ -5,7 +5,11 @@ never waited for."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
+import secrets
+import shutil
 from typing import Any
 
 import pytest
@@ -81,7 +85,13 @@ def test_the_toolbar_chat_and_pointer_with_a_controller_and_two_viewers(site):
     # each role sees its own items only
     expect(alice.get_by_test_id("toolbar-disconnect")).to_have_text("Disconnect")
     expect(alice.get_by_test_id("toolbar-point")).to_be_hidden()
+    # Files: offered to the controller, disabled with the reason while its profile forbids it
+    expect(alice.get_by_test_id("toolbar-files")).to_be_disabled()
+    expect(alice.get_by_test_id("toolbar-files")).to_have_attribute(
+        "title", "Your access profile does not allow file transfer")
     for viewer in (bob, carol):
+        expect(viewer.get_by_test_id("toolbar-files")).to_be_hidden()
+        expect(viewer.get_by_test_id("toolbar-paste")).to_be_hidden()
         expect(viewer.get_by_test_id("toolbar-disconnect")).to_have_text("Leave")
         expect(viewer.get_by_test_id("toolbar-point")).to_be_visible()
         expect(viewer.get_by_test_id("toolbar-extend")).to_be_hidden()
@@ -202,3 +212,61 @@ def test_the_toolbar_chat_and_pointer_with_a_controller_and_two_viewers(site):
     site.gateway.engine.flush_audit()
     ended, _ = site.gateway.services.audit_reader.events(kind="session_ended")
     assert [r["detail"].get("reason") for r in ended if r["session_id"] == sid] == ["controller_left"]
+
+
+def test_files_uploads_with_progress_downloads_and_deletes_over_sftp(site, tmp_path):
+    services = site.gateway.services
+    alice = site.user("alice", grant=False)
+    files = services.profiles.create_profile("Files", "allow", file_transfer=True)
+    services.grants.grant(site.endpoint.id, alice.id, "user", files.id)
+    page = site.signed_in("alice")
+    sid = site.start(page)
+    folder = f"cosession-files-{secrets.token_hex(4)}"
+    try:
+        open_toolbar(page)
+        page.get_by_test_id("toolbar-files").click()
+        panel = page.get_by_test_id("files")
+        expect(panel).to_be_visible()
+        page.once("dialog", lambda dialog: dialog.accept(folder))
+        page.get_by_test_id("files-mkdir").click()
+        page.get_by_test_id("files-list").get_by_role("button", name=f"{folder}/").click()
+        expect(page.get_by_test_id("files-path")).to_contain_text(folder)
+
+        data = os.urandom(700 * 1024)  # four chunks: the progress moves
+        digest = hashlib.sha256(data).hexdigest()
+        page.evaluate("""() => {
+          const seen = (window.progressSeen = []);
+          const bar = document.getElementById('files-progress');
+          const set = Object.getOwnPropertyDescriptor(HTMLProgressElement.prototype, 'value').set;
+          Object.defineProperty(bar, 'value', { set(v) { seen.push(v); set.call(bar, v); },
+            get() { return Number(bar.getAttribute('value')) || 0; } });
+        }""")
+        page.get_by_test_id("files-upload").set_input_files(
+            files=[{"name": "tool.bin", "mimeType": "application/octet-stream", "buffer": data}])
+        expect(page.get_by_test_id("files-status")).to_contain_text(f"Uploaded tool.bin (700.0 KiB, SHA-256 {digest})")
+        steps = [v for v in page.evaluate("() => window.progressSeen") if v > 0]
+        assert len(steps) >= 4 and steps == sorted(steps) and steps[-1] == 1, steps
+        on_server = site.openssh.home / folder / "tool.bin"
+        assert hashlib.sha256(on_server.read_bytes()).hexdigest() == digest
+
+        row = page.get_by_test_id("files-list").locator("li", has_text="tool.bin")
+        with page.expect_download() as downloading:
+            row.get_by_test_id("file-download").click()
+        saved = tmp_path / "tool.bin"
+        downloading.value.save_as(saved)
+        assert saved.read_bytes() == data
+
+        page.once("dialog", lambda dialog: dialog.accept())
+        row.get_by_role("button", name="Delete tool.bin").click()
+        expect(page.get_by_test_id("files-status")).to_contain_text(f"Deleted {folder}/tool.bin")
+        assert not on_server.exists()
+
+        site.gateway.engine.flush_audit()
+        audit = services.audit_reader
+        assert [(r["detail"]["path"], r["detail"]["size"], r["detail"]["sha256"])
+                for r in audit.events(kind="file_upload")[0]] == [(f"{folder}/tool.bin", len(data), digest)]
+        assert [(r["detail"]["size"], r["detail"]["sha256"]) for r in audit.events(kind="file_download")[0]] == [
+            (len(data), digest)]
+        assert all(r["session_id"] == sid for r in audit.events(kind="file_upload")[0])
+    finally:
+        shutil.rmtree(site.openssh.home / folder, ignore_errors=True)
