@@ -139,6 +139,9 @@
     if (session.role === "controller") pasteText(event.clipboardData.getData("text/plain"));
   }, true);
 
+  // Send Password: the same as the bar's button (session.js), offered where it is (config.send_password)
+  $("toolbar-password").addEventListener("click", () => $("send-password").click());
+
   // Ctrl-Alt-Del: keys the browser would keep for itself, sent by noVNC as RFB key events (the
   // gateway forwards a controller's, refuses and audits a viewer's)
   $("toolbar-cad").addEventListener("click", () => {
@@ -489,6 +492,7 @@
         session.shareUrl = m.share_url;
         showForRole(m.role);
         offerFiles();
+        if (m.role === "controller") $("toolbar-password").hidden = !config().send_password;
         break;
       case "state":
         renderExpiration();
