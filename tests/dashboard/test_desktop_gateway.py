@@ -314,3 +314,31 @@ async def test_a_browser_that_answers_the_greeting_wrongly_is_closed(live_gatewa
             await socket.aclose()
         assert not alice.of("ended")
         await close_all(nursery, alice)
+
+
+async def test_the_controllers_clipboard_is_decided_by_its_profile_and_audited_with_its_size(live_gateway, xvnc,
+                                                                                           desk):
+    """A desktop's clipboard upload (noVNC's ClientCutText, the toolbar's Paste clipboard):
+    refused `clipboard_not_allowed` with the Standard profile, forwarded and audited with its
+    size (never its content) once a profile allows it, decided at each use."""
+    async with trio.open_nursery() as nursery:
+        alice = await participant(nursery, live_gateway, "alice", f"/ws/endpoints/{desk.id}/start",
+                                  {"type": "start", "cols": 80, "rows": 24})
+        assert alice.of("joined")[0]["role"] == "controller"
+        await alice.wait(lambda: alice.client.frames.updates > 0)
+        await alice.socket.send_message(rfb.pack(rfb.ClientCutText(b"secret-ish clip")))
+        await alice.wait(lambda: any(r.get("reason") == "clipboard_not_allowed" for r in alice.of("refused")))
+
+        services = live_gateway.services
+        upload = services.profiles.create_profile("Upload", "allow", clipboard_upload=True)
+        user = services.users.get_by_name("alice")
+        services.grants.grant(desk.id, user.id, "user", upload.id)
+        await alice.socket.send_message(rfb.pack(rfb.ClientCutText(b"secret-ish clip")))
+        with trio.fail_after(10):
+            while not (rows := await audit(live_gateway, "clipboard_upload")):
+                await trio.sleep(0.02)  # polling the audit log
+        assert [(r["actor_name"], r["detail"]["size"]) for r in rows] == [("alice", len(b"secret-ish clip"))]
+        refused = await audit(live_gateway, "input_refused")
+        assert [r["detail"]["reason"] for r in refused] == ["clipboard_not_allowed"]
+        assert "secret-ish" not in json.dumps(await audit(live_gateway, None))
+        await close_all(nursery, alice)
