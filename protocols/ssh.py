@@ -585,6 +585,11 @@ class SshConnection:
                     size += len(data)
         return await self._file_operation(run)
 
+    async def make_executable(self, path: str) -> None:
+        async def run(sftp: Any) -> None:
+            await sftp.chmod(path, 0o755)
+        await self._file_operation(run)
+
     async def file_size(self, path: str) -> int:
         """The size of a regular file (refused for a folder)."""
         async def run(sftp: Any) -> int:

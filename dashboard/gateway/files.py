@@ -8,13 +8,15 @@ browser uploads with progress and saves a download by itself over HTTP:
 - ``GET  /sessions/{id}/files/download?path=``: a file, streamed in chunks;
 - ``POST /sessions/{id}/files/upload?path=&offset=&total=``: one chunk of a file (the body; at
   most the edge's request body limit); the last one closes the transfer;
-- ``POST /sessions/{id}/files/mkdir?path=`` and ``/files/delete?path=`` (a file or an empty folder).
+- ``POST /sessions/{id}/files/mkdir?path=`` and ``/files/delete?path=`` (a file or an empty folder);
+- ``GET /sessions/{id}/tools`` and ``POST /sessions/{id}/tools/{tool_id}/send``: Send Tool, a
+  file of the administrators' library (pages/tools.py) into the home folder, executable.
 
 Every request is decided again: a signed-in user, a live session served here, its controller
 (a viewer is refused `not_controller`), a profile that allows file transfer now
 (`engine.access.may_transfer_files`), an SSH endpoint. A refusal is audited
 (`file_transfer_refused`); every finished transfer is audited with its path, size and SHA-256
-(`file_upload`, `file_download`), a folder made or an entry deleted with its path.
+(`file_upload`, `file_download`, `tool_sent`), a folder made or an entry deleted with its path.
 """
 
 from __future__ import annotations
@@ -224,10 +226,53 @@ async def delete(request: Request) -> Response:
     return JSONResponse({"path": path})
 
 
+async def list_tools(request: Request) -> Response:
+    """The tool library, for Send Tool (the same rights as Files)."""
+    try:
+        allowed = await _allowed(request, "list_tools", "")
+    except FilesRefused as exc:
+        return exc.response()
+    tools = await trio.to_thread.run_sync(allowed.services.tools.list)
+    return JSONResponse({"tools": [{"id": t.id, "name": t.name, "file_name": t.file_name, "size": t.size,
+                                    "sha256": t.sha256} for t in tools]})
+
+
+async def send_tool(request: Request) -> Response:
+    """Send Tool: the library's file into the home folder under its file name (replacing a file
+    of that name), executable; checked against the library's SHA-256 as the server stores it."""
+    services = services_of(request)
+    tool_id = request.path_params["tool_id"]
+    tool = await trio.to_thread.run_sync(services.tools.get, tool_id)
+    try:
+        if tool is None:
+            raise FilesRefused(404, "unknown_tool", "there is no such tool in the library")
+        path = relative_path(tool.file_name)
+        allowed = await _allowed(request, "send_tool", path)
+        content = await trio.to_thread.run_sync(services.tools.content, tool_id)
+        if content is None:
+            raise FilesRefused(404, "unknown_tool", "the tool was deleted meanwhile")
+        for offset in range(0, len(content), FILE_CHUNK):
+            await allowed.connection.write_chunk(path, offset, content[offset:offset + FILE_CHUNK])
+        await allowed.connection.make_executable(path)
+        size, sha256 = await allowed.connection.file_digest(path)
+    except FilesRefused as exc:
+        return exc.response()
+    except RemoteFileError as exc:
+        return _failed(exc)
+    _audit(allowed, "tool_sent", tool_id=tool.id, tool=tool.name, path=path, size=size, sha256=sha256,
+           matches=sha256 == tool.sha256)
+    if sha256 != tool.sha256:
+        return JSONResponse({"error": "file_error", "detail": "the file on the host does not match the tool's "
+                             "SHA-256"}, status_code=422)
+    return JSONResponse({"path": path, "size": size, "sha256": sha256})
+
+
 routes: list[BaseRoute] = [
     Route("/sessions/{session_id}/files", list_folder, methods=["GET"], name="session_files"),
     Route("/sessions/{session_id}/files/download", download, methods=["GET"], name="session_files_download"),
     Route("/sessions/{session_id}/files/upload", upload, methods=["POST"], name="session_files_upload"),
     Route("/sessions/{session_id}/files/mkdir", make_folder, methods=["POST"], name="session_files_mkdir"),
     Route("/sessions/{session_id}/files/delete", delete, methods=["POST"], name="session_files_delete"),
+    Route("/sessions/{session_id}/tools", list_tools, methods=["GET"], name="session_tools"),
+    Route("/sessions/{session_id}/tools/{tool_id}/send", send_tool, methods=["POST"], name="session_tool_send"),
 ]

@@ -312,24 +312,76 @@
     openFolder(folder);
   });
 
+  // Send Tool: a file of the administrators' library into the home folder (the same rights as Files)
+  async function loadTools() {
+    const choice = $("tool-choice");
+    try {
+      const answer = await fetch(`/sessions/${encodeURIComponent(session.sessionId)}/tools`,
+        { credentials: "same-origin" }).then(filesAnswer);
+      choice.textContent = "";
+      for (const tool of answer.tools) {
+        const option = document.createElement("option");
+        option.value = tool.id;
+        option.textContent = `${tool.name} (${tool.file_name}, ${formatSize(tool.size)})`;
+        option.dataset.fileName = tool.file_name;
+        choice.appendChild(option);
+      }
+      if (!answer.tools.length) {
+        const none = document.createElement("option");
+        none.value = "";
+        none.textContent = "(no tools in the library)";
+        choice.appendChild(none);
+      }
+      $("tool-send-button").disabled = !answer.tools.length;
+    } catch (e) {
+      filesStatus(`Could not list the tools: ${e.message}`);
+    }
+  }
+
+  $("tool-send-button").addEventListener("click", async () => {
+    const choice = $("tool-choice");
+    const id = choice.value;
+    if (!id) return;
+    const label = choice.selectedOptions[0].textContent;
+    filesStatus(`Sending ${label}…`);
+    try {
+      const answer = await fetch(`/sessions/${encodeURIComponent(session.sessionId)}/tools/${encodeURIComponent(id)}/send`,
+        { method: "POST", credentials: "same-origin", headers: { "X-CSRF-Token": csrfToken() } }).then(filesAnswer);
+      filesStatus(`Sent ${answer.path} to your home folder (SHA-256 ${answer.sha256}).`);
+      openFolder("");
+    } catch (e) {
+      filesStatus(`Tool not sent: ${e.message}`);
+    }
+  });
+
   function showFiles(open) {
     files.hidden = !open;
-    if (open) openFolder(folder);
+    if (open) {
+      openFolder(folder);
+      loadTools();
+    }
   }
 
   $("toolbar-files").addEventListener("click", () => showFiles(files.hidden));
+  $("toolbar-send-tool").addEventListener("click", () => {
+    showFiles(true);
+    $("tool-choice").focus();
+  });
   $("files-close").addEventListener("click", () => showFiles(false));
 
   function offerFiles() {
-    const button = $("toolbar-files");
     const offer = config().files;
-    if (!offer || session.role !== "controller") {
-      button.hidden = true;
-      return;
+    for (const [id, title] of [["toolbar-files", "Transfer files to and from your home folder on the host"],
+      ["toolbar-send-tool", "Put a tool from the library into your home folder on the host"]]) {
+      const button = $(id);
+      if (!offer || session.role !== "controller") {
+        button.hidden = true;
+        continue;
+      }
+      button.disabled = !offer.allowed;
+      button.title = offer.allowed ? title : offer.reason;
+      button.dataset.reason = offer.reason || "";
     }
-    button.disabled = !offer.allowed;
-    button.title = offer.allowed ? "Transfer files to and from your home folder on the host" : offer.reason;
-    button.dataset.reason = offer.reason || "";
   }
 
   function config() {

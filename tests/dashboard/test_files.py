@@ -149,3 +149,56 @@ async def test_file_transfer_is_refused_outside_home_without_the_profile_flag_an
     assert await h.audit("file_upload") == [] and await h.audit("file_download") == []
     assert [r["detail"]["message"] for r in await h.audit("message_refused") if r["actor_name"] == "dave"] == [
         "unknown"]
+
+
+async def test_send_tool_puts_a_library_tool_into_the_home_folder(harness, openssh):
+    h = harness
+    endpoint = vault(h, openssh)
+    grant(h, "carol", endpoint, True)
+    grant(h, "dave", endpoint, True)
+    h.gateway.create_user("root", PASSWORD, admin=True)
+    file_name = f"cosession-tool-{secrets.token_hex(4)}.sh"
+    content = b"#!/bin/sh\necho tool-ran-$((6*7))\n"
+    digest = hashlib.sha256(content).hexdigest()
+    try:
+        # an administrator adds it (the page's form), checked against the publisher's checksum
+        added = await http(h, "root", "POST", "/tools", data={"name": "Hello tool", "sha256": "0" * 64},
+                           files={"file": (file_name, content, "application/octet-stream")})
+        assert added.status_code == 303
+        assert (await trio.to_thread.run_sync(h.gateway.services.tools.list)) == []  # wrong checksum: refused
+        added = await http(h, "root", "POST", "/tools", data={"name": "Hello tool", "sha256": digest.upper()},
+                           files={"file": (file_name, content, "application/octet-stream")})
+        assert added.status_code == 303
+        page = await http(h, "root", "GET", "/tools")
+        assert "Hello tool" in page.text and digest in page.text
+        assert (await http(h, "carol", "GET", "/tools")).status_code == 403  # administrators only
+
+        controller, joined = await start(h, "carol", endpoint)
+        sid = joined["session_id"]
+        tools = (await http(h, "carol", "GET", f"/sessions/{sid}/tools")).json()["tools"]
+        assert [(t["name"], t["file_name"], t["sha256"]) for t in tools] == [("Hello tool", file_name, digest)]
+        viewer = await open_client(h, "dave", f"/ws/sessions/{sid}")
+        await viewer.send({"type": "join"})
+        await viewer.control("joined", deadline=DEADLINE)
+        refused = await http(h, "dave", "POST", f"/sessions/{sid}/tools/{tools[0]['id']}/send")
+        assert (refused.status_code, refused.json()["error"]) == (403, "not_controller")
+        assert not (openssh.home / file_name).exists()
+
+        sent = await http(h, "carol", "POST", f"/sessions/{sid}/tools/{tools[0]['id']}/send")
+        assert sent.status_code == 200 and sent.json() == {"path": file_name, "size": len(content), "sha256": digest}
+        on_server = openssh.home / file_name
+        assert on_server.read_bytes() == content and on_server.stat().st_mode & 0o777 == 0o755
+        await controller.send(f"./{file_name}\r".encode())  # it runs
+        await controller.output_contains(b"tool-ran-42", deadline=DEADLINE)
+
+        [added_row] = await h.audit("tool_added")
+        assert (added_row["actor_name"], added_row["detail"]["sha256"], added_row["detail"]["size"]) == (
+            "root", digest, len(content))
+        [sent_row] = await h.audit("tool_sent")
+        assert (sent_row["actor_name"], sent_row["session_id"], sent_row["detail"]["tool"], sent_row["detail"]["path"],
+                sent_row["detail"]["sha256"], sent_row["detail"]["matches"]) == (
+            "carol", sid, "Hello tool", file_name, digest, True)
+        assert [(r["actor_name"], r["detail"]["operation"]) for r in await h.audit("file_transfer_refused")] == [
+            ("dave", "send_tool")]
+    finally:
+        (openssh.home / file_name).unlink(missing_ok=True)

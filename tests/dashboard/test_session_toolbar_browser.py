@@ -261,6 +261,19 @@ def test_files_uploads_with_progress_downloads_and_deletes_over_sftp(site, tmp_p
         expect(page.get_by_test_id("files-status")).to_contain_text(f"Deleted {folder}/tool.bin")
         assert not on_server.exists()
 
+        # Send Tool: the library's tool into the home folder
+        tool_name = f"{folder}-tool.sh"
+        tool = services.tools.add("Hello tool", tool_name, b"#!/bin/sh\necho hello\n", "", "root", 0.0)
+        page.get_by_test_id("files-close").click()
+        open_toolbar(page)
+        page.get_by_test_id("toolbar-send-tool").click()
+        expect(page.get_by_test_id("tool-choice")).to_contain_text(f"Hello tool ({tool_name}")
+        page.get_by_test_id("tool-send-button").click()
+        expect(page.get_by_test_id("files-status")).to_have_text(
+            f"Sent {tool_name} to your home folder (SHA-256 {tool.sha256}).")
+        assert (site.openssh.home / tool_name).read_bytes() == b"#!/bin/sh\necho hello\n"
+        expect(page.get_by_test_id("files-list").locator(f"li[data-name='{tool_name}']")).to_have_count(1)
+
         site.gateway.engine.flush_audit()
         audit = services.audit_reader
         assert [(r["detail"]["path"], r["detail"]["size"], r["detail"]["sha256"])
@@ -268,5 +281,7 @@ def test_files_uploads_with_progress_downloads_and_deletes_over_sftp(site, tmp_p
         assert [(r["detail"]["size"], r["detail"]["sha256"]) for r in audit.events(kind="file_download")[0]] == [
             (len(data), digest)]
         assert all(r["session_id"] == sid for r in audit.events(kind="file_upload")[0])
+        assert [r["detail"]["sha256"] for r in audit.events(kind="tool_sent")[0]] == [tool.sha256]
     finally:
         shutil.rmtree(site.openssh.home / folder, ignore_errors=True)
+        (site.openssh.home / f"{folder}-tool.sh").unlink(missing_ok=True)
