@@ -26,8 +26,7 @@ from engine.messages import (
     Eject, Ejected, EndpointFailed, EndpointFinished, EndpointReady, EndpointRetrying, EndReason, Expire,
     Extend, GraceElapsed, Input, InputRefused, Join, Joined, Leave, Member, OpenEndpoint,
     ParticipantJoined, ParticipantLeft, ParticipantStalled, Point, Pointed, Reason, Refused, Resize, Role, Say,
-    SessionEnded,
-    SessionFinished, SessionState, SessionSummary, SessionUpdated, SetJointSession, Shutdown,
+    SessionEnded, SessionFinished, SessionState, SessionSummary, SessionUpdated, SetJointSession, Shutdown,
     StartSession, StateChanged, Subscribe, Terminate, TransferControl, Unsubscribe, User,
 )
 from engine.metrics import EngineMetrics
