@@ -102,6 +102,7 @@
     setPointing(false);
     $("chat-form").hidden = true;
     $("files").hidden = true;
+    $("osk").hidden = true;
     dock.hidden = true; // left: nothing here acts on the session any more
   });
 
@@ -146,6 +147,96 @@
   // gateway forwards a controller's, refuses and audits a viewer's)
   $("toolbar-cad").addEventListener("click", () => {
     if (window.cosessionDesktop && session.role === "controller") window.cosessionDesktop.sendCtrlAltDel();
+  });
+
+  // --- Keyboard: an on-screen keyboard (simple-keyboard, its layouts package) ------------------
+  // Its keys are the controller's input: into xterm.js as typed (the same path as the physical
+  // keyboard), or to noVNC as key presses. A viewer's page does not offer it (and the gateway
+  // refuses a viewer's input anyway).
+
+  const KEYSYMS = { "{bksp}": 0xff08, "{enter}": 0xff0d, "{tab}": 0xff09, "{space}": 0x20, "{escape}": 0xff1b };
+  const TERMINAL_KEYS = { "{bksp}": "\x7f", "{enter}": "\r", "{tab}": "\t", "{space}": " ", "{escape}": "\x1b" };
+  let keyboard = null;
+  let layouts = null;
+
+  function keysym(ch) {
+    const code = ch.codePointAt(0);
+    return code < 0x100 ? code : 0x01000000 + code; // Latin-1 as is; the rest as Unicode keysyms
+  }
+
+  function pressKey(button) {
+    if (session.role !== "controller") return;
+    if (button === "{shift}" || button === "{lock}") {
+      const next = keyboard.options.layoutName === "default" ? "shift" : "default";
+      keyboard.setOptions({ layoutName: next });
+      return;
+    }
+    if (button.startsWith("{") && !(button in TERMINAL_KEYS)) return; // a key this page does not send
+    if (session.graphical) {
+      const rfb = window.cosessionDesktop;
+      if (!rfb) return;
+      if (button in KEYSYMS) rfb.sendKey(KEYSYMS[button]);
+      else for (const ch of button) rfb.sendKey(keysym(ch));
+    } else if (window.cosessionTerminal) {
+      window.cosessionTerminal.input(TERMINAL_KEYS[button] || button, true);
+    }
+    if (keyboard.options.layoutName === "shift") keyboard.setOptions({ layoutName: "default" });
+  }
+
+  function layoutOf(name) {
+    const found = layouts.get(name);
+    return { ...found.layout, default: [...found.layout.default], shift: [...(found.layout.shift || found.layout.default)] };
+  }
+
+  // The packages load on the first use only (their layouts are a large file)
+  function loadScript(src) {
+    return new Promise((resolve, reject) => {
+      const script = document.createElement("script");
+      script.src = src;
+      script.onload = resolve;
+      script.onerror = () => reject(new Error(`${src} did not load`));
+      document.head.appendChild(script);
+    });
+  }
+
+  let keyboardLoading = null;
+
+  async function openKeyboard() {
+    if (!keyboardLoading) {
+      keyboardLoading = Promise.all([loadScript("/vendor/simple-keyboard/build/index.js"),
+        loadScript("/vendor/simple-keyboard-layouts/build/index.js")]);
+    }
+    try {
+      await keyboardLoading;
+    } catch (e) {
+      keyboardLoading = null;
+      status(`The on-screen keyboard did not load: ${e.message}`);
+      return;
+    }
+    if (!keyboard) {
+      const Keyboard = window.SimpleKeyboard.default;
+      const Layouts = window.SimpleKeyboardLayouts.default;
+      layouts = new Layouts();
+      const select = $("osk-layout");
+      for (const name of Object.keys(layouts.layouts)) {
+        const option = document.createElement("option");
+        option.value = name;
+        option.textContent = name;
+        select.appendChild(option);
+      }
+      select.value = "english";
+      keyboard = new Keyboard($("osk-keys"), { layout: layoutOf("english"), layoutName: "default", onKeyPress: pressKey });
+      select.addEventListener("change", () => keyboard.setOptions({ layout: layoutOf(select.value), layoutName: "default" }));
+    }
+    $("osk").hidden = false;
+  }
+
+  $("toolbar-keyboard").addEventListener("click", () => {
+    const show = $("osk").hidden;
+    if (show) openKeyboard();
+    else $("osk").hidden = true;
+    $("toolbar-keyboard").textContent = show ? "Hide Keyboard" : "Keyboard";
+    $("toolbar-keyboard").setAttribute("aria-pressed", String(show));
   });
 
   // --- Files: the controller's file manager (SSH), over /sessions/{id}/files ------------------
@@ -568,6 +659,7 @@
         setPointing(false);
         $("chat-form").hidden = true;
         files.hidden = true;
+        $("osk").hidden = true;
         dock.hidden = true;
         break;
       default:

@@ -186,6 +186,13 @@ def test_a_joint_desktop_session(desk, live_gateway, xvnc):
         assert time.monotonic() < deadline, desk.xev_events()
         time.sleep(0.05)  # polling xev's log file
     assert any("(keysym 0xffe3, Control_L)" in e for e in desk.xev_events())
+    # the on-screen keyboard's keys reach the desktop as key presses
+    controller.get_by_test_id("toolbar-keyboard").click()
+    controller.get_by_test_id("osk").locator('[data-skbtn="x"]').first.click()
+    deadline = time.monotonic() + 10
+    while not any("(keysym 0x78, x)" in e for e in desk.xev_events()):
+        assert time.monotonic() < deadline, desk.xev_events()
+        time.sleep(0.05)  # polling xev's log file
     assert sum(1 for e in desk.xev_events() if e.startswith("ButtonPress")) == 1
 
     watched.assert_clean("the controller's desktop page")

@@ -92,6 +92,7 @@ def test_the_toolbar_chat_and_pointer_with_a_controller_and_two_viewers(site):
     for viewer in (bob, carol):
         expect(viewer.get_by_test_id("toolbar-files")).to_be_hidden()
         expect(viewer.get_by_test_id("toolbar-paste")).to_be_hidden()
+        expect(viewer.get_by_test_id("toolbar-keyboard")).to_be_hidden()
         expect(viewer.get_by_test_id("toolbar-disconnect")).to_have_text("Leave")
         expect(viewer.get_by_test_id("toolbar-point")).to_be_visible()
         expect(viewer.get_by_test_id("toolbar-extend")).to_be_hidden()
@@ -195,6 +196,20 @@ def test_the_toolbar_chat_and_pointer_with_a_controller_and_two_viewers(site):
     assert [r["detail"]["reason"] for r in services.audit_reader.events(kind="message_refused")[0]
             if r["detail"]["message"] == "paste"] == ["clipboard_not_allowed"]
     assert len(services.audit_reader.events(kind="clipboard_upload")[0]) == 1
+
+    # Keyboard: the on-screen keyboard types into the shell as the controller (shift included)
+    open_toolbar(alice)
+    alice.get_by_test_id("toolbar-keyboard").click()
+    expect(alice.get_by_test_id("toolbar-keyboard")).to_have_text("Hide Keyboard")
+    keys = alice.get_by_test_id("osk")
+    for key in ["e", "c", "h", "o", "{space}", "d", "b", "k", "{space}", "{shift}", "|", "{space}", "r", "e", "v",
+                "{enter}"]:
+        keys.locator(f'[data-skbtn="{key}"]').first.click()
+    wait_for_text(carol, "kbd")
+    alice.get_by_test_id("osk-layout").select_option("french")
+    expect(keys.locator('[data-skbtn="ù"]')).to_have_count(1)
+    alice.get_by_test_id("toolbar-keyboard").click()
+    expect(keys).to_be_hidden()
 
     # a viewer's Leave leaves; the controller's Disconnect ends the session for everyone
     open_toolbar(bob)
