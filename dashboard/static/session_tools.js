@@ -310,9 +310,13 @@
       const answer = await fetch(filesUrl("", { path }), { credentials: "same-origin" }).then(filesAnswer);
       list.textContent = "";
       for (const entry of answer.entries) list.appendChild(fileRow(entry));
-      // what an action said stays; only the empty folder's note is this listing's own
-      if (!answer.entries.length) filesStatus("This folder is empty.");
-      else if ($("files-status").textContent === "This folder is empty.") filesStatus("");
+      if (!answer.entries.length) { // in the list: the status line keeps what the last action said
+        const empty = document.createElement("li");
+        empty.className = "files-empty";
+        empty.setAttribute("data-testid", "files-empty");
+        empty.textContent = "This folder is empty.";
+        list.appendChild(empty);
+      }
     } catch (e) {
       filesStatus(`Could not list this folder: ${e.message}`);
     }

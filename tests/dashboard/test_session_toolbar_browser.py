@@ -16,7 +16,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.fixtures.screenshots import VIEWPORT, save_screenshot
-from tests.dashboard.test_session_browser import Site, run, share_url, wait_for_text
+from tests.dashboard.test_session_browser import SCREEN, Site, run, share_url, wait_for_text
 
 pytestmark = [pytest.mark.browser, pytest.mark.openssh]
 
@@ -45,7 +45,7 @@ def site(live_gateway, browser, openssh):
 
 def pause(page: Page) -> None:
     """Stop the page's clock (from now on only run_for moves it)."""
-    page.clock.pause_at(page.evaluate("() => Date.now()") + 1000)
+    page.clock.pause_at(page.evaluate("() => Date.now()") / 1000 + 1)  # Playwright for Python: seconds
 
 
 def toolbar(page: Page) -> Any:
@@ -150,6 +150,10 @@ def test_the_toolbar_chat_and_pointer_with_a_controller_and_two_viewers(site):
 
     # the pointer: carol points at a cell; everyone sees the same cell with her name
     run(alice, "clear; echo pointer-target", "pointer-target")
+    for page in (alice, carol):  # the screen as it stays: the output on its first row
+        page.wait_for_function(f"() => ({SCREEN})().startsWith('pointer-target')")
+    for page in (alice, bob, carol):
+        pause(page)  # the markers stay until the clock is run: however slow this machine is
     open_toolbar(carol)
     carol.get_by_test_id("toolbar-point").click()
     screen = carol.locator("#terminal .xterm-screen").bounding_box()
@@ -168,12 +172,14 @@ def test_the_toolbar_chat_and_pointer_with_a_controller_and_two_viewers(site):
     alice.get_by_test_id("toolbar-asset").hover()
     save_screenshot(alice, "session-toolbar.png")
     # the pointer was not input: the shell's screen did not change
-    assert "pointer-target" in alice.evaluate("() => cosessionTerminal.buffer.active.getLine(0).translateToString(true)")
+    assert alice.evaluate(SCREEN).startswith("pointer-target\n")
     # shown for a few seconds
-    pause(alice)
-    alice.clock.run_for(4100)
+    alice.clock.run_for(3900)
+    expect(alice.get_by_test_id("pointer")).to_have_count(1)
+    alice.clock.run_for(200)
     expect(alice.get_by_test_id("pointer")).to_have_count(0)
-    alice.clock.resume()
+    for page in (alice, bob, carol):
+        page.clock.resume()
 
     # Paste clipboard (the controller's only): refused with the reason while the profile forbids
     # clipboard upload, into the shell as a bracketed paste once a profile allows it
@@ -274,6 +280,8 @@ def test_files_uploads_with_progress_downloads_and_deletes_over_sftp(site, tmp_p
         page.once("dialog", lambda dialog: dialog.accept())
         row.get_by_role("button", name="Delete tool.bin").click()
         expect(page.get_by_test_id("files-status")).to_contain_text(f"Deleted {folder}/tool.bin")
+        expect(page.get_by_test_id("files-empty")).to_be_visible()  # the listing that follows says so
+        expect(page.get_by_test_id("files-status")).to_contain_text(f"Deleted {folder}/tool.bin")  # and keeps it
         assert not on_server.exists()
 
         # Send Tool: the library's tool into the home folder
