@@ -1,0 +1,329 @@
+"""RdpConnection against FreeRDP's shadow server (tests/fixtures/rdp.py): xfreerdp in the
+session's private Xvnc reaches the server, its children end with it, and nothing leaks."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+from engine.connection import Credentials
+from protocols.rdp import DRIVE_NAME, RdpConnection, RdpOptions, certificate_fingerprint
+from tests.fixtures.openssh import EventRecorder
+from tests.fixtures.rdp import RdpServer, rdp_children, read_xwd
+
+pytestmark = pytest.mark.rdp
+
+
+def connect(bridge, server: RdpServer, *, password: str | None | bool = True, **kwargs) -> RdpConnection:
+    creds = Credentials(server.username, password=server.password if password is True else password or None)
+    return RdpConnection(bridge, server.host, server.port, creds, **kwargs)
+
+
+async def open_desktop(bridge, server: RdpServer, **kwargs) -> tuple[RdpConnection, EventRecorder]:
+    events = EventRecorder()
+    conn = connect(bridge, server, **kwargs)
+    conn.open(events, 80, 24)
+    await events.wait_for(lambda: events.kinds() != [], timeout=30)
+    assert events.kinds() == ["opened"], events.events
+    return conn, events
+
+
+async def ended_and_gone(conn: RdpConnection) -> None:
+    """After the end: every child reaped, the display and the working directory gone."""
+    display = conn.display
+    with trio.fail_after(10):
+        await conn.stopped()
+    assert rdp_children() == []
+    assert conn.child_pids() == []
+    if display is not None:
+        assert not Path(display.rfb_socket).parent.exists()
+        assert not stale_x_socket(display.number)
+
+
+def stale_x_socket(number: int) -> bool:
+    """The display's socket file is there but nothing listens on it (another X server may have
+    taken the number since: its socket is not ours to count)."""
+    path = f"/tmp/.X11-unix/X{number}"
+    if not os.path.exists(path):
+        return False
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(path)
+            return False
+        except OSError:
+            return True
+
+
+def xdotool(display, *args: str) -> None:
+    env = {"PATH": os.environ["PATH"], "DISPLAY": display.name, "XAUTHORITY": display.xauthority}
+    subprocess.run(["xdotool", *args], env=env, check=True, timeout=10)
+
+
+async def wait_same_screen(display, server: RdpServer, timeout: float = 15.0) -> float:
+    """Until the private display shows what the server's display shows (RemoteFX is lossy:
+    a small mean difference, not equality)."""
+    difference = 255.0
+    with trio.move_on_after(timeout):
+        while True:
+            ours = await trio.to_thread.run_sync(read_xwd, display.name, display.xauthority)
+            theirs = await trio.to_thread.run_sync(server.screen)
+            difference = ours.difference(theirs)
+            if difference < 3 and ours.distinct_colours() > 2:
+                return difference
+            await trio.sleep(0.1)
+    raise AssertionError(f"the private display differs from the server's by {difference:.1f} on average")
+
+
+async def test_private_display_shows_the_servers_desktop(ssh_bridge, rdp_server):
+    conn, events = await open_desktop(ssh_bridge, rdp_server, options=RdpOptions(width=1280, height=800))
+    display = conn.display
+    assert (display.width, display.height) == (1280, 800)
+    assert "TLS" in events.events[0][1]
+    await wait_same_screen(display, rdp_server)
+    # the X server and the RFB socket are private to the gateway
+    assert oct(Path(display.rfb_socket).stat().st_mode & 0o777) == "0o600"
+    assert oct(Path(display.rfb_socket).parent.stat().st_mode & 0o777) == "0o700"
+    env = {"PATH": os.environ["PATH"], "DISPLAY": display.name}  # no cookie
+    refused = subprocess.run(["xdpyinfo"], env=env, capture_output=True, timeout=10)
+    assert refused.returncode != 0
+    conn.close()
+    await ended_and_gone(conn)
+    assert [e[0] for e in events.events] == ["opened"]  # nothing reported after close()
+
+
+async def test_keys_on_the_private_display_reach_the_server(ssh_bridge, rdp_server):
+    conn, _ = await open_desktop(ssh_bridge, rdp_server)
+    xdotool(conn.display, "type", "--delay", "20", "hello rdp")
+    xdotool(conn.display, "key", "Return")
+    await rdp_server.wait_typed(b"hello rdp\r")
+    xdotool(conn.display, "key", "ctrl+alt+Delete")  # what Send Ctrl-Alt-Del sends
+    await rdp_server.wait_typed(b"\x1b[3;7~")
+    conn.close()
+    await ended_and_gone(conn)
+
+
+async def test_nla_with_the_right_password(ssh_bridge, rdp_server_nla):
+    conn, events = await open_desktop(ssh_bridge, rdp_server_nla)
+    assert events.events[0][1].startswith(f"{rdp_server_nla.username}@")
+    assert "NLA" in events.events[0][1]
+    xdotool(conn.display, "type", "nla")
+    await rdp_server_nla.wait_typed(b"nla")
+    conn.close()
+    await ended_and_gone(conn)
+
+
+async def test_wrong_password_is_a_clear_final_refusal(ssh_bridge, rdp_server_nla):
+    events = EventRecorder()
+    conn = connect(ssh_bridge, rdp_server_nla, password="not-" + rdp_server_nla.password)
+    conn.open(events, 80, 24)
+    kind, detail, retryable = await events.wait_end(timeout=30)
+    assert (kind, retryable) == ("failed", False)
+    assert detail.startswith(f"authentication failed for user {rdp_server_nla.username}")
+    assert events.kinds() == ["failed"]
+    await ended_and_gone(conn)
+
+
+async def test_no_password_for_an_nla_server(ssh_bridge, rdp_server_nla):
+    events = EventRecorder()
+    conn = connect(ssh_bridge, rdp_server_nla, password=None)
+    conn.open(events, 80, 24)
+    kind, detail, retryable = await events.wait_end(timeout=30)
+    assert (kind, retryable) == ("failed", False)
+    assert "authentication failed" in detail
+    await ended_and_gone(conn)
+
+
+async def test_killing_the_server_fails_the_attempt_retryably(ssh_bridge, rdp_server):
+    conn, events = await open_desktop(ssh_bridge, rdp_server)
+    rdp_server.kill()
+    kind, detail, retryable = await events.wait_end(timeout=30)
+    assert (kind, detail, retryable) == ("failed", f"connection to {rdp_server.host}:{rdp_server.port} lost", True)
+    await ended_and_gone(conn)
+    # the engine retries: the server is gone, so the next attempt is refused before any child starts
+    retry = EventRecorder()
+    conn.open(retry, 80, 24)
+    kind, detail, retryable = await retry.wait_end(timeout=30)
+    assert (kind, detail, retryable) == ("failed", f"connection to {rdp_server.host}:{rdp_server.port} refused", True)
+    assert conn.display is None
+    await ended_and_gone(conn)
+
+
+async def test_the_password_is_in_no_command_line_environment_or_file(ssh_bridge, rdp_server_nla):
+    conn, _ = await open_desktop(ssh_bridge, rdp_server_nla, options=RdpOptions(drive=True))
+    secret = rdp_server_nla.password.encode()
+    scanned = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        for what in ("cmdline", "environ"):
+            try:
+                data = Path(f"/proc/{entry}/{what}").read_bytes()
+            except OSError:
+                continue
+            scanned += 1
+            assert secret not in data, f"the password is in /proc/{entry}/{what}"
+    assert scanned > 20
+    work = Path(conn.display.rfb_socket).parent
+    files = [p for p in work.rglob("*") if p.is_file()]
+    assert any(p.name == "connection.rdp" for p in files)
+    for path in files:
+        assert secret not in path.read_bytes(), f"the password is in {path}"
+    pids = conn.child_pids()
+    assert len(pids) == 2
+    conn.close()
+    await ended_and_gone(conn)
+
+
+async def test_clipboard_and_drive_only_when_allowed(ssh_bridge, rdp_server):
+    def freerdp_argv(conn):
+        for pid in conn.child_pids():
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if argv[0].endswith(b"xfreerdp"):
+                return [a.decode() for a in argv]
+        raise AssertionError("no xfreerdp")
+
+    conn, _ = await open_desktop(ssh_bridge, rdp_server)
+    argv = freerdp_argv(conn)
+    assert "-clipboard" in argv and not any(a.startswith("/drive:") for a in argv)
+    assert conn.display.drive is None
+    conn.close()
+    await ended_and_gone(conn)
+
+    conn, _ = await open_desktop(ssh_bridge, rdp_server, options=RdpOptions(clipboard=True, drive=True))
+    argv = freerdp_argv(conn)
+    assert "+clipboard" in argv
+    assert f"/drive:{DRIVE_NAME},{conn.display.drive}" in argv
+    assert Path(conn.display.drive).is_dir()
+    conn.close()
+    await ended_and_gone(conn)
+
+
+async def test_certificate_recorded_on_first_use_and_a_change_refused(ssh_bridge, rdp_server):
+    recorded: list[str] = []
+    conn, _ = await open_desktop(ssh_bridge, rdp_server, on_certificate=recorded.append)
+    conn.close()
+    await ended_and_gone(conn)
+    assert len(recorded) == 1
+    fingerprint = certificate_fingerprint(recorded[0])
+
+    # pinned: the same certificate connects, and nothing new is recorded
+    again: list[str] = []
+    conn, _ = await open_desktop(ssh_bridge, rdp_server, known_certificate=fingerprint, on_certificate=again.append)
+    conn.close()
+    await ended_and_gone(conn)
+    assert again == []
+
+    # a different pin: refused before any credential is sent, the new one kept for an administrator
+    other = ("00" if not fingerprint.startswith("00") else "11") + fingerprint[2:]
+    changed: list[str] = []
+    events = EventRecorder()
+    conn = connect(ssh_bridge, rdp_server, known_certificate=other, on_certificate_changed=changed.append)
+    conn.open(events, 80, 24)
+    kind, detail, retryable = await events.wait_end(timeout=30)
+    assert (kind, retryable) == ("failed", False)
+    assert detail == (f"the certificate of {rdp_server.host}:{rdp_server.port} changed (now SHA-256 "
+                      f"{fingerprint}); an administrator must accept the new certificate")
+    assert changed == [fingerprint]
+    await ended_and_gone(conn)
+
+
+async def test_a_refused_security_layer_is_a_clear_refusal(ssh_bridge, rdp_server_nla):
+    events = EventRecorder()
+    conn = connect(ssh_bridge, rdp_server_nla, options=RdpOptions(security="tls"))
+    conn.open(events, 80, 24)
+    kind, detail, retryable = await events.wait_end(timeout=30)
+    assert (kind, retryable) == ("failed", False)
+    assert detail == (f"security negotiation with {rdp_server_nla.host}:{rdp_server_nla.port} failed: "
+                      "the server requires network level authentication (NLA)")
+    await ended_and_gone(conn)
+
+
+async def test_close_while_connecting_reports_nothing_and_leaves_nothing(ssh_bridge, rdp_server_nla):
+    events = EventRecorder()
+    conn = connect(ssh_bridge, rdp_server_nla)
+    conn.open(events, 80, 24)
+    with trio.fail_after(10):
+        while len(conn.child_pids()) < 2:  # both children started, the RDP connection under way
+            await trio.sleep(0.01)
+    conn.close()
+    await ended_and_gone(conn)
+    assert events.events == []
+
+
+async def test_a_server_that_never_answers_times_out(ssh_bridge):
+    # a TCP listener that accepts and says nothing: the RDP connection can never become active
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    accepted = []
+    async with trio.open_nursery() as nursery:
+        async def hold() -> None:
+            while True:
+                accepted.append(await listener.accept())
+
+        nursery.start_soon(hold)
+        events = EventRecorder()
+        conn = RdpConnection(ssh_bridge, "127.0.0.1", port, Credentials("alice", password="x"),
+                             options=RdpOptions(connect_timeout=1.0))
+        conn.open(events, 80, 24)
+        kind, detail, retryable = await events.wait_end(timeout=30)
+        assert (kind, retryable) == ("failed", True)
+        assert detail.startswith(f"the RDP connection to 127.0.0.1:{port} did not become active within 1 s")
+        await ended_and_gone(conn)
+        nursery.cancel_scope.cancel()
+    for stream in accepted:
+        await stream.aclose()
+    await listener.aclose()
+
+
+async def test_the_private_display_dying_fails_the_attempt(ssh_bridge, rdp_server):
+    conn, events = await open_desktop(ssh_bridge, rdp_server)
+    xvnc = next(pid for pid, name in rdp_children() if name == "Xvnc")
+    os.kill(xvnc, 9)
+    kind, _, retryable = await events.wait_end(timeout=30)
+    assert (kind, retryable) == ("failed", True)
+    await ended_and_gone(conn)
+
+
+DIES_WITH_ITS_PARENT = """
+import sys, trio
+from pathlib import Path
+from protocols.rdp import RdpOptions, start_private_display
+
+async def main():
+    child, display = await start_private_display(Path(sys.argv[1]), RdpOptions())
+    print(child.pid, flush=True)
+    await trio.sleep_forever()
+
+trio.run(main)
+"""
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+
+
+async def test_children_die_with_the_gateway(tmp_path):
+    """The gateway killed outright (no chance to clean up): its Xvnc dies with it."""
+    gateway = await trio.lowlevel.open_process([sys.executable, "-c", DIES_WITH_ITS_PARENT, str(tmp_path)],
+                                               stdout=subprocess.PIPE, cwd=Path(__file__).parents[2])
+    try:
+        with trio.fail_after(20):
+            xvnc = int(await gateway.stdout.receive_some(64))
+        assert alive(xvnc)
+    finally:
+        gateway.kill()
+        await gateway.wait()
+        await gateway.stdout.aclose()
+    with trio.fail_after(10):
+        while alive(xvnc):
+            await trio.sleep(0.01)
