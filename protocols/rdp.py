@@ -447,6 +447,7 @@ async def start_private_display(work: Path, options: RdpOptions) -> tuple[_Child
                 "-geometry", f"{options.width}x{options.height}", "-depth", "24", "-dpi", "96",
                 "-rfbunixpath", str(rfb_socket), "-rfbunixmode", "0600", "-rfbport", "-1",
                 "-nolisten", "tcp", "-SecurityTypes", "None", "-AlwaysShared",
+                "-AcceptSetDesktopSize=0",  # xfreerdp's desktop has the size it connected with
                 f"-AcceptCutText={cut_text}", f"-SendCutText={cut_text}",
                 "-SendPrimary=0", "-SetPrimary=0", "-desktop", "cosession RDP",
             ], stdin=subprocess.DEVNULL, stdout=xvnc_log, stderr=subprocess.STDOUT,
