@@ -13,11 +13,14 @@ private working directory (`cosession-rdp-*` in the temporary directory, mode 07
   command line). Its environment is built here, not inherited from the gateway's.
 
 The gateway reads the private display through its VNC path (docs/rdp.md); this module owns
-the processes. When `xfreerdp` exits, its exit status (FreeRDP's own codes, with the server's
-disconnect reason among them) and what it logged say why, and the attempt reports `closed`
-(the server ended the session: logoff, another login taking the console, an administrator)
-or `failed` (retryable or not). When `Xvnc` exits, the attempt fails. When the attempt ends
-for any reason, both children are ended and reaped and the working directory is removed.
+the processes and reports `opened` once FreeRDP says its connection is active and its window is
+mapped on the private display (a minimal X11 client, subscribed before xfreerdp starts, sees
+the map: keys sent before it would be lost). When `xfreerdp` exits, its exit status (FreeRDP's
+own codes, with the server's disconnect reason among them) and what it logged say why, and the
+attempt reports `closed` (the server ended the session: logoff, another login taking the
+console, an administrator) or `failed` (retryable or not). When `Xvnc` exits, the attempt
+fails. When the attempt ends for any reason, both children are ended and reaped and the
+working directory is removed.
 
 Children die with the gateway too: each is started through `setpriv --pdeathsig KILL`, and
 started from the loop's own thread, since the kernel sends the signal when the *thread* that
@@ -351,16 +354,88 @@ class _Child:
             pass
 
 
-def _xauthority(path: Path) -> None:
-    """An Xauthority file with one random MIT-MAGIC-COOKIE-1 for any display (FamilyWild)."""
+_COOKIE_NAME = b"MIT-MAGIC-COOKIE-1"
+
+
+def _xauthority(path: Path) -> bytes:
+    """An Xauthority file with one random MIT-MAGIC-COOKIE-1 for any display (FamilyWild);
+    returns the cookie."""
     def counted(data: bytes) -> bytes:
         return struct.pack(">H", len(data)) + data
 
-    entry = (struct.pack(">H", 0xFFFF) + counted(b"") + counted(b"")
-             + counted(b"MIT-MAGIC-COOKIE-1") + counted(secrets.token_bytes(16)))
+    cookie = secrets.token_bytes(16)
+    entry = struct.pack(">H", 0xFFFF) + counted(b"") + counted(b"") + counted(_COOKIE_NAME) + counted(cookie)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(entry)
+    return cookie
+
+
+class _WindowWatch:
+    """A minimal X11 client of the private display that waits for a window to be mapped.
+
+    FreeRDP says its connection is active a moment before its window exists; keys sent to the
+    display in between go nowhere. The watch subscribes to the root window's substructure
+    before xfreerdp starts, so it cannot miss the map; the session is reported open after it.
+    (There is no window manager: a window is mapped when its client maps it, and with the
+    pointer over it, it has the keyboard.)"""
+
+    _X11_REQUEST_CHANGE_WINDOW_ATTRIBUTES = 2
+    _EVENT_MASK = 0x800  # CWEventMask
+    _SUBSTRUCTURE_NOTIFY = 0x80000
+    _MAP_NOTIFY = 19
+
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._stream = stream
+
+    @classmethod
+    async def subscribe(cls, display: PrivateDisplay, cookie: bytes) -> _WindowWatch:
+        stream = await trio.open_unix_socket(f"/tmp/.X11-unix/X{display.number}")
+        try:
+            def padded(data: bytes) -> bytes:
+                return data + b"\0" * (-len(data) % 4)
+
+            await stream.send_all(struct.pack("<cxHHHH2x", b"l", 11, 0, len(_COOKIE_NAME), len(cookie))
+                                  + padded(_COOKIE_NAME) + padded(cookie))
+            head = await _receive_exactly(stream, 8)
+            status, length = head[0], struct.unpack_from("<H", head, 6)[0]
+            setup = await _receive_exactly(stream, 4 * length)
+            if status != 1:
+                raise _Failure("the session's private display refused its own client", True)
+            vendor_length, formats = struct.unpack_from("<H", setup, 16)[0], setup[21]
+            root = struct.unpack_from("<I", setup, 32 + vendor_length + (-vendor_length % 4) + 8 * formats)[0]
+            await stream.send_all(struct.pack("<BxHIII", cls._X11_REQUEST_CHANGE_WINDOW_ATTRIBUTES, 4, root,
+                                              cls._EVENT_MASK, cls._SUBSTRUCTURE_NOTIFY))
+        except BaseException:
+            await trio.aclose_forcefully(stream)
+            raise
+        return cls(stream)
+
+    async def aclose(self) -> None:
+        await trio.aclose_forcefully(self._stream)
+
+    async def wait_mapped(self, mapped: trio.Event) -> None:
+        """Sets `mapped` when a window is mapped; then stops watching."""
+        try:
+            while True:
+                event = await _receive_exactly(self._stream, 32)
+                if event[0] & 0x7F == self._MAP_NOTIFY:
+                    mapped.set()
+                    return
+                if event[0] == 0:  # an X error: the request above was refused
+                    raise _Failure("the session's private display refused its own client", True)
+        finally:
+            await self.aclose()
+
+
+async def _receive_exactly(stream: trio.abc.ReceiveStream, n: int) -> bytes:
+    data = bytearray()
+    while len(data) < n:
+        chunk = await stream.receive_some(n - len(data))
+        if not chunk:
+            raise _Failure("the session's private display closed its own client's connection", True)
+        data += chunk
+    return bytes(data)
 
 
 class _WorkingDirectory:
@@ -427,11 +502,12 @@ async def _read_line(stream: trio.abc.ReceiveStream, limit: int = 64) -> bytes:
     return data
 
 
-async def start_private_display(work: Path, options: RdpOptions) -> tuple[_Child, PrivateDisplay]:
+async def start_private_display(work: Path, options: RdpOptions) -> tuple[_Child, PrivateDisplay, bytes]:
     """Xvnc on a free display number (it picks one and says which on a pipe: `-displayfd`),
-    with its RFB server on a unix socket only. Returns once it accepts connections."""
+    with its RFB server on a unix socket only. Returns once it accepts connections, with its
+    X cookie."""
     xauthority = work / "xauthority"
-    _xauthority(xauthority)
+    cookie = _xauthority(xauthority)
     rfb_socket = work / "rfb"
     drive = None
     if options.drive:
@@ -472,7 +548,24 @@ async def start_private_display(work: Path, options: RdpOptions) -> tuple[_Child
         raise _Failure("the session's private display did not start (see the gateway's log)", True)
     display = PrivateDisplay(int(number), str(rfb_socket), str(xauthority), options.width,
                              options.height, drive)
-    return child, display
+    return child, display, cookie
+
+
+def freerdp_options(host: str, port: int, options: RdpOptions, display: PrivateDisplay) -> list[str]:
+    """xfreerdp's options for a session on `display` (bench/rdp_websocket.py runs its direct
+    clients with the same ones)."""
+    address = f"[{host}]" if ":" in host else host
+    argv = [
+        f"/v:{address}:{port}", "/f", "-toggle-fullscreen", "-decorations",
+        "/from-stdin:force", "/cert:tofu,deny", "/log-level:WARN", f"/log-filters:{_LOG_FILTERS}",
+        "+clipboard" if options.clipboard else "-clipboard",
+        "/audio-mode:2",  # never play sound (there is nobody to hear it)
+    ]
+    if options.security:
+        argv.append(f"/sec:{options.security}")
+    if display.drive:
+        argv.append(f"/drive:{DRIVE_NAME},{display.drive}")
+    return argv
 
 
 # --- one attempt --------------------------------------------------------------------------------
@@ -513,7 +606,6 @@ class _Attempt:
 
     def cancel(self) -> None:
         self.scope.cancel()
-
 
 # --- the connection -----------------------------------------------------------------------------
 
@@ -672,28 +764,37 @@ class RdpConnection:
                            True) from None
 
     async def _in_working_directory(self, attempt: _Attempt, work: Path) -> None:
-        xvnc, display = await start_private_display(work, self._options)
+        xvnc, display, cookie = await start_private_display(work, self._options)
         attempt.children.append(xvnc)
         attempt.display = display
+        window = await _WindowWatch.subscribe(display, cookie)
         run = FreeRdpRun()
-        freerdp, output_fd = self._start_freerdp(work, display)
+        try:
+            freerdp, output_fd = self._start_freerdp(work, display)
+        except BaseException:
+            await window.aclose()
+            raise
         attempt.children.append(freerdp)
         active = trio.Event()
+        mapped = trio.Event()
         settled = trio.Event()  # active, or exited before that
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_display, attempt, xvnc)
+            nursery.start_soon(window.wait_mapped, mapped)
             nursery.start_soon(self._watch_freerdp, freerdp, output_fd, run, active, settled)
             with trio.move_on_after(self._options.connect_timeout) as timeout:
                 await settled.wait()
+                if active.is_set():
+                    await mapped.wait()  # FreeRDP's window: only now do keys reach it
             if timeout.cancelled_caught:
                 self._record_certificate(attempt, work)
                 raise _Failure(f"the RDP connection to {self.where} did not become active within "
                                f"{self._options.connect_timeout:g} s (it got as far as {_stage(run)})", True)
             self._record_certificate(attempt, work)
             if active.is_set():
-                attempt.report("opened", f"{self._credentials.username or '-'}@{self.where} "
-                               f"(RDP, {run.security or 'negotiated'} security, "
-                               f"{display.width}x{display.height})")
+                detail = (f"{self._credentials.username or '-'}@{self.where} (RDP, "
+                          f"{run.security or 'negotiated'} security, {display.width}x{display.height})")
+                attempt.report("opened", detail)
             await freerdp.wait()
             self._certificate_changed(attempt, run)
             raise describe_exit(run, self.where, self._credentials.username, active.is_set())
@@ -743,17 +844,7 @@ class RdpConnection:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(f"username:s:{creds.username}\n")
             argv.append(str(rdp_file))
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        argv += [
-            f"/v:{host}:{self._port}", "/f", "-toggle-fullscreen", "-decorations",
-            "/from-stdin:force", "/cert:tofu,deny", "/log-level:WARN", f"/log-filters:{_LOG_FILTERS}",
-            "+clipboard" if self._options.clipboard else "-clipboard",
-            "/audio-mode:2",  # never play sound (there is nobody to hear it)
-        ]
-        if self._options.security:
-            argv.append(f"/sec:{self._options.security}")
-        if display.drive:
-            argv.append(f"/drive:{DRIVE_NAME},{display.drive}")
+        argv += freerdp_options(self._host, self._port, self._options, display)
         if self._known_certificate:
             self._write_known_certificate(work)
         # The password goes into a pipe, closed before xfreerdp starts: FreeRDP reads it byte

@@ -99,7 +99,7 @@ async def test_private_display_shows_the_servers_desktop(ssh_bridge, rdp_server)
 
 async def test_keys_on_the_private_display_reach_the_server(ssh_bridge, rdp_server):
     conn, _ = await open_desktop(ssh_bridge, rdp_server)
-    xdotool(conn.display, "type", "--delay", "20", "hello rdp")
+    xdotool(conn.display, "type", "--delay", "20", "hello rdp")  # at once: opened means the window is there
     xdotool(conn.display, "key", "Return")
     await rdp_server.wait_typed(b"hello rdp\r")
     xdotool(conn.display, "key", "ctrl+alt+Delete")  # what Send Ctrl-Alt-Del sends
@@ -139,7 +139,8 @@ async def test_no_password_for_an_nla_server(ssh_bridge, rdp_server_nla):
     await ended_and_gone(conn)
 
 
-async def test_killing_the_server_fails_the_attempt_retryably(ssh_bridge, rdp_server):
+async def test_killing_the_server_fails_the_attempt_retryably(ssh_bridge, rdp_server_to_kill):
+    rdp_server = rdp_server_to_kill
     conn, events = await open_desktop(ssh_bridge, rdp_server)
     rdp_server.kill()
     kind, detail, retryable = await events.wait_end(timeout=30)
@@ -296,7 +297,7 @@ from pathlib import Path
 from protocols.rdp import RdpOptions, start_private_display
 
 async def main():
-    child, display = await start_private_display(Path(sys.argv[1]), RdpOptions())
+    child, display, _ = await start_private_display(Path(sys.argv[1]), RdpOptions())
     print(child.pid, flush=True)
     await trio.sleep_forever()
 
