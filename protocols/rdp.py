@@ -12,15 +12,17 @@ private working directory (`cosession-rdp-*` in the temporary directory, mode 07
   file in the working directory (it is not a secret, but it stays off the world-readable
   command line). Its environment is built here, not inherited from the gateway's.
 
-The gateway reads the private display through its VNC path (docs/rdp.md); this module owns
-the processes and reports `opened` once FreeRDP says its connection is active and its window is
-mapped on the private display (a minimal X11 client, subscribed before xfreerdp starts, sees
-the map: keys sent before it would be lost). When `xfreerdp` exits, its exit status (FreeRDP's
-own codes, with the server's disconnect reason among them) and what it logged say why, and the
-attempt reports `closed` (the server ended the session: logoff, another login taking the
-console, an administrator) or `failed` (retryable or not). When `Xvnc` exits, the attempt
-fails. When the attempt ends for any reason, both children are ended and reaped and the
-working directory is removed.
+Once FreeRDP says its connection is active and its window is mapped on the private display (a
+minimal X11 client, subscribed before xfreerdp starts, sees the map), the attempt hands the
+display to the gateway's VNC path: a `protocols.vnc.VncConnection` on the unix socket, whose
+decoded updates become the session's (`EndpointEvents.display`) and which carries the
+controller's input, as RFB key and pointer events, to the display, where FreeRDP turns them
+into the server's scancodes. `opened` is reported when that reader is reading. When `xfreerdp`
+exits, its exit status (FreeRDP's own codes, with the server's disconnect reason among them)
+and what it logged say why, and the attempt reports `closed` (the server ended the session:
+logoff, another login taking the console, an administrator) or `failed` (retryable or not).
+When `Xvnc` exits, the attempt fails. When the attempt ends for any reason, both children are
+ended and reaped and the working directory is removed.
 
 Children die with the gateway too: each is started through `setpriv --pdeathsig KILL`, and
 started from the loop's own thread, since the kernel sends the signal when the *thread* that
@@ -58,8 +60,9 @@ from typing import Any, Callable
 
 import trio
 
-from engine.bridge import LoopBridge, LoopClosed
-from engine.connection import Credentials, EndpointEvents
+from engine import Credentials, EndpointEvents, LoopBridge, LoopClosed
+from protocols import rfb
+from protocols.vnc import VncConnection
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +73,11 @@ DRIVE_NAME = "cosession"  # the redirected folder's name on the RDP server ("\\t
 MIN_SIZE = (200, 200)
 MAX_SIZE = (8192, 8192)
 MAX_PASSWORD_BYTES = 511  # FreeRDP reads at most this many from its standard input
+INPUT_QUEUE_CHUNKS = 512  # controller input waiting for the display; more is dropped, never waited for
+# xfreerdp takes a key's release followed by its press with the same X timestamp for autorepeat
+# and drops the release (xf_event_KeyReleaseOrIgnore), so a doubled letter typed by a script
+# ("ll" in one burst) loses a letter. A press of the key just released waits this long.
+SAME_KEY_GAP = 0.02
 _DISPLAY_START_TIMEOUT = 10.0  # seconds for Xvnc to report its display number
 _TERMINATE_GRACE = 2.0  # seconds between SIGTERM and SIGKILL when a child is ended
 _OUTPUT_TAIL = 40  # FreeRDP log lines kept to explain an exit
@@ -585,6 +593,9 @@ class _Attempt:
         self.done = trio.Event()  # the attempt's task has ended: children reaped, directory gone
         self.display: PrivateDisplay | None = None
         self.children: list[_Child] = []
+        self.reader: VncConnection | None = None  # reads the private display, once FreeRDP is active
+        self.input_send, self.input_recv = trio.open_memory_channel[bytes](INPUT_QUEUE_CHUNKS)
+        self.dropped_chunks = 0
 
     def report(self, what: str, *args: Any) -> None:
         with self.lock:
@@ -606,6 +617,80 @@ class _Attempt:
 
     def cancel(self) -> None:
         self.scope.cancel()
+
+    def feed(self, data: bytes) -> None:
+        """On the loop: the controller's input, queued for `_pace_input`."""
+        try:
+            self.input_send.send_nowait(data)
+        except trio.WouldBlock:
+            self.dropped_chunks += 1
+            if self.dropped_chunks == 1 or self.dropped_chunks % 100 == 0:
+                log.warning("rdp: input queue full, %d input chunk(s) dropped so far", self.dropped_chunks)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+
+
+async def _pace_input(attempt: _Attempt, reader: VncConnection) -> None:
+    """Passes the controller's input to the display reader as it comes, except that a key
+    pressed again right after its release waits out SAME_KEY_GAP (see there)."""
+    messages = rfb.ClientMessageReader()
+    released: dict[int, float] = {}  # keysym → when its release went to the reader
+    async for data in attempt.input_recv:
+        try:
+            parsed = messages.feed(data)
+        except rfb.RfbError:
+            # the reader parses the stream again and says what is wrong; pass it on as it is
+            messages = rfb.ClientMessageReader()
+            reader.send_input(data)
+            continue
+        batch = bytearray()
+        for message, wire in parsed:
+            if isinstance(message, rfb.KeyEvent):
+                if message.down and message.key in released:
+                    wait = released.pop(message.key) + SAME_KEY_GAP - trio.current_time()
+                    if wait > 0:
+                        if batch:
+                            reader.send_input(bytes(batch))
+                            batch.clear()
+                        await trio.sleep(wait)
+                elif not message.down:
+                    if len(released) > 64:
+                        released.clear()
+                    released[message.key] = trio.current_time()
+            batch += wire
+        if batch:
+            reader.send_input(bytes(batch))
+
+
+class _ReaderEvents:
+    """What the private display's VNC reader reports, as the RDP attempt's events. The reader
+    reports on the loop (it is opened there), so the trio event may be set directly."""
+
+    def __init__(self, attempt: _Attempt, detail: str, lost: trio.Event, why: list[str]) -> None:
+        self._attempt = attempt
+        self._detail = detail
+        self._lost = lost
+        self._why = why
+
+    def opened(self, detail: str = "") -> None:
+        self._attempt.report("opened", self._detail)
+
+    def display(self, items: tuple[Any, ...]) -> None:
+        self._attempt.report("display", items)
+
+    def output(self, data: bytes) -> None:  # pragma: no cover - an RFB reader reports display items
+        self._attempt.report("output", data)
+
+    def closed(self, detail: str = "") -> None:
+        self._end(detail)
+
+    def failed(self, detail: str, retryable: bool = True) -> None:
+        self._end(detail)
+
+    def _end(self, detail: str) -> None:
+        self._why.append(detail)
+        self._lost.set()
+
 
 # --- the connection -----------------------------------------------------------------------------
 
@@ -674,8 +759,15 @@ class RdpConnection:
             attempt.report("failed", "the gateway's network loop is not running", False)
 
     def send_input(self, data: bytes) -> None:
-        # The controller's keys and pointer reach the private display through the VNC path.
-        log.debug("rdp %s: %d input bytes before the display reader is attached", self.where, len(data))
+        """The controller's RFB client messages (keys, pointer, clipboard), to the private display,
+        where FreeRDP turns them into the server's scancodes and pointer events."""
+        attempt = self._attempt
+        if attempt is None or attempt.closed or attempt.reader is None or not data:
+            return  # not connected yet: there is no desktop to type into
+        try:
+            self._bridge.call_soon(attempt.feed, bytes(data))
+        except LoopClosed:
+            pass
 
     def resize(self, cols: int, rows: int) -> None:
         """The desktop keeps the size it was opened with."""
@@ -794,10 +886,30 @@ class RdpConnection:
             if active.is_set():
                 detail = (f"{self._credentials.username or '-'}@{self.where} (RDP, "
                           f"{run.security or 'negotiated'} security, {display.width}x{display.height})")
-                attempt.report("opened", detail)
+                nursery.start_soon(self._read_display, attempt, display, detail)
             await freerdp.wait()
             self._certificate_changed(attempt, run)
             raise describe_exit(run, self.where, self._credentials.username, active.is_set())
+
+    async def _read_display(self, attempt: _Attempt, display: PrivateDisplay, detail: str) -> None:
+        """The gateway's VNC path reads the private display: its reports become this attempt's,
+        with `opened` (FreeRDP's detail) once it reads. If it stops, the attempt fails."""
+        lost = trio.Event()
+        why: list[str] = []
+        reader = VncConnection(self._bridge, socket_path=display.rfb_socket,
+                               connect_timeout=self._options.connect_timeout)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_pace_input, attempt, reader)
+                reader.open(_ReaderEvents(attempt, detail, lost, why), display.width, display.height)
+                attempt.reader = reader
+                await lost.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            attempt.reader = None
+            reader.close()
+        log.error("rdp %s: reading the private display stopped: %s", self.where, why[0] if why else "?")
+        raise _Failure("the session's private display could not be read", True)
 
     async def _watch_display(self, attempt: _Attempt, xvnc: _Child) -> None:
         status = await xvnc.wait()
