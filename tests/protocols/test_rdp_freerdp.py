@@ -18,7 +18,8 @@ from engine.connection import Credentials
 import numpy as np
 
 from protocols import rfb
-from protocols.rdp import DRIVE_NAME, RdpConnection, RdpOptions, certificate_fingerprint
+from protocols.freerdp import DRIVE_NAME, RdpOptions, certificate_fingerprint
+from protocols.rdp import RdpConnection
 from tests.fixtures.rdp import RdpServer, rdp_children, read_xwd
 from tests.fixtures.xvnc import DisplayRecorder as EventRecorder
 
@@ -316,10 +317,10 @@ async def test_the_private_display_dying_fails_the_attempt(ssh_bridge, rdp_serve
 DIES_WITH_ITS_PARENT = """
 import sys, trio
 from pathlib import Path
-from protocols.rdp import RdpOptions, start_private_display
+from protocols.private_display import start_private_display
 
 async def main():
-    child, display, _ = await start_private_display(Path(sys.argv[1]), RdpOptions())
+    child, display, _ = await start_private_display(Path(sys.argv[1]), 1280, 800)
     print(child.pid, flush=True)
     await trio.sleep_forever()
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 
 from engine.connection import Credentials
-from protocols.rdp import (
-    FreeRdpRun, RdpConnection, RdpOptions, _Ended, _Failure, certificate_fingerprint, describe_exit,
+from protocols.freerdp import (
+    AttemptFailed, FreeRdpRun, RdpOptions, ServerEnded, certificate_fingerprint, describe_exit,
 )
+from protocols.rdp import RdpConnection
 
 WHERE = "win.example:3389"
 FINGERPRINT = ":".join(f"{i:02x}" for i in range(32))
@@ -51,13 +52,13 @@ def test_a_fallback_to_initial_keeps_the_furthest_state():
 ])
 def test_the_servers_own_reasons_end_the_session(code, detail):
     ended = describe_exit(run_of(state("ACTIVE"), returncode=code), WHERE, "alice", was_active=True)
-    assert isinstance(ended, _Ended) and ended.detail == detail
+    assert isinstance(ended, ServerEnded) and ended.detail == detail
 
 
 @pytest.mark.parametrize("code", [132, 134, 154])
 def test_authentication_failures_are_final(code):
     failure = describe_exit(run_of(state("NLA"), returncode=code), WHERE, "alice", was_active=False)
-    assert isinstance(failure, _Failure)
+    assert isinstance(failure, AttemptFailed)
     assert (failure.detail, failure.retryable) == ("authentication failed for user alice", False)
 
 
@@ -76,7 +77,7 @@ def test_a_connection_closed_during_nla_is_an_authentication_failure():
 ])
 def test_losing_an_active_session_is_retryable(code, retryable, text):
     failure = describe_exit(run_of(state("ACTIVE"), returncode=code), WHERE, "alice", was_active=True)
-    assert isinstance(failure, _Failure)
+    assert isinstance(failure, AttemptFailed)
     assert (failure.detail, failure.retryable) == (text, retryable)
 
 
@@ -89,7 +90,7 @@ def test_losing_an_active_session_is_retryable(code, retryable, text):
 ])
 def test_account_refusals_are_final_and_named(code, text):
     failure = describe_exit(run_of(state("NLA"), returncode=code), WHERE, "alice", was_active=False)
-    assert isinstance(failure, _Failure) and failure.retryable is False
+    assert isinstance(failure, AttemptFailed) and failure.retryable is False
     assert failure.detail == f"{text} (user alice on {WHERE})"
 
 
