@@ -162,8 +162,8 @@ class _ReaderEvents:
     def opened(self, detail: str = "") -> None:
         self._attempt.report("opened", self._detail)
 
-    def display(self, items: tuple[Any, ...]) -> None:
-        self._attempt.report("display", items)
+    def display(self, items: tuple[Any, ...], applied: Callable[[], None] | None = None) -> None:
+        self._attempt.report("display", items, applied)
 
     def output(self, data: bytes) -> None:  # pragma: no cover - an RFB reader reports display items
         self._attempt.report("output", data)

@@ -12,7 +12,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from engine.messages import EndpointProtocol
-from tests.dashboard.test_desktop_browser import PASSWORD, Desk
+from tests.dashboard.test_desktop_browser import PASSWORD, WAIT, Desk
 from tests.fixtures.rdp import RdpServer, rdp_children
 
 pytestmark = [pytest.mark.browser, pytest.mark.rdp]
@@ -102,7 +102,7 @@ def test_a_joint_rdp_session(live_gateway, browser, rdp_server_to_kill):
 
         server.kill()
         for page in (controller, viewer, late):
-            expect(page.get_by_test_id("notice")).to_contain_text("The connection to the endpoint failed")
+            expect(page.get_by_test_id("notice")).to_contain_text("The connection to the endpoint failed", timeout=WAIT)
             assert page.get_by_test_id("notice").get_attribute("data-reason") == "endpoint_failed"
             expect(page.get_by_test_id("state")).to_have_text("ended")
         expect(controller.get_by_test_id("ctrl-alt-del")).to_be_hidden()
@@ -123,9 +123,9 @@ def test_a_wrong_password_from_the_launcher_is_refused_with_a_clear_message(live
         with page.context.expect_page() as opened:
             page.get_by_test_id("access").click()
         session = opened.value
-        session.set_default_timeout(30_000)
+        session.set_default_timeout(WAIT)
         expect(session.get_by_test_id("notice")).to_contain_text(
-            f"The connection to the endpoint failed: authentication failed for user {server.username}")
+            f"The connection to the endpoint failed: authentication failed for user {server.username}", timeout=WAIT)
         assert session.get_by_test_id("notice").get_attribute("data-reason") == "endpoint_failed"
         assert server.password not in session.content()
         no_rdp_process_left()
