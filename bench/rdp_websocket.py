@@ -15,7 +15,7 @@ What runs (the same for both sides):
   marker square repainted on each `m` key, the whole screen replaced on each `f` key);
 - **direct** (how an RDP desktop is shared without cosession): every participant runs its own
   `xfreerdp` connected to the server, with the options cosession uses
-  (`protocols.rdp.freerdp_options`), each drawing full-screen into its own Xvnc of the same size
+  (`protocols.freerdp.freerdp_options`), each drawing full-screen into its own Xvnc of the same size
   (an X display to draw in, read over its unix socket); the controller's keys go in through its
   own display. The server encodes for every client;
 - **cosession**: the gateway (in its own process, `--gateway-child`) with one RDP endpoint on
@@ -192,19 +192,20 @@ class DirectClient:
         self.display: Any = None
 
     async def start(self, host: str, port: int) -> None:
-        from protocols.freerdp import XFREERDP, RdpOptions, freerdp_options
-        from protocols.private_display import child_environment, start_private_display
+        from protocols.freerdp import XFREERDP, RdpOptions, freerdp_environment, freerdp_options
+        from protocols.xvnc import start_xvnc
 
         for sub in ("home", "config", "certs"):
             (self.work / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.xvnc, self.display, _ = await start_private_display(self.work, WIDTH, HEIGHT)
+        self.xvnc, self.display, _ = await start_xvnc(self.work, width=WIDTH, height=HEIGHT, unix_socket=True,
+                                                      cut_text=False, resizable=False)
         read, write = os.pipe()
         os.write(write, b"\n")  # no password: the shadow server runs without authentication
         os.close(write)
         self.freerdp = subprocess.Popen(
-            [XFREERDP, *freerdp_options(host, port, RdpOptions(width=WIDTH, height=HEIGHT), self.display)],
+            [XFREERDP, *freerdp_options(host, port, RdpOptions(width=WIDTH, height=HEIGHT))],
             stdin=read, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            env=child_environment(self.work, self.display), cwd=self.work, start_new_session=True)
+            env=freerdp_environment(self.work, self.display), cwd=self.work, start_new_session=True)
         os.close(read)
 
     def pids(self) -> list[int]:
@@ -244,7 +245,7 @@ class DirectSide(Side):
         await client.start(self.server.host, self.server.port)
         self.clients[name] = client
         viewer = _DirectViewer(name, client)
-        viewer.ws = UnixRfb(await trio.open_unix_socket(client.display.rfb_socket))
+        viewer.ws = UnixRfb(await trio.open_unix_socket(client.display.socket_path))
         viewer.stream = WsBytes(viewer.ws, viewer.on_text)
         reader, framing = await viewer.rfb(password=None, request_updates=True)
         nursery.start_soon(lambda: viewer.read_updates(reader, framing, request_updates=True))

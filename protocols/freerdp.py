@@ -23,13 +23,23 @@ its certificate store.
 from __future__ import annotations
 
 import base64
+import collections
+import logging
+import os
 import re
+import shutil
 import signal
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
+
+import trio
 
 from engine import Credentials
-from protocols.private_display import PrivateDisplay
+from protocols.xvnc import Child, XvncDisplay
+
+log = logging.getLogger(__name__)
 
 XFREERDP = "xfreerdp"
 DRIVE_NAME = "cosession"  # the redirected folder's name on the RDP server ("\\tsclient\cosession")
@@ -46,6 +56,8 @@ _CHANGED_FINGERPRINT = re.compile(r"fingerprint for the host key sent by the rem
 # FreeRDP logs at WARN and above, and at DEBUG the two tags that tell the connection's progress:
 # its state transitions (CONNECTION_STATE_ACTIVE means connected) and the negotiated security.
 _LOG_FILTERS = "com.freerdp.core.connection:DEBUG,com.freerdp.core.nego:DEBUG"
+_OUTPUT_TAIL = 40  # warnings kept to explain an exit
+_MAX_LINE = 4096  # longer output lines are cut
 
 
 
@@ -229,9 +241,9 @@ def stage(run: FreeRdpRun) -> str:
     return run.furthest.lower().replace("_", " ")
 
 
-def freerdp_options(host: str, port: int, options: RdpOptions, display: PrivateDisplay) -> list[str]:
-    """xfreerdp's options for a session on `display` (bench/rdp_websocket.py runs its direct
-    clients with the same ones)."""
+def freerdp_options(host: str, port: int, options: RdpOptions, drive: str | None = None) -> list[str]:
+    """xfreerdp's options for a session (bench/rdp_websocket.py runs its direct clients with the
+    same ones); `drive`: the folder to redirect, when the profile allows one."""
     address = f"[{host}]" if ":" in host else host
     argv = [
         f"/v:{address}:{port}", "/f", "-toggle-fullscreen", "-decorations",
@@ -241,8 +253,8 @@ def freerdp_options(host: str, port: int, options: RdpOptions, display: PrivateD
     ]
     if options.security:
         argv.append(f"/sec:{options.security}")
-    if display.drive:
-        argv.append(f"/drive:{DRIVE_NAME},{display.drive}")
+    if drive:
+        argv.append(f"/drive:{DRIVE_NAME},{drive}")
     return argv
 
 
@@ -285,3 +297,95 @@ def check_credentials(credentials: Credentials) -> None:
             raise ValueError(f"an RDP {what} cannot contain a line break or a NUL character")
     if len((credentials.password or "").encode()) > MAX_PASSWORD_BYTES:
         raise ValueError(f"an RDP password is at most {MAX_PASSWORD_BYTES} bytes long here")
+
+
+def freerdp_environment(work: Path, display: XvncDisplay) -> dict[str, str]:
+    """xfreerdp's whole environment, built rather than inherited, so that nothing of the
+    gateway's own (its keys, its settings) reaches it: its home and configuration (its
+    certificate store) in the attempt's directory, no certificate authorities (every server's
+    certificate is pinned on first use), the display and its cookie."""
+    return {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(work / "home"),
+        "XDG_CONFIG_HOME": str(work / "config"),
+        "LANG": "C.UTF-8",
+        "SSL_CERT_DIR": str(work / "certs"),
+        "SSL_CERT_FILE": str(work / "certs" / "none.pem"),
+        "DISPLAY": display.name,
+        "XAUTHORITY": display.xauthority,
+    }
+
+
+class WorkingDirectory:
+    """An attempt's private directory (0700): the display's files, xfreerdp's home,
+    configuration (its certificate store) and empty certificate directory, the `.rdp` file, and
+    the redirected folder when the profile allows one. Removed with everything in it at the end."""
+
+    def __init__(self, drive: bool) -> None:
+        self.path = Path(tempfile.mkdtemp(prefix="cosession-rdp-"))
+        for sub in ("home", "config", "certs") + (("drive",) if drive else ()):
+            (self.path / sub).mkdir(mode=0o700)
+
+    def remove(self) -> None:
+        def report(function: object, path: str, exc_info: object) -> None:
+            log.warning("rdp: could not remove %s from a session's working directory", path)
+
+        shutil.rmtree(self.path, onerror=report)
+
+
+def start_freerdp(work: Path, display: XvncDisplay, host: str, port: int, options: RdpOptions,
+                  credentials: Credentials) -> tuple[Child, int]:
+    """xfreerdp on `display`; returns it and the reading end of its output (a pty)."""
+    argv = [XFREERDP]
+    if credentials.username:
+        rdp_file = work / "connection.rdp"
+        fd = os.open(rdp_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"username:s:{credentials.username}\n")
+        argv.append(str(rdp_file))
+    argv += freerdp_options(host, port, options, str(work / "drive") if options.drive else None)
+    # The password goes into a pipe, closed before xfreerdp starts: FreeRDP reads it byte by
+    # byte from its standard input (/from-stdin:force) before connecting.
+    stdin_read, stdin_write = os.pipe()
+    try:
+        os.write(stdin_write, (credentials.password or "").encode() + b"\n")
+    finally:
+        os.close(stdin_write)
+    # FreeRDP logs through stdio: a pty makes its output line-buffered, so that each state is
+    # heard of as it happens.
+    master, slave = os.openpty()
+    try:
+        child = Child.spawn(XFREERDP, argv, stdin=stdin_read, stdout=slave, stderr=slave,
+                            env=freerdp_environment(work, display), cwd=work)
+    except BaseException:
+        os.close(master)
+        raise
+    finally:
+        os.close(stdin_read)
+        os.close(slave)
+    return child, master
+
+
+async def read_output(output_fd: int, run: FreeRdpRun, on_active: Callable[[], None], where: str) -> list[str]:
+    """xfreerdp's output until it ends (every writer of its pty gone), noted in `run`;
+    `on_active()` when it says its connection is active. Returns its last warnings."""
+    tail: collections.deque[str] = collections.deque(maxlen=_OUTPUT_TAIL)
+    pending = bytearray()
+    async with trio.lowlevel.FdStream(output_fd) as output:
+        while True:
+            try:
+                chunk = await output.receive_some(65536)
+            except trio.BrokenResourceError:  # EIO: the pty's other side has closed
+                chunk = b""
+            if not chunk:
+                return list(tail)
+            pending += chunk
+            *lines, rest = pending.split(b"\n")
+            pending = bytearray(rest[-_MAX_LINE:])
+            for raw in lines:
+                line = raw[:_MAX_LINE].decode(errors="replace").rstrip("\r")
+                if run.note(line):
+                    on_active()
+                if "[WARN]" in line or "[ERROR]" in line or "[FATAL]" in line:
+                    tail.append(line)
+                    log.debug("rdp %s: freerdp: %s", where, line)

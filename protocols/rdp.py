@@ -3,7 +3,7 @@ read through the gateway's VNC path. docs/rdp.md describes the design.
 
 Per attempt (each `open`), on the trio loop, the connection owns two child processes in a
 private working directory (`cosession-rdp-*`, mode 0700): the session's private display
-(`protocols.private_display`: Xvnc on a unix socket, an X cookie, sized to the session) and
+(`protocols.xvnc`: Xvnc on a unix socket, an X cookie, sized to the session) and
 `xfreerdp` on it (`protocols.freerdp`: its options, output and exit statuses). The password
 reaches xfreerdp on its standard input, written into a pipe and closed before it starts: never
 on a command line, in an environment, a file or a log; the user name goes in a `.rdp` file in
@@ -28,10 +28,8 @@ endpoint is pinned the same way, as SSH host keys are.
 
 from __future__ import annotations
 
-import collections
 import errno
 import logging
-import os
 import socket
 import threading
 from pathlib import Path
@@ -43,14 +41,12 @@ from engine import Credentials, EndpointEvents, LoopBridge, LoopClosed
 from protocols import rfb
 from protocols.attempts import split_cancelled
 from protocols.freerdp import (
-    XFREERDP, AttemptFailed, FreeRdpRun, RdpOptions, ServerEnded, accepted_certificate, certificate_fingerprint,
-    check_credentials, describe_exit, freerdp_options, stage, write_known_certificate,
-)
-from protocols.private_display import (
-    Child, DisplayFailed, PrivateDisplay, WindowWatch, WorkingDirectory, child_environment, remove_display_files,
-    start_private_display,
+    AttemptFailed, FreeRdpRun, RdpOptions, ServerEnded, WorkingDirectory, accepted_certificate,
+    certificate_fingerprint, check_credentials, describe_exit, read_output, stage, start_freerdp,
+    write_known_certificate,
 )
 from protocols.vnc import VncConnection
+from protocols.xvnc import Child, WindowWatch, XvncDisplay, XvncUnavailable, remove_stale_socket, start_xvnc
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +55,6 @@ INPUT_QUEUE_CHUNKS = 512  # controller input waiting for the display; more is dr
 # and drops the release (xf_event_KeyReleaseOrIgnore), so a doubled letter typed by a script
 # ("ll" in one burst) loses a letter. A press of the key just released waits this long.
 SAME_KEY_GAP = 0.02
-_OUTPUT_TAIL = 40  # FreeRDP log lines kept to explain an exit
-_MAX_LINE = 4096  # longer FreeRDP output lines are cut
 
 
 # --- one attempt --------------------------------------------------------------------------------
@@ -78,7 +72,7 @@ class _Attempt:
         self.finished = False
         self.scope = trio.CancelScope()
         self.done = trio.Event()  # the attempt's task has ended: children reaped, directory gone
-        self.display: PrivateDisplay | None = None
+        self.display: XvncDisplay | None = None
         self.children: list[Child] = []
         self.reader: VncConnection | None = None  # reads the private display, once FreeRDP is active
         self.input_send, self.input_recv = trio.open_memory_channel[bytes](INPUT_QUEUE_CHUNKS)
@@ -209,10 +203,18 @@ class RdpConnection:
         return f"{self._host}:{self._port}"
 
     @property
-    def display(self) -> PrivateDisplay | None:
+    def display(self) -> XvncDisplay | None:
         """The current attempt's private display, once it runs."""
         attempt = self._attempt
         return attempt.display if attempt is not None else None
+
+    @property
+    def drive(self) -> str | None:
+        """The current attempt's redirected folder (\\\\tsclient\\cosession on the server), if any."""
+        attempt = self._attempt
+        if attempt is None or attempt.display is None or not self._options.drive:
+            return None
+        return str(Path(attempt.display.xauthority).parent / "drive")
 
     def child_pids(self) -> list[int]:
         """The current attempt's child processes (Xvnc, xfreerdp) that have not been reaped."""
@@ -298,9 +300,9 @@ class RdpConnection:
         elif isinstance(exc, AttemptFailed):
             log.warning("rdp %s: %s (%s)", self.where, exc.detail, "retryable" if exc.retryable else "final")
             attempt.report("failed", exc.detail, exc.retryable)
-        elif isinstance(exc, DisplayFailed):
-            log.warning("rdp %s: %s (retryable)", self.where, exc.detail)
-            attempt.report("failed", exc.detail, True)
+        elif isinstance(exc, XvncUnavailable):
+            log.warning("rdp %s: the private display: %s (retryable)", self.where, exc)
+            attempt.report("failed", "the session's private display did not start or stopped answering", True)
         else:
             log.error("rdp %s: internal error", self.where, exc_info=exc)
             attempt.report("failed", f"internal error in the RDP connection to {self.where} "
@@ -308,7 +310,7 @@ class RdpConnection:
 
     async def _attempt_session(self, attempt: _Attempt) -> None:
         await self._probe()
-        work = WorkingDirectory("cosession-rdp-")
+        work = WorkingDirectory(self._options.drive)
         try:
             await self._in_working_directory(attempt, work.path)
         finally:
@@ -316,7 +318,7 @@ class RdpConnection:
                 for child in attempt.children:
                     await child.end()
             if attempt.display is not None and attempt.children:
-                remove_display_files(attempt.display, attempt.children[0])
+                remove_stale_socket(attempt.display, attempt.children[0])
             work.remove()
 
     async def _probe(self) -> None:
@@ -343,8 +345,8 @@ class RdpConnection:
 
     async def _in_working_directory(self, attempt: _Attempt, work: Path) -> None:
         options = self._options
-        xvnc, display, cookie = await start_private_display(work, options.width, options.height,
-                                                            clipboard=options.clipboard, drive=options.drive)
+        xvnc, display, cookie = await start_xvnc(work, width=options.width, height=options.height, unix_socket=True,
+                                                 cut_text=options.clipboard, resizable=False, name="cosession RDP")
         attempt.children.append(xvnc)
         attempt.display = display
         window = await WindowWatch.subscribe(display, cookie)
@@ -379,12 +381,12 @@ class RdpConnection:
             self._certificate_changed(attempt, run)
             raise describe_exit(run, self.where, self._credentials.username, active.is_set())
 
-    async def _read_display(self, attempt: _Attempt, display: PrivateDisplay, detail: str) -> None:
+    async def _read_display(self, attempt: _Attempt, display: XvncDisplay, detail: str) -> None:
         """The gateway's VNC path reads the private display: its reports become this attempt's,
         with `opened` (FreeRDP's detail) once it reads. If it stops, the attempt fails."""
         lost = trio.Event()
         why: list[str] = []
-        reader = VncConnection(self._bridge, socket_path=display.rfb_socket,
+        reader = VncConnection(self._bridge, socket_path=display.socket_path,
                                connect_timeout=self._options.connect_timeout)
         try:
             async with trio.open_nursery() as nursery:
@@ -407,66 +409,21 @@ class RdpConnection:
     async def _watch_freerdp(self, child: Child, output_fd: int, run: FreeRdpRun,
                              active: trio.Event, settled: trio.Event) -> None:
         """Reads xfreerdp's output until it ends (its pty closes), then reaps it."""
-        tail: collections.deque[str] = collections.deque(maxlen=_OUTPUT_TAIL)
-        pending = bytearray()
-        async with trio.lowlevel.FdStream(output_fd) as output:
-            while True:
-                try:
-                    chunk = await output.receive_some(65536)
-                except trio.BrokenResourceError:  # EIO: every writer of the pty has gone
-                    chunk = b""
-                if not chunk:
-                    break
-                pending += chunk
-                *lines, rest = pending.split(b"\n")
-                pending = bytearray(rest[-_MAX_LINE:])
-                for raw in lines:
-                    line = raw[:_MAX_LINE].decode(errors="replace").rstrip("\r")
-                    if run.note(line):
-                        active.set()
-                        settled.set()
-                    if "[WARN]" in line or "[ERROR]" in line or "[FATAL]" in line:
-                        tail.append(line)
-                        log.debug("rdp %s: freerdp: %s", self.where, line)
+        def on_active() -> None:
+            active.set()
+            settled.set()
+
+        warnings = await read_output(output_fd, run, on_active, self.where)
         run.returncode = await child.wait()
         settled.set()
         if run.returncode not in (0, None) and not active.is_set():
             log.info("rdp %s: xfreerdp exited with status %s; its last warnings: %s", self.where,
-                     run.returncode, " | ".join(list(tail)[-6:]))
+                     run.returncode, " | ".join(warnings[-6:]))
 
-    def _start_freerdp(self, work: Path, display: PrivateDisplay) -> tuple[Child, int]:
-        """xfreerdp on the private display; returns it and the reading end of its output."""
-        creds = self._credentials
-        argv = [XFREERDP]
-        if creds.username:
-            rdp_file = work / "connection.rdp"
-            fd = os.open(rdp_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(f"username:s:{creds.username}\n")
-            argv.append(str(rdp_file))
-        argv += freerdp_options(self._host, self._port, self._options, display)
+    def _start_freerdp(self, work: Path, display: XvncDisplay) -> tuple[Child, int]:
         if self._known_certificate:
             write_known_certificate(work / "config", self._host, self._port, self._known_certificate)
-        # The password goes into a pipe, closed before xfreerdp starts: FreeRDP reads it byte
-        # by byte from its standard input (/from-stdin:force) before connecting.
-        stdin_read, stdin_write = os.pipe()
-        try:
-            os.write(stdin_write, (creds.password or "").encode() + b"\n")
-        finally:
-            os.close(stdin_write)
-        # FreeRDP logs through stdio: a pty makes its output line-buffered, so the connection
-        # hears of each state as it happens.
-        master, slave = os.openpty()
-        try:
-            child = Child.spawn(XFREERDP, argv, stdin=stdin_read, stdout=slave, stderr=slave,
-                                 env=child_environment(work, display), cwd=work)
-        except BaseException:
-            os.close(master)
-            raise
-        finally:
-            os.close(stdin_read)
-            os.close(slave)
-        return child, master
+        return start_freerdp(work, display, self._host, self._port, self._options, self._credentials)
 
     def _record_certificate(self, attempt: _Attempt, work: Path) -> None:
         """First use: the fingerprint FreeRDP accepted and wrote to its store, if it did."""
@@ -494,4 +451,4 @@ class RdpConnection:
 
 def _ours(exc: BaseException) -> bool:
     """A failure this module described beats the cancellations and errors it caused."""
-    return isinstance(exc, (ServerEnded, AttemptFailed, DisplayFailed))
+    return isinstance(exc, (ServerEnded, AttemptFailed, XvncUnavailable))

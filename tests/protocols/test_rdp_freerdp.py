@@ -53,8 +53,8 @@ async def ended_and_gone(conn: RdpConnection) -> None:
     assert rdp_children() == []
     assert conn.child_pids() == []
     if display is not None:
-        assert not Path(display.rfb_socket).parent.exists()
-        assert not stale_x_socket(display.number)
+        assert not Path(display.socket_path).parent.exists()
+        assert not stale_x_socket(display.display)
 
 
 def stale_x_socket(number: int) -> bool:
@@ -110,8 +110,8 @@ async def test_private_display_shows_the_servers_desktop(ssh_bridge, rdp_server)
     await wait_same_screen(events, rdp_server)
     assert close_to(read_xwd(display.name, display.xauthority), rdp_server.screen())[0]
     # the X server and the RFB socket are private to the gateway
-    assert oct(Path(display.rfb_socket).stat().st_mode & 0o777) == "0o600"
-    assert oct(Path(display.rfb_socket).parent.stat().st_mode & 0o777) == "0o700"
+    assert oct(Path(display.socket_path).stat().st_mode & 0o777) == "0o600"
+    assert oct(Path(display.socket_path).parent.stat().st_mode & 0o777) == "0o700"
     env = {"PATH": os.environ["PATH"], "DISPLAY": display.name}  # no cookie
     refused = subprocess.run(["xdpyinfo"], env=env, capture_output=True, timeout=10)
     assert refused.returncode != 0
@@ -193,7 +193,7 @@ async def test_the_password_is_in_no_command_line_environment_or_file(ssh_bridge
             scanned += 1
             assert secret not in data, f"the password is in /proc/{entry}/{what}"
     assert scanned > 20
-    work = Path(conn.display.rfb_socket).parent
+    work = Path(conn.display.socket_path).parent
     files = [p for p in work.rglob("*") if p.is_file()]
     assert any(p.name == "connection.rdp" for p in files)
     for path in files:
@@ -215,15 +215,15 @@ async def test_clipboard_and_drive_only_when_allowed(ssh_bridge, rdp_server):
     conn, _ = await open_desktop(ssh_bridge, rdp_server)
     argv = freerdp_argv(conn)
     assert "-clipboard" in argv and not any(a.startswith("/drive:") for a in argv)
-    assert conn.display.drive is None
+    assert conn.drive is None
     conn.close()
     await ended_and_gone(conn)
 
     conn, _ = await open_desktop(ssh_bridge, rdp_server, options=RdpOptions(clipboard=True, drive=True))
     argv = freerdp_argv(conn)
     assert "+clipboard" in argv
-    assert f"/drive:{DRIVE_NAME},{conn.display.drive}" in argv
-    assert Path(conn.display.drive).is_dir()
+    assert f"/drive:{DRIVE_NAME},{conn.drive}" in argv
+    assert Path(conn.drive).is_dir()
     conn.close()
     await ended_and_gone(conn)
 
@@ -317,10 +317,10 @@ async def test_the_private_display_dying_fails_the_attempt(ssh_bridge, rdp_serve
 DIES_WITH_ITS_PARENT = """
 import sys, trio
 from pathlib import Path
-from protocols.private_display import start_private_display
+from protocols.xvnc import start_xvnc
 
 async def main():
-    child, display, _ = await start_private_display(Path(sys.argv[1]), 1280, 800)
+    child, display, _ = await start_xvnc(Path(sys.argv[1]), width=1280, height=800, unix_socket=True)
     print(child.pid, flush=True)
     await trio.sleep_forever()
 
