@@ -32,7 +32,7 @@ async def test_demo_desktop_shows_its_clients_and_leaves_nothing(vnc_bridge, tmp
         nursery.cancel_scope.cancel()
     with pytest.raises(OSError):
         await trio.open_tcp_stream(demo.host, demo.port)
-    assert not Path(f"/tmp/.X{demo.display}-lock").exists()
+    assert not Path(f"/tmp/.X11-unix/X{demo.display}").exists()  # -displayfd: the socket claims the number
 
 
 async def test_a_private_display_on_a_unix_socket_only(vnc_bridge):
