@@ -73,8 +73,8 @@ from bench.ssh_websocket import (  # noqa: E402 - the path above first
     cpu_sample, cpu_seconds, machine_info,
 )
 from bench.vnc_websocket import (  # noqa: E402
-    HEIGHT, PASSWORD, WIDTH, BenchError, CosessionSide as _VncCosessionSide, Side, Viewer, WsBytes,
-    phase_full, phase_late, phase_marks, say,
+    HEIGHT, PASSWORD, WIDTH, BenchError, CosessionSide as _VncCosessionSide, Side, Viewer, WsBytes, pct,
+    phase_full, phase_marks, say, wait_until,
 )
 
 SECTION = "## Joint RDP sessions through real websockets"
@@ -123,7 +123,7 @@ def gateway_child() -> int:
                                                joint_session=True)
             for name in config["users"]:
                 user = services.users.create(name, PASSWORD)
-                services.access.grant(record.id, user.id)
+                services.grants.grant(record.id, user.id)
             reply({"base_url": gateway.base_url, "endpoint": record.id, "pid": os.getpid()})
             for line in sys.stdin:
                 if line.strip() == "stop":
@@ -186,19 +186,24 @@ class DirectClient:
     """One participant's own RDP client: xfreerdp full-screen in its own Xvnc."""
 
     def __init__(self, work: Path) -> None:
+        import trio
+
         self.work = work
         self.xvnc: Any = None
         self.freerdp: subprocess.Popen | None = None
         self.display: Any = None
+        self.mapped = trio.Event()  # xfreerdp's window is on its display: what it draws now is the desktop
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, nursery: Any, host: str, port: int) -> None:
         from protocols.freerdp import XFREERDP, RdpOptions, freerdp_environment, freerdp_options
-        from protocols.xvnc import start_xvnc
+        from protocols.xvnc import WindowWatch, start_xvnc
 
         for sub in ("home", "config", "certs"):
             (self.work / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.xvnc, self.display, _ = await start_xvnc(self.work, width=WIDTH, height=HEIGHT, unix_socket=True,
-                                                      cut_text=False, resizable=False)
+        self.xvnc, self.display, cookie = await start_xvnc(self.work, width=WIDTH, height=HEIGHT, unix_socket=True,
+                                                           cut_text=False, resizable=False)
+        window = await WindowWatch.subscribe(self.display, cookie)
+        nursery.start_soon(window.wait_mapped, self.mapped)
         read, write = os.pipe()
         os.write(write, b"\n")  # no password: the shadow server runs without authentication
         os.close(write)
@@ -242,7 +247,7 @@ class DirectSide(Side):
         import trio
 
         client = DirectClient(self.work / name)
-        await client.start(self.server.host, self.server.port)
+        await client.start(nursery, self.server.host, self.server.port)
         self.clients[name] = client
         viewer = _DirectViewer(name, client)
         viewer.ws = UnixRfb(await trio.open_unix_socket(client.display.socket_path))
@@ -317,6 +322,39 @@ async def phase_cpu(side: Any, viewers: list[Viewer]) -> dict[str, Any]:
             "bytes_per_viewer_s": statistics.median(per_viewer) if per_viewer else None}
 
 
+async def phase_late(side: Any, nursery: Any, n: int, viewers: list[Viewer]) -> dict[str, Any]:
+    """As the VNC benchmark's: a viewer leaves, then each late joiner in turn joins (a user of
+    its own) until rectangles covering the whole desktop have been read, and leaves again. A
+    direct client's display shows its own empty root first: only what it draws once xfreerdp's
+    window is mapped counts."""
+    import trio
+
+    await viewers.pop().aclose()
+    await trio.sleep(0.5)
+    times: list[float] = []
+    for i in range(side.options.late):
+        area = [0]
+        done: list[int] = []
+        started = time.perf_counter_ns()
+        viewer = await side.connect(nursery, f"u{n + i}", False)
+        client = getattr(viewer, "client", None)
+
+        def on(now: int, boxes: list, client: Any = client) -> None:
+            if client is not None and not client.mapped.is_set():
+                return
+            area[0] += sum(w * h for _, _, w, h in boxes)
+            if not done and area[0] >= WIDTH * HEIGHT:
+                done.append(now)
+
+        viewer.listeners.append(on)  # before its reader runs: it is only scheduled by connect
+        await wait_until(lambda: bool(done), 15)
+        if done:
+            times.append((done[0] - started) / 1e6)
+        await viewer.aclose()
+        await trio.sleep(0.3)
+    return {"late_p50_ms": pct(times, 50), "late_p99_ms": pct(times, 99)}
+
+
 async def measure(side: Any, options: Options) -> dict[str, Any]:
     import trio
 
@@ -339,7 +377,7 @@ async def measure(side: Any, options: Options) -> dict[str, Any]:
         result["bytes_per_viewer_kbs"] = (loaded["bytes_per_viewer_s"] or 0) / 1e3
         result.update(await phase_marks(side, controller, viewers))
         result.update(await phase_full(side, controller, viewers))
-        result.update(await phase_late(side, nursery, options.viewers + 1))
+        result.update(await phase_late(side, nursery, options.viewers + 1, viewers))
         for v in [controller, *viewers]:
             await v.aclose()
         nursery.cancel_scope.cancel()
@@ -377,8 +415,7 @@ async def _main(options: Options, server: Any, gateway: GatewayProcess | None, w
     cookies: dict[str, str] = {}
     if gateway is not None:
         base = gateway.info["base_url"]
-        cookies = {f"u{i}": await trio.to_thread.run_sync(login, base, f"u{i}", PASSWORD)
-                   for i in range(options.viewers + 2)}
+        cookies = {name: await trio.to_thread.run_sync(login, base, name, PASSWORD) for name in user_names(options)}
     runs = []
     for run in range(options.runs):
         sides: list[Any] = []
@@ -395,6 +432,11 @@ async def _main(options: Options, server: Any, gateway: GatewayProcess | None, w
             say(options, f"  {json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in result[side.name].items()})}")
         runs.append(result)
     return runs
+
+
+def user_names(options: Options) -> list[str]:
+    """The controller, the viewers, and a user for each late joiner."""
+    return [f"u{i}" for i in range(options.viewers + 1 + options.late)]
 
 
 def _workload(rate: float):
@@ -425,7 +467,7 @@ def run_benchmark(options: Options) -> dict[str, Any]:
     try:
         if "cosession" in options.sides.split(","):
             gateway = GatewayProcess({"host": server.host, "port": server.port,
-                                      "users": [f"u{i}" for i in range(options.viewers + 2)]}, work / "gateway.log")
+                                      "users": user_names(options)}, work / "gateway.log")
         say(options, f"shadow server on {server.port} (display {server.display})"
                      + (f", gateway {gateway.info['base_url']}" if gateway else ""))
         try:
