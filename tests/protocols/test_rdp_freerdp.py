@@ -115,6 +115,10 @@ async def test_private_display_shows_the_servers_desktop(ssh_bridge, rdp_server)
     env = {"PATH": os.environ["PATH"], "DISPLAY": display.name}  # no cookie
     refused = subprocess.run(["xdpyinfo"], env=env, capture_output=True, timeout=10)
     assert refused.returncode != 0
+    # no clipboard and no drive unless the profile allows them (RdpOptions' defaults)
+    argv = children_argv(conn)
+    assert "-clipboard" in argv["xfreerdp"] and not any(a.startswith("/drive:") for a in argv["xfreerdp"])
+    assert "-AcceptCutText=0" in argv["Xvnc"] and "-SendCutText=0" in argv["Xvnc"] and conn.drive is None
     conn.close()
     await ended_and_gone(conn)
     assert [e[0] for e in events.events] == ["opened"]  # nothing reported after close()
@@ -178,8 +182,21 @@ async def test_killing_the_server_fails_the_attempt_retryably(ssh_bridge, rdp_se
     await ended_and_gone(conn)
 
 
+def children_argv(conn: RdpConnection) -> dict[str, list[str]]:
+    """The command lines of the connection's children, by program name."""
+    found = {}
+    for pid in conn.child_pids():
+        argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0") if a]
+        found[Path(argv[0]).name] = argv
+    return found
+
+
 async def test_the_password_is_in_no_command_line_environment_or_file(ssh_bridge, rdp_server_nla):
-    conn, _ = await open_desktop(ssh_bridge, rdp_server_nla, options=RdpOptions(drive=True))
+    """... with the clipboard and a drive allowed (the first test: neither, by default)."""
+    conn, _ = await open_desktop(ssh_bridge, rdp_server_nla, options=RdpOptions(clipboard=True, drive=True))
+    argv = children_argv(conn)
+    assert "+clipboard" in argv["xfreerdp"] and f"/drive:{DRIVE_NAME},{conn.drive}" in argv["xfreerdp"]
+    assert "-AcceptCutText=1" in argv["Xvnc"] and Path(conn.drive).is_dir()
     secret = rdp_server_nla.password.encode()
     scanned = 0
     for entry in os.listdir("/proc"):
@@ -200,30 +217,6 @@ async def test_the_password_is_in_no_command_line_environment_or_file(ssh_bridge
         assert secret not in path.read_bytes(), f"the password is in {path}"
     pids = conn.child_pids()
     assert len(pids) == 2
-    conn.close()
-    await ended_and_gone(conn)
-
-
-async def test_clipboard_and_drive_only_when_allowed(ssh_bridge, rdp_server):
-    def freerdp_argv(conn):
-        for pid in conn.child_pids():
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if argv[0].endswith(b"xfreerdp"):
-                return [a.decode() for a in argv]
-        raise AssertionError("no xfreerdp")
-
-    conn, _ = await open_desktop(ssh_bridge, rdp_server)
-    argv = freerdp_argv(conn)
-    assert "-clipboard" in argv and not any(a.startswith("/drive:") for a in argv)
-    assert conn.drive is None
-    conn.close()
-    await ended_and_gone(conn)
-
-    conn, _ = await open_desktop(ssh_bridge, rdp_server, options=RdpOptions(clipboard=True, drive=True))
-    argv = freerdp_argv(conn)
-    assert "+clipboard" in argv
-    assert f"/drive:{DRIVE_NAME},{conn.drive}" in argv
-    assert Path(conn.drive).is_dir()
     conn.close()
     await ended_and_gone(conn)
 
