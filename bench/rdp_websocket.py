@@ -196,14 +196,19 @@ class DirectClient:
 
     async def start(self, nursery: Any, host: str, port: int) -> None:
         from protocols.freerdp import XFREERDP, RdpOptions, freerdp_environment, freerdp_options
-        from protocols.xvnc import WindowWatch, start_xvnc
+        from protocols.xvnc import WindowWatch, XvncUnavailable, start_xvnc
 
         for sub in ("home", "config", "certs"):
             (self.work / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
         self.xvnc, self.display, cookie = await start_xvnc(self.work, width=WIDTH, height=HEIGHT, unix_socket=True,
                                                            cut_text=False, resizable=False)
         window = await WindowWatch.subscribe(self.display, cookie)
-        nursery.start_soon(window.wait_mapped, self.mapped)
+
+        async def watch() -> None:
+            with contextlib.suppress(XvncUnavailable):  # the client left before its window came
+                await window.wait_mapped(self.mapped)
+
+        nursery.start_soon(watch)
         read, write = os.pipe()
         os.write(write, b"\n")  # no password: the shadow server runs without authentication
         os.close(write)
