@@ -1,7 +1,7 @@
 """Joint RDP sessions through real websockets, against 11 xfreerdp clients on FreeRDP's shadow server.
 
     .venv/bin/python bench/rdp_websocket.py [--runs 3] [--viewers 10] [--rate 10] [--marks 30]
-                                            [--full 8] [--late 8] [--json] [--write-docs docs/benchmarks.md]
+                                            [--late 8] [--json] [--write-docs docs/benchmarks.md]
 
 Needs Debian's freerdp2-x11, freerdp2-shadow-x11, xvfb, tigervnc-standalone-server and
 python3-tk (the workload program). Everything runs on 127.0.0.1 and stops by itself; every wait
@@ -10,9 +10,9 @@ is bounded. The machine is shared: read the spread, not one number.
 What runs (the same for both sides):
 
 - **the RDP server**: FreeRDP's shadow server (`freerdp-shadow-cli -auth`) sharing an Xvfb
-  display of 1920x1080x24 on which **the workload** runs (bench/vnc_workload.py, the VNC
+  display of 1280x800x24 (an RDP session's default size) on which **the workload** runs (bench/vnc_workload.py, the VNC
   benchmark's: four 320x180 photo-like regions repainted `--rate` times a second, a 96x96
-  marker square repainted on each `m` key, the whole screen replaced on each `f` key);
+  marker square repainted on each `m` key);
 - **direct** (how an RDP desktop is shared without cosession): every participant runs its own
   `xfreerdp` connected to the server, with the options cosession uses
   (`protocols.freerdp.freerdp_options`), each drawing full-screen into its own Xvnc of the same size
@@ -29,11 +29,13 @@ alternates between runs.
 
 Figures, per side:
 
-- **latency**: the controller sends `m` (KeyEvent down and up); per viewer, the time until an
-  update with a rectangle over the marker square has been read; p50 and p99 over all viewers
-  and marks, and per mark the time until the last viewer has it;
-- **full screen**: the controller sends `f`; per viewer, the time until rectangles covering 95%
-  of the screen have been read; the first and the last of the N viewers;
+- **latency**: the controller sends `m` (KeyEvent down and up), which repaints the 96x96
+  marker square in the next colour; per viewer, the time until it has read the square's new
+  colour. Colour, not rectangles: an RDP server's frames (a whole H.264 frame, a screen's worth
+  of tiles) often cover the square without changing it. Each cosession viewer decodes the
+  rectangles over the square's centre (the gateway's are stateless: a fill, a JPEG, a PNG); each
+  direct client's display is also read by a second RFB connection that asks only for the
+  square, in Raw. p50 and p99 over all viewers and marks, and per mark the last viewer;
 - **CPU**: process CPU time (utime+stime from /proc, children included) over `--seconds` of
   the steady workload, with the controller only and with the controller and N viewers, for the
   *RDP server* (the shadow server), the *gateway side* (cosession: the gateway with its
@@ -58,6 +60,7 @@ import logging
 import os
 import shutil
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -72,11 +75,13 @@ from bench.ssh_websocket import (  # noqa: E402 - the path above first
     REPLY_PREFIX, GatewayProcess as _SshGatewayProcess, _first_cause, _git_commit, _proc_status, cpu_pressure,
     cpu_sample, cpu_seconds, machine_info,
 )
+from bench.vnc_websocket import key as send_key  # noqa: E402
 from bench.vnc_websocket import (  # noqa: E402
-    HEIGHT, PASSWORD, WIDTH, BenchError, CosessionSide as _VncCosessionSide, Side, Viewer, WsBytes, pct,
-    phase_full, phase_marks, say, wait_until,
+    KEY_M, MARK, PASSWORD, BenchError, CosessionSide as _VncCosessionSide, Side, Viewer, WsBytes,
+    pct, say, wait_until,
 )
 
+WIDTH, HEIGHT = 1280, 800  # an RDP session's default size (the launcher's)
 SECTION = "## Joint RDP sessions through real websockets"
 BEGIN = "<!-- bench:rdp_websocket:begin -->"
 END = "<!-- bench:rdp_websocket:end -->"
@@ -90,7 +95,6 @@ class Options:
     rate: float = 10.0
     marks: int = 30
     mark_interval: float = 0.25
-    full: int = 8
     late: int = 8
     seconds: float = 8.0
     sides: str = "cosession,direct"
@@ -154,6 +158,92 @@ class GatewayProcess(_SshGatewayProcess):
 # =================================================================================================
 # Direct clients: xfreerdp in its own display, read over the display's unix socket
 # =================================================================================================
+
+
+MARK_CENTRE = (MARK[0] + MARK[2] // 2, MARK[1] + MARK[3] // 2)
+
+
+def _pixel_of(rect: Any, x: int, y: int) -> tuple[int, int, int] | None:
+    """The colour at (x, y) in a rectangle as the gateway or a Raw request sends it, if it is
+    there and stateless (a Tight fill, JPEG or PNG, or Raw RGBX); None otherwise."""
+    import simplejpeg
+
+    from protocols.rfb import Encoding
+    from protocols.rfb_browser import decode_png
+
+    if not (rect.x <= x < rect.x + rect.width and rect.y <= y < rect.y + rect.height):
+        return None
+    dx, dy = x - rect.x, y - rect.y
+    if rect.encoding == Encoding.RAW:
+        i = (dy * rect.width + dx) * 4
+        return rect.data[i], rect.data[i + 1], rect.data[i + 2]
+    if rect.encoding in (Encoding.TIGHT, Encoding.TIGHT_PNG):
+        kind = rect.control >> 4
+        if kind == 8:
+            return rect.data[0], rect.data[1], rect.data[2]
+        if kind == 9:
+            pixels = simplejpeg.decode_jpeg(rect.data, colorspace="RGB")
+        elif kind == 10:
+            pixels = decode_png(rect.data)
+        else:
+            return None
+        return tuple(int(c) for c in pixels[dy, dx, :3])
+    return None
+
+
+class MarkerViewer(Viewer):
+    """A participant that also knows the marker square's colour as it has read it."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.marker: tuple[int, int, int] | None = None
+        self.marker_changed: list[tuple[int, tuple[int, int, int]]] = []  # (time, colour)
+
+    def see(self, now: int, rects: list[Any]) -> None:
+        for rect in rects:
+            colour = _pixel_of(rect, *MARK_CENTRE)
+            if colour is not None and colour != self.marker:
+                self.marker = colour
+                self.marker_changed.append((now, colour))
+
+    async def read_updates(self, reader: Any, framing: Any, *, request_updates: bool) -> None:
+        """The VNC benchmark's reader, which also looks at the marker square's colour."""
+        from protocols import rfb
+        from protocols.rfb_decode import read_update
+
+        try:
+            while True:
+                (kind,) = await reader.unpack(struct.Struct(">B"))
+                if kind == 0:
+                    rects = await read_update(reader, framing, tight_png=True)
+                    now = time.perf_counter_ns()
+                    self.updates += 1
+                    if request_updates:
+                        await self.ws.send_message(rfb.pack(rfb.FramebufferUpdateRequest(
+                            True, 0, 0, framing.width, framing.height)))
+                    if self.probe is None:
+                        self.see(now, rects)
+                    boxes = [(r.x, r.y, r.width, r.height) for r in rects if r.encoding >= -260 and r.encoding not in (
+                        -223, -308, -239, -307)]
+                    for listener in list(self.listeners):
+                        listener(now, boxes)
+                elif kind == 2:
+                    continue
+                elif kind == 3:
+                    (length,) = await reader.unpack(struct.Struct(">3xI"))
+                    await reader.read(length)
+                else:
+                    raise BenchError(f"{self.name}: server message {kind}")
+        except Exception as exc:
+            if not self.closed:
+                raise BenchError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
+
+    probe: Any = None  # a direct client's marker probe, which sees the square instead
+
+
+def _differs(a: tuple[int, int, int] | None, b: tuple[int, int, int] | None) -> bool:
+    """Another marker colour (the workload's differ by far more than a JPEG's error)."""
+    return a is None or b is None or max(abs(x - y) for x, y in zip(a, b)) > 60
 
 
 class UnixRfb:
@@ -259,6 +349,8 @@ class DirectSide(Side):
         viewer.stream = WsBytes(viewer.ws, viewer.on_text)
         reader, framing = await viewer.rfb(password=None, request_updates=True)
         nursery.start_soon(lambda: viewer.read_updates(reader, framing, request_updates=True))
+        viewer.probe = MarkerProbe(viewer)
+        await viewer.probe.start(nursery, client.display.socket_path)
         return viewer
 
     def server_pids(self) -> list[int]:
@@ -275,20 +367,100 @@ class DirectSide(Side):
         return int(statistics.median(sizes)) if sizes else None
 
 
-class _DirectViewer(Viewer):
+class _DirectViewer(MarkerViewer):
     def __init__(self, name: str, client: DirectClient) -> None:
         super().__init__(name)
         self.client = client
 
     async def aclose(self) -> None:
+        self.closed = True  # before the probe's socket goes: its reader ends quietly
+        if self.probe is not None:
+            await self.probe.aclose()
         await super().aclose()
         await self.client.aclose()
+
+
+class MarkerProbe:
+    """A second RFB connection to a direct client's display that asks only for the marker
+    square, in Raw: its colour as the client shows it, at a few bytes a change."""
+
+    def __init__(self, viewer: MarkerViewer) -> None:
+        self.viewer = viewer
+        self.ws: Any = None
+
+    async def start(self, nursery: Any, socket_path: str) -> None:
+        import trio
+
+        from protocols import rfb
+        from protocols.rfb_decode import Framing, RfbReader
+
+        self.ws = UnixRfb(await trio.open_unix_socket(socket_path))
+        stream = WsBytes(self.ws, lambda text: None)
+        reader = RfbReader(stream, self.viewer.name + " (marker)")
+        await reader.read(12)
+        await self.ws.send_message(rfb.VERSION_3_8)
+        (count,) = await reader.unpack(struct.Struct(">B"))
+        await reader.read(count)
+        await self.ws.send_message(b"\x01")  # security None: the display's socket is private
+        await reader.read(4)
+        await self.ws.send_message(b"\x01")
+        width, height = await reader.unpack(struct.Struct(">HH"))
+        await reader.read(16)
+        (length,) = await reader.unpack(struct.Struct(">I"))
+        await reader.read(length)
+        self.request = rfb.pack(rfb.FramebufferUpdateRequest(True, *MARK))
+        await self.ws.send_message(rfb.pack(rfb.SetPixelFormat(rfb.RGBX)) + rfb.pack(rfb.SetEncodings((0,)))
+                                   + rfb.pack(rfb.FramebufferUpdateRequest(False, *MARK)))
+        nursery.start_soon(self._read, reader, Framing(width, height))
+
+    async def _read(self, reader: Any, framing: Any) -> None:
+        from protocols.rfb_decode import read_update
+
+        try:
+            while True:
+                (kind,) = await reader.unpack(struct.Struct(">B"))
+                if kind != 0:
+                    raise BenchError(f"{self.viewer.name} (marker): server message {kind}")
+                rects = await read_update(reader, framing)
+                self.viewer.see(time.perf_counter_ns(), rects)
+                await self.ws.send_message(self.request)
+        except Exception as exc:
+            if not self.viewer.closed:
+                raise BenchError(f"{self.viewer.name} (marker): {type(exc).__name__}: {exc}") from exc
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.ws.aclose()
 
 
 class CosessionSide(_VncCosessionSide):
     def __init__(self, options: Options, server: Any, gateway: GatewayProcess, cookies: dict[str, str]) -> None:
         super().__init__(options, server, gateway, cookies)
         self.rss_before: int | None = None
+
+    async def connect(self, nursery: Any, name: str, controller: bool) -> Viewer:
+        """The VNC benchmark's participant (its websocket, its RFB handshake), that also knows
+        the marker square's colour."""
+        from cosession.join import connect_socket
+
+        base = self.gateway.info["base_url"]
+        viewer = MarkerViewer(name)
+        path = (f"/ws/endpoints/{self.gateway.info['endpoint']}/start" if controller
+                else f"/ws/sessions/{self.session_id}")
+        socket = await connect_socket(nursery, base, path, self.cookies[name], message_queue_size=64,
+                                      connect_timeout=30)
+        viewer.ws = socket
+        viewer.stream = WsBytes(socket, viewer.on_text)
+        first = {"type": "start", "cols": 80, "rows": 24} if controller else {"type": "join"}
+        await socket.send_message(json.dumps(first))
+        reader, framing = await viewer.rfb(password=None, request_updates=False)
+        joined = next((m for m in viewer.control if m.get("type") == "joined"), None)
+        if joined is None:
+            raise BenchError(f"{name}: no joined before RFB ({viewer.control[-3:]})")
+        if controller:
+            self.session_id = joined["session_id"]
+        nursery.start_soon(lambda: viewer.read_updates(reader, framing, request_updates=True))
+        return viewer
 
     def server_pids(self) -> list[int]:
         return [self.xvnc.processes["shadow"].pid]
@@ -325,6 +497,38 @@ async def phase_cpu(side: Any, viewers: list[Viewer]) -> dict[str, Any]:
     per_viewer = [(v.stream.received - r) / wall for v, r in zip(viewers, received) if v.stream]
     return {"cpu": {name: value / wall * 100 for name, value in seconds.items()},
             "bytes_per_viewer_s": statistics.median(per_viewer) if per_viewer else None}
+
+
+def _showing(viewer: Viewer) -> bool:
+    client = getattr(viewer, "client", None)
+    return viewer.updates > 0 and (client is None or client.mapped.is_set())
+
+
+async def phase_marks(side: Any, controller: Viewer, viewers: list[MarkerViewer]) -> dict[str, Any]:
+    import trio
+
+    each: list[float] = []
+    last: list[float] = []
+    for _ in range(side.options.marks):
+        before = {v.name: v.marker for v in viewers}
+        counts = {v.name: len(v.marker_changed) for v in viewers}
+        sent = await send_key(controller, KEY_M)
+
+        def seen(v: MarkerViewer) -> int | None:
+            for when, colour in v.marker_changed[counts[v.name]:]:
+                if _differs(colour, before[v.name]):
+                    return when
+            return None
+
+        await wait_until(lambda: all(seen(v) is not None for v in viewers), 5)
+        delays = [(t - sent) / 1e6 for v in viewers if (t := seen(v)) is not None]
+        each += delays
+        if len(delays) == len(viewers):
+            last.append(max(delays))
+        await trio.sleep(side.options.mark_interval)
+    return {"latency_p50_ms": pct(each, 50), "latency_p99_ms": pct(each, 99),
+            "latency_last_p50_ms": pct(last, 50), "latency_last_p99_ms": pct(last, 99),
+            "marks_missed": side.options.marks - len(last)}
 
 
 async def phase_late(side: Any, nursery: Any, n: int, viewers: list[Viewer]) -> dict[str, Any]:
@@ -368,9 +572,12 @@ async def measure(side: Any, options: Options) -> dict[str, Any]:
         if isinstance(side, CosessionSide):
             side.rss_before = _proc_status(side.gateway.pid).get("VmRSS", 0)
         controller = await side.connect(nursery, "u0", True)
+        await wait_until(lambda: _showing(controller), 60)
         await trio.sleep(2.0)  # the desktop painted, the workload steady
         alone = await phase_cpu(side, [controller])
         viewers = [await side.connect(nursery, f"u{i + 1}", False) for i in range(options.viewers)]
+        # every viewer shows the desktop (a direct client has connected to the server and drawn)
+        await wait_until(lambda: all(_showing(v) for v in viewers), 60)
         await trio.sleep(2.0)
         loaded = await phase_cpu(side, viewers)
         for group in ("server", "gateway", "clients"):
@@ -381,7 +588,6 @@ async def measure(side: Any, options: Options) -> dict[str, Any]:
         result["session_rss_mib"] = (side.session_rss_kib() or 0) / 1024
         result["bytes_per_viewer_kbs"] = (loaded["bytes_per_viewer_s"] or 0) / 1e3
         result.update(await phase_marks(side, controller, viewers))
-        result.update(await phase_full(side, controller, viewers))
         result.update(await phase_late(side, nursery, options.viewers + 1, viewers))
         for v in [controller, *viewers]:
             await v.aclose()
@@ -393,8 +599,6 @@ FIGURES = [
     ("latency_p50_ms", "key → viewer, p50", "ms"),
     ("latency_p99_ms", "key → viewer, p99", "ms"),
     ("latency_last_p99_ms", "key → last viewer, p99", "ms"),
-    ("full_first_p50_ms", "full-screen change → first viewer, p50", "ms"),
-    ("full_last_p50_ms", "full-screen change → last viewer, p50", "ms"),
     ("cpu_server_alone_pct", "CPU of the RDP server, controller only", "% of a core"),
     ("cpu_server_all_pct", "CPU of the RDP server, controller + viewers", "% of a core"),
     ("cpu_gateway_alone_pct", "CPU of the gateway side, controller only", "% of a core"),
@@ -405,8 +609,8 @@ FIGURES = [
     ("cpu_gateway_per_viewer_pct", "gateway side CPU per added viewer", "% of a core"),
     ("session_rss_mib", "memory per session (cosession) / per client (direct)", "MiB"),
     ("bytes_per_viewer_kbs", "bytes per viewer", "KB/s"),
-    ("late_p50_ms", "late join to a full 1920x1080 picture, p50", "ms"),
-    ("late_p99_ms", "late join to a full 1920x1080 picture, p99", "ms"),
+    ("late_p50_ms", f"late join to a full {WIDTH}x{HEIGHT} picture, p50", "ms"),
+    ("late_p99_ms", f"late join to a full {WIDTH}x{HEIGHT} picture, p99", "ms"),
     ("marks_missed", "marks a viewer never saw", ""),
 ]
 
@@ -520,9 +724,9 @@ def markdown(report: dict[str, Any]) -> str:
              f"{len(report['runs'])} run(s), medians with the spread (min–max) over the runs.", "",
              f"Machine: {m['nproc']} cores, {m['memory_gib']} GiB, Python {m['python']}; load average at the "
              f"start {' / '.join(str(x) for x in m['load_average'])} (a shared machine: other work ran too).", "",
-             f"Workload: FreeRDP's shadow server sharing Xvfb 1920x1080x24 with the VNC benchmark's workload "
+             f"Workload: FreeRDP's shadow server sharing Xvfb {WIDTH}x{HEIGHT}x24 with the VNC benchmark's workload "
              f"program; four 320x180 photo-like regions repainted {o['rate']:g}/s; 1 controller + {o['viewers']} "
-             f"viewers; {o['marks']} marker keys, {o['full']} full-screen changes, {o['late']} late joins. "
+             f"viewers; {o['marks']} marker keys, {o['late']} late joins. "
              "Direct: every participant its own xfreerdp (cosession's options) drawing into its own Xvnc.", "",
              "| Figure | cosession | direct (xfreerdp each) | cosession / direct |", "| --- | --- | --- | --- |"]
     for key, label, unit in FIGURES:
