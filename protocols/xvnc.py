@@ -267,7 +267,7 @@ async def start_xvnc(directory: Path, *, width: int, height: int, tcp_host: str 
     argv = [XVNC, "-auth", str(xauthority), "-geometry", f"{width}x{height}", "-depth", "24", "-dpi", "96",
             "-nolisten", "tcp", "-AlwaysShared", "-desktop", name, f"-AcceptCutText={flag[cut_text]}",
             f"-SendCutText={flag[cut_text]}", "-SendPrimary=0", "-SetPrimary=0",
-            f"-AcceptSetDesktopSize={flag[resizable]}", "-CompareFB=1"]
+            f"-AcceptSetDesktopSize={flag[resizable]}"]
     security = []
     if tcp_host is not None:
         password = password or secrets.token_urlsafe(6)[:8]  # VNC passwords are at most 8 characters
