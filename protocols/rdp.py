@@ -51,11 +51,14 @@ from protocols.xvnc import Child, WindowWatch, XvncDisplay, XvncUnavailable, rem
 log = logging.getLogger(__name__)
 
 INPUT_QUEUE_CHUNKS = 512  # controller input waiting for the display; more is dropped, never waited for
-# xfreerdp takes a key's release followed by its press with the same X timestamp for autorepeat
-# and drops the release (xf_event_KeyReleaseOrIgnore), so a doubled letter typed by a script
-# ("ll" in one burst) loses a letter. A press of the key just released waits this long.
-SAME_KEY_GAP = 0.02
-
+# xfreerdp takes a key's release followed at once by its press with the same X timestamp for
+# autorepeat and drops the release (xf_event_KeyReleaseOrIgnore peeks at the very next event), so
+# a doubled letter typed by a script ("ll" in one burst, as Playwright types) lost a letter. A
+# pause between the two is not enough on a loaded machine: Xvnc may read both in the same
+# millisecond. So a press right after its own release gets other X events in front of it: the
+# pointer nudged one pixel and back, where the controller left it.
+SAME_KEY_WINDOW = 1.0  # seconds: a press this soon after its own release gets the nudge
+_BUTTONS = 0b111  # left, middle, right: held buttons stay held; wheel "buttons" are not repeated
 
 # --- one attempt --------------------------------------------------------------------------------
 
@@ -111,11 +114,12 @@ class _Attempt:
             pass
 
 
-async def _pace_input(attempt: _Attempt, reader: VncConnection) -> None:
-    """Passes the controller's input to the display reader as it comes, except that a key
-    pressed again right after its release waits out SAME_KEY_GAP (see there)."""
+async def _pace_input(attempt: _Attempt, reader: VncConnection, width: int, height: int) -> None:
+    """Passes the controller's input to the display reader as it comes, with a pointer nudge
+    before a key pressed again right after its release (see SAME_KEY_WINDOW)."""
     messages = rfb.ClientMessageReader()
-    released: dict[int, float] = {}  # keysym → when its release went to the reader
+    pointer = rfb.PointerEvent(0, width // 2, height // 2)  # X starts the pointer at the centre
+    released: tuple[int, float] | None = None  # the last key event, if a release: (keysym, when)
     async for data in attempt.input_recv:
         try:
             parsed = messages.feed(data)
@@ -126,21 +130,23 @@ async def _pace_input(attempt: _Attempt, reader: VncConnection) -> None:
             continue
         batch = bytearray()
         for message, wire in parsed:
-            if isinstance(message, rfb.KeyEvent):
-                if message.down and message.key in released:
-                    wait = released.pop(message.key) + SAME_KEY_GAP - trio.current_time()
-                    if wait > 0:
-                        if batch:
-                            reader.send_input(bytes(batch))
-                            batch.clear()
-                        await trio.sleep(wait)
-                elif not message.down:
-                    if len(released) > 64:
-                        released.clear()
-                    released[message.key] = trio.current_time()
+            if isinstance(message, rfb.PointerEvent):
+                pointer = message
+            elif isinstance(message, rfb.KeyEvent):
+                if message.down and released is not None and released[0] == message.key \
+                        and trio.current_time() - released[1] < SAME_KEY_WINDOW:
+                    batch += _nudge(pointer, width)
+                released = None if message.down else (message.key, trio.current_time())
             batch += wire
         if batch:
             reader.send_input(bytes(batch))
+
+
+def _nudge(pointer: rfb.PointerEvent, width: int) -> bytes:
+    """The pointer one pixel aside and back, its buttons as they are: two MotionNotify events."""
+    buttons = pointer.buttons & _BUTTONS
+    aside = pointer.x + 1 if pointer.x + 1 < width else pointer.x - 1
+    return rfb.pack(rfb.PointerEvent(buttons, aside, pointer.y)) + rfb.pack(rfb.PointerEvent(buttons, pointer.x, pointer.y))
 
 
 class _ReaderEvents:
@@ -360,10 +366,11 @@ class RdpConnection:
         active = trio.Event()
         mapped = trio.Event()
         settled = trio.Event()  # active, or exited before that
+        finished = trio.Event()  # exited, its output read to the end and its status known
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._watch_display, attempt, xvnc)
             nursery.start_soon(window.wait_mapped, mapped)
-            nursery.start_soon(self._watch_freerdp, freerdp, output_fd, run, active, settled)
+            nursery.start_soon(self._watch_freerdp, freerdp, output_fd, run, active, settled, finished)
             with trio.move_on_after(self._options.connect_timeout) as timeout:
                 await settled.wait()
                 if active.is_set():
@@ -377,7 +384,7 @@ class RdpConnection:
                 detail = (f"{self._credentials.username or '-'}@{self.where} (RDP, "
                           f"{run.security or 'negotiated'} security, {display.width}x{display.height})")
                 nursery.start_soon(self._read_display, attempt, display, detail)
-            await freerdp.wait()
+            await finished.wait()  # not freerdp.wait(): what it said and its status make the reason
             self._certificate_changed(attempt, run)
             raise describe_exit(run, self.where, self._credentials.username, active.is_set())
 
@@ -390,7 +397,7 @@ class RdpConnection:
                                connect_timeout=self._options.connect_timeout)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_pace_input, attempt, reader)
+                nursery.start_soon(_pace_input, attempt, reader, display.width, display.height)
                 reader.open(_ReaderEvents(attempt, detail, lost, why), display.width, display.height)
                 attempt.reader = reader
                 await lost.wait()
@@ -407,7 +414,7 @@ class RdpConnection:
         raise AttemptFailed("the session's private display ended unexpectedly", True)
 
     async def _watch_freerdp(self, child: Child, output_fd: int, run: FreeRdpRun,
-                             active: trio.Event, settled: trio.Event) -> None:
+                             active: trio.Event, settled: trio.Event, finished: trio.Event) -> None:
         """Reads xfreerdp's output until it ends (its pty closes), then reaps it."""
         def on_active() -> None:
             active.set()
@@ -416,6 +423,7 @@ class RdpConnection:
         warnings = await read_output(output_fd, run, on_active, self.where)
         run.returncode = await child.wait()
         settled.set()
+        finished.set()
         if run.returncode not in (0, None) and not active.is_set():
             log.info("rdp %s: xfreerdp exited with status %s; its last warnings: %s", self.where,
                      run.returncode, " | ".join(warnings[-6:]))
