@@ -13,7 +13,7 @@ from playwright.sync_api import Page, expect
 
 from engine.messages import EndpointProtocol
 from tests.dashboard.test_desktop_browser import PASSWORD, WAIT, Desk
-from tests.fixtures.rdp import RdpServer, rdp_children
+from tests.fixtures.rdp import PrivateDisplay, RdpServer, rdp_children, rdp_displays
 
 pytestmark = [pytest.mark.browser, pytest.mark.rdp]
 
@@ -53,9 +53,10 @@ class WindowsDesk(Desk):
             time.sleep(0.05)  # polling the recorder's file
 
 
-def no_rdp_process_left() -> None:
+def no_rdp_process_left(displays: list[PrivateDisplay] = ()) -> None:
+    """No Xvnc or xfreerdp of the gateway's left, and the sessions' `displays` gone."""
     deadline = time.monotonic() + 10
-    while rdp_children():
+    while rdp_children() or not all(d.gone() for d in displays):
         assert time.monotonic() < deadline, rdp_children()
         time.sleep(0.05)  # the gateway reaps the session's children as it ends it
 
@@ -85,6 +86,8 @@ def test_a_joint_rdp_session(live_gateway, browser, rdp_server_to_kill):
         desk.wait_typed(b"hello from chromium\r")
         desk.wait_same(controller)
         desk.wait_same(viewer)
+        displays = rdp_displays()
+        assert len(displays) == 1
 
         viewer.evaluate("() => { window.cosessionDesktop.viewOnly = false; }")
         viewer.locator("#desktop canvas").click()
@@ -106,7 +109,7 @@ def test_a_joint_rdp_session(live_gateway, browser, rdp_server_to_kill):
             assert page.get_by_test_id("notice").get_attribute("data-reason") == "endpoint_failed"
             expect(page.get_by_test_id("state")).to_have_text("ended")
         expect(controller.get_by_test_id("ctrl-alt-del")).to_be_hidden()
-        no_rdp_process_left()
+        no_rdp_process_left(displays)
     finally:
         desk.close()
 

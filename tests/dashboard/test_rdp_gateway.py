@@ -8,6 +8,8 @@ server; its own framebuffer is the picture every participant must converge on.""
 from __future__ import annotations
 
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ from engine.messages import EndpointProtocol
 from protocols import rfb
 from protocols.freerdp import certificate_fingerprint
 from tests.dashboard.test_desktop_gateway import PASSWORD, Participant, audit, close_all, participant
-from tests.fixtures.rdp import RdpServer, rdp_children
+from tests.fixtures.rdp import PrivateDisplay, RdpServer, rdp_children, rdp_displays
 from tests.protocols.test_rdp_freerdp import CTRL_ALT_DEL, RETURN, close_to, keys
 
 pytestmark = pytest.mark.rdp
@@ -60,9 +62,10 @@ async def leave(controller: Participant) -> None:
     await controller.wait(lambda: controller.of("ended") or controller.closed)
 
 
-async def no_rdp_process_left(gateway) -> None:
+async def no_rdp_process_left(gateway, displays: list[PrivateDisplay] = ()) -> None:
+    """No Xvnc or xfreerdp of the gateway's left, and the sessions' `displays` gone."""
     with trio.fail_after(10):
-        while rdp_children():
+        while rdp_children() or not all(d.gone() for d in displays):
             await trio.sleep(0.02)  # the gateway's loop reaps the session's children as it ends it
 
 
@@ -78,6 +81,8 @@ async def test_a_joint_rdp_session(live_gateway, rdp_server_nla):
         bob = await participant(nursery, live_gateway, "bob", f"/ws/sessions/{session_id}", {"type": "join"})
         await converge(alice, server)
         await converge(bob, server)
+        displays = rdp_displays()
+        assert len(displays) == 1
 
         # the controller's keys reach the server's xterm, Ctrl-Alt-Del too; a viewer's never do
         await alice.socket.send_message(keys("typed by alice") + RETURN)
@@ -87,6 +92,8 @@ async def test_a_joint_rdp_session(live_gateway, rdp_server_nla):
         await server.wait_typed(b"\x1b[3;7~")
         await bob.wait(lambda: any(r["reason"] == "not_controller" for r in bob.of("refused")))
         assert b"BOB" not in server.typed()
+        refusals = await audit(live_gateway, "input_refused")
+        assert refusals and all(r["detail"]["role"] == "viewer" for r in refusals)
 
         # a late joiner sees the same desktop: its keyframe, then the frames after it
         carol = await participant(nursery, live_gateway, "carol", f"/ws/sessions/{session_id}", {"type": "join"})
@@ -106,7 +113,7 @@ async def test_a_joint_rdp_session(live_gateway, rdp_server_nla):
         assert server.password not in repr(uses)
         await leave(alice)
         await close_all(nursery, alice, bob, carol)
-    await no_rdp_process_left(live_gateway)
+    await no_rdp_process_left(live_gateway, displays)
 
 
 async def test_a_wrong_password_is_refused_with_a_clear_reason(live_gateway, rdp_server_nla):
@@ -121,6 +128,7 @@ async def test_a_wrong_password_is_refused_with_a_clear_reason(live_gateway, rdp
         assert ended["detail"].startswith(f"authentication failed for user {server.username}")
         failures = await audit(live_gateway, "endpoint_failure")
         assert failures and failures[0]["detail"]["error"] == ended["detail"]
+        assert server.password not in repr(failures) + repr(alice.control)
         await close_all(nursery, alice)
     await no_rdp_process_left(live_gateway)
 
@@ -163,20 +171,32 @@ async def test_a_changed_certificate_is_refused_until_an_administrator_accepts_i
     await no_rdp_process_left(live_gateway)
 
 
-async def test_killing_the_rdp_server_ends_the_session_for_everyone(live_gateway, rdp_server_to_kill):
+@pytest.mark.parametrize("killed", ["the server", "xfreerdp"])
+async def test_a_dead_server_or_child_ends_the_session_for_everyone(live_gateway, rdp_server_to_kill, killed):
     server = rdp_server_to_kill
     windows = rdp_endpoint(live_gateway, server)
+    where = f"{server.host}:{server.port}"
     async with trio.open_nursery() as nursery:
         alice = await participant(nursery, live_gateway, "alice", f"/ws/endpoints/{windows.id}/start",
                                   {"type": "start", "cols": 80, "rows": 24})
         session_id = alice.of("joined")[0]["session_id"]
         bob = await participant(nursery, live_gateway, "bob", f"/ws/sessions/{session_id}", {"type": "join"})
         await converge(bob, server)
-        assert sorted(name for _, name in rdp_children()) == ["Xvnc", "xfreerdp"]  # the session's
-        server.kill()
+        children = dict((name, pid) for pid, name in rdp_children())
+        assert sorted(children) == ["Xvnc", "xfreerdp"]  # the session's
+        displays = rdp_displays()
+        assert len(displays) == 1 and displays[0].directory.is_dir() and displays[0].x_socket.exists()
+        if killed == "the server":
+            server.kill()
+            reason = f"connection to {where} lost"
+        else:
+            os.kill(children[killed], signal.SIGKILL)
+            reason = f"the RDP client for {where} was killed by SIGKILL"
         for p in (alice, bob):
             await p.wait(lambda p=p: p.of("ended"))
             ended = p.of("ended")[0]
-            assert (ended["reason"], ended["detail"]) == ("endpoint_failed", f"connection to {server.host}:{server.port} lost")
+            assert (ended["reason"], ended["detail"]) == ("endpoint_failed", reason)
+        failures = await audit(live_gateway, "endpoint_failure")
+        assert [f["detail"]["error"] for f in failures] == [reason]
         await close_all(nursery, alice, bob)
-    await no_rdp_process_left(live_gateway)
+    await no_rdp_process_left(live_gateway, displays)

@@ -5,6 +5,7 @@ attempt, and nothing leaks."""
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -191,8 +192,9 @@ def children_argv(conn: RdpConnection) -> dict[str, list[str]]:
     return found
 
 
-async def test_the_password_is_in_no_command_line_environment_or_file(ssh_bridge, rdp_server_nla):
+async def test_the_password_is_in_no_command_line_environment_file_or_log(ssh_bridge, rdp_server_nla, caplog):
     """... with the clipboard and a drive allowed (the first test: neither, by default)."""
+    caplog.set_level(logging.DEBUG)
     conn, _ = await open_desktop(ssh_bridge, rdp_server_nla, options=RdpOptions(clipboard=True, drive=True))
     argv = children_argv(conn)
     assert "+clipboard" in argv["xfreerdp"] and f"/drive:{DRIVE_NAME},{conn.drive}" in argv["xfreerdp"]
@@ -219,6 +221,7 @@ async def test_the_password_is_in_no_command_line_environment_or_file(ssh_bridge
     assert len(pids) == 2
     conn.close()
     await ended_and_gone(conn)
+    assert "rdp" in caplog.text and rdp_server_nla.password not in caplog.text
 
 
 async def test_certificate_recorded_on_first_use_and_a_change_refused(ssh_bridge, rdp_server):
@@ -298,12 +301,17 @@ async def test_a_server_that_never_answers_times_out(ssh_bridge):
     await listener.aclose()
 
 
-async def test_the_private_display_dying_fails_the_attempt(ssh_bridge, rdp_server):
+@pytest.mark.parametrize("child, reasons", [
+    # the display's exit and its reader's lost socket race: either says what happened
+    ("Xvnc", {"the session's private display ended unexpectedly", "the session's private display could not be read"}),
+    ("xfreerdp", {"the RDP client for {where} was killed by SIGKILL"}),
+])
+async def test_a_dead_child_fails_the_attempt_with_a_clear_reason(ssh_bridge, rdp_server, child, reasons):
     conn, events = await open_desktop(ssh_bridge, rdp_server)
-    xvnc = next(pid for pid, name in rdp_children() if name == "Xvnc")
-    os.kill(xvnc, 9)
-    kind, _, retryable = await the_end(events)
+    os.kill(next(pid for pid, name in rdp_children() if name == child), 9)
+    kind, detail, retryable = await the_end(events)
     assert (kind, retryable) == ("failed", True)
+    assert detail in {r.format(where=f"{rdp_server.host}:{rdp_server.port}") for r in reasons}
     await ended_and_gone(conn)
 
 
