@@ -110,6 +110,15 @@ class Vnc:
 
 
 @dataclass(frozen=True, slots=True)
+class Rdp:
+    connect_timeout_seconds: float
+
+    def __post_init__(self) -> None:
+        if self.connect_timeout_seconds <= 0:
+            raise SettingsError("rdp.connect_timeout_seconds must be positive")
+
+
+@dataclass(frozen=True, slots=True)
 class Security:
     secret_key: str
     credential_key: str
@@ -175,6 +184,7 @@ class Settings:
     gateway: GatewaySettings
     ssh: Ssh
     vnc: Vnc
+    rdp: Rdp
     security: Security
     demo: Demo
     audit: Audit

@@ -11,7 +11,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from dashboard import api, gateway, operations
-from dashboard.pages import account, audit, endpoints, extensions, launcher, live, recordings, requests, signin
+from dashboard.pages import account, audit, endpoints, extensions, launcher, live, recordings, requests, signin, tools
 from dashboard.pages import access as access_pages
 from dashboard.pages import dashboard as dashboard_pages
 from dashboard.security.admission import Admission
@@ -77,6 +77,7 @@ def create_app(services: Services) -> Starlette:
         *access_pages.routes,           # roles, profiles, groups, approvers (administrators)
         *account.routes,                # /account: the TOTP authenticator
         *recordings.routes,             # /sessions/{id}/recording: the player, and the .cast it plays
+        *tools.routes,                  # /tools: the tool library for Send Tool (administrators)
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         Mount("/vendor", StaticFiles(directory=VENDOR_DIR, check_dir=False), name="vendor"),
     ]

@@ -411,8 +411,8 @@ def may_send_password(role: AssetRole | None, profile: Profile | None) -> Refuse
 
 
 def may_upload_clipboard(profile: Profile | None) -> Refused | None:
-    """May the controller's clipboard go to a desktop (a graphical session's ClientCutText)?
-    Needs a profile that allows clipboard upload."""
+    """May the controller's clipboard go to the endpoint (a terminal's paste, a graphical
+    session's ClientCutText)? Needs a profile that allows clipboard upload."""
     if profile is None or not profile.clipboard_upload:
         return Refused(Reason.CLIPBOARD_NOT_ALLOWED, "your access profile does not allow clipboard upload")
     return None
@@ -470,3 +470,11 @@ def may_replay(is_admin: bool, role: AssetRole | None, replay_role: str) -> Refu
         return None
     who = "administrators" if replay_role == "none" else f"administrators and the endpoint's {replay_role}s and above"
     return Refused(Reason.NOT_PERMITTED, f"only {who} may replay its recordings")
+
+
+def may_transfer_files(profile: Profile | None) -> Refused | None:
+    """May the controller move files to and from the endpoint (Files in the toolbar)? Needs a
+    profile that allows file transfer; decided at each use."""
+    if profile is None or not profile.file_transfer:
+        return Refused(Reason.FILE_TRANSFER_NOT_ALLOWED, "your access profile does not allow file transfer")
+    return None

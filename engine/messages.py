@@ -92,12 +92,14 @@ class Reason(enum.StrEnum):
     CREDENTIALS_REQUIRED = "credentials_required"
     NOT_SUPERVISOR = "not_supervisor"
     CLIPBOARD_NOT_ALLOWED = "clipboard_not_allowed"
+    FILE_TRANSFER_NOT_ALLOWED = "file_transfer_not_allowed"
     NO_STORED_PASSWORD = "no_stored_password"
     NOT_APPROVER = "not_approver"
     OWN_REQUEST = "own_request"
     ALREADY_DECIDED = "already_decided"
     BAD_WINDOW = "bad_window"
     TOO_MANY_JOINS = "too_many_joins"  # engine.max_joins_per_user within engine.joins_window_seconds
+    TOO_MANY_MESSAGES = "too_many_messages"  # chat or pointer faster than engine.policy allows
 
 
 # --- who and what ---------------------------------------------------------------------------
@@ -310,6 +312,25 @@ class Resize:
 
 
 @dataclass(frozen=True, slots=True)
+class Say:
+    """A participant's chat message to everyone in the session (checked by `policy.check_chat`
+    where it arrives; the session audits it and tells everyone)."""
+
+    participant_id: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    """A participant points at a spot of the screen for everyone to see: `x` and `y` are
+    fractions of the screen's width and height (a terminal's: the centre of a cell). Never input."""
+
+    participant_id: str
+    x: float
+    y: float
+
+
+@dataclass(frozen=True, slots=True)
 class Terminate:
     by: User
     reply_to: ReplyTo | None = None
@@ -406,6 +427,24 @@ class ParticipantLeft:
     member: Member
     reason: str  # "left", "disconnected", "ejected", "failed", "stalled"
     by: User | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatPosted:
+    """Told to every participant: `member` said `text` at `at` (the engine's clock)."""
+
+    member: Member
+    text: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Pointed:
+    """Told to every participant: `member` points at (`x`, `y`), fractions of the screen."""
+
+    member: Member
+    x: float
+    y: float
 
 
 @dataclass(frozen=True, slots=True)

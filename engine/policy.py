@@ -101,6 +101,34 @@ def check_join_rate(earlier: Sequence[float], now: float, limit: int, window: fl
                                           f"{window:g} s; try again in {wait} s")
 
 
+CHAT_MAX_CHARS = 500  # a chat message: a short line, shown to everyone and kept in the audit log
+CHAT_LIMIT, CHAT_WINDOW = 5, 10.0  # chat messages per participant within this many seconds
+POINT_LIMIT, POINT_WINDOW = 5, 2.0  # pointers per participant within this many seconds
+
+
+def _check_rate(earlier: Sequence[float], now: float, limit: int, window: float, what: str) -> Refused | None:
+    inside = [at for at in earlier if at > now - window]
+    if len(inside) < limit:
+        return None
+    wait = max(1, math.ceil(inside[-limit] + window - now))
+    return Refused(Reason.TOO_MANY_MESSAGES, f"at most {limit} {what} in {window:g} s; try again in {wait} s")
+
+
+def check_chat(text: str, earlier: Sequence[float], now: float) -> Refused | None:
+    """A chat message: not empty, at most CHAT_MAX_CHARS, at most CHAT_LIMIT per CHAT_WINDOW
+    seconds from one participant (`earlier`: the times of its accepted messages, oldest first)."""
+    if not text.strip():
+        return Refused(Reason.MALFORMED, "an empty chat message")
+    if len(text) > CHAT_MAX_CHARS:
+        return Refused(Reason.TOO_LARGE, f"a chat message has at most {CHAT_MAX_CHARS} characters")
+    return _check_rate(earlier, now, CHAT_LIMIT, CHAT_WINDOW, "chat messages")
+
+
+def check_point(earlier: Sequence[float], now: float) -> Refused | None:
+    """A pointer: at most POINT_LIMIT per POINT_WINDOW seconds from one participant."""
+    return _check_rate(earlier, now, POINT_LIMIT, POINT_WINDOW, "pointers")
+
+
 def check_input(role: Role | None) -> Refused | None:
     """Rule 1: only the controller's input reaches the endpoint."""
     if role is None:

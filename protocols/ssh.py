@@ -31,7 +31,10 @@ import hashlib
 import logging
 import socket
 import threading
-from typing import Any, Callable
+import posixpath
+import stat as stat_module
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable
 
 import asyncssh
 import trio
@@ -91,6 +94,39 @@ class _Failure(Exception):
         self.retryable = retryable
 
 
+# --- files: SFTP over the session's own connection ----------------------------------------
+
+
+FILE_QUEUE = 8  # file operations waiting for the SFTP client; more are refused, never waited for
+FILE_CHUNK = 256 * 1024  # what one read or write moves (a download streams in these)
+
+
+class RemoteFileError(Exception):
+    """A file operation the server refused or that could not run; the text says why (it
+    names no credential: it is the SFTP server's message, or ours)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteFile:
+    name: str
+    size: int
+    is_dir: bool
+    modified: float
+
+
+class _FileRequest:
+    """One file operation for `SshConnection._serve_files`: an asyncio coroutine function of
+    the SFTP client, its result or error, and the event its caller waits on."""
+
+    __slots__ = ("operation", "done", "result", "error")
+
+    def __init__(self, operation: Callable[[Any], Awaitable[Any]]) -> None:
+        self.operation = operation
+        self.done = trio.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
 class _Attempt:
     """State of one `open()`: its events sink, its cancel scope and its input queue.
 
@@ -110,6 +146,8 @@ class _Attempt:
         self.server_key: asyncssh.SSHKey | None = None
         self.mismatched_key: asyncssh.SSHKey | None = None
         self.dropped_chunks = 0
+        # file operations (SFTP over this attempt's connection), served inside its asyncio loop
+        self.files_send, self.files_recv = trio.open_memory_channel[_FileRequest](FILE_QUEUE)
 
     def report(self, what: str, *args: Any) -> Any:
         """Tell `events` what happened; its answer (None if nothing was reported)."""
@@ -411,6 +449,7 @@ class SshConnection:
 
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._write_input, attempt, channel, shell)
+                nursery.start_soon(self._serve_files, attempt, conn)
                 await trio_asyncio.aio_as_trio(channel.wait_closed)()
                 nursery.cancel_scope.cancel()
 
@@ -448,6 +487,117 @@ class SshConnection:
             if shell.error is not None or channel.is_closing():
                 return
             channel.write(data)
+
+    async def _serve_files(self, attempt: _Attempt, conn: Any) -> None:
+        """File operations, one at a time, inside this attempt's asyncio loop (where asyncssh
+        lives): the SFTP client starts on the first one, on the same authenticated connection
+        as the shell. Its errors go back to the caller, never out of the session."""
+        sftp = None
+        try:
+            async for request in attempt.files_recv:
+                try:
+                    if sftp is None:
+                        sftp = await trio_asyncio.aio_as_trio(conn.start_sftp_client)()
+                    request.result = await trio_asyncio.aio_as_trio(request.operation)(sftp)
+                except (asyncssh.Error, OSError) as exc:
+                    request.error = RemoteFileError(_sftp_reason(exc))
+                except Exception as exc:  # noqa: BLE001 - a file operation never ends the session
+                    log.warning("ssh %s: file operation failed: %s", self.where, type(exc).__name__)
+                    request.error = RemoteFileError("the file operation failed")
+                finally:
+                    request.done.set()
+        finally:
+            if sftp is not None:
+                sftp.exit()
+            for request in _drain(attempt.files_recv):
+                request.error = RemoteFileError("the connection to the endpoint ended")
+                request.done.set()
+            attempt.files_recv.close()  # a later request is refused at once, never left waiting
+
+    async def _file_operation(self, operation: Callable[[Any], Awaitable[Any]]) -> Any:
+        """Run `operation(sftp)` on this session's connection; called on the trio loop."""
+        attempt = self._attempt
+        if attempt is None or attempt.closed or attempt.channel is None:
+            raise RemoteFileError("the endpoint is not connected")
+        request = _FileRequest(operation)
+        try:
+            attempt.files_send.send_nowait(request)
+        except trio.WouldBlock:
+            raise RemoteFileError("too many file operations at once; try again") from None
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise RemoteFileError("the endpoint is not connected") from None
+        await request.done.wait()
+        if request.error is not None:
+            raise request.error
+        return request.result
+
+    # the file operations (paths relative to the user's home folder, checked by the caller)
+
+    async def list_folder(self, path: str) -> list[RemoteFile]:
+        async def run(sftp: Any) -> list[RemoteFile]:
+            found = []
+            for entry in await sftp.readdir(path or "."):
+                if entry.filename in (".", ".."):
+                    continue
+                attrs = entry.attrs
+                found.append(RemoteFile(entry.filename, attrs.size or 0,
+                                        stat_module.S_ISDIR(attrs.permissions or 0), float(attrs.mtime or 0)))
+            return sorted(found, key=lambda f: (not f.is_dir, f.name))
+        return await self._file_operation(run)
+
+    async def make_folder(self, path: str) -> None:
+        async def run(sftp: Any) -> None:
+            await sftp.mkdir(path)
+        await self._file_operation(run)
+
+    async def delete(self, path: str) -> None:
+        """A file, or an empty folder."""
+        async def run(sftp: Any) -> None:
+            if await sftp.isdir(path):
+                await sftp.rmdir(path)
+            else:
+                await sftp.remove(path)
+        await self._file_operation(run)
+
+    async def write_chunk(self, path: str, offset: int, data: bytes) -> None:
+        """Write `data` at `offset`; offset 0 creates (or empties) the file."""
+        async def run(sftp: Any) -> None:
+            async with sftp.open(path, "wb" if offset == 0 else "r+b") as f:
+                await f.write(data, offset)
+        await self._file_operation(run)
+
+    async def read_chunk(self, path: str, offset: int, size: int = FILE_CHUNK) -> bytes:
+        async def run(sftp: Any) -> bytes:
+            async with sftp.open(path, "rb") as f:
+                return await f.read(size, offset)
+        return await self._file_operation(run)
+
+    async def file_digest(self, path: str) -> tuple[int, str]:
+        """The size and SHA-256 (hex) of a file as the server stores it, read in one operation."""
+        async def run(sftp: Any) -> tuple[int, str]:
+            digest, size = hashlib.sha256(), 0
+            async with sftp.open(path, "rb") as f:
+                while True:
+                    data = await f.read(FILE_CHUNK, size)
+                    if not data:
+                        return size, digest.hexdigest()
+                    digest.update(data)
+                    size += len(data)
+        return await self._file_operation(run)
+
+    async def make_executable(self, path: str) -> None:
+        async def run(sftp: Any) -> None:
+            await sftp.chmod(path, 0o755)
+        await self._file_operation(run)
+
+    async def file_size(self, path: str) -> int:
+        """The size of a regular file (refused for a folder)."""
+        async def run(sftp: Any) -> int:
+            attrs = await sftp.stat(path)
+            if not stat_module.S_ISREG(attrs.permissions or 0):
+                raise asyncssh.SFTPFailure(f"{posixpath.basename(path)} is not a file")
+            return attrs.size or 0
+        return await self._file_operation(run)
 
     async def _load_client_key(self) -> asyncssh.SSHKey | None:
         creds = self._credentials
@@ -570,3 +720,22 @@ def _split_cancelled(exc: BaseException) -> tuple[BaseException | None, BaseExce
         propagate, _ = exc.split(lambda e: not isinstance(e, Exception))
         return propagate, failures[0] if failures else None
     return exc, None
+
+
+def _drain(receive: Any) -> list[Any]:
+    """What is left in a memory channel, without waiting."""
+    left = []
+    while True:
+        try:
+            left.append(receive.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+            return left
+
+
+def _sftp_reason(exc: BaseException) -> str:
+    """An SFTP error as a short reason for the user (the server's own words when it gave some)."""
+    if isinstance(exc, asyncssh.SFTPError):
+        return exc.reason or "the server refused the file operation"
+    if isinstance(exc, asyncssh.Error):
+        return exc.reason or "the SSH connection refused the file operation"
+    return "the file operation failed"

@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.fixtures.openssh",
     "tests.fixtures.postgres",
     "tests.fixtures.xvnc",
+    "tests.fixtures.rdp",
 ]

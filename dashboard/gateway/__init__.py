@@ -11,19 +11,22 @@ Routes (docs/protocol.md describes the messages):
 
 The modules: `wire` (the codec), `channel` (one websocket: queue, sender, receiver),
 `rights` (what each role may send), `sockets` (the two websockets and their authorisation),
-`connections` (building endpoint connections), `pages` (the session pages).
+`connections` (building endpoint connections), `pages` (the session pages), `files` (Files:
+SFTP for the controller of an SSH session).
 """
 
 from __future__ import annotations
 
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
+from dashboard.gateway import files
 from dashboard.gateway.pages import session_page, start_page
 from dashboard.gateway.sockets import session_socket, start_socket
 
 routes: list[BaseRoute] = [
     Route("/connect/{endpoint_id}", start_page, methods=["GET"], name="connect"),
     Route("/sessions/{session_id}", session_page, methods=["GET"], name="session"),
+    *files.routes,  # /sessions/{id}/files...: Files in the toolbar (SSH, the controller)
     WebSocketRoute("/ws/endpoints/{endpoint_id}/start", start_socket, name="ws_start"),
     WebSocketRoute("/ws/sessions/{session_id}", session_socket, name="ws_session"),
 ]

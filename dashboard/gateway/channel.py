@@ -30,7 +30,7 @@ from dashboard.security.admission import CONNECTION_STATE_KEY
 from dashboard.services.live_sessions import LiveSession, LiveSessions
 from engine import EndpointConnection, LoopClosed, policy, tell_session
 from engine.messages import (
-    Disconnected, Eject, EndpointSpec, Joined, Leave, ParticipantStalled, Refused, Role, SessionEnded,
+    Disconnected, Eject, EndpointSpec, Joined, Leave, ParticipantStalled, Point, Refused, Role, Say, SessionEnded,
     TransferControl, User,
 )
 
@@ -143,6 +143,9 @@ class Channel:
         self._receive_scope = trio.CancelScope()
         self._send_began: float | None = None  # trio time at which the send in flight began
         self._sending = trio.Event()
+        # the times (services.now()) of this participant's accepted chat messages and pointers
+        self._said: collections.deque[float] = collections.deque(maxlen=policy.CHAT_LIMIT)
+        self._pointed: collections.deque[float] = collections.deque(maxlen=policy.POINT_LIMIT)
 
     # actor threads → loop
 
@@ -485,11 +488,36 @@ class Channel:
                 by_participant=joined.participant_id))
         elif isinstance(request, wire.Ping):
             self.post({"type": "pong", "id": request.id})
+        elif isinstance(request, wire.ChatRequest):
+            self._say(joined, request.text.strip(), size)
+        elif isinstance(request, wire.PointRequest):
+            self._point(joined, request, size)
         elif isinstance(request, (wire.Start, wire.JoinRequest)):
             self.refuse_queued(wire.WireReason.UNEXPECTED_MESSAGE, "already in the session",
                                wire.kind_of(request), size)
         else:
             self.rights.handle(self, joined, request, size)
+
+    def _say(self, joined: Joined, text: str, size: int) -> None:
+        """Chat, common to every participant: bounded here (length, rate), so that a client that
+        floods is refused and, past MAX_REFUSALS, closed; the session audits and tells everyone."""
+        now = self.services.now()
+        refused = policy.check_chat(text, self._said, now)
+        if refused is not None:
+            self.refuse_queued(refused.reason, refused.detail, "chat", size)
+            return
+        self._said.append(now)
+        tell_session(joined, Say(joined.participant_id, text))
+
+    def _point(self, joined: Joined, request: wire.PointRequest, size: int) -> None:
+        """The pointer: shown to everyone, never input to the endpoint (there is no path to it here)."""
+        now = self.services.now()
+        refused = policy.check_point(self._pointed, now)
+        if refused is not None:
+            self.refuse_queued(refused.reason, refused.detail, "point", size)
+            return
+        self._pointed.append(now)
+        tell_session(joined, Point(joined.participant_id, request.x, request.y))
 
     def _control_reply(self, reply: Any) -> None:
         if isinstance(reply, Refused) and not self.queue.closed:

@@ -164,6 +164,8 @@ class DesktopControllerRights:
             channel.services.bridge.spawn(send_password, channel, channel.live, size)
         elif isinstance(request, (wire.ResizeRequest, wire.StreamRequest)):
             channel.refuse_queued(Reason.NOT_PERMITTED, "a desktop is resized through RFB", wire.kind_of(request), size)
+        elif isinstance(request, wire.PasteRequest):
+            channel.refuse_queued(Reason.NOT_PERMITTED, "a desktop's clipboard goes through RFB", "paste", size)
         else:
             channel.refuse_queued(Reason.UNKNOWN_MESSAGE, "", wire.kind_of(request), size)
 
@@ -183,6 +185,9 @@ async def _clipboard(channel: Channel, joined: Joined, cut: rfb.ClientCutText, s
     if refused is not None:
         channel.refuse_queued(refused.reason, refused.detail, "input", size)
         return
+    # audited with its size, never its content (as a terminal's paste: gateway/clipboard.py)
+    services.audit_event("clipboard_upload", user, joined.session_id, participant=joined.participant_id,
+                         endpoint_id=channel.live.endpoint.id if channel.live else None, size=len(cut.text))
     tell_session(joined, Input(joined.participant_id, rfb.pack(cut)))
 
 
@@ -199,7 +204,7 @@ class DesktopViewerRights:
             # the rest (update requests, encodings, fences) asks for nothing a viewer may not have
         elif isinstance(request, BrokenRfb):
             _broken(channel, request, size)
-        elif isinstance(request, (wire.ResizeRequest, wire.StreamRequest, wire.SendPassword)):
+        elif isinstance(request, (wire.ResizeRequest, wire.StreamRequest, wire.SendPassword, wire.PasteRequest)):
             channel.refuse_queued(Reason.NOT_CONTROLLER, "viewers are read-only", wire.kind_of(request), size)
         else:
             channel.refuse_queued(Reason.UNKNOWN_MESSAGE, "", wire.kind_of(request), size)

@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from dashboard.gateway import wire
+from dashboard.gateway.files import files_offer
 from dashboard.gateway.send_password import may_offer
 from dashboard.security import share
 from dashboard.security.auth import require_user
@@ -72,6 +73,7 @@ async def session_page(request: Request) -> Response:
         stored = await trio.to_thread.run_sync(services.endpoints.get, endpoint.id)
         config["send_password"] = stored is not None and await trio.to_thread.run_sync(
             may_offer, services, user, stored)
+        config["files"] = await trio.to_thread.run_sync(files_offer, services, user, endpoint)
     summary = services.engine.session(session_id)  # None for a moment after the start
     return await render(request, "session.html", {
         "config": config, "summary": summary, "endpoint_name": endpoint.name,
@@ -105,6 +107,7 @@ async def start_page(request: Request) -> Response:
         "max_viewers": policy.viewer_cap(services.settings.engine.max_viewers),
         "approval_id": launch.grant.approval_id or None,
         "send_password": await trio.to_thread.run_sync(may_offer, services, user, endpoint),
+        "files": await trio.to_thread.run_sync(files_offer, services, user, endpoint.spec),
         "desktop_module": request.url_for("static", path="desktop.js").path,
     }
     return await render(request, "session.html", {

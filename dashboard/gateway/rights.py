@@ -13,6 +13,7 @@ from typing import Any
 
 from dashboard.gateway import wire
 from dashboard.gateway.channel import Channel
+from dashboard.gateway.clipboard import paste
 from dashboard.gateway.send_password import send_password
 from dashboard.services.live_sessions import LiveSession
 from engine import tell_session
@@ -22,7 +23,8 @@ from protocols.synthetic import SyntheticConnection
 
 class ControllerRights:
     """What the controller may send beyond the common messages: its input and its window size
-    go to the endpoint; it may ask for the stored password (Send Password)."""
+    go to the endpoint; it may paste its clipboard (if its profile allows it) and ask for the
+    stored password (Send Password)."""
 
     role = Role.CONTROLLER
 
@@ -41,6 +43,8 @@ class ControllerRights:
             self._stream(channel, live, request, size)
         elif isinstance(request, wire.SendPassword):
             channel.services.bridge.spawn(send_password, channel, live, size)
+        elif isinstance(request, wire.PasteRequest):
+            channel.services.bridge.spawn(paste, channel, joined, request, size)
         else:
             channel.refuse_queued(Reason.UNKNOWN_MESSAGE, "", wire.kind_of(request), size)
 
@@ -67,7 +71,8 @@ class ViewerRights:
 
     def handle(self, channel: Channel, joined: Joined, request: Any, size: int) -> None:
         kind = wire.kind_of(request)
-        if isinstance(request, (wire.TerminalInput, wire.ResizeRequest, wire.StreamRequest, wire.SendPassword)):
+        if isinstance(request, (wire.TerminalInput, wire.ResizeRequest, wire.StreamRequest, wire.SendPassword,
+                                wire.PasteRequest)):
             channel.refuse_queued(Reason.NOT_CONTROLLER, "viewers are read-only", kind, size)
         else:
             channel.refuse_queued(Reason.UNKNOWN_MESSAGE, "", kind, size)

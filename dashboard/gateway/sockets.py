@@ -30,7 +30,7 @@ from dashboard.security.auth import current_user
 from dashboard.services.live_sessions import LiveSessions, live_sessions_of
 from dashboard.services.starts import audit_start, authorise_start, launches_of, visible_endpoint
 from engine import Credentials
-from engine.access import StartGrant
+from engine.access import Profile, StartGrant
 from engine.messages import EndpointProtocol, EndpointSpec, Join, Joined, Reason, Refused, StartSession, User
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ async def start_socket(websocket: WebSocket) -> None:
         endpoint, grant, credentials = authorised.endpoint, authorised.grant, authorised.credentials
         try:
             connection = build_connection(services, endpoint, credentials, start, authorised.term_type,
-                                          authorised.desktop_size)
+                                          authorised.desktop_size, authorised.profile)
         except Exception as exc:
             log.warning("cannot build a connection to endpoint %s: %s", endpoint_id, type(exc).__name__)
             await channel.refuse_fatally(Reason.ENDPOINT_UNAVAILABLE, str(exc) if isinstance(exc, ValueError)
@@ -126,6 +126,7 @@ class _Authorised:
     source: str  # of the credentials: 'entered', 'stored' or 'none'
     term_type: str | None
     desktop_size: tuple[int, int] | None = None  # the launcher's, for a graphical endpoint
+    profile: Profile | None = None  # the starter's access profile: what a desktop's client may share
 
 
 async def _authorise(channel: Channel, endpoint_id: str, start: wire.Start) -> _Authorised | None:
@@ -161,16 +162,16 @@ async def _authorise(channel: Channel, endpoint_id: str, start: wire.Start) -> _
         credentials, source = Credentials(c.username, c.password, c.private_key, c.passphrase), "entered"
     elif launch is not None and launch.credentials is not None:
         credentials, source = launch.credentials, "entered"
-    elif endpoint.protocol in (EndpointProtocol.SSH, EndpointProtocol.VNC):
+    elif endpoint.protocol in (EndpointProtocol.SSH, EndpointProtocol.VNC, EndpointProtocol.RDP):
         credentials = await trio.to_thread.run_sync(services.endpoints.stored_credentials, endpoint_id)
         source = "stored" if credentials is not None else "none"
         if credentials is None and endpoint.protocol is EndpointProtocol.SSH:
             await channel.refuse_fatally(wire.WireReason.CREDENTIALS_REQUIRED,
                                          "this endpoint needs a user name and a password or key")
-            return None  # a VNC server may ask for no password: it says so if it does
+            return None  # a VNC server may ask for no password, an RDP server show its own logon
     parameters = launch.parameters if launch else None
     return _Authorised(endpoint, decided, credentials, source, parameters.terminal if parameters else None,
-                       (parameters.width, parameters.height) if parameters else None)
+                       (parameters.width, parameters.height) if parameters else None, facts.profile)
 
 
 async def session_socket(websocket: WebSocket) -> None:

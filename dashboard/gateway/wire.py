@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.messages import (
-    EndpointRetrying, Ejected, InputRefused, Member, ParticipantJoined, ParticipantLeft, Reason,
-    Resync, SessionEnded, StateChanged, User,
+    ChatPosted, EndpointRetrying, Ejected, InputRefused, Member, ParticipantJoined, ParticipantLeft, Pointed,
+    Reason, Resync, SessionEnded, StateChanged, User,
 )
 
 MAX_TERMINAL_SIDE = 1000  # columns or rows; a bigger PTY is a mistake or an attack
 MAX_FRAME_BYTES = 1 << 20
+MAX_PASTE_CHARS = 16384  # one paste; a bigger one is a file (and the message limit is bytes anyway)
 
 
 class WireReason(enum.StrEnum):
@@ -117,6 +118,35 @@ class SendPassword:
     clipboard upload; the answer goes to that one websocket and never through the engine."""
 
 
+@dataclass(frozen=True, slots=True, repr=False)
+class PasteRequest:
+    """The controller's local clipboard text, pasted into a terminal (Clipboard in the toolbar,
+    or the browser's paste): allowed by its profile's clipboard upload, decided at each use.
+    `bracketed`: the terminal asked for bracketed paste (DECSET 2004), so the text is wrapped."""
+
+    text: str
+    bracketed: bool = False
+
+    def __repr__(self) -> str:
+        return f"PasteRequest(<{len(self.text)} characters>, bracketed={self.bracketed})"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """A chat message to everyone in the session (any participant; length and rate: engine.policy)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class PointRequest:
+    """Point at a spot for everyone to see (any participant; never input): fractions of the
+    screen's width and height."""
+
+    x: float
+    y: float
+
+
 @dataclass(frozen=True, slots=True)
 class Ping:
     id: int | str | None = None
@@ -206,6 +236,32 @@ def _parse_stream(obj: dict[str, Any]) -> StreamRequest:
     return StreamRequest(float(rate))
 
 
+def _parse_paste(obj: dict[str, Any]) -> PasteRequest:
+    _only(obj, "paste", frozenset({"text", "bracketed"}))
+    bracketed = obj.get("bracketed", False)
+    if not isinstance(bracketed, bool):
+        raise WireError(Reason.MALFORMED, "bracketed must be true or false")
+    return PasteRequest(_str(obj, "text", required=True, limit=MAX_PASTE_CHARS) or "", bracketed)
+
+
+def _parse_chat(obj: dict[str, Any]) -> ChatRequest:
+    _only(obj, "chat", frozenset({"text"}))
+    return ChatRequest(_str(obj, "text", required=True, limit=4096) or "")
+
+
+def _fraction(obj: dict[str, Any], name: str) -> float:
+    value = obj.get(name)
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) \
+            or not 0 <= value <= 1:
+        raise WireError(Reason.MALFORMED, f"{name} must be a number from 0 to 1")
+    return float(value)
+
+
+def _parse_point(obj: dict[str, Any]) -> PointRequest:
+    _only(obj, "point", frozenset({"x", "y"}))
+    return PointRequest(_fraction(obj, "x"), _fraction(obj, "y"))
+
+
 def _parse_ping(obj: dict[str, Any]) -> Ping:
     _only(obj, "ping", frozenset({"id"}))
     value = obj.get("id")
@@ -225,6 +281,9 @@ PARSERS: dict[str, Any] = {
     "stream": _parse_stream,
     "ping": _parse_ping,
     "send_password": _parse_empty("send_password", SendPassword),
+    "paste": _parse_paste,
+    "chat": _parse_chat,
+    "point": _parse_point,
 }
 
 
@@ -287,7 +346,8 @@ def kind_of(request: Any) -> str:
 _KINDS: dict[str, type] = {
     "start": Start, "join": JoinRequest, "resize": ResizeRequest, "leave": LeaveRequest,
     "request_control": RequestControl, "eject": EjectRequest, "stream": StreamRequest, "ping": Ping,
-    "send_password": SendPassword,
+    "send_password": SendPassword, "chat": ChatRequest, "point": PointRequest,
+    "paste": PasteRequest,
 }
 
 
@@ -336,6 +396,10 @@ def event_json(event: Any) -> dict[str, Any] | None:
             return {"type": "refused", "reason": reason.value, "of": "input"}
         case Ejected(by=by, reason=reason):
             return {"type": "ejected", "by": user_json(by), "reason": reason}
+        case ChatPosted(member=member, text=text, at=at):
+            return {"type": "chat", "from": member_json(member), "text": text, "at": at}
+        case Pointed(member=member, x=x, y=y):
+            return {"type": "point", "from": member_json(member), "x": x, "y": y}
         case Resync(dropped=dropped):
             return {"type": "resync", "dropped": dropped}
         case EndpointRetrying(attempt=attempt, delay=delay):

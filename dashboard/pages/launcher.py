@@ -73,6 +73,7 @@ async def launcher_page(request: Request) -> Response:
         "startable": endpoint.protocol in STARTABLE,
         "needs_credentials": endpoint.protocol is EndpointProtocol.SSH and not endpoint.has_credentials,
         "vnc_password": endpoint.protocol is EndpointProtocol.VNC and not endpoint.has_credentials,
+        "rdp_credentials": endpoint.protocol is EndpointProtocol.RDP and not endpoint.has_credentials,
         "terminal_types": rules.TERMINAL_TYPES, "limits": rules.TERMINAL_LIMITS | rules.SCREEN_LIMITS,
         "terminal": endpoint.protocol in (EndpointProtocol.SSH, EndpointProtocol.SYNTHETIC),
     })
@@ -121,6 +122,13 @@ async def launch(request: Request) -> Response:
         if len(password) > 4096:
             return _refusal(400, Refused(Reason.MALFORMED, "the password has at most 4096 characters"))
         credentials = Credentials("", password) if password else None
+    elif endpoint.protocol is EndpointProtocol.RDP and not endpoint.has_credentials:
+        # both may be empty: the server then shows its own logon screen (unless it requires NLA)
+        username, password = str(values.get("username", "")).strip(), str(values.get("password", ""))
+        if len(username) > 256 or len(password) > 511:
+            return _refusal(400, Refused(Reason.MALFORMED, "the user name has at most 256 characters, "
+                                         "the password at most 511"))
+        credentials = Credentials(username, password or None) if username or password else None
     now = services.now()
     mfa_token = str(values.get("mfa_token", "")) or None
     decided = await trio.to_thread.run_sync(authorise_start, services, user, facts, mfa_token, now)

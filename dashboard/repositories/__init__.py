@@ -23,6 +23,7 @@ from dashboard.repositories.groups import Groups
 from dashboard.repositories.launch_parameters import RememberedParameters
 from dashboard.repositories.mfa import Authenticators
 from dashboard.repositories.profiles import Profiles
+from dashboard.repositories.tools import Tools
 from dashboard.security.secrets import Secrets
 from engine import make_engine
 
@@ -40,6 +41,7 @@ class Repositories:
     approvals: Approvals  # requests for access and their extensions
     mfa: Authenticators
     launch_parameters: RememberedParameters
+    tools: Tools  # the tool library (Send Tool)
     secrets: Secrets = field(repr=False)
 
     @classmethod
@@ -59,7 +61,7 @@ class Repositories:
         return cls(db=db, users=Users(db, hasher), endpoints=Endpoints(db, secrets, joint_sessions, access), access=access,
                    grants=grants, profiles=profiles, groups=Groups(db), approvers=approvers,
                    approvals=Approvals(db, approvers), mfa=Authenticators(db, secrets),
-                   launch_parameters=RememberedParameters(db), secrets=secrets, **more)
+                   launch_parameters=RememberedParameters(db), tools=Tools(db), secrets=secrets, **more)
 
     def reencrypt(self, new: Secrets, old: Secrets | None = None) -> dict[str, int]:
         """Every stored secret (endpoint credentials, authenticator secrets) decrypted with `old`'s

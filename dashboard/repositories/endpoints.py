@@ -8,10 +8,10 @@ bound to their endpoint's id. They are write-only: no page renders them, no log 
 row holds them; ``stored_credentials(id)`` decrypts them only to hand them to a protocol
 connection.
 
-SSH host keys: the first key seen is trusted (``trust_first_host_key``); a different key later is
-kept aside as pending (``note_changed_host_key``) and refused until an administrator accepts it
-on the endpoints page (``accept_pending_host_key``). Changing an endpoint's host or port
-forgets its keys.
+SSH host keys and RDP certificates (their SHA-256 fingerprints, in the same columns): the first
+seen is trusted (``trust_first_host_key``); a different one later is kept aside as pending
+(``note_changed_host_key``) and refused until an administrator accepts it on the endpoints page
+(``accept_pending_host_key``). Changing an endpoint's host or port forgets them.
 """
 
 from __future__ import annotations
@@ -47,10 +47,18 @@ class EndpointError(ValueError):
     """An endpoint cannot be saved as asked; the message says why, for an administrator."""
 
 
+# An RDP server's pinned identity is its certificate's SHA-256 fingerprint, as FreeRDP writes it
+# (protocols/freerdp.py): it is kept where an SSH server's host key is, and told apart by its form.
+_CERTIFICATE_FINGERPRINT = re.compile(r"^(?:[0-9a-f]{2}:){31}[0-9a-f]{2}$")
+
+
 def host_key_fingerprint(key: str | None) -> str | None:
-    """OpenSSH's SHA256 fingerprint of a public key line ("ssh-ed25519 AAAA... [comment]")."""
+    """OpenSSH's SHA256 fingerprint of a public key line ("ssh-ed25519 AAAA... [comment]"), or
+    an RDP server's certificate fingerprint as it is shown ("SHA-256 aa:bb:...")."""
     if not key:
         return None
+    if _CERTIFICATE_FINGERPRINT.match(key):
+        return f"SHA-256 {key}"
     parts = key.split()
     if len(parts) < 2:
         return None
@@ -63,10 +71,14 @@ def host_key_fingerprint(key: str | None) -> str | None:
 
 
 def _normalise_host_key(key: str) -> str:
-    """The key type and base64 blob of an OpenSSH public key line, without its comment."""
+    """The key type and base64 blob of an OpenSSH public key line, without its comment; or an
+    RDP certificate's SHA-256 fingerprint, in lowercase."""
+    if _CERTIFICATE_FINGERPRINT.match(key.strip().lower()):
+        return key.strip().lower()
     parts = key.strip().split()
     if len(parts) < 2 or host_key_fingerprint(key) is None:
-        raise EndpointError("not an OpenSSH public key line")
+        raise EndpointError("not an OpenSSH public key line, nor an RDP certificate's SHA-256 fingerprint "
+                            "(32 hex pairs separated by colons)")
     return f"{parts[0]} {parts[1]}"
 
 

@@ -198,3 +198,18 @@ launch_parameters = sa.Table(
     sa.Column("used_at", sa.Float, nullable=False),
 )
 
+
+
+# --- the tool library (repositories/tools.py): files an administrator keeps for Send Tool ----------
+
+tools = sa.Table(
+    "tools", metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False, unique=True),  # what the toolbar lists
+    sa.Column("file_name", sa.String(128), nullable=False),  # what it is called in the home folder
+    sa.Column("size", sa.Integer, nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),  # hex, of `content`
+    sa.Column("content", sa.LargeBinary, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("created_by", sa.String(64), nullable=False),  # the administrator's name
+)

@@ -25,7 +25,8 @@ from engine.messages import EndpointProtocol, Reason, Refused, User
 
 LAUNCH_SECONDS = 120.0  # from the Access button to the session page's websocket
 MAX_LAUNCHES = 10_000  # all users together: a bound on memory, whatever a client does
-STARTABLE = (EndpointProtocol.SSH, EndpointProtocol.VNC, EndpointProtocol.SYNTHETIC)  # what starts in the browser today
+STARTABLE = (EndpointProtocol.SSH, EndpointProtocol.VNC, EndpointProtocol.RDP,
+             EndpointProtocol.SYNTHETIC)  # what starts in the browser today
 
 
 @dataclass(frozen=True, slots=True, repr=False)

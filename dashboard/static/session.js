@@ -44,6 +44,7 @@
     clipboard_not_allowed: "Your access profile does not allow clipboard upload",
     no_stored_password: "This endpoint stores no password",
     too_many_joins: "You joined this session too often in a short time",
+    too_many_messages: "Too many messages in a short time",
     internal_error: "Internal error in the gateway",
   };
   const ENDINGS = {
@@ -79,6 +80,7 @@
     clockOffset: 0, // the gateway's clock minus this machine's, in seconds
     graceUntil: null, // a disconnected controller may come back until then (rule 8)
   };
+  session.hooks = []; // session_tools.js: called with each control message after this page handled it
   window.cosession = session; // for tests and the curious: state only, nothing secret
   const GRAPHICAL = ["vnc", "rdp"];
   session.graphical = GRAPHICAL.includes(config.endpoint && config.endpoint.protocol);
@@ -288,13 +290,19 @@
 
   $("leave").addEventListener("click", () => {
     if (session.role === "controller" && !window.confirm("End this session for everyone?")) return;
-    session.left = true;
-    send({ type: "leave" });
+    session.leave();
   });
 
   // Send Password: the gateway decides (supervisor, a profile with clipboard upload) and audits
   // each use; only the controller's page offers it, and a viewer's request is refused.
   $("send-password").addEventListener("click", () => send({ type: "send_password" }));
+  // Ctrl-Alt-Del pressed on this computer never reaches the page: the button sends the three
+  // keys through noVNC (an RDP server's secure attention sequence: lock, sign out, task manager)
+  $("ctrl-alt-del").addEventListener("click", () => {
+    if (!desktop || session.role !== "controller") return;
+    desktop.ctrlAltDel();
+    desktop.focus();
+  });
 
   async function copyPassword(password) {
     try {
@@ -316,6 +324,13 @@
     const ws = session.ws;
     if (ws && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(message));
   }
+  session.send = send;
+  session.leave = () => {
+    session.left = true;
+    send({ type: "leave" });
+  };
+  session.notice = notice;
+  session.reasonText = reasonText;
 
   function connect(path, first) {
     const ws = new WebSocket(wsUrl(path));
@@ -353,6 +368,7 @@
       if (message.type === "joined") session.timings.joined = performance.now();
       if (message.type === "reset") keyframeNext = true;
       onControl(message);
+      for (const hook of session.hooks) hook(message);
     };
     ws.onclose = () => {
       if (session.ws !== ws) return;
@@ -446,6 +462,7 @@
           history.replaceState(null, "", m.session_url);
           config.mode = "session";
         }
+        $("ctrl-alt-del").hidden = !(m.role === "controller" && m.endpoint.protocol === "rdp");
         if (m.role === "controller" && session.graphical) {
           $("send-password").hidden = !config.send_password;
         } else if (m.role === "controller") {
@@ -505,6 +522,7 @@
         else if (m.by && m.reason === "controller_left") text += ` (${m.by.name})`;
         notice(text + ".", m.reason === "endpoint_failed" || m.reason === "session_failed" ? "error" : "info", m.reason);
         $("leave").hidden = true;
+        $("ctrl-alt-del").hidden = true;
         term.options.disableStdin = true;
         renderMembers(); // no more Eject buttons
         break;
@@ -516,6 +534,7 @@
         notice(`You were removed from this session by ${m.by ? m.by.name : "someone"}${m.reason ? ": " + m.reason : "."}`,
           "warn", "ejected");
         $("leave").hidden = true;
+        $("ctrl-alt-del").hidden = true;
         $("readonly-note").hidden = true;
         term.options.disableStdin = true;
         renderMembers();

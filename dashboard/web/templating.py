@@ -36,6 +36,7 @@ NAV = (
     ("endpoints", "Endpoints", True),
     ("profiles", "Profiles", True),
     ("groups", "Groups", True),
+    ("tools", "Tools", True),
     ("audit", "Audit", True),
     ("account", "Account", False),
 )

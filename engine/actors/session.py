@@ -22,20 +22,20 @@ from engine.actors.participant import ParticipantActor
 from engine.actors.pool import PooledActor
 from engine.clock import Clock, Timer
 from engine.messages import (
-    Accepted, AuditEvent, AuditSessionEnded, AuditSessionStarted, ChildFailed, Describe, Disconnected, EndpointProtocol,
-    Eject, Ejected, EndpointFailed, EndpointFinished, EndpointReady, EndpointRetrying, EndReason, Expire,
-    Extend, GraceElapsed, Input, InputRefused, Join, Joined, Leave, Member, OpenEndpoint,
-    ParticipantJoined, ParticipantLeft, ParticipantStalled, Reason, RecordingFailed, RecordingPolicy, Refused,
-    Resize, Role, SessionEnded, SessionFinished, SessionState, SessionSummary, SessionUpdated, SetJointSession,
-    Shutdown, StartSession, StateChanged, Subscribe, Terminate, TransferControl, Unsubscribe, User,
+    Accepted, AuditEvent, AuditSessionEnded, AuditSessionStarted, ChatPosted, ChildFailed, Describe, Disconnected,
+    Eject, Ejected, EndpointFailed, EndpointFinished, EndpointProtocol, EndpointReady, EndpointRetrying, EndReason,
+    Expire, Extend, GraceElapsed, Input, InputRefused, Join, Joined, Leave, Member, OpenEndpoint, ParticipantJoined,
+    ParticipantLeft, ParticipantStalled, Point, Pointed, Reason, RecordingFailed, RecordingPolicy, Refused, Resize,
+    Role, Say, SessionEnded, SessionFinished, SessionState, SessionSummary, SessionUpdated, SetJointSession, Shutdown,
+    StartSession, StateChanged, Subscribe, Terminate, TransferControl, Unsubscribe, User,
 )
 from engine.metrics import EngineMetrics
 from engine.recorder import RECORDER_ID
 from engine.recordings import RecordingMeta
 from engine.screen import screen_for
+from config.settings import EngineSettings
 
 GRAPHICAL = (EndpointProtocol.VNC, EndpointProtocol.RDP)
-from config.settings import EngineSettings
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +102,10 @@ class SessionActor(PooledActor):
                 self._on_stalled(pid, seconds)
             case Resize():
                 self._on_resize(message)
+            case Say():
+                self._on_say(message)
+            case Point():
+                self._on_point(message)
             case Terminate():
                 self._on_terminate(message)
             case Eject():
@@ -383,6 +387,23 @@ class SessionActor(PooledActor):
             send(self._endpoint, message)
         elif participant is not None:
             send(participant.ref, InputRefused(refused.reason))
+
+    def _on_say(self, say: Say) -> None:
+        """Chat: audited with its text (a chat is part of what happened in the session), then
+        told to everyone, the sender included. Length and rate were checked where it arrived."""
+        participant = self._participants.get(say.participant_id)
+        if participant is None or len(say.text) > policy.CHAT_MAX_CHARS:
+            return  # gone meanwhile, or a sender that skipped the checks: nothing to tell
+        member = participant.member
+        now = self._clock.now()
+        self._audit("chat", member.user, participant=member.participant_id, role=member.role.value, text=say.text)
+        self._broadcast(ChatPosted(member, say.text, now))
+
+    def _on_point(self, point: Point) -> None:
+        """A pointer is shown to everyone and reaches no endpoint; not audited (it says nothing)."""
+        participant = self._participants.get(point.participant_id)
+        if participant is not None:
+            self._broadcast(Pointed(participant.member, point.x, point.y))
 
     def _on_terminate(self, terminate: Terminate) -> None:
         refused = policy.check_terminate(terminate.by)

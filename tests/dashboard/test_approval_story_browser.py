@@ -121,6 +121,12 @@ def test_request_approve_start_extend_expire(site, live_gateway):
         # on the gateway's clock (this machine's runs on from the moment the page heard it)
         expect(countdown(page)).to_have_text(re.compile(r"expires in (1:00:00|59:[0-5]\d)"))
 
+    # the controller's toolbar: Expiration with Extend, which goes to "Ask to extend"
+    controller.get_by_test_id("toolbar-handle").click()
+    expect(controller.get_by_test_id("toolbar-countdown")).to_have_text(re.compile(r"^(1:00:00|59:[0-5]\d)$"))
+    controller.get_by_test_id("toolbar-extend").click()
+    expect(controller.get_by_test_id("extension-reason")).to_be_focused()
+
     # alice asks for 30 more minutes, carol approves: the countdown moves in every window
     controller.get_by_test_id("extension-minutes").fill("30")
     controller.get_by_test_id("extension-reason").fill("the firmware upload is slow")

@@ -5,6 +5,7 @@ button event its window receives, and `xwd` reads its framebuffer to compare wit
 from __future__ import annotations
 
 import base64
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -161,6 +162,38 @@ def test_a_joint_desktop_session(desk, live_gateway, xvnc):
     events = desk.xev_events()
     assert not any("keysym 0x76, v)" in e or "keysym 0x69, i)" in e for e in events), events
     assert sum(1 for e in events if e.startswith("ButtonPress")) == 1, events
+
+    # the toolbar on a desktop: the viewer's has viewer items; its pointer is a marker for everyone,
+    # never a click on the desktop
+    viewer.evaluate("() => { window.cosessionDesktop.viewOnly = true; }")
+    viewer.get_by_test_id("toolbar-handle").click()
+    expect(viewer.get_by_test_id("toolbar-asset")).to_contain_text("desk")
+    expect(viewer.get_by_test_id("toolbar-disconnect")).to_have_text("Leave")
+    viewer.get_by_test_id("toolbar-point").click()
+    canvas = viewer.locator("#desktop canvas").bounding_box()
+    viewer.mouse.click(canvas["x"] + canvas["width"] * 0.75, canvas["y"] + canvas["height"] * 0.5)
+    for page in (controller, viewer):
+        marker = page.get_by_test_id("pointer")
+        expect(marker).to_have_text("bob")
+        expect(marker).to_have_class(re.compile("pointer-spot"))
+    expect(viewer.get_by_test_id("toolbar-cad")).to_be_hidden()
+    controller.get_by_test_id("toolbar-handle").click()
+    expect(controller.get_by_test_id("toolbar-disconnect")).to_have_text("Disconnect")
+    expect(controller.get_by_test_id("toolbar-point")).to_be_hidden()
+    controller.get_by_test_id("toolbar-cad").click()  # the pointer is still over xev's window
+    deadline = time.monotonic() + 10
+    while not any("(keysym 0xffff, Delete)" in e for e in desk.xev_events()):
+        assert time.monotonic() < deadline, desk.xev_events()
+        time.sleep(0.05)  # polling xev's log file
+    assert any("(keysym 0xffe3, Control_L)" in e for e in desk.xev_events())
+    # the on-screen keyboard's keys reach the desktop as key presses
+    controller.get_by_test_id("toolbar-keyboard").click()
+    controller.get_by_test_id("osk").locator('[data-skbtn="x"]').first.click()
+    deadline = time.monotonic() + 10
+    while not any("(keysym 0x78, x)" in e for e in desk.xev_events()):
+        assert time.monotonic() < deadline, desk.xev_events()
+        time.sleep(0.05)  # polling xev's log file
+    assert sum(1 for e in desk.xev_events() if e.startswith("ButtonPress")) == 1
 
     watched.assert_clean("the controller's desktop page")
     late = desk.join("carol", session_id)  # a late joiner: the desktop at once, as the server has it

@@ -141,13 +141,15 @@ async def test_controller_input_arrives_viewer_input_never_does(live_gateway, xv
         session_id = alice.of("joined")[0]["session_id"]
         bob = await participant(nursery, live_gateway, "bob", f"/ws/sessions/{session_id}", {"type": "join"})
         await bob.wait(lambda: bob.client.frames.updates > 0)
-        # the viewer tries every input message there is: none reaches the X server
+        # the viewer tries every input message there is (a clipboard, Ctrl-Alt-Del): none reaches the X server
         for message in (rfb.KeyEvent(True, ord("v")), rfb.KeyEvent(False, ord("v")),
                         rfb.PointerEvent(1, 100, 100), rfb.PointerEvent(0, 100, 100),
                         rfb.ClientCutText(b"from the viewer"),
+                        # Ctrl-Alt-Del as noVNC's Send Ctrl-Alt-Del sends it
+                        rfb.KeyEvent(True, 0xFFE3), rfb.KeyEvent(True, 0xFFE9), rfb.KeyEvent(True, 0xFFFF),
                         rfb.SetDesktopSize(800, 600, (rfb.Screen(0, 0, 0, 800, 600),))):
             await bob.socket.send_message(rfb.pack(message))
-        await bob.wait(lambda: len([r for r in bob.of("refused") if r["reason"] == "not_controller"]) == 6)
+        await bob.wait(lambda: len([r for r in bob.of("refused") if r["reason"] == "not_controller"]) == 9)
         # the controller's keys and click do
         await alice.socket.send_message(rfb.pack(rfb.PointerEvent(0, 200, 200)) + rfb.pack(rfb.PointerEvent(1, 200, 200))
                                         + rfb.pack(rfb.PointerEvent(0, 200, 200)))
@@ -160,7 +162,8 @@ async def test_controller_input_arrives_viewer_input_never_does(live_gateway, xv
         assert sum(1 for e in events if e.startswith("ButtonPress")) == 1, events  # only alice's click
         rows = await audit(live_gateway, "input_refused")
         assert rows and all(r["detail"]["role"] == "viewer" for r in rows)
-        assert sum(r["detail"].get("count", 1) for r in rows) == 6  # each refusal audited (repeats counted)
+        assert not any("Delete" in e for e in events), events
+        assert sum(r["detail"].get("count", 1) for r in rows) == 9  # each refusal audited (repeats counted)
         await close_all(nursery, alice, bob)
 
 
@@ -310,4 +313,32 @@ async def test_a_browser_that_answers_the_greeting_wrongly_is_closed(live_gatewa
         with trio.move_on_after(5):
             await socket.aclose()
         assert not alice.of("ended")
+        await close_all(nursery, alice)
+
+
+async def test_the_controllers_clipboard_is_decided_by_its_profile_and_audited_with_its_size(live_gateway, xvnc,
+                                                                                           desk):
+    """A desktop's clipboard upload (noVNC's ClientCutText, the toolbar's Paste clipboard):
+    refused `clipboard_not_allowed` with the Standard profile, forwarded and audited with its
+    size (never its content) once a profile allows it, decided at each use."""
+    async with trio.open_nursery() as nursery:
+        alice = await participant(nursery, live_gateway, "alice", f"/ws/endpoints/{desk.id}/start",
+                                  {"type": "start", "cols": 80, "rows": 24})
+        assert alice.of("joined")[0]["role"] == "controller"
+        await alice.wait(lambda: alice.client.frames.updates > 0)
+        await alice.socket.send_message(rfb.pack(rfb.ClientCutText(b"secret-ish clip")))
+        await alice.wait(lambda: any(r.get("reason") == "clipboard_not_allowed" for r in alice.of("refused")))
+
+        services = live_gateway.services
+        upload = services.profiles.create_profile("Upload", "allow", clipboard_upload=True)
+        user = services.users.get_by_name("alice")
+        services.grants.grant(desk.id, user.id, "user", upload.id)
+        await alice.socket.send_message(rfb.pack(rfb.ClientCutText(b"secret-ish clip")))
+        with trio.fail_after(10):
+            while not (rows := await audit(live_gateway, "clipboard_upload")):
+                await trio.sleep(0.02)  # polling the audit log
+        assert [(r["actor_name"], r["detail"]["size"]) for r in rows] == [("alice", len(b"secret-ish clip"))]
+        refused = await audit(live_gateway, "input_refused")
+        assert [r["detail"]["reason"] for r in refused] == ["clipboard_not_allowed"]
+        assert "secret-ish" not in json.dumps(await audit(live_gateway, None))
         await close_all(nursery, alice)

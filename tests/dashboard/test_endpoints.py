@@ -228,6 +228,28 @@ def test_host_keys(repo):
         repo.trust_first_host_key(record.id, "not a key")
 
 
+CERT_A = ":".join(f"{i:02X}" for i in range(32))  # an RDP certificate's SHA-256, as FreeRDP prints it
+CERT_B = ":".join(f"{255 - i:02x}" for i in range(32))
+
+
+def test_rdp_certificates_are_pinned_as_host_keys_are(repo):
+    record = repo.create("w", "rdp", "h")
+    assert record.port == 3389 and record.host_key is None
+    assert repo.trust_first_host_key(record.id, CERT_A) is True
+    assert repo.get(record.id).host_key == CERT_A.lower()
+    assert repo.trust_first_host_key(record.id, CERT_B) is False
+    repo.note_changed_host_key(record.id, CERT_B)
+    pending = repo.get(record.id)
+    assert pending.host_key_fingerprint == f"SHA-256 {CERT_A.lower()}"
+    assert pending.pending_host_key_fingerprint == f"SHA-256 {CERT_B}"
+    assert repo.accept_pending_host_key(record.id) is True
+    assert repo.get(record.id).host_key == CERT_B
+    for bad in ("aa:bb", CERT_A + ":00", CERT_A.replace(":", "")):
+        with pytest.raises(EndpointError, match="SHA-256 fingerprint"):
+            repo.note_changed_host_key(record.id, bad)
+    assert repo.create("w2", "rdp", "h", host_key=CERT_A).host_key == CERT_A.lower()
+
+
 def test_new_address_forgets_host_keys(repo):
     record = repo.create("a", "ssh", "h", host_key=KEY_A)
     repo.note_changed_host_key(record.id, KEY_B)

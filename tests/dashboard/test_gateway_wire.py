@@ -33,6 +33,10 @@ ACCEPTED = [
     (text({"type": "stream", "rate": 12.5}), wire.StreamRequest(12.5)),
     (text({"type": "stream", "rate": 0}), wire.StreamRequest(0.0)),
     (text({"type": "ping", "id": 7}), wire.Ping(7)),
+    (text({"type": "chat", "text": "<b>hi</b>"}), wire.ChatRequest("<b>hi</b>")),
+    (text({"type": "point", "x": 0, "y": 1}), wire.PointRequest(0.0, 1.0)),
+    (text({"type": "paste", "text": "ls\n", "bracketed": True}), wire.PasteRequest("ls\n", True)),
+    (text({"type": "paste", "text": ""}), wire.PasteRequest("", False)),
     ({"type": "websocket.receive", "bytes": b"\x00\xff ls\r"}, wire.TerminalInput(b"\x00\xff ls\r")),
 ]
 
@@ -70,6 +74,11 @@ REFUSED = [
     (text({"type": "stream", "rate": "fast"}), "malformed", "stream"),
     (text('{"type": "stream", "rate": 1e999}'), "malformed", "stream"),
     (text({"type": "ping", "id": [1]}), "malformed", "ping"),
+    (text({"type": "chat"}), "malformed", "chat"),
+    (text({"type": "chat", "text": "hi", "from": "alice"}), "malformed", "chat"),
+    (text({"type": "point", "x": -0.1, "y": 0.5}), "malformed", "point"),
+    (text({"type": "paste", "text": "ls", "bracketed": "yes"}), "malformed", "paste"),
+    (text('{"type": "point", "x": NaN, "y": 0.5}'), "malformed", "point"),
     ({"type": "websocket.receive"}, "malformed", ""),
 ]
 
@@ -94,7 +103,7 @@ def test_kind_of():
     assert wire.kind_of(wire.TerminalInput(b"")) == "input"
     assert wire.kind_of(wire.EjectRequest("p1")) == "eject"
     assert wire.KINDS == {"start", "join", "resize", "leave", "request_control", "eject", "stream", "ping", "input",
-                          "send_password"}
+                          "send_password", "chat", "point", "paste"}
 
 
 ALICE = User("a1", "alice")
@@ -123,3 +132,12 @@ BOB = Member("s-2", User("b1", "bob"), Role.VIEWER)
 ])
 def test_events(event, expected):
     assert wire.event_json(event) == expected
+
+
+def test_a_paste_is_bounded_in_characters_and_never_shows_its_text():
+    big = {"type": "websocket.receive", "text": json.dumps({"type": "paste", "text": "x" * (wire.MAX_PASTE_CHARS + 1)})}
+    with pytest.raises(wire.WireError) as refused:
+        wire.decode(big, 1 << 20)
+    assert (refused.value.reason, refused.value.kind) == ("malformed", "paste")
+    paste = wire.decode(text({"type": "paste", "text": "hunter2-secret"}), LIMIT)
+    assert "hunter2" not in repr(paste)

@@ -11,11 +11,12 @@
   holds the password, and its send_password is refused `not_controller` and audited.
 - The scan: a whole story in Chromium (an administrator creates the endpoint with the password
   through the API and gives access through the admin pages, the controller launches through
-  the launcher, types, uses Send Password, a viewer joins by the share link, the session ends),
-  then every log record, every log file and file of the data directory, every page fetched,
-  every websocket frame, every row of every table of the database and the audit exports are
-  searched for the password, its UTF-8 bytes, hex and base64 forms: it is found only in the one
-  `password` message the controller's Send Password got (and, encrypted, in the endpoint's row).
+  the launcher, types, uses Send Password from the bar and from the toolbar, a viewer joins by
+  the share link, the session ends), then every log record, every log file and file of the data
+  directory, every page fetched, every websocket frame, every row of every table of the database
+  and the audit exports are searched for the password, its UTF-8 bytes, hex and base64 forms: it
+  is found only in the two `password` messages the controller's Send Password got (and,
+  encrypted, in the endpoint's row).
 
 The test user's password of the `openssh` fixture (random, fixed per machine) is the secret
 searched for: it is what the endpoint stores and what logs the session in.
@@ -608,6 +609,13 @@ def run_story(gateway: Any, browser: Browser, openssh: Any, evidence: Evidence) 
     expect(alice.get_by_test_id("notice")).to_have_attribute("data-reason", "password_copied")
     assert alice.evaluate("() => navigator.clipboard.readText()") == secret
     expect(watcher.get_by_test_id("send-password")).to_be_hidden()
+    # the same from the in-session toolbar (the viewer's has no such item)
+    alice.evaluate("() => navigator.clipboard.writeText('')")
+    alice.get_by_test_id("toolbar-handle").click()
+    alice.get_by_test_id("toolbar-password").click()
+    alice.wait_for_function("(s) => navigator.clipboard.readText().then((t) => t === s)", arg=secret)
+    watcher.get_by_test_id("toolbar-handle").click()
+    expect(watcher.get_by_test_id("toolbar-password")).to_be_hidden()
     # the viewer tries it from its page: refused
     watcher.evaluate("() => window.cosession.ws.send(JSON.stringify({type: 'send_password'}))")
     expect(watcher.get_by_test_id("notice")).to_have_attribute("data-reason", "not_controller")
@@ -690,7 +698,8 @@ def test_the_password_appears_in_no_log_page_frame_or_row(live_gateway, browser,
         release_logs(caplog)
     hay = Haystack(secret)
 
-    # the audit log says what happened: one decrypt, the stored credentials used once
+    # the audit log says what happened: two decrypts (the bar's and the toolbar's Send Password),
+    # the stored credentials used once
     db = sa.create_engine(live_gateway.settings.database_url)
     try:
         with db.connect() as conn:
@@ -698,9 +707,9 @@ def test_the_password_appears_in_no_log_page_frame_or_row(live_gateway, browser,
     finally:
         db.dispose()
     decrypts = [r for r in audit if r["kind"] == "decrypt_field"]
-    assert len(decrypts) == 1 and decrypts[0]["session_id"] == sid and decrypts[0]["actor_name"] == "alice"
-    assert json.loads(decrypts[0]["detail"]) == {"endpoint_id": endpoint_id, "endpoint_name": "vault",
-                                                 "field": "password", "purpose": "send_password"}
+    assert len(decrypts) == 2 and all(d["session_id"] == sid and d["actor_name"] == "alice" for d in decrypts)
+    assert all(json.loads(d["detail"]) == {"endpoint_id": endpoint_id, "endpoint_name": "vault",
+                                           "field": "password", "purpose": "send_password"} for d in decrypts)
     uses = [json.loads(r["detail"]) for r in audit if r["kind"] == "credential_use"]
     assert [u["source"] for u in uses] == ["stored"]
 
@@ -725,12 +734,12 @@ def test_the_password_appears_in_no_log_page_frame_or_row(live_gateway, browser,
     for where, body in evidence.pages:
         hay.scan(f"page {where}", body)
 
-    # (c) every websocket frame: the viewer's all, the controller's all but the one answer
+    # (c) every websocket frame: the viewer's all, the controller's all but the two answers
     for who in ("alice", "bob"):
         assert any(isinstance(p, bytes) for p in evidence.received(who)), who  # terminal output was captured
         assert any(isinstance(p, str) and json.loads(p).get("type") == "joined" for p in evidence.received(who))
     holding = [p for p in evidence.received("alice") if contains_secret(p, secret)]
-    assert holding == [json.dumps({"type": "password", "password": secret}, separators=(",", ":"))]
+    assert holding == [json.dumps({"type": "password", "password": secret}, separators=(",", ":"))] * 2
     for n, (who, direction, payload) in enumerate(evidence.frames):
         if not (who == "alice" and direction == "received" and payload in holding):
             hay.scan(f"frame {n} {direction} by {who}", payload)

@@ -128,6 +128,11 @@ def test_viewers_see_the_expiry_countdown_and_the_controllers_grace_period(site)
     countdown = bob.get_by_test_id("countdown")
     expect(countdown).to_have_attribute("data-kind", "deadline")
     expect(countdown).to_contain_text(re.compile(r"expires in (1:00:00|59:[0-5]\d)$"))  # an hour, or just under
+    # the toolbar's Expiration shows the same countdown (a session with an end); a viewer has no Extend
+    bob.get_by_test_id("toolbar-handle").click()
+    expect(bob.get_by_test_id("toolbar-expiration")).to_be_visible()
+    expect(bob.get_by_test_id("toolbar-countdown")).to_have_text(re.compile(r"^(1:00:00|59:[0-5]\d)$"))
+    expect(bob.get_by_test_id("toolbar-extend")).to_be_hidden()
     controller.disconnect()  # as if the controller's tab closed
     expect(bob.get_by_test_id("state")).to_have_text("disconnected")
     expect(countdown).to_have_attribute("data-kind", "grace")

@@ -77,9 +77,15 @@ async def test_job_control_and_ctrl_c(ssh_bridge, demo):
     """The PTY is the shell's controlling terminal: ^C interrupts the foreground job."""
     conn, events = await open_shell(ssh_bridge, demo)
     # computed markers: the terminal's echo of the typed line never matches them
+    conn.send_input(b"PS1='<$((2+3))> '\n")
+    await events.wait_output(b"<5> ")
     conn.send_input(b"echo started-$((1+1)); sleep 60; echo not-$((0+1))-interrupted\n")
     await events.wait_output(b"started-2")
+    prompts = events.received.count(b"<5> ")
     conn.send_input(b"\x03")
+    # The next line only once the shell prompts again: until it has the terminal back, what is
+    # typed may be flushed with the interrupted job's input (it was, under load).
+    await events.wait_for(lambda: events.received.count(b"<5> ") > prompts)
     conn.send_input(b"echo after-$((7*6))\n")
     await events.wait_output(b"after-42")
     assert b"not-1-interrupted" not in events.received

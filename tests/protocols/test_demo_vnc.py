@@ -32,7 +32,7 @@ async def test_demo_desktop_shows_its_clients_and_leaves_nothing(vnc_bridge, tmp
         nursery.cancel_scope.cancel()
     with pytest.raises(OSError):
         await trio.open_tcp_stream(demo.host, demo.port)
-    assert not Path(f"/tmp/.X{demo.display}-lock").exists()
+    assert not Path(f"/tmp/.X11-unix/X{demo.display}").exists()  # -displayfd: the socket claims the number
 
 
 async def test_a_private_display_on_a_unix_socket_only(vnc_bridge):
@@ -79,10 +79,12 @@ def test_the_display_dies_with_a_killed_gateway(tmp_path):
         "        await trio.sleep_forever()\n"
         "trio.run(main)\n")
     gateway = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    display = int(gateway.stdout.readline())
-    lock = Path(f"/tmp/.X{display}-lock")
-    assert lock.exists()
-    xvnc_pid = int(lock.read_text().strip())
+    int(gateway.stdout.readline())  # the display is up
+    # -displayfd takes no lock file: the gateway's child named Xvnc is its display
+    xvnc_pids = [int(stat.parent.name) for stat in Path("/proc").glob("[0-9]*/stat")
+                 if _parent_and_name(stat) == (gateway.pid, "Xvnc")]
+    assert len(xvnc_pids) == 1
+    xvnc_pid = xvnc_pids[0]
     argv = Path(f"/proc/{xvnc_pid}/cmdline").read_bytes().split(b"\0")
     private = Path(argv[argv.index(b"-rfbauth") + 1].decode()).parent  # a killed gateway leaves it
     gateway.send_signal(signal.SIGKILL)
@@ -94,3 +96,12 @@ def test_the_display_dies_with_a_killed_gateway(tmp_path):
     gateway.stdout.close()
     shutil.rmtree(private, ignore_errors=True)
     assert not os.path.exists(f"/proc/{xvnc_pid}") or "Z" in Path(f"/proc/{xvnc_pid}/stat").read_text().split()[2]
+
+
+def _parent_and_name(stat: Path) -> tuple[int, str] | None:
+    try:
+        text = stat.read_text()
+    except OSError:  # the process is gone
+        return None
+    name = text[text.index("(") + 1:text.rindex(")")]
+    return int(text[text.rindex(")") + 2:].split()[1]), name

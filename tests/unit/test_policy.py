@@ -135,3 +135,19 @@ def test_join_rate(earlier, now, expected):
 def test_join_rate_refusal_says_when_to_come_back():
     refused = policy.check_join_rate([50.0, 60.0, 70.0], 100.0, 3, 60.0)
     assert refused.detail == "you joined this session 3 times in the last 60 s; try again in 10 s"
+
+
+def test_chat_is_short_not_empty_and_bounded_in_rate():
+    assert policy.check_chat("hello", [], 100.0) is None
+    assert policy.check_chat(" \t", [], 100.0).reason is Reason.MALFORMED
+    assert policy.check_chat("x" * (policy.CHAT_MAX_CHARS + 1), [], 100.0).reason is Reason.TOO_LARGE
+    earlier = [100.0 - policy.CHAT_WINDOW + 1 + i * 0.1 for i in range(policy.CHAT_LIMIT)]
+    refused = policy.check_chat("hello", earlier, 100.0)
+    assert refused.reason is Reason.TOO_MANY_MESSAGES and "try again in 1 s" in refused.detail
+    assert policy.check_chat("hello", earlier, 101.0) is None  # the oldest left the window
+
+
+def test_pointers_are_bounded_in_rate():
+    earlier = [10.0] * policy.POINT_LIMIT
+    assert policy.check_point(earlier, 10.5).reason is Reason.TOO_MANY_MESSAGES
+    assert policy.check_point(earlier, 10.0 + policy.POINT_WINDOW) is None
