@@ -80,6 +80,7 @@ def session_of(path: Path) -> str | None:
 # said. A refusal is marked once per repeat window, as the audit log writes it (engine/refusals.py).
 _SAID = {
     "join": "{actor} joined as {role}",
+    "chat": "{actor}: {text}",  # the chat is part of what happened (issue 13), and audited with its text
     "reconnect": "{actor} came back",
     "leave": "{actor} left",
     "disconnect": "{actor} disconnected",

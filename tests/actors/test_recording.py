@@ -11,9 +11,9 @@ import threading
 import pytest
 
 from config.settings import load
-from engine.messages import EndReason, RecordingPolicy, SessionEnded
+from engine.messages import EndReason, RecordingPolicy, Say, SessionEnded
 from engine.recordings import marker_label, read_cast
-from engine.runtime import actor_threads
+from engine.runtime import actor_threads, tell_session
 from tests.actors.conftest import ADMIN, ALICE, SSH, audit_rows, make_engine, viewer, wait_until
 
 
@@ -92,6 +92,7 @@ def test_the_markers_are_the_sessions_audit_rows(engine, connection, clock):
     v = engine.join_session(controller.session_id, viewer(1))
     for _ in range(3):  # counted into one row after the first: one marker
         v.send_input(b"x")
+    tell_session(v.joined, Say(v.joined.participant_id, "look at PID 1"))
     clock.advance(2)
     v.disconnect()
     engine.extend(controller.session_id, clock.now() + 600, ADMIN)  # refused: no deadline
@@ -111,6 +112,7 @@ def test_the_markers_are_the_sessions_audit_rows(engine, connection, clock):
         if label is not None and "count" not in detail:
             expected.append((round(at - started, 3), label))
     assert [(round(t, 3), label) for t, label in cast.markers] == expected
+    assert "Viewer 1: look at PID 1" in [label for _, label in cast.markers]
     assert any("input refused" in label for _, label in cast.markers)
     assert sum("input refused" in label for _, label in cast.markers) == 1
     assert rows  # the rows were read
