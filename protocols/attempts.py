@@ -1,10 +1,58 @@
-"""What ended one connection attempt's task: the first real failure to report, and the
-cancellation that must go on up (trio's structured concurrency), from an exception or an
-exception group of a nursery. Shared by the endpoint connections' attempt tasks."""
+"""One connection attempt, shared by the endpoint connections (SSH, VNC, RDP): what it reports
+to its session, exactly once ended, and what ended its task (the first real failure to report,
+and the cancellation that must go on up, trio's structured concurrency, from an exception or an
+exception group of a nursery)."""
 
 from __future__ import annotations
 
-from typing import Callable
+import logging
+import threading
+from typing import Any, Callable
+
+import trio
+
+from engine import EndpointEvents
+
+log = logging.getLogger(__name__)
+
+
+class Attempt:
+    """The state one attempt shares between the actor's thread (`close`) and the loop (its task,
+    under `scope`): it reports to `events` until it is closed or has reported its end."""
+
+    protocol = "endpoint"  # names the attempt in the log
+
+    def __init__(self, events: EndpointEvents) -> None:
+        self.events = events
+        self.lock = threading.Lock()
+        self.closed = False  # close() was called: report nothing more
+        self.finished = False  # closed or failed was reported
+        self.scope = trio.CancelScope()
+
+    def report(self, what: str, *args: Any) -> Any:
+        """Tell `events` what happened; its answer (None if nothing was reported)."""
+        with self.lock:
+            if self.closed or self.finished:
+                return None
+            if what in ("closed", "failed"):
+                self.finished = True
+            try:
+                return getattr(self.events, what)(*args)
+            except Exception:
+                # Nobody is listening any more (a dead actor): report nothing more, and end
+                # the connection rather than leave it open with no one to close it.
+                log.exception("%s: reporting %s failed; closing the connection", self.protocol, what)
+                self.closed = True
+                if trio.lowlevel.in_trio_run():
+                    self.scope.cancel()
+                return None
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+
+    def cancel(self) -> None:
+        self.scope.cancel()
 
 
 def leaves(exc: BaseException) -> list[BaseException]:

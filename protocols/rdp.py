@@ -39,7 +39,7 @@ import trio
 
 from engine import Credentials, EndpointEvents, LoopBridge, LoopClosed
 from protocols import rfb
-from protocols.attempts import split_cancelled
+from protocols.attempts import Attempt, split_cancelled
 from protocols.freerdp import (
     AttemptFailed, FreeRdpRun, RdpOptions, ServerEnded, WorkingDirectory, accepted_certificate,
     certificate_fingerprint, check_credentials, describe_exit, read_output, stage, start_freerdp,
@@ -63,44 +63,19 @@ _BUTTONS = 0b111  # left, middle, right: held buttons stay held; wheel "buttons"
 # --- one attempt --------------------------------------------------------------------------------
 
 
-class _Attempt:
-    """State of one `open()`: its events sink and its cancel scope. As in protocols/ssh.py,
-    `report` holds `lock` while telling and `close` takes it, so nothing is reported after a
-    `close()` has returned."""
+class _Attempt(Attempt):
+    """State of one `open()`: its children, its private display and its input queue."""
+
+    protocol = "rdp"
 
     def __init__(self, events: EndpointEvents) -> None:
-        self.events = events
-        self.lock = threading.Lock()
-        self.closed = False
-        self.finished = False
-        self.scope = trio.CancelScope()
+        super().__init__(events)
         self.done = trio.Event()  # the attempt's task has ended: children reaped, directory gone
         self.display: XvncDisplay | None = None
         self.children: list[Child] = []
         self.reader: VncConnection | None = None  # reads the private display, once FreeRDP is active
         self.input_send, self.input_recv = trio.open_memory_channel[bytes](INPUT_QUEUE_CHUNKS)
         self.dropped_chunks = 0
-
-    def report(self, what: str, *args: Any) -> None:
-        with self.lock:
-            if self.closed or self.finished:
-                return
-            if what in ("closed", "failed"):
-                self.finished = True
-            try:
-                getattr(self.events, what)(*args)
-            except Exception:
-                log.exception("rdp: reporting %s failed; closing the connection", what)
-                self.closed = True
-                if trio.lowlevel.in_trio_run():
-                    self.scope.cancel()
-
-    def close(self) -> None:
-        with self.lock:
-            self.closed = True
-
-    def cancel(self) -> None:
-        self.scope.cancel()
 
     def feed(self, data: bytes) -> None:
         """On the loop: the controller's input, queued for `_pace_input`."""

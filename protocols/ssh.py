@@ -41,6 +41,7 @@ import trio
 import trio_asyncio
 
 from engine import Credentials, EndpointEvents, LoopBridge, LoopClosed
+from protocols.attempts import Attempt
 
 log = logging.getLogger(__name__)
 
@@ -127,19 +128,18 @@ class _FileRequest:
         self.error: BaseException | None = None
 
 
-class _Attempt:
-    """State of one `open()`: its events sink, its cancel scope and its input queue.
+class _Attempt(Attempt):
+    """State of one `open()`: its input queue, its shell channel and its file requests.
 
-    `report` is the only way anything reaches `events`; it holds `lock` while telling, and
-    `close` takes the same lock, so a report never follows a `close()` that has returned.
+    `report` (protocols.attempts.Attempt) is the only way anything reaches `events`; it holds
+    `lock` while telling, and `close` takes the same lock, so a report never follows a `close()`
+    that has returned.
     """
 
+    protocol = "ssh"
+
     def __init__(self, events: EndpointEvents, cols: int, rows: int) -> None:
-        self.events = events
-        self.lock = threading.Lock()
-        self.closed = False  # close() was called: report nothing more
-        self.finished = False  # closed or failed was reported
-        self.scope = trio.CancelScope()
+        super().__init__(events)
         self.input_send, self.input_recv = trio.open_memory_channel[bytes](INPUT_QUEUE_CHUNKS)
         self.size = (cols, rows)
         self.channel: Any = None  # the asyncssh shell channel, once open (loop only)
@@ -148,30 +148,6 @@ class _Attempt:
         self.dropped_chunks = 0
         # file operations (SFTP over this attempt's connection), served inside its asyncio loop
         self.files_send, self.files_recv = trio.open_memory_channel[_FileRequest](FILE_QUEUE)
-
-    def report(self, what: str, *args: Any) -> Any:
-        """Tell `events` what happened; its answer (None if nothing was reported)."""
-        with self.lock:
-            if self.closed or self.finished:
-                return None
-            if what in ("closed", "failed"):
-                self.finished = True
-            try:
-                return getattr(self.events, what)(*args)
-            except Exception:
-                # Nobody is listening any more (a dead actor): report nothing more, and end
-                # the connection rather than leave it open with no one to close it.
-                log.exception("ssh: reporting %s failed; closing the connection", what)
-                self.closed = True
-                if trio.lowlevel.in_trio_run():
-                    self.scope.cancel()
-                return None
-
-    def close(self) -> None:
-        with self.lock:
-            self.closed = True
-
-    # the three below run on the loop (scheduled with bridge.call_soon)
 
     def feed(self, data: bytes) -> None:
         try:
@@ -191,9 +167,6 @@ class _Attempt:
             channel.change_terminal_size(*self.size)
         except Exception as exc:  # the channel may be closing
             log.debug("ssh: terminal resize not sent: %s", type(exc).__name__)
-
-    def cancel(self) -> None:
-        self.scope.cancel()
 
 
 class _Client(asyncssh.SSHClient):

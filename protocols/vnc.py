@@ -38,7 +38,7 @@ import trio
 from engine import EndpointEvents, LoopBridge, LoopClosed
 from engine.messages import DisplayName, DisplayPointer, DisplaySize
 from protocols import rfb
-from protocols.attempts import leaves, split_cancelled
+from protocols.attempts import Attempt, leaves, split_cancelled
 from protocols.vencrypt import VencryptRefused, vencrypt
 from protocols.rfb import Encoding, RfbError, Security, ServerType
 from protocols.rfb_decode import MAX_NAME, Decoder, Framing, Rect, RfbReader, ServerClosed, check_size, read_update
@@ -75,15 +75,13 @@ class _Failure(Exception):
 # --- one attempt --------------------------------------------------------------------------------
 
 
-class _Attempt:
-    """State of one `open()`; `report` under `lock` so nothing is reported after `close()`."""
+class _Attempt(Attempt):
+    """State of one `open()`: its queues toward the server and the updates in flight."""
+
+    protocol = "vnc"
 
     def __init__(self, events: EndpointEvents) -> None:
-        self.events = events
-        self.lock = threading.Lock()
-        self.closed = False
-        self.finished = False
-        self.scope = trio.CancelScope()
+        super().__init__(events)
         self.out_send, self.out_recv = trio.open_memory_channel[bytes](INPUT_QUEUE_MESSAGES)
         self.input = rfb.ClientMessageReader()
         self.framing: Framing | None = None
@@ -92,27 +90,6 @@ class _Attempt:
         self.in_flight = 0  # updates read and not yet applied by the actor
         self.applied = trio.Event()
         self.dropped = 0
-
-    def report(self, what: str, *args: Any) -> None:
-        with self.lock:
-            if self.closed or self.finished:
-                return
-            if what in ("closed", "failed"):
-                self.finished = True
-            try:
-                getattr(self.events, what)(*args)
-            except Exception:
-                log.exception("vnc: reporting %s failed; closing the connection", what)
-                self.closed = True
-                if trio.lowlevel.in_trio_run():
-                    self.scope.cancel()
-
-    def close(self) -> None:
-        with self.lock:
-            self.closed = True
-
-    def cancel(self) -> None:
-        self.scope.cancel()
 
     def one_applied(self) -> None:
         """On the loop: the actor applied one update."""
