@@ -46,16 +46,12 @@ def run(args: Any) -> int:
 
 
 def _verify(args: Any) -> int:
-    from config.settings import SettingsError, load
+    from config.settings import SettingsError
+    from cosession.command_settings import settings_for
     from engine.audit import AuditLogMissing, verify
 
-    overrides: dict[str, dict[str, Any]] = {}
-    if args.data_dir:
-        overrides["server"] = {"data_dir": args.data_dir}
-    if args.database_url:
-        overrides["engine"] = {"database_url": args.database_url}
     try:
-        settings = load(getattr(args, "config", None), **overrides)
+        settings = settings_for(args, args.database_url)
     except SettingsError as exc:
         print(f"cosession audit verify: {exc}", file=sys.stderr)
         return _EXIT_ERROR

@@ -46,16 +46,12 @@ def _state(node: dict[str, Any]) -> str:
 
 
 def _status(args: Any) -> int:
-    from config.settings import SettingsError, load
+    from config.settings import SettingsError
+    from cosession.command_settings import settings_for
     from engine.audit import AuditReader
 
-    overrides: dict[str, dict[str, Any]] = {}
-    if args.data_dir:
-        overrides["server"] = {"data_dir": args.data_dir}
-    if args.database:
-        overrides["engine"] = {"database_url": args.database}
     try:
-        settings = load(getattr(args, "config", None), **overrides)
+        settings = settings_for(args, args.database)
     except SettingsError as exc:
         print(f"cosession cluster status: {exc}", file=sys.stderr)
         return _EXIT_ERROR

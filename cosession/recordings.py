@@ -59,15 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: Any) -> int:
-    from config.settings import SettingsError, load
+    from config.settings import SettingsError
+    from cosession.command_settings import settings_for
 
-    overrides: dict[str, dict[str, Any]] = {}
-    if args.data_dir:
-        overrides["server"] = {"data_dir": args.data_dir}
-    if args.database_url:
-        overrides["engine"] = {"database_url": args.database_url}
     try:
-        settings = load(getattr(args, "config", None), **overrides)
+        settings = settings_for(args, args.database_url)
     except SettingsError as exc:
         return _error(str(exc))
     from engine.audit import AuditLogMissing
