@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import trio
 
-from engine import EndpointEvents
+from engine import EndpointEvents, LoopBridge, LoopClosed
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,45 @@ class Attempt:
 
     def cancel(self) -> None:
         self.scope.cancel()
+
+
+class AttemptConnection:
+    """The actor-thread side every endpoint connection shares: one attempt at a time, the
+    previous one stopped when `open` starts another, none after `close`. A subclass sets
+    `_bridge`, `_lock`, `_attempt` and `_closed`, and runs an attempt in `async _run(attempt)`."""
+
+    _bridge: LoopBridge
+    _lock: threading.Lock
+    _attempt: Any
+    _closed: bool
+
+    def _begin(self, attempt: Attempt) -> None:
+        """Make `attempt` the current one and run it on the loop (from an actor thread)."""
+        with self._lock:
+            if self._closed:
+                log.debug("%s: open after close ignored", attempt.protocol)
+                return
+            previous, self._attempt = self._attempt, attempt
+        if previous is not None:
+            self._stop(previous)
+        try:
+            self._bridge.spawn(self._run, attempt)  # type: ignore[attr-defined]
+        except LoopClosed:
+            attempt.report("failed", "the gateway's network loop is not running", False)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            attempt = self._attempt
+        if attempt is not None:
+            self._stop(attempt)
+
+    def _stop(self, attempt: Attempt) -> None:
+        attempt.close()
+        try:
+            self._bridge.call_soon(attempt.cancel)
+        except LoopClosed:
+            pass  # nothing runs on a closed loop
 
 
 def leaves(exc: BaseException) -> list[BaseException]:

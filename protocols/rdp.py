@@ -39,7 +39,7 @@ import trio
 
 from engine import Credentials, EndpointEvents, LoopBridge, LoopClosed
 from protocols import rfb
-from protocols.attempts import Attempt, split_cancelled
+from protocols.attempts import Attempt, AttemptConnection, split_cancelled
 from protocols.freerdp import (
     AttemptFailed, FreeRdpRun, RdpOptions, ServerEnded, WorkingDirectory, accepted_certificate,
     certificate_fingerprint, check_credentials, describe_exit, read_output, stage, start_freerdp,
@@ -157,7 +157,7 @@ class _ReaderEvents:
 # --- the connection -----------------------------------------------------------------------------
 
 
-class RdpConnection:
+class RdpConnection(AttemptConnection):
     """A remote desktop on an RDP endpoint, as an `EndpointConnection`."""
 
     def __init__(self, bridge: LoopBridge, host: str, port: int, credentials: Credentials, *,
@@ -211,18 +211,7 @@ class RdpConnection:
 
     def open(self, events: EndpointEvents, cols: int, rows: int) -> None:
         """`cols` and `rows` are a terminal's: an RDP desktop has the size of its options."""
-        with self._lock:
-            if self._closed:
-                log.debug("rdp %s: open after close ignored", self.where)
-                return
-            previous, self._attempt = self._attempt, _Attempt(events)
-            attempt = self._attempt
-        if previous is not None:
-            self._stop(previous)
-        try:
-            self._bridge.spawn(self._run, attempt)
-        except LoopClosed:
-            attempt.report("failed", "the gateway's network loop is not running", False)
+        self._begin(_Attempt(events))
 
     def send_input(self, data: bytes) -> None:
         """The controller's RFB client messages (keys, pointer, clipboard), to the private display,
@@ -237,20 +226,6 @@ class RdpConnection:
 
     def resize(self, cols: int, rows: int) -> None:
         """The desktop keeps the size it was opened with."""
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            attempt = self._attempt
-        if attempt is not None:
-            self._stop(attempt)
-
-    def _stop(self, attempt: _Attempt) -> None:
-        attempt.close()
-        try:
-            self._bridge.call_soon(attempt.cancel)
-        except LoopClosed:
-            pass
 
     async def stopped(self) -> None:
         """On the loop: wait until the current attempt has ended its children and removed its

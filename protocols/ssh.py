@@ -41,7 +41,7 @@ import trio
 import trio_asyncio
 
 from engine import Credentials, EndpointEvents, LoopBridge, LoopClosed
-from protocols.attempts import Attempt
+from protocols.attempts import Attempt, AttemptConnection
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,7 @@ class _Shell(asyncssh.SSHClientSession):
 # --- the connection -------------------------------------------------------------------------
 
 
-class SshConnection:
+class SshConnection(AttemptConnection):
     """An interactive shell on an SSH endpoint, as an `EndpointConnection`."""
 
     def __init__(self, bridge: LoopBridge, host: str, port: int, credentials: Credentials, *,
@@ -320,18 +320,7 @@ class SshConnection:
     # --- the EndpointConnection contract (called from actor threads) -------------------------
 
     def open(self, events: EndpointEvents, cols: int, rows: int) -> None:
-        with self._lock:
-            if self._closed:
-                log.debug("ssh %s: open after close ignored", self.where)
-                return
-            previous, self._attempt = self._attempt, _Attempt(events, cols, rows)
-            attempt = self._attempt
-        if previous is not None:
-            self._stop(previous)
-        try:
-            self._bridge.spawn(self._run, attempt)
-        except LoopClosed:
-            attempt.report("failed", "the gateway's network loop is not running", False)
+        self._begin(_Attempt(events, cols, rows))
 
     def send_input(self, data: bytes) -> None:
         attempt = self._attempt
@@ -351,20 +340,6 @@ class SshConnection:
             self._bridge.call_soon(attempt.apply_size)
         except LoopClosed:
             pass
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            attempt = self._attempt
-        if attempt is not None:
-            self._stop(attempt)
-
-    def _stop(self, attempt: _Attempt) -> None:
-        attempt.close()
-        try:
-            self._bridge.call_soon(attempt.cancel)
-        except LoopClosed:
-            pass  # nothing runs on a closed loop
 
     # --- on the loop -------------------------------------------------------------------------
 

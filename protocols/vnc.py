@@ -38,7 +38,7 @@ import trio
 from engine import EndpointEvents, LoopBridge, LoopClosed
 from engine.messages import DisplayName, DisplayPointer, DisplaySize
 from protocols import rfb
-from protocols.attempts import Attempt, leaves, split_cancelled
+from protocols.attempts import Attempt, AttemptConnection, leaves, split_cancelled
 from protocols.vencrypt import VencryptRefused, vencrypt
 from protocols.rfb import Encoding, RfbError, Security, ServerType
 from protocols.rfb_decode import MAX_NAME, Decoder, Framing, Rect, RfbReader, ServerClosed, check_size, read_update
@@ -137,7 +137,7 @@ def _desktop_size(width: int, height: int, screens: tuple[rfb.Screen, ...]) -> r
 # --- the connection -----------------------------------------------------------------------------
 
 
-class VncConnection:
+class VncConnection(AttemptConnection):
     """A VNC desktop as an `EndpointConnection`. Give `host` and `port`, or `socket_path`.
 
     `desktop_size` (width, height): asked of the server once it says it can resize (TigerVNC's
@@ -179,17 +179,7 @@ class VncConnection:
     # --- the EndpointConnection contract (called from actor threads) -------------------------
 
     def open(self, events: EndpointEvents, cols: int, rows: int) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            previous, self._attempt = self._attempt, _Attempt(events)
-            attempt = self._attempt
-        if previous is not None:
-            self._stop(previous)
-        try:
-            self._bridge.spawn(self._run, attempt)
-        except LoopClosed:
-            attempt.report("failed", "the gateway's network loop is not running", False)
+        self._begin(_Attempt(events))
 
     def send_input(self, data: bytes) -> None:
         attempt = self._attempt
@@ -202,20 +192,6 @@ class VncConnection:
 
     def resize(self, cols: int, rows: int) -> None:
         """Terminal cells mean nothing to a desktop (see the class)."""
-
-    def close(self) -> None:
-        with self._lock:
-            self._closed = True
-            attempt = self._attempt
-        if attempt is not None:
-            self._stop(attempt)
-
-    def _stop(self, attempt: _Attempt) -> None:
-        attempt.close()
-        try:
-            self._bridge.call_soon(attempt.cancel)
-        except LoopClosed:
-            pass
 
     # --- on the loop -------------------------------------------------------------------------
 
