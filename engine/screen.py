@@ -131,13 +131,15 @@ def _sgr(char: Any) -> str:
 def _render_buffer(buffer: Any, columns: int, lines: int, default: Any) -> list[str]:
     out: list[str] = []
     for y in range(lines):
-        line = buffer[y]
-        # Trailing blanks in the default rendition are already there after a clear.
-        last = -1
-        for x in range(columns):
-            char = line[x]
-            if char.data not in ("", " ") or char[1:] != default[1:]:
-                last = x
+        line = buffer.get(y)  # not buffer[y]: that would create every line never written to
+        if not line:
+            out.append(f"\x1b[{y + 1};1H")
+            continue
+        # Trailing blanks in the default rendition are already there after a clear. A line holds
+        # only the cells written to it (pyte's lines are dicts defaulting to `default`): an
+        # empty screen's keyframe looks at no cell.
+        last = max((x for x, char in line.items()
+                    if x < columns and (char.data not in ("", " ") or char[1:] != default[1:])), default=-1)
         out.append(f"\x1b[{y + 1};1H")
         rendition = None
         for x in range(last + 1):

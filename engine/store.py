@@ -10,9 +10,14 @@ makes its run the current one and ends the sessions an earlier run left open
 (`gateway_restarted`), every session it starts records the node, and a heartbeat says the
 node is alive until a clean stop says it stopped.
 
-Rows are batched: the store commits when its inbox is empty, when 256 rows are pending, on
-`Flush` (answered with `Flushed` only once everything told before it is committed) and when it
-stops. A row is written only once committed; until then it is held in memory, never dropped:
+Rows are batched (a group commit): the store commits when its inbox has stayed empty for
+`COMMIT_LINGER_SECONDS` (1 ms), when the oldest pending row has waited `COMMIT_MAX_DELAY_SECONDS`
+(20 ms) while rows kept coming, when 256 rows are pending, on `Flush` (answered with `Flushed`
+only once everything told before it is committed) and when it stops. Rows that trickle in (a
+thousand sessions starting, each join one row) would otherwise be a transaction each, and the
+store's commits held the GIL for 40 % of a 1,000-session start-up (docs/benchmarks.md). Both
+delays are wall-clock time, not the engine's clock: they batch work, they are not rules of the
+product. A row is written only once committed; until then it is held in memory, never dropped:
 
 - a *transient* failure (the database is locked beyond the 30 s busy timeout, the connection
   is lost, the disk is full) is logged and the whole batch is retried with a backoff, from a
@@ -36,6 +41,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -61,9 +67,26 @@ from engine.refusals import RefusalCounter
 log = logging.getLogger(__name__)
 
 BATCH_ROWS = 256  # commit at least this often, even while messages keep coming
+COMMIT_LINGER_SECONDS = 0.001  # an emptied inbox waits this long for rows that can share the commit
+COMMIT_MAX_DELAY_SECONDS = 0.02  # while rows keep coming, none waits longer than this to be committed
 RETRY_FIRST_SECONDS = 0.05
 RETRY_MAX_SECONDS = 5.0
 _HEAD_RACES = 3  # how often to re-chain a batch when another writer moved the head
+
+
+# The statements of every batch, built once: SQLAlchemy then finds their compiled form by
+# identity instead of computing a cache key from a new statement's values for every row.
+_INSERT_EVENT = audit_events.insert()
+_INSERT_EVENT_RETURNING_ID = audit_events.insert().returning(audit_events.c.id)
+_MOVE_HEAD = (audit_head.update()
+              .where(audit_head.c.id == HEAD_ID, audit_head.c.last_hash == sa.bindparam("was_hash"),
+                     audit_head.c.rows == sa.bindparam("was_rows"))
+              .values(last_id=sa.bindparam("last_id"), last_hash=sa.bindparam("last_hash"),
+                      rows=sa.bindparam("rows")))
+_SESSION_EXISTS = sa.select(sessions.c.id).where(sessions.c.id == sa.bindparam("session_id"))
+_END_SESSION = (sessions.update().where(sessions.c.id == sa.bindparam("session_id"), sessions.c.ended_at.is_(None))
+                .values(ended_at=sa.bindparam("ended_at"), end_reason=sa.bindparam("end_reason"),
+                        ended_by=sa.bindparam("ended_by")))
 
 
 # --- pending rows ------------------------------------------------------------------------------
@@ -205,6 +228,7 @@ class StoreActor(pykka.ThreadingActor):
         self._conn: sa.Connection | None = None
         self._head: _Head | None = None
         self._pending: list[_Op] = []
+        self._pending_since = 0.0  # time.monotonic() when the oldest pending row arrived
         self._flushes: list[Any] = []  # reply_to of Flush messages waiting for a commit
         self._committed = 0  # event rows committed by this store
         self._retry_delay = 0.0  # 0: not backing off
@@ -289,12 +313,24 @@ class StoreActor(pykka.ThreadingActor):
                 log.exception("audit store could not encode %r; nothing written for it", row)
                 continue
             if op is not None:
+                if not self._pending:
+                    self._pending_since = time.monotonic()
                 self._pending.append(op)
         self._schedule_refusals()
         if self._retry_timer is not None:
             return  # backing off: the timer commits (or Flush, or stop)
-        if len(self._pending) >= BATCH_ROWS or self.actor_inbox.empty():
+        if self._commit_due():
             self._commit()
+
+    def _commit_due(self) -> bool:
+        if not self._pending or len(self._pending) >= BATCH_ROWS:
+            return True  # nothing to write (waiting flushes are answered), or a full batch
+        if time.monotonic() - self._pending_since >= COMMIT_MAX_DELAY_SECONDS:
+            return True
+        if not self.actor_inbox.empty():
+            return False  # the next message comes at once; it decides
+        time.sleep(COMMIT_LINGER_SECONDS)  # the store's own thread; the GIL is free meanwhile
+        return self.actor_inbox.empty()
 
     def _rows_for(self, message: Any) -> list[Any]:
         """The messages to write for `message`, in order: counted refusals that must come before
@@ -458,19 +494,15 @@ class StoreActor(pykka.ThreadingActor):
             # up to the busy timeout) before this transaction reads anything; the head update
             # below then finds the head this store last wrote, unless another process wrote since.
             if len(rows) > 1:  # a plain executemany: fast on every driver, whatever the batch size
-                conn.execute(audit_events.insert(), rows[:-1])
-            last_id = conn.execute(audit_events.insert().returning(audit_events.c.id), rows[-1]).scalar_one()
+                conn.execute(_INSERT_EVENT, rows[:-1])
+            last_id = conn.execute(_INSERT_EVENT_RETURNING_ID, rows[-1]).scalar_one()
             for op in batch:
                 if op.session_start is not None:
                     self._start_session(conn, op.session_start)
                 elif op.session_end is not None:
                     self._end_session(conn, *op.session_end)
-            moved = conn.execute(
-                audit_head.update()
-                .where(audit_head.c.id == HEAD_ID, audit_head.c.last_hash == head.last_hash,
-                       audit_head.c.rows == head.rows)
-                .values(last_id=last_id, last_hash=prev, rows=head.rows + len(rows))
-            ).rowcount
+            moved = conn.execute(_MOVE_HEAD, {"was_hash": head.last_hash, "was_rows": head.rows, "last_id": last_id,
+                                              "last_hash": prev, "rows": head.rows + len(rows)}).rowcount
             if moved != 1:
                 raise _HeadMoved()
         self._notice = None
@@ -480,9 +512,9 @@ class StoreActor(pykka.ThreadingActor):
 
     @staticmethod
     def _start_session(conn: sa.Connection, row: dict[str, Any]) -> None:
-        exists = conn.execute(sa.select(sessions.c.id).where(sessions.c.id == row["id"])).first()
+        exists = conn.execute(_SESSION_EXISTS, {"session_id": row["id"]}).first()
         if exists is None:
-            conn.execute(sessions.insert().values(**row))
+            conn.execute(sessions.insert(), row)
         else:  # told twice: the later start wins, an end already written stays
             log.warning("session %s started twice in the audit log", row["id"])
             conn.execute(sessions.update().where(sessions.c.id == row["id"])
@@ -490,10 +522,8 @@ class StoreActor(pykka.ThreadingActor):
 
     @staticmethod
     def _end_session(conn: sa.Connection, session_id: str, ended_at: float, reason: str, by: str | None) -> None:
-        done = conn.execute(
-            sessions.update().where(sessions.c.id == session_id, sessions.c.ended_at.is_(None))
-            .values(ended_at=ended_at, end_reason=reason, ended_by=by)
-        ).rowcount
+        done = conn.execute(_END_SESSION, {"session_id": session_id, "ended_at": ended_at, "end_reason": reason,
+                                           "ended_by": by}).rowcount
         if done != 1:  # the first end counts; the event row still records this one
             log.info("session %s: end (%s) not applied to the sessions row: unknown or already ended",
                      session_id, reason)
