@@ -69,6 +69,8 @@ log = logging.getLogger(__name__)
 BATCH_ROWS = 256  # commit at least this often, even while messages keep coming
 COMMIT_LINGER_SECONDS = 0.001  # an emptied inbox waits this long for rows that can share the commit
 COMMIT_MAX_DELAY_SECONDS = 0.02  # while rows keep coming, none waits longer than this to be committed
+_wall = time.monotonic  # the group commit's time (tests replace these two)
+_linger = time.sleep
 RETRY_FIRST_SECONDS = 0.05
 RETRY_MAX_SECONDS = 5.0
 _HEAD_RACES = 3  # how often to re-chain a batch when another writer moved the head
@@ -314,7 +316,7 @@ class StoreActor(pykka.ThreadingActor):
                 continue
             if op is not None:
                 if not self._pending:
-                    self._pending_since = time.monotonic()
+                    self._pending_since = _wall()
                 self._pending.append(op)
         self._schedule_refusals()
         if self._retry_timer is not None:
@@ -325,11 +327,11 @@ class StoreActor(pykka.ThreadingActor):
     def _commit_due(self) -> bool:
         if not self._pending or len(self._pending) >= BATCH_ROWS:
             return True  # nothing to write (waiting flushes are answered), or a full batch
-        if time.monotonic() - self._pending_since >= COMMIT_MAX_DELAY_SECONDS:
+        if _wall() - self._pending_since >= COMMIT_MAX_DELAY_SECONDS:
             return True
         if not self.actor_inbox.empty():
             return False  # the next message comes at once; it decides
-        time.sleep(COMMIT_LINGER_SECONDS)  # the store's own thread; the GIL is free meanwhile
+        _linger(COMMIT_LINGER_SECONDS)  # the store's own thread; the GIL is free meanwhile
         return self.actor_inbox.empty()
 
     def _rows_for(self, message: Any) -> list[Any]:

@@ -19,7 +19,9 @@ import sqlalchemy as sa
 from engine.audit import verify
 from engine.db import GENESIS_HASH, audit_events, audit_head, event_hash, sessions
 from engine.messages import AuditEvent, AuditSessionEnded, AuditSessionStarted, Flush, Flushed, User
+from engine import store as store_module
 from engine.store import AuditReader, StoreActor
+from tests.actors.conftest import wait_until
 
 ALICE = User("alice", "Alice")
 BOB = User("bob", "Bob")
@@ -188,6 +190,71 @@ def test_a_session_ends_once_the_first_end_counts(url, start_store):
     assert (session.ended_at, session.end_reason, session.ended_by) == (110.0, "terminated", "Root")
     kinds = [r.kind for r in query(url, sa.select(audit_events.c.kind).order_by(audit_events.c.id))]
     assert kinds == ["session_started", "session_ended", "session_ended", "session_ended"]
+
+
+class _Commits:
+    """Counts the transactions committed on any SQLAlchemy engine of this process (the store's)."""
+
+    def __init__(self):
+        self.count = 0
+
+    def __call__(self, _conn):
+        self.count += 1
+
+
+@pytest.fixture
+def commits():
+    counter = _Commits()
+    sa.event.listen(sa.Engine, "commit", counter)
+    yield counter
+    sa.event.remove(sa.Engine, "commit", counter)
+
+
+def test_rows_that_trickle_in_while_the_store_lingers_share_one_commit(url, start_store, commits, monkeypatch):
+    """Each row arrives alone, just as the store, its inbox empty, waits for more: a join at a
+    time during a large start-up. They are one transaction, committed once nothing more comes."""
+    ref = start_store(url)
+    flush(ref)
+    to_come = [AuditEvent.make("input_refused", float(i), "s1", BOB, size=i) for i in range(1, 10)]
+    lingered = []
+
+    def linger(seconds):
+        lingered.append(seconds)
+        if to_come:
+            ref.tell(to_come.pop(0))
+
+    monkeypatch.setattr(store_module, "_linger", linger)
+    before = commits.count
+    ref.tell(AuditEvent.make("input_refused", 0.0, "s1", BOB, size=0))
+    assert wait_until(lambda: query(url, sa.select(sa.func.count()).select_from(audit_events)) == [(10,)])
+    assert commits.count - before == 1
+    assert lingered == [store_module.COMMIT_LINGER_SECONDS] * 10  # the tenth found nothing more: commit
+    assert verify(url).ok
+
+
+def test_rows_that_keep_coming_are_committed_after_the_max_delay(url, start_store, commits, monkeypatch):
+    """Every linger finds another row (5 ms later): the inbox is never quiet, yet the rows are
+    committed once the oldest has waited COMMIT_MAX_DELAY_SECONDS, without a Flush."""
+    ref = start_store(url)
+    flush(ref)
+    now = [1000.0]
+    told = [0]
+
+    def linger(seconds):
+        if told[0] < 1000:  # bounded, should the store never commit
+            now[0] += 0.005
+            told[0] += 1
+            ref.tell(AuditEvent.make("input_refused", float(told[0]), "s1", BOB, size=told[0]))
+
+    monkeypatch.setattr(store_module, "_wall", lambda: now[0])
+    monkeypatch.setattr(store_module, "_linger", linger)
+    before = commits.count
+    ref.tell(AuditEvent.make("input_refused", 0.0, "s1", BOB, size=0))
+    assert wait_until(lambda: query(url, sa.select(sa.func.count()).select_from(audit_events)) != [(0,)])
+    (committed,) = query(url, sa.select(sa.func.count()).select_from(audit_events))[0]
+    assert 4 <= committed <= 6 and committed == told[0] + 1  # 20 ms of rows, one commit
+    assert commits.count - before == 1
+    assert verify(url).ok
 
 
 def test_stop_commits_pending_rows(url, start_store):
