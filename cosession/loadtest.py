@@ -291,7 +291,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--record", action="store_true", help="record every session (engine only)")
     parser.add_argument("--via", choices=["engine", "websocket"], default="engine",
                         help="drive the actors directly (engine) or a running gateway's websockets")
-    parser.add_argument("--url", help="with --via websocket: the gateway's base URL")
+    parser.add_argument("--url", help="with --via websocket: the gateway's base URL, or several nodes' "
+                        "separated by commas (sessions spread over them)")
+    parser.add_argument("--viewers-on", choices=["same", "next"], default="same",
+                        help="with several --url nodes: viewers on their controller's node (same) or "
+                        "on the next one (next: every viewer joins across nodes)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.set_defaults(run=run)
 
@@ -318,7 +322,8 @@ def run(args: argparse.Namespace) -> int:
     if args.via == "websocket":
         from cosession.loadtest_ws import run_websocket_loadtest
 
-        report = run_websocket_loadtest(options, settings, url=args.url, progress=None if args.json else _Bar())
+        report = run_websocket_loadtest(options, settings, url=args.url, viewers_on=args.viewers_on,
+                                        progress=None if args.json else _Bar())
     else:
         report = run_engine_loadtest(options, settings, progress=None if args.json else _Bar())
     if args.json:

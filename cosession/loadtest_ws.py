@@ -3,7 +3,9 @@ a gateway's websockets.
 
 Without ``--url`` it starts a gateway in this process (its own trio loop in a thread, Hypercorn
 on 127.0.0.1, a temporary data directory) with one synthetic endpoint and one user per
-participant. With ``--url`` it drives a running gateway; set ``COSESSION_LOADTEST_USER``,
+participant. With ``--url`` it drives a running gateway, or the nodes of a cluster
+(``--url A,B``: session *n*'s controller on the *n*-th node round the list, its viewers on the
+same node, or with ``--viewers-on next`` on the next one, docs/cluster.md); set ``COSESSION_LOADTEST_USER``,
 ``COSESSION_LOADTEST_PASSWORD`` (an account that may use the endpoint; every participant signs
 in as it) and ``COSESSION_LOADTEST_ENDPOINT`` (the id of a synthetic endpoint).
 
@@ -249,7 +251,8 @@ class InProcessGateway:
 
 @dataclasses.dataclass
 class _Plan:
-    base_url: str
+    base_urls: list[str]  # the nodes; session n's controller on base_urls[n % len]
+    viewers_shift: int  # its viewers on base_urls[(n + viewers_shift) % len]
     endpoint_ids: list[str]  # one per session
     controllers: list[tuple[str, str]]  # (name, password) per session
     viewers: list[list[tuple[str, str]]]  # per session
@@ -273,17 +276,21 @@ def _local_plan(gateway: InProcessGateway, options: Options) -> _Plan:
             services.grants.grant(endpoint.id, viewer.id)
             names.append((viewer.name, password))
         viewers.append(names)
-    return _Plan(gateway.base_url, endpoint_ids, controllers, viewers)
+    return _Plan([gateway.base_url], 0, endpoint_ids, controllers, viewers)
 
 
-def _remote_plan(url: str, options: Options) -> _Plan:
+def _remote_plan(url: str, options: Options, viewers_on: str = "same") -> _Plan:
     user = os.environ.get("COSESSION_LOADTEST_USER")
     password = os.environ.get("COSESSION_LOADTEST_PASSWORD")
     endpoint = os.environ.get("COSESSION_LOADTEST_ENDPOINT")
     if not (user and password and endpoint):
         raise LoadTestError("with --url, set COSESSION_LOADTEST_USER, COSESSION_LOADTEST_PASSWORD and "
                             "COSESSION_LOADTEST_ENDPOINT (a synthetic endpoint the user may use)")
-    return _Plan(url.rstrip("/"), [endpoint] * options.sessions, [(user, password)] * options.sessions,
+    urls = [u.strip().rstrip("/") for u in url.split(",") if u.strip()]
+    if not urls:
+        raise LoadTestError("--url names no gateway")
+    return _Plan(urls, 1 if viewers_on == "next" else 0, [endpoint] * options.sessions,
+                 [(user, password)] * options.sessions,
                  [[(user, password)] * options.viewers for _ in range(options.sessions)])
 
 
@@ -293,20 +300,24 @@ class _Run:
         self.options = options
         self.report = report
         self.progress = progress
-        self.cookies: dict[str, str] = {}
+        self.cookies: dict[tuple[str, str], str] = {}
         self.sessions: list[tuple[WsParticipant, list[WsParticipant]]] = []
         self.refusals: Counter[str] = Counter()
         self.sent: Counter[str] = Counter()
         self.inputs_stopped = False
 
-    async def cookie(self, name: str, password: str) -> str:
-        if name not in self.cookies:
-            self.cookies[name] = await trio.to_thread.run_sync(login, self.plan.base_url, name, password)
-        return self.cookies[name]
+    def node(self, session: int, viewer: bool = False) -> str:
+        urls = self.plan.base_urls
+        return urls[(session + (self.plan.viewers_shift if viewer else 0)) % len(urls)]
 
-    async def connect(self, nursery: trio.Nursery, name: str, password: str, path: str,
+    async def cookie(self, base_url: str, name: str, password: str) -> str:
+        if (base_url, name) not in self.cookies:  # each node's own sign-in: its Origin, its cookie
+            self.cookies[base_url, name] = await trio.to_thread.run_sync(login, base_url, name, password)
+        return self.cookies[base_url, name]
+
+    async def connect(self, nursery: trio.Nursery, base_url: str, name: str, password: str, path: str,
                       first: dict[str, Any]) -> WsParticipant:
-        socket = await connect_socket(nursery, self.plan.base_url, path, await self.cookie(name, password),
+        socket = await connect_socket(nursery, base_url, path, await self.cookie(base_url, name, password),
                                       message_queue_size=64, connect_timeout=CONNECT_SECONDS)
         participant = WsParticipant(name, socket)
         nursery.start_soon(participant.read)
@@ -322,7 +333,7 @@ class _Run:
             for n in range(options.sessions):
                 name, password = self.plan.controllers[n]
                 controller = await self.connect(
-                    nursery, name, password, f"/ws/endpoints/{self.plan.endpoint_ids[n]}/start",
+                    nursery, self.node(n), name, password, f"/ws/endpoints/{self.plan.endpoint_ids[n]}/start",
                     {"type": "start", "cols": 80, "rows": 24, "synthetic": {"frame_bytes": options.frame_bytes}})
                 if controller.refusal is not None:
                     report.errors.append(f"session {n} refused: {controller.refusal['reason']}")
@@ -331,8 +342,8 @@ class _Run:
                 report.sessions_started += 1
                 viewers = []
                 for v_name, v_password in self.plan.viewers[n]:
-                    viewer = await self.connect(nursery, v_name, v_password, f"/ws/sessions/{controller.session_id}",
-                                                {"type": "join"})
+                    viewer = await self.connect(nursery, self.node(n, viewer=True), v_name, v_password,
+                                                f"/ws/sessions/{controller.session_id}", {"type": "join"})
                     if viewer.refusal is not None:
                         self.refusals[viewer.refusal["reason"]] += 1
                         await viewer.socket.aclose()
@@ -435,7 +446,7 @@ class _Run:
 
 
 def run_websocket_loadtest(options: Options, settings: Settings | None = None, *, url: str | None = None,
-                           progress: Any = None) -> Report:
+                           viewers_on: str = "same", progress: Any = None) -> Report:
     report = Report(threads_at_start=_threads())
     report.resyncs = 0  # type: ignore[attr-defined]
     cpu_before = _cpu_seconds()
@@ -444,7 +455,7 @@ def run_websocket_loadtest(options: Options, settings: Settings | None = None, *
         run: _Run | None = None
         try:
             if url:
-                plan = _remote_plan(url, options)
+                plan = _remote_plan(url, options, viewers_on)
             else:
                 data_dir = Path(options.data_dir or tmp)
                 data_dir.mkdir(parents=True, exist_ok=True)

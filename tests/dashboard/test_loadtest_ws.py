@@ -57,6 +57,25 @@ def test_a_running_gateway_by_url(live_gateway, monkeypatch):
     assert report.frames_delivered == report.frames_generated * 4
 
 
+def test_several_nodes_by_url_each_participant_on_its_node(live_gateway, monkeypatch):
+    """`--url A,B --viewers-on next`: controllers round the list, viewers on the next node. Two
+    spellings of one gateway stand for two nodes (tests/cluster runs real ones): each
+    participant's sign-in and websocket go to its node's URL."""
+    gw = live_gateway
+    endpoint = gw.create_endpoint("load", EndpointProtocol.SYNTHETIC, host="")
+    user = gw.create_user("loader", "loader-password")
+    gw.grant(endpoint, user)
+    monkeypatch.setenv("COSESSION_LOADTEST_USER", "loader")
+    monkeypatch.setenv("COSESSION_LOADTEST_PASSWORD", "loader-password")
+    monkeypatch.setenv("COSESSION_LOADTEST_ENDPOINT", endpoint.id)
+    urls = [gw.base_url, gw.base_url + "/"]
+    report = run_websocket_loadtest(Options(sessions=2, viewers=2, rate=10, duration=0.3),
+                                    url=" , ".join(urls), viewers_on="next")
+    assert report.errors == []
+    assert report.sessions_started == 2 and report.viewers_joined == 4
+    assert report.frames_delivered == report.frames_generated * 3
+
+
 def test_a_running_gateway_needs_an_account_and_an_endpoint(monkeypatch):
     for name in ("COSESSION_LOADTEST_USER", "COSESSION_LOADTEST_PASSWORD", "COSESSION_LOADTEST_ENDPOINT"):
         monkeypatch.delenv(name, raising=False)
