@@ -3,9 +3,8 @@ a gateway's websockets.
 
 Without ``--url`` it starts a gateway in this process (its own trio loop in a thread, Hypercorn
 on 127.0.0.1, a temporary data directory) with one synthetic endpoint and one user per
-participant. With ``--url`` it drives a running gateway, or the nodes of a cluster
-(``--url A,B``: session *n*'s controller on the *n*-th node round the list, its viewers on the
-same node, or with ``--viewers-on next`` on the next one, docs/cluster.md); set ``COSESSION_LOADTEST_USER``,
+participant. With ``--url`` it drives a running gateway (or several nodes, docs/protocol.md);
+set ``COSESSION_LOADTEST_USER``,
 ``COSESSION_LOADTEST_PASSWORD`` (an account that may use the endpoint; every participant signs
 in as it) and ``COSESSION_LOADTEST_ENDPOINT`` (the id of a synthetic endpoint).
 
@@ -251,8 +250,7 @@ class InProcessGateway:
 
 @dataclasses.dataclass
 class _Plan:
-    base_urls: list[str]  # the nodes; session n's controller on base_urls[n % len]
-    viewers_shift: int  # its viewers on base_urls[(n + viewers_shift) % len]
+    nodes: list[tuple[str, str]]  # per session: its controller's node (URL), its viewers' (--viewers-on)
     endpoint_ids: list[str]  # one per session
     controllers: list[tuple[str, str]]  # (name, password) per session
     viewers: list[list[tuple[str, str]]]  # per session
@@ -276,21 +274,19 @@ def _local_plan(gateway: InProcessGateway, options: Options) -> _Plan:
             services.grants.grant(endpoint.id, viewer.id)
             names.append((viewer.name, password))
         viewers.append(names)
-    return _Plan([gateway.base_url], 0, endpoint_ids, controllers, viewers)
+    return _Plan([(gateway.base_url, gateway.base_url)] * options.sessions, endpoint_ids, controllers, viewers)
 
 
-def _remote_plan(url: str, options: Options, viewers_on: str = "same") -> _Plan:
+def _remote_plan(url: str, options: Options, viewers_on: str) -> _Plan:
     user = os.environ.get("COSESSION_LOADTEST_USER")
     password = os.environ.get("COSESSION_LOADTEST_PASSWORD")
     endpoint = os.environ.get("COSESSION_LOADTEST_ENDPOINT")
     if not (user and password and endpoint):
         raise LoadTestError("with --url, set COSESSION_LOADTEST_USER, COSESSION_LOADTEST_PASSWORD and "
                             "COSESSION_LOADTEST_ENDPOINT (a synthetic endpoint the user may use)")
-    urls = [u.strip().rstrip("/") for u in url.split(",") if u.strip()]
-    if not urls:
-        raise LoadTestError("--url names no gateway")
-    return _Plan(urls, 1 if viewers_on == "next" else 0, [endpoint] * options.sessions,
-                 [(user, password)] * options.sessions,
+    urls = [u.strip().rstrip("/") for u in url.split(",") if u.strip()] or [url]
+    return _Plan([(urls[n % len(urls)], urls[(n + (viewers_on == "next")) % len(urls)]) for n in range(options.sessions)],
+                 [endpoint] * options.sessions, [(user, password)] * options.sessions,
                  [[(user, password)] * options.viewers for _ in range(options.sessions)])
 
 
@@ -305,10 +301,6 @@ class _Run:
         self.refusals: Counter[str] = Counter()
         self.sent: Counter[str] = Counter()
         self.inputs_stopped = False
-
-    def node(self, session: int, viewer: bool = False) -> str:
-        urls = self.plan.base_urls
-        return urls[(session + (self.plan.viewers_shift if viewer else 0)) % len(urls)]
 
     async def cookie(self, base_url: str, name: str, password: str) -> str:
         if (base_url, name) not in self.cookies:  # each node's own sign-in: its Origin, its cookie
@@ -333,7 +325,7 @@ class _Run:
             for n in range(options.sessions):
                 name, password = self.plan.controllers[n]
                 controller = await self.connect(
-                    nursery, self.node(n), name, password, f"/ws/endpoints/{self.plan.endpoint_ids[n]}/start",
+                    nursery, self.plan.nodes[n][0], name, password, f"/ws/endpoints/{self.plan.endpoint_ids[n]}/start",
                     {"type": "start", "cols": 80, "rows": 24, "synthetic": {"frame_bytes": options.frame_bytes}})
                 if controller.refusal is not None:
                     report.errors.append(f"session {n} refused: {controller.refusal['reason']}")
@@ -342,7 +334,7 @@ class _Run:
                 report.sessions_started += 1
                 viewers = []
                 for v_name, v_password in self.plan.viewers[n]:
-                    viewer = await self.connect(nursery, self.node(n, viewer=True), v_name, v_password,
+                    viewer = await self.connect(nursery, self.plan.nodes[n][1], v_name, v_password,
                                                 f"/ws/sessions/{controller.session_id}", {"type": "join"})
                     if viewer.refusal is not None:
                         self.refusals[viewer.refusal["reason"]] += 1
