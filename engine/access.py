@@ -418,6 +418,14 @@ def may_upload_clipboard(profile: Profile | None) -> Refused | None:
     return None
 
 
+def may_download_clipboard(profile: Profile | None) -> Refused | None:
+    """May the controller's page have the endpoint's clipboard text (a desktop's cut text)?
+    Needs a profile that allows clipboard download."""
+    if profile is None or not profile.clipboard_download:
+        return Refused(Reason.CLIPBOARD_DOWNLOAD_NOT_ALLOWED, "your access profile does not allow clipboard download")
+    return None
+
+
 # --- MFA (TOTP) ------------------------------------------------------------------------------------
 
 TOTP_DRIFT_STEPS = 1  # a token of the previous or the next 30-second step is accepted too

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from engine.messages import DisplayUpdate, EndpointClosed, EndpointError, EndpointOpened, Frame
+from engine.messages import DisplayUpdate, EndpointClosed, EndpointError, EndpointOpened, Frame, RemoteClipboard
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -87,6 +87,10 @@ class EndpointEvents:
         """A graphical endpoint's decoded update (engine.messages.Display*), in order.
         `applied()` is called from the actor's thread once it is applied and fanned out."""
         self._ref.tell(DisplayUpdate(items, time.perf_counter_ns(), applied))
+
+    def clipboard(self, text: str) -> None:
+        """The endpoint's clipboard text changed (a desktop's cut text): for the controller only."""
+        self._ref.tell(RemoteClipboard(text))
 
     def closed(self, detail: str = "") -> None:
         self._ref.tell(EndpointClosed(detail))

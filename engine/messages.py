@@ -92,6 +92,7 @@ class Reason(enum.StrEnum):
     CREDENTIALS_REQUIRED = "credentials_required"
     NOT_SUPERVISOR = "not_supervisor"
     CLIPBOARD_NOT_ALLOWED = "clipboard_not_allowed"
+    CLIPBOARD_DOWNLOAD_NOT_ALLOWED = "clipboard_download_not_allowed"
     FILE_TRANSFER_NOT_ALLOWED = "file_transfer_not_allowed"
     NO_STORED_PASSWORD = "no_stored_password"
     NOT_APPROVER = "not_approver"
@@ -445,6 +446,19 @@ class Pointed:
     member: Member
     x: float
     y: float
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class RemoteClipboard:
+    """The endpoint's clipboard text changed (a desktop's ServerCutText). From the connection to
+    its EndpointActor, to the session, which tells the controller only: a viewer never gets it,
+    and the gateway gives it to the controller's page only when its profile allows clipboard
+    download (docs/session.md)."""
+
+    text: str
+
+    def __repr__(self) -> str:  # clipboard contents stay out of logs
+        return f"RemoteClipboard(<{len(self.text)} characters>)"
 
 
 @dataclass(frozen=True, slots=True)

@@ -143,6 +143,10 @@ class _ReaderEvents:
     def output(self, data: bytes) -> None:  # pragma: no cover - an RFB reader reports display items
         self._attempt.report("output", data)
 
+    def clipboard(self, text: str) -> None:
+        """The display's cut text: FreeRDP's clipboard channel puts the server's there."""
+        self._attempt.report("clipboard", text)
+
     def closed(self, detail: str = "") -> None:
         self._end(detail)
 

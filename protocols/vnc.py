@@ -343,7 +343,8 @@ class VncConnection(AttemptConnection):
                 (length,) = await reader.unpack(struct.Struct(">3xI"))
                 if length > rfb.MAX_CUT_TEXT:
                     raise RfbError(f"a clipboard text of {length} bytes")
-                await reader.read(length)  # the endpoint's clipboard is not passed on (docs/vnc.md)
+                # latin-1 per RFC 6143; for the controller only, as its profile allows (docs/session.md)
+                attempt.report("clipboard", (await reader.read(length)).decode("latin-1"))
             else:
                 raise RfbError(f"the server sent message type {kind}, which cosession did not ask for")
 

@@ -30,8 +30,8 @@ from dashboard.security.admission import CONNECTION_STATE_KEY
 from dashboard.services.live_sessions import LiveSession, LiveSessions
 from engine import EndpointConnection, LoopClosed, policy, tell_session
 from engine.messages import (
-    Disconnected, Eject, EndpointSpec, Joined, Leave, ParticipantStalled, Point, Refused, Role, Say, SessionEnded,
-    TransferControl, User,
+    Disconnected, Eject, EndpointSpec, Joined, Leave, ParticipantStalled, Point, Refused, RemoteClipboard, Role, Say,
+    SessionEnded, TransferControl, User,
 )
 
 log = logging.getLogger(__name__)
@@ -140,6 +140,9 @@ class Channel:
         # The password Send Password gave this controller, kept only while keystrokes are
         # recorded (recordings.record_input): input holding it is marked secret, never recorded.
         self.sent_password: bytes | None = None
+        # The desktop's latest clipboard text (the engine tells the controller only); it reaches
+        # the page only when asked and allowed (gateway/clipboard.py `copy_remote`).
+        self.remote_clipboard: str | None = None
         self._receive_scope = trio.CancelScope()
         self._send_began: float | None = None  # trio time at which the send in flight began
         self._sending = trio.Event()
@@ -439,6 +442,8 @@ class Channel:
             else:
                 if isinstance(event, SessionEnded):
                     self.ended = True
+                elif isinstance(event, RemoteClipboard):
+                    self.remote_clipboard = event.text
                 message = wire.event_json(event)
                 if message is not None:
                     if message["type"] == "state":  # countdowns run on the gateway's clock

@@ -11,7 +11,8 @@ gateway, which is an RFB *server* to it (docs/protocol.md, docs/vnc.md).
   the session goes on.
 - **The controller's** key, pointer and desktop-size messages go to the endpoint as `Input`
   (the RFB bytes); its clipboard only if its access profile allows clipboard upload (decided at
-  each use). **A viewer's** are refused (`not_controller`), counted and audited, one refusal per
+  each use). The desktop's clipboard reaches the controller's page only when it asks
+  (`copy_clipboard`) and its profile allows clipboard download (gateway/clipboard.py). **A viewer's** are refused (`not_controller`), counted and audited, one refusal per
   websocket message, and never become an engine message (rule 1). Update requests, encodings,
   fences are answered by the frames the gateway pushes anyway, and go nowhere.
 - **The output**: the display model's frames (engine/display.py), the same bytes for everyone,
@@ -28,6 +29,7 @@ import trio
 
 from dashboard.gateway import wire
 from dashboard.gateway.channel import CLIENT_GONE, CLOSE_POLICY, Channel, Rights
+from dashboard.gateway.clipboard import copy_remote
 from dashboard.gateway.send_password import send_password
 from engine import tell_session
 from engine.access import may_upload_clipboard
@@ -166,6 +168,8 @@ class DesktopControllerRights:
             channel.refuse_queued(Reason.NOT_PERMITTED, "a desktop is resized through RFB", wire.kind_of(request), size)
         elif isinstance(request, wire.PasteRequest):
             channel.refuse_queued(Reason.NOT_PERMITTED, "a desktop's clipboard goes through RFB", "paste", size)
+        elif isinstance(request, wire.CopyClipboard):
+            channel.services.bridge.spawn(copy_remote, channel, joined, size)
         else:
             channel.refuse_queued(Reason.UNKNOWN_MESSAGE, "", wire.kind_of(request), size)
 
@@ -204,7 +208,8 @@ class DesktopViewerRights:
             # the rest (update requests, encodings, fences) asks for nothing a viewer may not have
         elif isinstance(request, BrokenRfb):
             _broken(channel, request, size)
-        elif isinstance(request, (wire.ResizeRequest, wire.StreamRequest, wire.SendPassword, wire.PasteRequest)):
+        elif isinstance(request, (wire.ResizeRequest, wire.StreamRequest, wire.SendPassword, wire.PasteRequest,
+                                  wire.CopyClipboard)):
             channel.refuse_queued(Reason.NOT_CONTROLLER, "viewers are read-only", wire.kind_of(request), size)
         else:
             channel.refuse_queued(Reason.UNKNOWN_MESSAGE, "", wire.kind_of(request), size)

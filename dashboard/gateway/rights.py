@@ -45,6 +45,10 @@ class ControllerRights:
             channel.services.bridge.spawn(send_password, channel, live, size)
         elif isinstance(request, wire.PasteRequest):
             channel.services.bridge.spawn(paste, channel, joined, request, size)
+        elif isinstance(request, wire.CopyClipboard):
+            # a shell's clipboard is not the terminal's (docs/session.md): its text is on screen
+            channel.refuse_queued(Reason.NOT_PERMITTED, "a terminal has no remote clipboard: select its text to copy it",
+                                  "copy_clipboard", size)
         else:
             channel.refuse_queued(Reason.UNKNOWN_MESSAGE, "", wire.kind_of(request), size)
 
@@ -72,7 +76,7 @@ class ViewerRights:
     def handle(self, channel: Channel, joined: Joined, request: Any, size: int) -> None:
         kind = wire.kind_of(request)
         if isinstance(request, (wire.TerminalInput, wire.ResizeRequest, wire.StreamRequest, wire.SendPassword,
-                                wire.PasteRequest)):
+                                wire.PasteRequest, wire.CopyClipboard)):
             channel.refuse_queued(Reason.NOT_CONTROLLER, "viewers are read-only", kind, size)
         else:
             channel.refuse_queued(Reason.UNKNOWN_MESSAGE, "", kind, size)

@@ -17,7 +17,7 @@ from typing import Any
 
 from engine.messages import (
     ChatPosted, EndpointRetrying, Ejected, InputRefused, Member, ParticipantJoined, ParticipantLeft, Pointed,
-    Reason, Resync, SessionEnded, StateChanged, User,
+    Reason, RemoteClipboard, Resync, SessionEnded, StateChanged, User,
 )
 
 MAX_TERMINAL_SIDE = 1000  # columns or rows; a bigger PTY is a mistake or an attack
@@ -116,6 +116,13 @@ class SendPassword:
     """The controller asks for the endpoint's stored password on its own clipboard (Send
     Password). Only the controller, with at least supervisor and a profile that allows
     clipboard upload; the answer goes to that one websocket and never through the engine."""
+
+
+@dataclass(frozen=True, slots=True)
+class CopyClipboard:
+    """The controller asks for the desktop's clipboard text (the toolbar's Copy remote
+    clipboard): allowed by its profile's clipboard download, decided at each use; answered
+    `clipboard` to that one websocket."""
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -282,6 +289,7 @@ PARSERS: dict[str, Any] = {
     "ping": _parse_ping,
     "send_password": _parse_empty("send_password", SendPassword),
     "paste": _parse_paste,
+    "copy_clipboard": _parse_empty("copy_clipboard", CopyClipboard),
     "chat": _parse_chat,
     "point": _parse_point,
 }
@@ -347,7 +355,7 @@ _KINDS: dict[str, type] = {
     "start": Start, "join": JoinRequest, "resize": ResizeRequest, "leave": LeaveRequest,
     "request_control": RequestControl, "eject": EjectRequest, "stream": StreamRequest, "ping": Ping,
     "send_password": SendPassword, "chat": ChatRequest, "point": PointRequest,
-    "paste": PasteRequest,
+    "paste": PasteRequest, "copy_clipboard": CopyClipboard,
 }
 
 
@@ -400,6 +408,9 @@ def event_json(event: Any) -> dict[str, Any] | None:
             return {"type": "chat", "from": member_json(member), "text": text, "at": at}
         case Pointed(member=member, x=x, y=y):
             return {"type": "point", "from": member_json(member), "x": x, "y": y}
+        case RemoteClipboard(text=text):
+            # its size only: the text reaches the page when the controller asks and may (Channel)
+            return {"type": "remote_clipboard", "size": len(text)}
         case Resync(dropped=dropped):
             return {"type": "resync", "dropped": dropped}
         case EndpointRetrying(attempt=attempt, delay=delay):

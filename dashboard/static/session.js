@@ -42,6 +42,7 @@
     mfa_reused: "This token was already used",
     not_supervisor: "Send Password needs at least the supervisor role",
     clipboard_not_allowed: "Your access profile does not allow clipboard upload",
+    clipboard_download_not_allowed: "Your access profile does not allow clipboard download",
     no_stored_password: "This endpoint stores no password",
     too_many_joins: "You joined this session too often in a short time",
     too_many_messages: "Too many messages in a short time",

@@ -133,6 +133,38 @@
     pasteText(text);
   });
 
+  // --- clipboard download: the desktop's clipboard text to the controller -------------------------
+  // The gateway says when it changed (its size, never its text); Copy remote clipboard asks for
+  // it, and the access profile's clipboard download allows or refuses (with the reason) at each
+  // use. The text shows in the toolbar too: the browser may refuse a write outside a click.
+
+  $("toolbar-copy").addEventListener("click", () => {
+    if (session.role === "controller") session.send({ type: "copy_clipboard" });
+  });
+
+  function remoteClipboardChanged(size) {
+    const button = $("toolbar-copy");
+    button.dataset.size = String(size);
+    button.textContent = `Copy remote clipboard (${size})`;
+  }
+
+  async function remoteClipboard(text) {
+    const box = $("toolbar-remote-text");
+    box.value = text;
+    box.hidden = !text;
+    if (!text) {
+      status("The remote clipboard is empty.");
+      return;
+    }
+    try {
+      await navigator.clipboard.writeText(text);
+      status(`Copied ${text.length} characters from the remote clipboard.`);
+    } catch (e) {
+      status("The browser did not allow the clipboard: copy the text below.");
+      box.select();
+    }
+  }
+
   // The browser's own paste on the terminal takes the same path (never straight into xterm.js)
   $("terminal").addEventListener("paste", (event) => {
     event.preventDefault();
@@ -653,6 +685,13 @@
       case "refused":
         if (m.of === "chat") chatRefused(m);
         else if (m.of === "paste") status(`Not pasted: ${session.reasonText(m.reason)}.`);
+        else if (m.of === "copy_clipboard") status(`Not copied: ${session.reasonText(m.reason)}.`);
+        break;
+      case "remote_clipboard":
+        remoteClipboardChanged(m.size);
+        break;
+      case "clipboard":
+        remoteClipboard(m.text);
         break;
       case "pasted":
         status(`Pasted ${m.size} bytes.`);
@@ -664,6 +703,7 @@
         $("chat-form").hidden = true;
         files.hidden = true;
         $("osk").hidden = true;
+        $("toolbar-remote-text").value = "";
         dock.hidden = true;
         break;
       default:

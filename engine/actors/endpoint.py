@@ -35,7 +35,7 @@ from engine.clock import Clock, Timer
 from engine.messages import (
     ChildFailed, DisplayUpdate, EndpointClosed, EndpointError, EndpointFailed, EndpointFinished, EndpointOpened,
     EndpointReady, EndpointRetrying, Frame, Input, OpenEndpoint, ParticipantStalled, ReconnectEndpoint,
-    RecordingFailed, Resize, Resized, ResyncDue, Resynchronise, StallCheckDue, Subscribe, Unsubscribe,
+    RecordingFailed, RemoteClipboard, Resize, Resized, ResyncDue, Resynchronise, StallCheckDue, Subscribe, Unsubscribe,
 )
 from engine.screen import ScreenModel
 from engine.connection import EndpointConnection, EndpointEvents
@@ -140,6 +140,8 @@ class EndpointActor(PooledActor):
                 self._retry_timer = None
                 if not self._closed:
                     self._connection.open(self._events, *self._size)
+            case RemoteClipboard():
+                send(self._session, message)  # the session knows who the controller is
             case EndpointOpened(detail=detail):
                 send(self._session, EndpointReady(detail))
             case EndpointClosed(detail=detail):

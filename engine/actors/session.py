@@ -25,8 +25,8 @@ from engine.messages import (
     Accepted, AuditEvent, AuditSessionEnded, AuditSessionStarted, ChatPosted, ChildFailed, Describe, Disconnected,
     Eject, Ejected, EndpointFailed, EndpointFinished, EndpointProtocol, EndpointReady, EndpointRetrying, EndReason,
     Expire, Extend, GraceElapsed, Input, InputRefused, Join, Joined, Leave, Member, OpenEndpoint, ParticipantJoined,
-    ParticipantLeft, ParticipantStalled, Point, Pointed, Reason, RecordingFailed, RecordingPolicy, Refused, Resize,
-    Role, Say, SessionEnded, SessionFinished, SessionState, SessionSummary, SessionUpdated, SetJointSession, Shutdown,
+    ParticipantLeft, ParticipantStalled, Point, Pointed, Reason, RecordingFailed, RecordingPolicy, Refused,
+    RemoteClipboard, Resize, Role, Say, SessionEnded, SessionFinished, SessionState, SessionSummary, SessionUpdated, SetJointSession, Shutdown,
     StartSession, StateChanged, Subscribe, Terminate, TransferControl, Unsubscribe, User,
 )
 from engine.metrics import EngineMetrics
@@ -80,6 +80,7 @@ class SessionActor(PooledActor):
         self._grace_timer: Timer | None = None
         self.inputs_forwarded = 0
         self.inputs_refused = 0
+        self._remote_clipboard: RemoteClipboard | None = None  # the endpoint's, for the controller
 
     # --- dispatch ---------------------------------------------------------------------------
 
@@ -134,6 +135,8 @@ class SessionActor(PooledActor):
                 self._end(EndReason.ENDPOINT_FAILED, detail=detail)
             case EndpointFinished(detail=detail):
                 self._end(EndReason.ENDPOINT_CLOSED, detail=detail)
+            case RemoteClipboard():
+                self._on_remote_clipboard(message)
             case RecordingFailed():
                 self._on_recording_failed(message)
             case ChildFailed():
@@ -263,6 +266,8 @@ class SessionActor(PooledActor):
             self._audit("join", join.user, participant=member.participant_id, role=member.role.value)
         self._broadcast(ParticipantJoined(member), exclude=member.participant_id)
         reply(join.reply_to, self._joined(member, rejoined=returning))
+        if returning and self._remote_clipboard is not None:
+            send(self._participants[member.participant_id].ref, self._remote_clipboard)
         self._publish()
 
     def _add(self, user: User, role: Role, sink: Any) -> Member:
@@ -404,6 +409,15 @@ class SessionActor(PooledActor):
         participant = self._participants.get(point.participant_id)
         if participant is not None:
             self._broadcast(Pointed(participant.member, point.x, point.y))
+
+    def _on_remote_clipboard(self, clipboard: RemoteClipboard) -> None:
+        """The endpoint's clipboard: to the controller only (a viewer never has it), kept for a
+        controller that comes back. Not audited here: what the gateway gives the controller's
+        page, when its profile allows clipboard download, is audited there (with its size)."""
+        self._remote_clipboard = clipboard
+        controller = self._participants.get(self._controller_pid) if self._controller_pid else None
+        if controller is not None:
+            send(controller.ref, clipboard)
 
     def _on_terminate(self, terminate: Terminate) -> None:
         refused = policy.check_terminate(terminate.by)

@@ -338,7 +338,49 @@ async def test_the_controllers_clipboard_is_decided_by_its_profile_and_audited_w
             while not (rows := await audit(live_gateway, "clipboard_upload")):
                 await trio.sleep(0.02)  # polling the audit log
         assert [(r["actor_name"], r["detail"]["size"]) for r in rows] == [("alice", len(b"secret-ish clip"))]
+        with trio.fail_after(10):  # it is the X server's clipboard now
+            while await trio.to_thread.run_sync(xvnc.clipboard) != "secret-ish clip":
+                await trio.sleep(0.05)  # polling the X server's selection
         refused = await audit(live_gateway, "input_refused")
         assert [r["detail"]["reason"] for r in refused] == ["clipboard_not_allowed"]
         assert "secret-ish" not in json.dumps(await audit(live_gateway, None))
         await close_all(nursery, alice)
+
+
+async def test_the_desktops_clipboard_reaches_the_controller_only_when_its_profile_allows_download(live_gateway, xvnc,
+                                                                                                  desk):
+    """Text set on the X side (xclip -i) reaches the controller's websocket as its size; its text
+    only on `copy_clipboard`, refused `clipboard_download_not_allowed` with the Standard profile
+    and given once a profile allows clipboard download, each use audited with the size and never
+    the text. A viewer hears nothing of it, and its forged `copy_clipboard` is refused."""
+    async with trio.open_nursery() as nursery:
+        alice, (bob,) = await start_and_join(nursery, live_gateway, desk, "bob")
+        await bob.wait(lambda: bob.client.frames.updates > 0)
+        await trio.to_thread.run_sync(xvnc.set_clipboard, "from the desktop: ümlaut")
+        await alice.wait(lambda: alice.of("remote_clipboard"))
+        assert alice.of("remote_clipboard")[-1] == {"type": "remote_clipboard", "size": len("from the desktop: ümlaut")}
+
+        await alice.socket.send_message(json.dumps({"type": "copy_clipboard"}))
+        await alice.wait(lambda: any(r.get("of") == "copy_clipboard" for r in alice.of("refused")))
+        assert [r["reason"] for r in alice.of("refused")] == ["clipboard_download_not_allowed"]
+        assert not alice.of("clipboard")
+
+        services = live_gateway.services
+        download = services.profiles.create_profile("Download", "allow", clipboard_download=True)
+        services.grants.grant(desk.id, services.users.get_by_name("alice").id, "user", download.id)
+        await alice.socket.send_message(json.dumps({"type": "copy_clipboard"}))
+        await alice.wait(lambda: alice.of("clipboard"))
+        assert alice.of("clipboard") == [{"type": "clipboard", "text": "from the desktop: ümlaut"}]
+
+        await bob.socket.send_message(json.dumps({"type": "copy_clipboard"}))
+        await bob.wait(lambda: bob.of("refused"))
+        assert [r["reason"] for r in bob.of("refused")] == ["not_controller"]
+        assert not bob.of("remote_clipboard") and not bob.of("clipboard")
+
+        rows = await audit(live_gateway, "clipboard_download")
+        assert [(r["actor_name"], r["detail"]["size"]) for r in rows] == [("alice", len("from the desktop: ümlaut"))]
+        refused = await audit(live_gateway, "message_refused")
+        assert sorted((r["actor_name"], r["detail"]["reason"], r["detail"]["message"]) for r in refused) == [
+            ("alice", "clipboard_download_not_allowed", "copy_clipboard"), ("bob", "not_controller", "copy_clipboard")]
+        assert "from the desktop" not in json.dumps(await audit(live_gateway, None))
+        await close_all(nursery, alice, bob)
