@@ -684,7 +684,8 @@
         break;
       case "refused":
         if (m.of === "chat") chatRefused(m);
-        else if (m.of === "paste") status(`Not pasted: ${session.reasonText(m.reason)}.`);
+        // a desktop's paste is RFB input: its refusal names the reason, not the message
+        else if (m.of === "paste" || m.reason === "clipboard_not_allowed") status(`Not pasted: ${session.reasonText(m.reason)}.`);
         else if (m.of === "copy_clipboard") status(`Not copied: ${session.reasonText(m.reason)}.`);
         break;
       case "remote_clipboard":

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
+from dashboard.repositories.model import Principal
 from engine.messages import EndpointProtocol, User
 from tests.dashboard.test_csp_browser import Watched
 from tests.fixtures.screenshots import save_screenshot
@@ -52,8 +53,8 @@ class Desk:
         self.gateway.grant(self.endpoint, user)
         return user
 
-    def signed_in(self, name: str) -> Page:
-        context = self.browser.new_context(viewport={"width": 1200, "height": 900})
+    def signed_in(self, name: str, permissions: list[str] | None = None) -> Page:
+        context = self.browser.new_context(viewport={"width": 1200, "height": 900}, permissions=permissions or [])
         self.contexts.append(context)
         page = context.new_page()
         page.set_default_timeout(WAIT)
@@ -225,3 +226,57 @@ def test_killing_the_vnc_server_ends_every_page(desk, live_gateway, xvnc):
     for page in (controller, viewer):
         expect(page.get_by_test_id("notice")).to_contain_text("The connection to the endpoint failed")
         assert page.get_by_test_id("notice").get_attribute("data-reason") == "endpoint_failed"
+
+
+def test_the_desktops_clipboard_both_ways_from_the_toolbar(desk, live_gateway, xvnc):
+    """Paste clipboard puts the controller's text into the X server's clipboard (xclip -o) once its
+    profile allows clipboard upload; text set on the X side (xclip -i) reaches the controller's
+    page through Copy remote clipboard once its profile allows clipboard download. Each forbidden
+    flag refuses with the reason in the toolbar, audited; the viewer's page has neither item."""
+    services = live_gateway.services
+    alice, _ = desk.user("alice"), desk.user("bob")
+    controller = desk.signed_in("alice", ["clipboard-read", "clipboard-write"])
+    session_id = desk.start(controller)
+    viewer = desk.join("bob", session_id)
+    viewer.wait_for_function("() => window.cosession.timings.desktop")
+    controller.get_by_test_id("toolbar-handle").click()
+    controller.get_by_test_id("toolbar").hover()  # it stays open while the test works
+    status = controller.get_by_test_id("toolbar-status")
+
+    # upload: refused by the Standard profile, then into the X clipboard
+    controller.evaluate("(text) => navigator.clipboard.writeText(text)", "to the desktop")
+    controller.get_by_test_id("toolbar-paste").click()
+    expect(status).to_have_text("Not pasted: Your access profile does not allow clipboard upload.")
+    both = services.profiles.create_profile("Clipboard", "allow", clipboard_upload=True, clipboard_download=True)
+    services.grants.grant(desk.endpoint.id, alice.id, "user", both.id)
+    controller.get_by_test_id("toolbar-paste").click()
+    deadline = time.monotonic() + 10
+    while xvnc.clipboard() != "to the desktop":
+        assert time.monotonic() < deadline, xvnc.clipboard()
+        time.sleep(0.05)  # polling the X server's selection
+    assert len(services.audit_reader.events(kind="clipboard_upload")[0]) == 1
+
+    # download: what the desktop's clipboard holds, on the controller's page and clipboard
+    xvnc.set_clipboard("from the desktop")
+    copy = controller.get_by_test_id("toolbar-copy")
+    expect(copy).to_have_text(f"Copy remote clipboard ({len('from the desktop')})")
+    copy.click()
+    expect(status).to_have_text(f"Copied {len('from the desktop')} characters from the remote clipboard.")
+    expect(controller.get_by_test_id("toolbar-remote-text")).to_have_value("from the desktop")
+    assert controller.evaluate("() => navigator.clipboard.readText()") == "from the desktop"
+    assert [r["detail"]["size"] for r in services.audit_reader.events(kind="clipboard_download")[0]] == [16]
+
+    # the profile taken away: refused with the reason, audited
+    services.grants.unassign(desk.endpoint.id, Principal("user", alice.id, ""), both.id)
+    xvnc.set_clipboard("second")
+    expect(copy).to_have_text("Copy remote clipboard (6)")
+    copy.click()
+    expect(status).to_have_text("Not copied: Your access profile does not allow clipboard download.")
+    refused = [r["detail"]["reason"] for r in services.audit_reader.events(kind="message_refused")[0]
+               if r["detail"]["message"] == "copy_clipboard"]
+    assert refused == ["clipboard_download_not_allowed"]
+
+    viewer.get_by_test_id("toolbar-handle").click()
+    expect(viewer.get_by_test_id("toolbar-asset")).to_contain_text("desk")
+    expect(viewer.get_by_test_id("toolbar-copy")).to_be_hidden()
+    expect(viewer.get_by_test_id("toolbar-paste")).to_be_hidden()

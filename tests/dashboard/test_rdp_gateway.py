@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -200,3 +202,55 @@ async def test_a_dead_server_or_child_ends_the_session_for_everyone(live_gateway
         assert [f["detail"]["error"] for f in failures] == [reason]
         await close_all(nursery, alice, bob)
     await no_rdp_process_left(live_gateway, displays)
+
+
+async def test_the_clipboard_reaches_the_private_display_and_comes_back_from_it(live_gateway, rdp_server):
+    """With a profile that allows the clipboard both ways, FreeRDP runs with its clipboard channel
+    and the private display with cut text: the controller's ClientCutText becomes that display's
+    X clipboard (where xfreerdp's clipboard channel takes it to the server), and text on that
+    display's clipboard (where xfreerdp puts the server's) reaches the controller on
+    `copy_clipboard`, audited with its size. FreeRDP's shadow server has no clipboard channel
+    (docs/rdp.md), so the server's side of it is not tested here."""
+    windows = rdp_endpoint(live_gateway, rdp_server)
+    services = live_gateway.services
+    both = services.profiles.create_profile("Clipboard", "allow", clipboard_upload=True, clipboard_download=True)
+    services.grants.grant(windows.id, services.users.get_by_name("alice").id, "user", both.id)
+    async with trio.open_nursery() as nursery:
+        alice = await participant(nursery, live_gateway, "alice", f"/ws/endpoints/{windows.id}/start",
+                                  {"type": "start", "cols": 80, "rows": 24})
+        await converge(alice, rdp_server)
+        (display,) = rdp_displays()
+        argv = " ".join(Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+                        for pid, name in rdp_children() if name == "xfreerdp")
+        assert "+clipboard" in argv
+
+        await alice.socket.send_message(rfb.pack(rfb.ClientCutText(b"into the RDP display")))
+
+        def private_clipboard() -> str:
+            out = subprocess.run(["xclip", "-o", "-selection", "clipboard"], env=display.env, capture_output=True,
+                                 timeout=10)
+            return out.stdout.decode() if out.returncode == 0 else ""
+
+        with trio.fail_after(10):
+            while await trio.to_thread.run_sync(private_clipboard) != "into the RDP display":
+                await trio.sleep(0.05)  # polling the private display's selection
+
+        owner = subprocess.Popen(["xclip", "-quiet", "-i", "-selection", "clipboard"], env=display.env,
+                                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            owner.communicate(b"from the RDP side", timeout=0.1)
+        except subprocess.TimeoutExpired:
+            pass  # it serves the selection until another client takes it
+        try:
+            await alice.wait(lambda: alice.of("remote_clipboard"))
+            await alice.socket.send_message(json.dumps({"type": "copy_clipboard"}))
+            await alice.wait(lambda: alice.of("clipboard"))
+            assert alice.of("clipboard") == [{"type": "clipboard", "text": "from the RDP side"}]
+        finally:
+            owner.kill()
+            owner.wait()
+        rows = await audit(live_gateway, "clipboard_download")
+        assert [r["detail"]["size"] for r in rows] == [len("from the RDP side")]
+        await leave(alice)
+        await close_all(nursery, alice)
+    await no_rdp_process_left(live_gateway)
