@@ -4,7 +4,7 @@ from dataclasses import replace
 
 from engine.messages import (
     Accepted, EndReason, InputRefused, ParticipantJoined, ParticipantLeft, EndpointProtocol, Reason, Refused, Role,
-    SessionEnded, SessionState, StateChanged, Ejected,
+    RemoteClipboard, SessionEnded, SessionState, StateChanged, Ejected,
 )
 from engine.runtime import Participant
 from config.settings import load
@@ -202,3 +202,22 @@ def test_joins_per_user_and_session_are_bounded(tmp_path, clock):
         assert sum(d.get("count", 1) for d in refused) == 20 and len(refused) == 2
         clock.advance(57)  # the first join leaves the window
         assert isinstance(engine.join_session(controller.session_id, bob), Participant)
+
+
+def test_the_endpoints_clipboard_is_told_to_the_controller_only_and_again_when_it_returns(engine, session,
+                                                                                         connection, clock):
+    bob = engine.join_session(session.session_id, viewer(1))
+    connection._events.clipboard("copied on the desktop")  # as a desktop's ServerCutText reports it
+    assert session.sink.wait_for(lambda s: s.events_of(RemoteClipboard))
+    assert session.sink.events_of(RemoteClipboard) == [RemoteClipboard("copied on the desktop")]
+    assert "copied" not in repr(session.sink.events_of(RemoteClipboard)[0])  # logs see its size only
+    session.disconnect()
+    assert bob.sink.wait_for(lambda s: any(isinstance(e, StateChanged) and e.state is SessionState.DISCONNECTED
+                                           for e in s.events))
+    back = engine.join_session(session.session_id, ALICE)
+    assert back.sink.wait_for(lambda s: s.events_of(RemoteClipboard))
+    assert back.sink.events_of(RemoteClipboard) == [RemoteClipboard("copied on the desktop")]
+    bob.send_input(b"x")  # ordered after everything told before it: nothing about the clipboard came
+    assert bob.sink.wait_for(lambda s: s.events_of(InputRefused))
+    assert not bob.sink.events_of(RemoteClipboard)
+    assert not [k for k in kinds(engine) if "clipboard" in k]  # audited where the page is given it, not here
