@@ -44,9 +44,6 @@ export function openDesktop({ container, viewOnly, send, onConnect, onDesktopNam
       channel.readyState = "closed";
       if (channel.onclose) channel.onclose({ code: 1000, reason: "", wasClean: true });
     },
-    ctrlAltDel() {
-      rfb.sendCtrlAltDel();
-    },
     focus() {
       rfb.focus();
     },

@@ -297,13 +297,6 @@
   // Send Password: the gateway decides (supervisor, a profile with clipboard upload) and audits
   // each use; only the controller's page offers it, and a viewer's request is refused.
   $("send-password").addEventListener("click", () => send({ type: "send_password" }));
-  // Ctrl-Alt-Del pressed on this computer never reaches the page: the button sends the three
-  // keys through noVNC (an RDP server's secure attention sequence: lock, sign out, task manager)
-  $("ctrl-alt-del").addEventListener("click", () => {
-    if (!desktop || session.role !== "controller") return;
-    desktop.ctrlAltDel();
-    desktop.focus();
-  });
 
   async function copyPassword(password) {
     try {
@@ -463,7 +456,6 @@
           history.replaceState(null, "", m.session_url);
           config.mode = "session";
         }
-        $("ctrl-alt-del").hidden = !(m.role === "controller" && m.endpoint.protocol === "rdp");
         if (m.role === "controller" && session.graphical) {
           $("send-password").hidden = !config.send_password;
         } else if (m.role === "controller") {
@@ -523,7 +515,6 @@
         else if (m.by && m.reason === "controller_left") text += ` (${m.by.name})`;
         notice(text + ".", m.reason === "endpoint_failed" || m.reason === "session_failed" ? "error" : "info", m.reason);
         $("leave").hidden = true;
-        $("ctrl-alt-del").hidden = true;
         term.options.disableStdin = true;
         renderMembers(); // no more Eject buttons
         break;
@@ -535,7 +526,6 @@
         notice(`You were removed from this session by ${m.by ? m.by.name : "someone"}${m.reason ? ": " + m.reason : "."}`,
           "warn", "ejected");
         $("leave").hidden = true;
-        $("ctrl-alt-del").hidden = true;
         $("readonly-note").hidden = true;
         term.options.disableStdin = true;
         renderMembers();

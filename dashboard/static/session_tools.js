@@ -175,10 +175,13 @@
   // Send Password: the same as the bar's button (session.js), offered where it is (config.send_password)
   $("toolbar-password").addEventListener("click", () => $("send-password").click());
 
-  // Ctrl-Alt-Del: keys the browser would keep for itself, sent by noVNC as RFB key events (the
-  // gateway forwards a controller's, refuses and audits a viewer's)
+  // Ctrl-Alt-Del: keys pressed on this computer never reach the page (an RDP server's secure
+  // attention sequence: lock, sign out, task manager), so noVNC sends the three as RFB key events
+  // (the gateway forwards a controller's, refuses and audits a viewer's). The page's only one.
   $("toolbar-cad").addEventListener("click", () => {
-    if (window.cosessionDesktop && session.role === "controller") window.cosessionDesktop.sendCtrlAltDel();
+    if (!window.cosessionDesktop || session.role !== "controller") return;
+    window.cosessionDesktop.sendCtrlAltDel();
+    window.cosessionDesktop.focus();
   });
 
   // --- Keyboard: an on-screen keyboard (simple-keyboard, its layouts package) ------------------

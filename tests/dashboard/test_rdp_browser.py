@@ -5,6 +5,7 @@ picture every canvas must converge on."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -74,10 +75,15 @@ def test_a_joint_rdp_session(live_gateway, browser, rdp_server_to_kill):
         controller = desk.signed_in("alice")
         session_id = desk.start(controller)
         expect(controller.get_by_test_id("role")).to_have_text("you control this session")
-        expect(controller.get_by_test_id("ctrl-alt-del")).to_be_visible()
+        controller.get_by_test_id("toolbar-handle").click()
+        controller.get_by_test_id("toolbar").hover()  # entered: it stays open until Close
+        expect(controller.get_by_test_id("toolbar-cad")).to_be_visible()
+        # one Ctrl-Alt-Del on the page: the toolbar's
+        assert controller.get_by_role("button", name=re.compile("Ctrl-Alt-Del")).count() == 1
         viewer = desk.join("bob", session_id)
         expect(viewer.get_by_test_id("readonly-note")).to_be_visible()
-        expect(viewer.get_by_test_id("ctrl-alt-del")).to_be_hidden()
+        viewer.get_by_test_id("toolbar-handle").click()
+        expect(viewer.get_by_test_id("toolbar-cad")).to_be_hidden()
         viewer.wait_for_function("() => window.cosession.timings.desktop")
 
         controller.locator("#desktop canvas").click()
@@ -99,7 +105,7 @@ def test_a_joint_rdp_session(live_gateway, browser, rdp_server_to_kill):
         late.wait_for_function("() => window.cosession.timings.desktop")
         desk.wait_same(late)
 
-        controller.get_by_test_id("ctrl-alt-del").click()
+        controller.get_by_test_id("toolbar-cad").click()
         desk.wait_typed(b"\x1b[3;7~")
         assert b"VIEWER" not in server.typed()
 
@@ -108,7 +114,7 @@ def test_a_joint_rdp_session(live_gateway, browser, rdp_server_to_kill):
             expect(page.get_by_test_id("notice")).to_contain_text("The connection to the endpoint failed", timeout=WAIT)
             assert page.get_by_test_id("notice").get_attribute("data-reason") == "endpoint_failed"
             expect(page.get_by_test_id("state")).to_have_text("ended")
-        expect(controller.get_by_test_id("ctrl-alt-del")).to_be_hidden()
+        expect(controller.get_by_test_id("toolbar-cad")).to_be_hidden()
         no_rdp_process_left(displays)
     finally:
         desk.close()
