@@ -59,11 +59,20 @@ class _Allowed:
     connection: SshConnection
 
 
+# Why Files is not offered on other endpoints (docs/session.md, docs/rdp.md)
+NOT_AVAILABLE = {
+    EndpointProtocol.RDP: "Files is not available for this endpoint: RDP moves files by the server's drive "
+                          "redirection, and cosession has no file manager for a redirected drive",
+    EndpointProtocol.VNC: "Files is not available for this endpoint: VNC (RFB) carries no files",
+    None: "Files is not available for this endpoint: file transfer works on SSH endpoints only",
+}
+
+
 def files_offer(services: Services, user: User, endpoint: EndpointSpec) -> dict[str, Any]:
     """What the controller's toolbar says of Files: allowed, or the reason it is not (decided
     again at each request). Blocking."""
     if endpoint.protocol is not EndpointProtocol.SSH:
-        return {"allowed": False, "reason": "File transfer is not available for this endpoint"}
+        return {"allowed": False, "reason": NOT_AVAILABLE.get(endpoint.protocol, NOT_AVAILABLE[None])}
     refused = may_transfer_files(services.access.facts(user, endpoint.id).profile)
     if refused is not None:
         return {"allowed": False, "reason": "Your access profile does not allow file transfer"}

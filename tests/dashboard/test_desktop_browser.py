@@ -279,4 +279,7 @@ def test_the_desktops_clipboard_both_ways_from_the_toolbar(desk, live_gateway, x
     viewer.get_by_test_id("toolbar-handle").click()
     expect(viewer.get_by_test_id("toolbar-asset")).to_contain_text("desk")
     expect(viewer.get_by_test_id("toolbar-copy")).to_be_hidden()
+    files = controller.get_by_test_id("toolbar-files")
+    expect(files).to_be_disabled()
+    expect(files).to_have_attribute("title", "Files is not available for this endpoint: VNC (RFB) carries no files")
     expect(viewer.get_by_test_id("toolbar-paste")).to_be_hidden()

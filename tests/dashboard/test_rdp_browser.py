@@ -80,6 +80,10 @@ def test_a_joint_rdp_session(live_gateway, browser, rdp_server_to_kill):
         expect(controller.get_by_test_id("toolbar-cad")).to_be_visible()
         # one Ctrl-Alt-Del on the page: the toolbar's
         assert controller.get_by_role("button", name=re.compile("Ctrl-Alt-Del")).count() == 1
+        # Files says why it is not there (docs/rdp.md: the shadow server has no drive redirection)
+        expect(controller.get_by_test_id("toolbar-files")).to_be_disabled()
+        expect(controller.get_by_test_id("toolbar-files")).to_have_attribute(
+            "title", re.compile("not available for this endpoint: RDP moves files by the server's drive redirection"))
         viewer = desk.join("bob", session_id)
         expect(viewer.get_by_test_id("readonly-note")).to_be_visible()
         viewer.get_by_test_id("toolbar-handle").click()
