@@ -296,6 +296,18 @@ def test_may_send_password(role, profile, expected):
     assert reason(access.may_send_password(role, profile)) == expected
 
 
+@pytest.mark.parametrize("profile, upload, download", [
+    (None, Reason.CLIPBOARD_NOT_ALLOWED, Reason.CLIPBOARD_DOWNLOAD_NOT_ALLOWED),
+    (ALLOW, Reason.CLIPBOARD_NOT_ALLOWED, Reason.CLIPBOARD_DOWNLOAD_NOT_ALLOWED),
+    (CLIPBOARD, None, Reason.CLIPBOARD_DOWNLOAD_NOT_ALLOWED),
+    (Profile("download only", W.ALLOW, clipboard_download=True), Reason.CLIPBOARD_NOT_ALLOWED, None),
+    (Profile("both", W.ALLOW, clipboard_upload=True, clipboard_download=True), None, None),
+])
+def test_each_clipboard_direction_is_its_own_flag(profile, upload, download):
+    assert reason(access.may_upload_clipboard(profile)) == upload
+    assert reason(access.may_download_clipboard(profile)) == download
+
+
 # --- TOTP -------------------------------------------------------------------------------------------------------
 
 SECRET = pyotp.random_base32()
