@@ -77,3 +77,24 @@ async def test_a_paste_is_refused_with_the_reason_when_the_profile_forbids_it(ha
     assert sorted((r["actor_name"], r["detail"]["reason"], r["detail"]["size"] > 0) for r in await paste_refusals(h)) \
         == [("carol", "clipboard_not_allowed", True), ("dave", "not_controller", True)]
     assert token not in json.dumps(await h.audit(None))
+
+
+async def test_a_terminal_has_no_remote_clipboard(harness, openssh):
+    """`copy_clipboard` is a desktop's: on a terminal the controller's is refused `not_permitted`
+    (docs/session.md says why), a viewer's `not_controller`; both audited."""
+    h = harness
+    endpoint = vault(h, openssh)
+    person(h, "carol", endpoint, "owner", True)
+    person(h, "dave", endpoint, "owner", True)
+    controller, joined = await start(h, "carol", endpoint)
+    viewer = await open_client(h, "dave", f"/ws/sessions/{joined['session_id']}")
+    await viewer.send({"type": "join"})
+    assert (await viewer.control("joined", deadline=DEADLINE))["role"] == "viewer"
+    await controller.send({"type": "copy_clipboard"})
+    refused = await controller.control("refused", deadline=DEADLINE, of="copy_clipboard")
+    assert refused["reason"] == "not_permitted" and "select its text" in refused["detail"]
+    await viewer.send({"type": "copy_clipboard"})
+    assert (await viewer.control("refused", deadline=DEADLINE, of="copy_clipboard"))["reason"] == "not_controller"
+    rows = [r for r in await h.audit("message_refused") if r["detail"]["message"] == "copy_clipboard"]
+    assert sorted((r["actor_name"], r["detail"]["reason"]) for r in rows) == [
+        ("carol", "not_permitted"), ("dave", "not_controller")]
