@@ -410,6 +410,14 @@ def may_send_password(role: AssetRole | None, profile: Profile | None) -> Refuse
     return may_upload_clipboard(profile)
 
 
+def password_lock(facts: AccessFacts, now: float) -> Refused | None:
+    """Send Password's unlock workflow: on an endpoint that requires approval, the stored
+    password is unlocked by an open approved request of the controller, as a start is (the
+    session's own approval, or a newer one). Otherwise why not: approval_required,
+    approval_pending, approval_denied or approval_expired (docs/access.md, *Send Password*)."""
+    return _check_approval(facts, now)
+
+
 def may_upload_clipboard(profile: Profile | None) -> Refused | None:
     """May the controller's clipboard go to the endpoint (a terminal's paste, a graphical
     session's ClientCutText)? Needs a profile that allows clipboard upload."""

@@ -12,10 +12,10 @@ from starlette.responses import RedirectResponse, Response
 
 from dashboard.gateway import wire
 from dashboard.gateway.files import files_offer
-from dashboard.gateway.send_password import may_offer
 from dashboard.security import share
 from dashboard.security.auth import require_user
 from dashboard.services import services_of
+from dashboard.services.password_offer import password_offer
 from dashboard.services.live_sessions import live_sessions_of
 from dashboard.services.starts import launches_of
 from dashboard.web.templating import render
@@ -71,8 +71,8 @@ async def session_page(request: Request) -> Response:
         live = directory.sessions.get(session_id)
         config["approval_id"] = live.approval_id if live is not None else None
         stored = await trio.to_thread.run_sync(services.endpoints.get, endpoint.id)
-        config["send_password"] = stored is not None and await trio.to_thread.run_sync(
-            may_offer, services, user, stored)
+        config["send_password"] = None if stored is None else await trio.to_thread.run_sync(
+            password_offer, services, user, stored)
         config["files"] = await trio.to_thread.run_sync(files_offer, services, user, endpoint)
     summary = services.engine.session(session_id)  # None for a moment after the start
     return await render(request, "session.html", {
@@ -106,7 +106,7 @@ async def start_page(request: Request) -> Response:
         "you": wire.user_json(user),
         "max_viewers": policy.viewer_cap(services.settings.engine.max_viewers),
         "approval_id": launch.grant.approval_id or None,
-        "send_password": await trio.to_thread.run_sync(may_offer, services, user, endpoint),
+        "send_password": await trio.to_thread.run_sync(password_offer, services, user, endpoint),
         "files": await trio.to_thread.run_sync(files_offer, services, user, endpoint.spec),
         "desktop_module": request.url_for("static", path="desktop.js").path,
     }

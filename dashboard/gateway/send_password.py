@@ -1,9 +1,12 @@
 """Send Password: the controller asks for the endpoint's stored password on its own clipboard.
 
 Only the controller's channel can ask (gateway/rights.py), and the access model decides at each
-use (`engine.access.may_send_password`: at least supervisor, a profile with clipboard upload).
-The answer goes to that one websocket, never through the engine; each use is a `decrypt_field`
-audit event. The session page offers the button when `may_offer` says so.
+use (`engine.access.may_send_password`: at least supervisor, a profile with clipboard upload;
+then `password_lock`: on an endpoint that requires approval, an open approved request). The
+answer goes to that one websocket, never through the engine; each use is a `decrypt_field`
+audit event. The session page offers the button as `password_offer` says
+(dashboard/services/password_offer.py); a locked password is answered with the refusal and what
+the button offers now (Request Access, Waiting for Approval).
 """
 
 from __future__ import annotations
@@ -11,19 +14,14 @@ from __future__ import annotations
 import trio
 
 from dashboard.gateway.channel import Channel
-from dashboard.repositories.endpoints import Endpoint
-from dashboard.services import Services
 from dashboard.services.live_sessions import LiveSession
-from engine.access import may_send_password
-from engine.messages import Reason, Refused, User
+from dashboard.services.password_offer import password_offer
+from engine.access import may_send_password, password_lock
+from engine.messages import Reason, Refused
 
-
-def may_offer(services: Services, user: User, endpoint: Endpoint) -> bool:
-    """Whether the session page offers Send Password (decided again at each use). Blocking."""
-    if endpoint.secret_kind != "password":
-        return False
-    facts = services.access.facts(user, endpoint.id)
-    return may_send_password(facts.role, facts.profile) is None
+# the refusals of the unlock workflow: the page's button then offers what to do about them
+LOCKED = frozenset({Reason.APPROVAL_REQUIRED, Reason.APPROVAL_PENDING, Reason.APPROVAL_DENIED,
+                    Reason.APPROVAL_EXPIRED})
 
 
 async def send_password(channel: Channel, live: LiveSession, size: int) -> None:
@@ -32,7 +30,7 @@ async def send_password(channel: Channel, live: LiveSession, size: int) -> None:
 
     def decide() -> tuple[Refused | None, str | None]:
         facts = services.access.facts(user, endpoint.id)
-        refused = may_send_password(facts.role, facts.profile)
+        refused = may_send_password(facts.role, facts.profile) or password_lock(facts, services.now())
         if refused is not None:
             return refused, None
         credentials = services.endpoints.stored_credentials(endpoint.id)
@@ -45,6 +43,11 @@ async def send_password(channel: Channel, live: LiveSession, size: int) -> None:
         return
     if refused is not None:
         channel.refuse_queued(refused.reason, refused.detail, "send_password", size)
+        if refused.reason in LOCKED:
+            stored = await trio.to_thread.run_sync(services.endpoints.get, endpoint.id)
+            offer = None if stored is None else await trio.to_thread.run_sync(password_offer, services, user, stored)
+            if not channel.closed:
+                channel.post({"type": "password_state", "offer": offer})
         return
     services.audit_event("decrypt_field", user, live.session_id, endpoint_id=endpoint.id,
                          endpoint_name=endpoint.name, field="password", purpose="send_password")

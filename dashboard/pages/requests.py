@@ -32,6 +32,7 @@ from starlette.routing import Route
 from dashboard.repositories.approvals import AccessRequest, Extension
 from dashboard.security.auth import require_user
 from dashboard.services import Services, services_of
+from dashboard.services.live_sessions import live_sessions_of
 from dashboard.services.starts import visible_endpoint
 from dashboard.web.http import flash, not_found, read_input, safe_path, take_flash, wants_json
 from dashboard.web.templating import render
@@ -283,6 +284,7 @@ async def create(request: Request) -> Response:
         return await _render_form(request, context, form, now, refused=answer,
                                   status_code=STATUS.get(answer.reason, 400))
     services.audit_event("access_requested", user, None, **_request_audit(answer))
+    await live_sessions_of(request).password_changed(user, endpoint.id)  # Waiting for Approval
     if json_answer:
         return JSONResponse({"request": request_json(answer, now)}, status_code=201)
     flash(request, f"Your request for access to {endpoint.name} is filed: it awaits an approver's decision.")
@@ -357,6 +359,7 @@ async def cancel(request: Request) -> Response:
     done = await trio.to_thread.run_sync(services.approvals.cancel_request, request_id, user, now)
     if done:
         services.audit_event("access_request_cancelled", user, None, **_request_audit(found))
+        await live_sessions_of(request).password_changed(user, found.endpoint_id)
         message = f"Your request for access to {found.endpoint_name} is withdrawn."
     else:
         services.audit_event("access_request_cancel_refused", user, None, request_id=found.id,
@@ -411,6 +414,7 @@ async def decide(request: Request) -> Response:
         return await _render_request(request, user, loaded, now, refused=answer, status_code=status)
     kind = "access_approved" if approve else "access_denied"
     services.audit_event(kind, user, None, **_request_audit(answer))
+    await live_sessions_of(request).password_changed(answer.user, answer.endpoint_id)
     if json_answer:
         return JSONResponse({"request": request_json(answer, now)})
     verb = "Approved" if approve else "Denied"

@@ -14,14 +14,16 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import trio
 from starlette.requests import HTTPConnection
 
 from dashboard.security.auth import Forbidden
 from dashboard.services import Services
+from dashboard.services.password_offer import password_offer
 from engine import EndpointConnection
 from engine import policy
 from engine.messages import (
-    Accepted, EndpointSpec, Extend, Flush, Refused, SessionFinished, Terminate, User,
+    Accepted, EndpointSpec, Extend, Flush, Refused, Role, SessionFinished, Terminate, User,
 )
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,8 @@ AUDIT_FLUSH_SECONDS = 2.0  # a bound on waiting for the audit store's commit aft
 
 class Attached(Protocol):
     """A participant's websocket served here (dashboard.gateway.channel.Channel)."""
+
+    role: Role | None
 
     def post(self, message: dict[str, Any]) -> None: ...
 
@@ -112,6 +116,23 @@ class LiveSessions:
             else:
                 log.info("session %s not extended: %s", live.session_id, getattr(answer, "reason", "no answer"))
         return moved
+
+
+    async def password_changed(self, user: User, endpoint_id: str) -> None:
+        """The user's request for access to the endpoint changed (filed, decided, withdrawn):
+        tell its controller's pages in the live sessions served here what Send Password offers
+        now (Request Access, Waiting for Approval, Send Password)."""
+        lives = [s for s in self.sessions.values() if s.endpoint.id == endpoint_id and s.controller.id == user.id]
+        if not lives:
+            return
+        endpoint = await trio.to_thread.run_sync(self.services.endpoints.get, endpoint_id)
+        if endpoint is None:
+            return
+        offer = await trio.to_thread.run_sync(password_offer, self.services, user, endpoint)
+        for live in lives:
+            for channel in list(live.channels):
+                if channel.role is Role.CONTROLLER and not channel.closed:
+                    channel.post({"type": "password_state", "offer": offer})
 
 
 def live_sessions_of(conn: HTTPConnection) -> LiveSessions:

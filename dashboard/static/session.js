@@ -294,9 +294,42 @@
     session.leave();
   });
 
-  // Send Password: the gateway decides (supervisor, a profile with clipboard upload) and audits
-  // each use; only the controller's page offers it, and a viewer's request is refused.
-  $("send-password").addEventListener("click", () => send({ type: "send_password" }));
+  // Send Password: the gateway decides (supervisor, a profile with clipboard upload; where the
+  // endpoint requires approval, an open approved request) and audits each use; only the
+  // controller's page offers it, and a viewer's request is refused. Its unlock workflow: the
+  // button says what it will do (config.send_password, then `password_state` from the gateway):
+  // Send Password, Request Access (the request screen, in a new tab) or Waiting for Approval
+  // (the pending request); it turns back into Send Password once the request is approved.
+  const PASSWORD_LABELS = { send: "Send Password", request: "Request Access", pending: "Waiting for Approval" };
+  const PASSWORD_TITLES = {
+    send: "Put the endpoint's stored password on your clipboard",
+    request: "The endpoint requires an approved request for access to send its password: open the request screen",
+    pending: "Your request for access awaits an approver's decision: open it",
+  };
+
+  function renderPassword(offer) {
+    const before = config.send_password && config.send_password.state;
+    config.send_password = offer || null;
+    for (const id of ["send-password", "toolbar-password"]) {
+      const button = $(id);
+      if (!button) continue;
+      button.hidden = !offer || session.role !== "controller";
+      if (!offer) continue;
+      button.textContent = PASSWORD_LABELS[offer.state];
+      button.title = PASSWORD_TITLES[offer.state];
+      button.dataset.state = offer.state;
+    }
+    if (offer && offer.state === "send" && before && before !== "send") {
+      notice("Your request for access is approved: Send Password is available.", "info", "password_unlocked");
+    }
+  }
+  session.renderPassword = renderPassword;
+
+  $("send-password").addEventListener("click", () => {
+    const offer = config.send_password;
+    if (offer && offer.url && offer.state !== "send") window.open(offer.url, "_blank", "noopener");
+    else send({ type: "send_password" });
+  });
 
   async function copyPassword(password) {
     try {
@@ -457,13 +490,13 @@
           config.mode = "session";
         }
         if (m.role === "controller" && session.graphical) {
-          $("send-password").hidden = !config.send_password;
+          renderPassword(config.send_password);
         } else if (m.role === "controller") {
           enableControllerInput();
           if (!config.cols) fit.fit(); // a launch sets the size; after that, the window does
           send({ type: "resize", cols: term.cols, rows: term.rows });
           term.focus();
-          $("send-password").hidden = !config.send_password;
+          renderPassword(config.send_password);
         }
         break;
       case "participant_joined":
@@ -549,6 +582,9 @@
       case "password":
         // Send Password: straight to the clipboard; never into the page, never kept
         copyPassword(m.password);
+        break;
+      case "password_state":
+        renderPassword(m.offer);
         break;
       default:
         break; // pong, stream, or a newer gateway's message: nothing to show

@@ -172,7 +172,7 @@
     if (session.role === "controller") pasteText(event.clipboardData.getData("text/plain"));
   }, true);
 
-  // Send Password: the same as the bar's button (session.js), offered where it is (config.send_password)
+  // Send Password: the same as the bar's button (session.js, which labels both with its state)
   $("toolbar-password").addEventListener("click", () => $("send-password").click());
 
   // Ctrl-Alt-Del: keys pressed on this computer never reach the page (an RDP server's secure
@@ -674,7 +674,7 @@
         session.shareUrl = m.share_url;
         showForRole(m.role);
         offerFiles();
-        if (m.role === "controller") $("toolbar-password").hidden = !config().send_password;
+        $("toolbar-password").hidden = m.role !== "controller" || !config().send_password;
         break;
       case "state":
         renderExpiration();

@@ -754,3 +754,65 @@ def test_the_password_appears_in_no_log_page_frame_or_row(live_gateway, browser,
 
     assert {"page", "frame", "log", "data", "database", "audit", "stdout", "stderr"} <= set(hay.searched)
     hay.assert_clean()
+
+
+def test_request_access_and_waiting_for_approval_in_chromium(live_gateway, browser, openssh):
+    """The unlock workflow: where the endpoint requires approval and the controller holds no open
+    approval, Send Password says Request Access (the send is refused `approval_required`,
+    audited), which opens the request screen; once the request is filed it says Waiting for
+    Approval, on the bar and in the toolbar; once an approver approves, it says Send Password
+    again, and sends."""
+    services = live_gateway.services
+    endpoint = live_gateway.create_endpoint("vault", EndpointProtocol.SSH, openssh.host, openssh.port,
+                                            username=openssh.username, password=openssh.password,
+                                            host_key=openssh.host_key)
+    for name in ("alice", "carol"):
+        live_gateway.create_user(name, PASSWORD)
+    ops = services.profiles.create_profile("Ops", "allow", clipboard_upload=True)
+    services.grants.grant(endpoint.id, services.users.get_by_name("alice").id, "supervisor", ops.id)
+    services.grants.grant(endpoint.id, services.users.get_by_name("carol").id, "user")
+    services.approvers.add_approver(endpoint.id, services.grants.principal("user", "carol"))
+    context = browser.new_context(permissions=["clipboard-read", "clipboard-write"])
+    try:
+        alice = context.new_page()
+        alice.set_default_timeout(WAIT)
+        live_gateway.login(alice, "alice", PASSWORD)
+        live_gateway.launch(alice, endpoint)
+        alice.wait_for_function("() => window.cosession.role === 'controller' && window.cosession.state === 'active'")
+        send = alice.get_by_test_id("send-password")
+        expect(send).to_have_text("Send Password")
+
+        # approval required from now on: the password is locked until the controller's request is approved
+        services.approvers.set_requires_approval(endpoint.id, True)
+        send.click()
+        expect(alice.get_by_test_id("notice")).to_have_attribute("data-reason", "approval_required")
+        expect(send).to_have_text("Request Access")
+        with context.expect_page() as opened:
+            send.click()
+        form = opened.value
+        form.set_default_timeout(WAIT)
+        expect(form.get_by_test_id("request-form")).to_be_visible()
+        form.get_by_test_id("duration").fill("30")
+        form.get_by_test_id("reason").fill("the password for the maintenance window")
+        form.get_by_test_id("submit-request").click()
+        form.wait_for_url("**/access-requests/*")
+        expect(send).to_have_text("Waiting for Approval")
+        alice.get_by_test_id("toolbar-handle").click()
+        expect(alice.get_by_test_id("toolbar-password")).to_have_text("Waiting for Approval")
+
+        request_id = form.url.rsplit("/", 1)[1]
+        approved = live_gateway.api_session("carol", PASSWORD).post(
+            f"/access-requests/{request_id}/decide", json={"decision": "approve"}, headers={"Accept": "application/json"})
+        assert approved.status_code == 200, approved.text
+        expect(send).to_have_text("Send Password")
+        expect(alice.get_by_test_id("notice")).to_have_attribute("data-reason", "password_unlocked")
+        send.click()
+        expect(alice.get_by_test_id("notice")).to_have_attribute("data-reason", "password_copied")
+        assert alice.evaluate("() => navigator.clipboard.readText()") == openssh.password
+    finally:
+        context.close()
+    live_gateway.engine.flush_audit()
+    refused = [r["detail"]["reason"] for r in services.audit_reader.events(kind="message_refused")[0]
+               if r["detail"]["message"] == "send_password"]
+    assert refused == ["approval_required"]
+    assert len(services.audit_reader.events(kind="decrypt_field")[0]) == 1

@@ -296,6 +296,20 @@ def test_may_send_password(role, profile, expected):
     assert reason(access.may_send_password(role, profile)) == expected
 
 
+@pytest.mark.parametrize("requires_approval, requests, expected", [
+    (False, (), None),  # no unlock workflow: the role and the profile decide alone
+    (True, (OPEN,), None),
+    (True, (), Reason.APPROVAL_REQUIRED),
+    (True, (PENDING,), Reason.APPROVAL_PENDING),
+    (True, (LATER,), Reason.APPROVAL_PENDING),
+    (True, (PAST,), Reason.APPROVAL_EXPIRED),
+    (True, (DENIED,), Reason.APPROVAL_DENIED),
+])
+def test_send_passwords_unlock_workflow_is_an_open_approval(requires_approval, requests, expected):
+    facts = AccessFacts(R.SUPERVISOR, CLIPBOARD, requires_approval, requests)
+    assert reason(access.password_lock(facts, NOW)) == expected
+
+
 @pytest.mark.parametrize("profile, upload, download", [
     (None, Reason.CLIPBOARD_NOT_ALLOWED, Reason.CLIPBOARD_DOWNLOAD_NOT_ALLOWED),
     (ALLOW, Reason.CLIPBOARD_NOT_ALLOWED, Reason.CLIPBOARD_DOWNLOAD_NOT_ALLOWED),
