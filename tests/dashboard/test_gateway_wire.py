@@ -37,6 +37,7 @@ ACCEPTED = [
     (text({"type": "point", "x": 0, "y": 1}), wire.PointRequest(0.0, 1.0)),
     (text({"type": "paste", "text": "ls\n", "bracketed": True}), wire.PasteRequest("ls\n", True)),
     (text({"type": "paste", "text": ""}), wire.PasteRequest("", False)),
+    (text({"type": "copy_clipboard"}), wire.CopyClipboard()),
     ({"type": "websocket.receive", "bytes": b"\x00\xff ls\r"}, wire.TerminalInput(b"\x00\xff ls\r")),
 ]
 
@@ -78,6 +79,7 @@ REFUSED = [
     (text({"type": "chat", "text": "hi", "from": "alice"}), "malformed", "chat"),
     (text({"type": "point", "x": -0.1, "y": 0.5}), "malformed", "point"),
     (text({"type": "paste", "text": "ls", "bracketed": "yes"}), "malformed", "paste"),
+    (text({"type": "copy_clipboard", "text": "x"}), "malformed", "copy_clipboard"),
     (text('{"type": "point", "x": NaN, "y": 0.5}'), "malformed", "point"),
     ({"type": "websocket.receive"}, "malformed", ""),
 ]
@@ -103,7 +105,7 @@ def test_kind_of():
     assert wire.kind_of(wire.TerminalInput(b"")) == "input"
     assert wire.kind_of(wire.EjectRequest("p1")) == "eject"
     assert wire.KINDS == {"start", "join", "resize", "leave", "request_control", "eject", "stream", "ping", "input",
-                          "send_password", "chat", "point", "paste"}
+                          "send_password", "chat", "point", "paste", "copy_clipboard"}
 
 
 ALICE = User("a1", "alice")
