@@ -12,8 +12,9 @@ gateway, which is an RFB *server* to it (docs/protocol.md, docs/vnc.md).
 - **The controller's** key, pointer and desktop-size messages go to the endpoint as `Input`
   (the RFB bytes); its clipboard only if its access profile allows clipboard upload (decided at
   each use). The desktop's clipboard reaches the controller's page only when it asks
-  (`copy_clipboard`) and its profile allows clipboard download (gateway/clipboard.py). **A viewer's** are refused (`not_controller`), counted and audited, one refusal per
-  websocket message, and never become an engine message (rule 1). Update requests, encodings,
+  (`copy_clipboard`) and its profile allows clipboard download (gateway/clipboard.py).
+  **A viewer's** are refused (`not_controller`), counted and audited, one refusal per websocket
+  message, and never become an engine message (rule 1). Update requests, encodings,
   fences are answered by the frames the gateway pushes anyway, and go nowhere.
 - **The output**: the display model's frames (engine/display.py), the same bytes for everyone,
   sent as they are; a keyframe is one more FramebufferUpdate (there is no ``reset`` message).

@@ -15,8 +15,8 @@ from dashboard.gateway.files import files_offer
 from dashboard.security import share
 from dashboard.security.auth import require_user
 from dashboard.services import services_of
-from dashboard.services.password_offer import password_offer
 from dashboard.services.live_sessions import live_sessions_of
+from dashboard.services.password_offer import password_offer
 from dashboard.services.starts import launches_of
 from dashboard.web.templating import render
 from engine import policy
