@@ -44,7 +44,7 @@ from engine.clock import Timer
 from engine.messages import (
     AuditEvent, Frame, Keyframe, RecordingFailed, RecordingPolicy, Resized,
 )
-from engine.recordings import CastEncoder, RecordingMeta, marker_label
+from engine.recordings import CastEncoder, DesktopEncoder, RecordingMeta, is_graphical, marker_label
 from engine.refusals import RefusalCounter
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,13 @@ class Recording:
         self._settings = owner.settings
         self._clock = owner.clock
         self._on_failure = on_failure
-        self._encoder = CastEncoder(meta)
+        self._encoder = DesktopEncoder(meta) if is_graphical(meta.protocol) else CastEncoder(meta)
+        # a desktop's recording asks for a keyframe every keyframe_seconds or keyframe_bytes of
+        # frames, so that playback seeks from the nearest one instead of from the start
+        self._periodic = self._encoder.wants_keyframes
+        self._since_keyframe_t = 0.0
+        self._since_keyframe_bytes = 0
+        self._periodic_asked = False
         self._refusals = RefusalCounter(owner.refusal_interval)
         self._lock = threading.Lock()
         self._items: list[tuple[str, float, Any]] = []
@@ -160,12 +166,13 @@ class Recording:
         reported once per episode; output, input and sizes are dropped until a keyframe
         (asked for under the `continue` policy once the writer has caught up)."""
         t = (at - self.meta.started_at) if at is not None else self._now()
-        wake = report = False
+        wake = report = ask_keyframe = False
         with self._lock:
             if self._finished or self._failure is not None or (self._closed and kind != "m"):
                 return
             if kind == "k":
-                self._behind = self._keyframe_asked = False
+                self._behind = self._keyframe_asked = self._periodic_asked = False
+                self._since_keyframe_t, self._since_keyframe_bytes = t, 0
             elif kind != "m" and self._behind:
                 self.dropped_frames += kind == "o"
                 return
@@ -176,6 +183,16 @@ class Recording:
                 self._items.append((kind, t, value))
                 self._pending_bytes += size
                 wake = self._schedule_locked()
+                if self._periodic and kind == "o":
+                    self._since_keyframe_bytes += size
+                    due = (t - self._since_keyframe_t >= self._settings.keyframe_seconds
+                           or self._since_keyframe_bytes >= self._settings.keyframe_bytes)
+                    if due and not self._periodic_asked and self._request_keyframe is not None:
+                        self._periodic_asked = ask_keyframe = True
+        if ask_keyframe:
+            # a message to the endpoint actor (never a wait): its keyframe comes back in order
+            # with the frames, through `keyframe`
+            self._request_keyframe()  # type: ignore[misc]
         if report:
             self._fail_soon("behind", f"the recording fell {self._settings.queue_max_bytes} bytes behind the session")
         if wake:
@@ -363,6 +380,9 @@ class Recording:
         label = marker_label("session_ended", by, {"reason": reason})
         if label is not None:
             self._write(self._encode([("m", at - self.meta.started_at, label)]))
+        trailer = getattr(self._encoder, "trailer", None)
+        if trailer is not None and self._failure is None:
+            self._write(trailer())  # a desktop's index of keyframes and markers, to seek by
         if self._fd is not None:
             if self._failure is None:
                 self._check_file()

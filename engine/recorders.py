@@ -21,7 +21,7 @@ from config.settings import Recordings as RecordingSettings
 from engine.clock import Clock, Timer
 from engine.messages import AuditEvent, RecordingFailed, RecordingPolicy
 from engine.recorder import Recording
-from engine.recordings import CastEncoder, RecordingMeta, find_recording, recording_path, session_of
+from engine.recordings import RecordingMeta, find_recording, format_of, recording_path, session_of
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ class Recordings:
             log.error("cannot read the recording %s left open by a crash: %s", path.name, exc)
             self.audit("recording_failed", session_id, reason="unreadable", detail=exc.strerror or type(exc).__name__)
             return
-        self.audit("recording_closed", session_id, file=path.name, format=CastEncoder.format, bytes=size,
+        self.audit("recording_closed", session_id, file=path.name, format=format_of(path), bytes=size,
                    sha256=sha.hexdigest(), complete=False, failure=None, end="gateway_restarted", recovered=True)
 
     def start_retention(self) -> None:

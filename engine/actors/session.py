@@ -35,8 +35,6 @@ from engine.recordings import RecordingMeta
 from engine.screen import screen_for
 from config.settings import EngineSettings
 
-GRAPHICAL = (EndpointProtocol.VNC, EndpointProtocol.RDP)
-
 log = logging.getLogger(__name__)
 
 
@@ -166,13 +164,7 @@ class SessionActor(PooledActor):
             self._settings.endpoint_retry_window_seconds, self._settings.stall_seconds,
             self._settings.resync_interval_seconds)
         if start.record and self._recordings is not None:
-            if start.endpoint.protocol in GRAPHICAL:
-                # recorded as terminals only: a desktop that must be recorded fails like any
-                # recording that cannot be written, and the profile's policy decides
-                send(self.actor_ref, RecordingFailed("unsupported", "this gateway records terminal sessions "
-                                                                    "only, not desktops"))
-            else:
-                self._start_recording(start)
+            self._start_recording(start)  # a terminal as asciicast, a desktop as its RFB stream
         member = self._add(start.controller, Role.CONTROLLER, start.sink)
         self._controller_pid = member.participant_id
         send(self._endpoint, OpenEndpoint(start.cols, start.rows))

@@ -251,23 +251,82 @@ def test_retention_deletes_old_recordings_each_deletion_audited(tmp_path, clock,
     assert report.ok, report
 
 
-@pytest.mark.parametrize("recording_policy", [RecordingPolicy.END_SESSION, RecordingPolicy.CONTINUE])
-def test_a_desktop_that_must_be_recorded_is_refused_its_recording_and_the_policy_decides(
-        engine, connection, recordings_dir, recording_policy):
-    from engine.messages import EndpointProtocol, EndpointSpec
+class DisplayConnection:
+    """A desktop the test paints: DisplayUpdates handed to the engine as a VNC connection hands them."""
 
-    desktop = EndpointSpec("ep2", "desk-1", EndpointProtocol.VNC)
-    controller = engine.open_session(desktop, ALICE, connection=connection, record=True,
-                                     recording_policy=recording_policy)
-    assert controller.joined.recorded is False  # nobody is told it is recorded when it is not
-    assert wait_until(lambda: any(k == "recording_failed" for k, _, _ in audit_rows(engine)))
-    [failed] = [d for k, _, d in audit_rows(engine) if k == "recording_failed"]
-    assert failed["reason"] == "unsupported" and failed["policy"] == recording_policy.value
-    if recording_policy is RecordingPolicy.END_SESSION:
-        assert controller.sink.wait_for(lambda s: any(isinstance(e, SessionEnded) for e in s.events))
-        ended = [e for e in controller.sink.events if isinstance(e, SessionEnded)][0]
-        assert ended.reason is EndReason.RECORDING_FAILED
-    else:
-        assert controller.sink.wait_for(lambda s: any(getattr(e, "state", None) == "active" for e in s.events))
-        engine.terminate(controller.session_id, ADMIN)
-    assert not recordings_dir.exists() or not list(recordings_dir.iterdir())
+    def __init__(self) -> None:
+        self.events = None
+
+    def open(self, events, cols, rows):
+        self.events = events
+        events.opened("test desktop")
+
+    def paint(self, *items):
+        """Returns once the session's endpoint has applied and fanned it out (on the clock's time now)."""
+        done = threading.Event()
+        self.events.display(tuple(items), done.set)
+        assert done.wait(5)
+
+    def send_input(self, data):
+        pass
+
+    def resize(self, cols, rows):
+        pass
+
+    def close(self):
+        pass
+
+
+def colour_at(minute: int) -> tuple[int, int, int]:
+    return (minute * 20 % 256, 255 - minute * 20 % 256, 128)
+
+
+def test_a_desktop_is_recorded_as_its_rfb_stream_with_keyframes_to_seek_by(engine, clock, recordings_dir):
+    """Ten minutes on the ManualClock: a frame every second; a keyframe at least every
+    keyframe_seconds; seeking to any time shows the desktop of that time; the file's index,
+    size and SHA-256 are what the audit log says; the markers are the session's audit rows."""
+    from engine.messages import DisplayFill, DisplaySize, EndpointProtocol, EndpointSpec
+    from engine.recordings import DESKTOP_FORMAT, desktop_start, read_desktop
+    from protocols.rfb_browser import FrameDecoder
+
+    desk = DisplayConnection()
+    spec = EndpointSpec("ep2", "desk-1", EndpointProtocol.VNC)
+    controller = engine.open_session(spec, ALICE, connection=desk, record=True)
+    assert controller.joined.recorded is True
+    assert controller.sink.wait_for(lambda s: any(getattr(e, "state", None) == "active" for e in s.events))
+    desk.paint(DisplaySize(64, 48))
+    for second in range(600):
+        minute = second // 60
+        desk.paint(DisplayFill(0, 0, 64, 48, colour_at(minute)), DisplayFill(second % 60, 0, 1, 1, (255, 255, 255)))
+        clock.advance(1.0)
+    assert wait_until(lambda: recordings_dir.exists() and len(list(recordings_dir.iterdir())) == 1), audit_rows(engine)
+    engine.join_session(controller.session_id, viewer(1))
+    clock.advance(1.0)
+    engine.terminate(controller.session_id, ADMIN)
+    [closed] = wait_closed(engine)
+    [path] = recordings_dir.iterdir()
+    assert path.suffix == ".rfbrec" and closed["format"] == DESKTOP_FORMAT and closed["complete"] is True
+    data = path.read_bytes()
+    assert closed["bytes"] == len(data) and closed["sha256"] == hashlib.sha256(data).hexdigest()
+    with open(path, "rb") as f:
+        recording = read_desktop(f)
+        assert recording.indexed and (recording.width, recording.height) == (64, 48)
+        times = [t for t, _ in recording.keyframes]
+        assert len(times) >= 55, times  # about one every 10 s of the 600
+        assert max(b - a for a, b in zip([0.0, *times], times)) <= 12.0
+        labels = [label for _, label in recording.markers]
+        assert "Viewer 1 joined as viewer" in labels and labels[-1].startswith("session ended")
+        assert labels[-1].startswith("session ended")
+        for at in (30.5, 299.5, 305.5, 599.5):
+            start = desktop_start(f, recording, at)
+            decoder = FrameDecoder()
+            decoder.feed(start.catch_up)
+            minute = int(at) // 60
+            assert tuple(decoder.framebuffer[20, 20]) == colour_at(minute), at
+            assert tuple(decoder.framebuffer[0, int(at) % 60]) == (255, 255, 255), at
+        # the same from a walk over the records, as a live or crash-left file is read
+        walked = read_desktop(f, size=recording.end)
+        assert not walked.indexed and walked.keyframes == recording.keyframes
+        assert [label for _, label in walked.markers] == labels
+    assert not os.access(path, os.W_OK) or os.geteuid() == 0
+
