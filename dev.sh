@@ -10,7 +10,7 @@ set -euo pipefail
 
 # Debian packages the gateway and its test suite need (checked with dpkg-query, installed with
 # apt-get only when one is missing). python3 + python3-venv create .venv on a fresh machine.
-DEBIAN_PACKAGES="openssh-server openssh-client chromium tmux tigervnc-standalone-server tigervnc-tools freerdp2-x11 freerdp2-shadow-x11 winpr-utils xvfb xterm x11-apps x11-utils xdotool xclip python3-tk fonts-dejavu-core procps less vim python3 python3-venv ca-certificates postgresql nats-server"
+DEBIAN_PACKAGES="openssh-server openssh-client chromium tmux tigervnc-standalone-server tigervnc-tools freerdp2-x11 freerdp2-shadow-x11 winpr-utils xvfb xterm x11-apps x11-utils x11-xserver-utils xdotool xclip python3-tk fonts-dejavu-core procps less vim python3 python3-venv ca-certificates postgresql nats-server"
 # Installed from Debian only when no `npm` is on PATH (a NodeSource nodejs already ships npm and
 # conflicts with Debian's npm package, so this is not part of the dpkg check above).
 DEBIAN_NODE_PACKAGES="nodejs npm"

@@ -522,10 +522,11 @@ def desktop_start(f: BinaryIO, recording: DesktopRecording, at: float) -> Deskto
     return DesktopStart(width, height, b"".join(parts), next_offset)
 
 
-def desktop_frames(f: BinaryIO, start: int, end: int) -> Iterator[tuple[float, bytes]]:
-    """(time, frames) of each U and K record from offset `start` to `end`, to play on their times."""
+def desktop_frames(f: BinaryIO, start: int, end: int) -> Iterator[tuple[float, bytes, int]]:
+    """(time, frames, offset of the next record) of each U and K record from offset `start` to
+    `end`, to play on their times."""
     for kind, t, offset, length in _walk(f, start, end):
         if kind in (b"U", b"K"):
             f.seek(offset + _RECORD.size)
             payload = _read_exact(f, length)
-            yield t, payload[_KEYFRAME_SIZE.size:] if kind == b"K" else payload
+            yield t, payload[_KEYFRAME_SIZE.size:] if kind == b"K" else payload, offset + _RECORD.size + length

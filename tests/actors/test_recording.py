@@ -330,3 +330,24 @@ def test_a_desktop_is_recorded_as_its_rfb_stream_with_keyframes_to_seek_by(engin
         assert [label for _, label in walked.markers] == labels
     assert not os.access(path, os.W_OK) or os.geteuid() == 0
 
+
+
+@pytest.mark.parametrize("protocol", ["vnc", "rdp"])
+def test_a_desktop_recording_that_cannot_write_ends_the_session_recording_failed(tmp_path, clock, connection, protocol):
+    """The shared display pipeline records VNC and RDP alike; a file that cannot be written
+    (here: the recordings directory is a file) is audited and ends the session (fail closed)."""
+    from engine.messages import EndpointProtocol, EndpointSpec
+
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    engine = recorded_engine(tmp_path, clock, blocker)
+    try:
+        spec = EndpointSpec("ep2", "desk-1", EndpointProtocol(protocol))
+        controller = engine.open_session(spec, ALICE, connection=DisplayConnection(), record=True)
+        assert controller.sink.wait_for(lambda s: any(isinstance(e, SessionEnded) for e in s.events))
+        ended = [e for e in controller.sink.events if isinstance(e, SessionEnded)][0]
+        assert ended.reason is EndReason.RECORDING_FAILED
+        [failed] = [d for k, _, d in audit_rows(engine) if k == "recording_failed"]
+        assert failed["reason"] == "cannot_create" and failed["policy"] == "end_session"
+    finally:
+        engine.stop()
