@@ -72,7 +72,9 @@ class Recording:
         # a desktop's recording asks for a keyframe every keyframe_seconds or keyframe_bytes of
         # frames, so that playback seeks from the nearest one instead of from the start
         self._periodic = self._encoder.wants_keyframes
-        self._since_keyframe_t = 0.0
+        # the first frame asks at once: the keyframe after the desktop's first update is where
+        # a seek into the first keyframe_seconds starts, and gives the player the desktop's size
+        self._since_keyframe_t = float("-inf")
         self._since_keyframe_bytes = 0
         self._periodic_asked = False
         self._refusals = RefusalCounter(owner.refusal_interval)
@@ -172,7 +174,8 @@ class Recording:
                 return
             if kind == "k":
                 self._behind = self._keyframe_asked = self._periodic_asked = False
-                self._since_keyframe_t, self._since_keyframe_bytes = t, 0
+                if value.cols or not self._periodic:  # a desktop's keyframe before its first update is empty
+                    self._since_keyframe_t, self._since_keyframe_bytes = t, 0
             elif kind != "m" and self._behind:
                 self.dropped_frames += kind == "o"
                 return

@@ -19,6 +19,7 @@ session: watch from the start) is served up to its last complete line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -32,8 +33,9 @@ import trio
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
+from dashboard.gateway.channel import CLIENT_GONE
 from dashboard.security.auth import current_user, require_user
 from dashboard.services import Services, services_of
 from dashboard.web.http import not_found
@@ -325,8 +327,13 @@ async def replay_socket(websocket: WebSocket) -> None:
     f = await trio.to_thread.run_sync(lambda: open(found.path, "rb"))
     try:
         await _replay(websocket, found, f, at, playing, speed)
-    except WebSocketDisconnect:
-        pass
+    except CLIENT_GONE:
+        pass  # the page closed it (a seek opens another)
+    except CorruptRecording as exc:  # a live recording whose file went wrong while replayed
+        log.warning("replaying the recording of session %s: %s", session_id, exc)
+        with contextlib.suppress(*CLIENT_GONE):
+            await websocket.send_text(json.dumps({"type": "error", "detail": f"This recording cannot be played: {exc}."}))
+            await websocket.close(code=1011)
     finally:
         f.close()
 

@@ -59,6 +59,7 @@ function open(at) {
       const message = JSON.parse(event.data);
       if (message.type === "time") showTime(message.t);
       else if (message.type === "end") { showTime(message.t); state.ended = true; setPlaying(false, false); }
+      else if (message.type === "error") showError(message.detail);
     } else {
       desktop.receive(event.data);
     }
@@ -66,7 +67,7 @@ function open(at) {
   ws.onclose = (event) => {
     if (state.ws !== ws) return;
     desktop.closed();
-    if (!state.connected) showError("The recording could not be played (refused or not what the audit log says: reload the page for the reason).");
+    if (!state.connected) showError("The recording could not be played (refused, or not what the audit log says: reload the page for the reason).");
   };
 }
 
