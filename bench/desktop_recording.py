@@ -40,10 +40,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.messages import EndpointProtocol, EndpointSpec, User  # noqa: E402
-from engine.recordings import (  # noqa: E402
-    DesktopEncoder, RecordingMeta, _walk, desktop_start, read_desktop,
+from engine.recording_desktop import (  # noqa: E402
+    DesktopEncoder, _walk, desktop_start, read_desktop,
 )
 from engine.messages import Keyframe  # noqa: E402
+from engine.recordings import RecordingMeta  # noqa: E402
 
 PASSWORD = "benchpwd"
 HOUR = 3600.0
@@ -114,7 +115,7 @@ def make_hour(source: Path, target: Path) -> dict[str, Any]:
 
 
 def _first(f: Any) -> int:
-    from engine.recordings import _read_header
+    from engine.recording_desktop import _read_header
     return _read_header(f)[1]
 
 

@@ -44,7 +44,8 @@ from engine.clock import Timer
 from engine.messages import (
     AuditEvent, Frame, Keyframe, RecordingFailed, RecordingPolicy, Resized,
 )
-from engine.recordings import CastEncoder, DesktopEncoder, RecordingMeta, is_graphical, marker_label
+from engine.recording_desktop import DesktopEncoder
+from engine.recordings import CastEncoder, RecordingMeta, is_graphical, marker_label
 from engine.refusals import RefusalCounter
 
 log = logging.getLogger(__name__)

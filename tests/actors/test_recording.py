@@ -286,7 +286,8 @@ def test_a_desktop_is_recorded_as_its_rfb_stream_with_keyframes_to_seek_by(engin
     keyframe_seconds; seeking to any time shows the desktop of that time; the file's index,
     size and SHA-256 are what the audit log says; the markers are the session's audit rows."""
     from engine.messages import DisplayFill, DisplaySize, EndpointProtocol, EndpointSpec
-    from engine.recordings import DESKTOP_FORMAT, desktop_start, read_desktop
+    from engine.recording_desktop import desktop_start, read_desktop
+    from engine.recordings import DESKTOP_FORMAT
     from protocols.rfb_browser import FrameDecoder
 
     desk = DisplayConnection()

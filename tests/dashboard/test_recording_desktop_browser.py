@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from playwright.sync_api import expect
 
 from engine.clock import ManualClock
-from engine.recordings import read_desktop
+from engine.recording_desktop import read_desktop
 from tests.dashboard.test_desktop_browser import PASSWORD, Desk
 from tests.unit.test_audit_cli import cosession
 
