@@ -13,6 +13,8 @@ import struct
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterator
 
+import numpy as np
+
 from engine.messages import Keyframe
 from engine.recordings import DESKTOP_FORMAT, DESKTOP_SUFFIX, CorruptRecording, RecordingMeta
 
@@ -232,7 +234,8 @@ class DesktopStart:
 
 def desktop_start(f: BinaryIO, recording: DesktopRecording, at: float) -> DesktopStart:
     """Seek: the nearest keyframe at or before `at` (binary search of the index), then the frames
-    from it to `at`. Before the first keyframe: the frames from the start."""
+    from it to `at`, less what they paint over (`coalesce`). Before the first keyframe: the
+    frames from the start."""
     times = [t for t, _ in recording.keyframes]
     i = bisect.bisect_right(times, at) - 1
     _, first = _read_header(f)
@@ -251,7 +254,7 @@ def desktop_start(f: BinaryIO, recording: DesktopRecording, at: float) -> Deskto
             parts = [payload[_KEYFRAME_SIZE.size:]]
         elif kind == b"U":
             parts.append(payload)
-    return DesktopStart(width, height, b"".join(parts), next_offset)
+    return DesktopStart(width, height, coalesce(b"".join(parts)), next_offset)
 
 
 def desktop_frames(f: BinaryIO, start: int, end: int) -> Iterator[tuple[float, bytes, int]]:
@@ -262,3 +265,100 @@ def desktop_frames(f: BinaryIO, start: int, end: int) -> Iterator[tuple[float, b
             f.seek(offset + _RECORD.size)
             payload = _read_exact(f, length)
             yield t, payload[_KEYFRAME_SIZE.size:] if kind == b"K" else payload, offset + _RECORD.size + length
+
+
+# --- the catch-up of a seek, without what is painted over before it is seen ----------------------
+
+_RECT = struct.Struct(">HHHHi")
+_TIGHT, _TIGHT_PNG, _COPY_RECT, _CURSOR = 7, -260, 1, -239
+_DESKTOP_SIZE, _EXTENDED_DESKTOP_SIZE = -223, -308
+
+
+def _rects(data: bytes) -> list[tuple[int, int, int, int, int, int, int]] | None:
+    """(x, y, w, h, encoding, start, end) of every rectangle of a run of FramebufferUpdate
+    messages as the display model writes them; None if anything else is in it."""
+    view, pos, out = memoryview(data), 0, []
+    while pos < len(view):
+        if len(view) < pos + 4 or view[pos] != 0:
+            return None
+        (count,) = struct.unpack_from(">H", view, pos + 2)
+        pos += 4
+        for _ in range(count):
+            if len(view) < pos + 12:
+                return None
+            x, y, w, h, enc = _RECT.unpack_from(view, pos)
+            start = pos
+            pos += 12
+            if enc in (_TIGHT, _TIGHT_PNG):
+                if len(view) <= pos:
+                    return None
+                control = view[pos] >> 4
+                pos += 1
+                if control == 8:
+                    pos += 3
+                elif control in (9, 10):
+                    length, shift = 0, 0
+                    for i in range(3):
+                        if len(view) <= pos:
+                            return None
+                        byte = view[pos]
+                        pos += 1
+                        length |= (byte & (0xFF if i == 2 else 0x7F)) << shift
+                        shift += 7
+                        if i < 2 and not byte & 0x80:
+                            break
+                    pos += length
+                else:
+                    return None  # basic compression: zlib state across rectangles
+            elif enc == _COPY_RECT:
+                pos += 4
+            elif enc == _CURSOR:
+                pos += w * h * 4 + (w + 7) // 8 * h
+            elif enc == _EXTENDED_DESKTOP_SIZE:
+                if len(view) <= pos:
+                    return None
+                pos += 4 + 16 * view[pos]
+            elif enc != _DESKTOP_SIZE:
+                return None
+            if pos > len(view):
+                return None
+            out.append((x, y, w, h, enc, start, pos))
+    return out
+
+
+def coalesce(catch_up: bytes) -> bytes:
+    """A seek's catch-up (a keyframe and the frames after it) without the rectangles that later
+    ones paint over before anything reads them: the same picture at the end, for far fewer bytes
+    to send and draw when a busy part of the desktop repaints many times between two keyframes.
+    A backward pass keeps a mask of the pixels whose value is never seen again; a rectangle is
+    dropped only if all of its pixels are such. CopyRect reads its source, which makes it seen.
+    Anything it cannot follow (a size change after the start, a rectangle it does not parse)
+    leaves the catch-up as it is."""
+    rects = _rects(catch_up)
+    if not rects or rects[0][4] not in (_DESKTOP_SIZE, _EXTENDED_DESKTOP_SIZE):
+        return catch_up
+    if any(r[4] in (_DESKTOP_SIZE, _EXTENDED_DESKTOP_SIZE) for r in rects[1:]):
+        return catch_up
+    width, height = rects[0][2], rects[0][3]
+    dead = np.zeros((height, width), bool)
+    keep = [False] * len(rects)
+    keep[0] = True
+    for i in range(len(rects) - 1, 0, -1):
+        x, y, w, h, enc, start, end = rects[i]
+        if enc == _CURSOR:
+            keep[i] = True
+            continue
+        x1, y1 = min(x + w, width), min(y + h, height)
+        if x >= x1 or y >= y1 or dead[y:y1, x:x1].all():
+            continue
+        keep[i] = True
+        dead[y:y1, x:x1] = True
+        if enc == _COPY_RECT:
+            sx, sy = struct.unpack_from(">HH", catch_up, end - 4)
+            dead[sy:sy + h, sx:sx + w] = False
+    kept = [catch_up[r[5]:r[6]] for r, k in zip(rects, keep) if k]
+    out = []
+    for i in range(0, len(kept), 0xFFFF):
+        chunk = kept[i:i + 0xFFFF]
+        out.append(struct.pack(">BxH", 0, len(chunk)) + b"".join(chunk))
+    return b"".join(out)
