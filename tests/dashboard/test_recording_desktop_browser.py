@@ -18,6 +18,7 @@ from playwright.sync_api import expect
 
 from engine.clock import ManualClock
 from engine.recording_desktop import read_desktop
+from tests.dashboard.test_csp_browser import Watched
 from tests.dashboard.test_desktop_browser import PASSWORD, Desk
 from tests.unit.test_audit_cli import cosession
 
@@ -66,6 +67,7 @@ def test_a_recorded_desktop_replays_and_seeks_to_the_middle(live_gateway, browse
         alice = live_gateway.create_user("alice", PASSWORD)
         services.grants.grant(desk.endpoint.id, alice.id, "owner", recorded.id)
         root = live_gateway.create_user("root", PASSWORD, admin=True)
+        desk.user("bob")
         xvnc.run("xterm", "-T", "clock", "-geometry", "40x10+100+100", "-bg", "black", "-fg", "white")
         xvnc.wait_for_window("clock")
 
@@ -78,6 +80,12 @@ def test_a_recorded_desktop_replays_and_seeks_to_the_middle(live_gateway, browse
             truth = xvnc.screenshot()
             desk.wait_same(controller)  # the frame reached the session (so its recording) at this time
             truths.append(truth)
+            if minute == 4:  # a viewer joins: a marker at this moment
+                viewer = desk.join("bob", session_id)
+                expect(viewer.get_by_test_id("recorded")).to_be_visible()  # every participant is told
+            if minute == 6:
+                viewer.locator("#leave").click()
+                viewer.wait_for_function("() => window.cosession.ended || window.cosession.left")
             for _ in range(int(60 / STEP)):
                 clock.advance(STEP)
         live_gateway.engine.terminate(session_id, root)
@@ -92,8 +100,12 @@ def test_a_recorded_desktop_replays_and_seeks_to_the_middle(live_gateway, browse
         assert len(recording.keyframes) >= 9  # one at least every minute here (every 10 s of frames)
 
         admin = desk.signed_in("root")
+        watched = Watched(admin)  # noVNC and the player run under the CSP with no error
         admin.goto(live_gateway.url(f"/sessions/{session_id}/recording"))
         expect(admin.get_by_test_id("marker").last).to_contain_text("session ended")
+        markers = admin.get_by_test_id("marker").all_text_contents()
+        assert any("bob joined as viewer" in m for m in markers) and any("bob left" in m for m in markers), markers
+        expect(admin.locator(".timeline-marker")).to_have_count(len(markers))  # on the timeline too
         admin.wait_for_function("() => window.cosessionReplay.connected")
         wait_picture(desk, admin, truths[0])  # from the start: the first minute's desktop
         admin.get_by_test_id("play").click()  # pause: a seek then shows that moment and stays
@@ -105,11 +117,20 @@ def test_a_recorded_desktop_replays_and_seeks_to_the_middle(live_gateway, browse
             wait_picture(desk, admin, truths[minute])
             assert time.monotonic() - started < 20
         assert admin.evaluate("() => window.cosessionReplay.playing") is False
+        # a marker seeks to its moment: bob's join shows the desktop he joined, the end the last one
+        admin.get_by_test_id("marker").filter(has_text="bob joined").click()
+        admin.wait_for_function("() => window.cosessionReplay.connected")
+        wait_picture(desk, admin, truths[4])
+        admin.get_by_test_id("marker").last.click()
+        admin.wait_for_function("() => window.cosessionReplay.connected")
+        wait_picture(desk, admin, truths[-1])
+        watched.assert_clean("the desktop player")
 
         with sa.create_engine(live_gateway.settings.database_url).connect() as db:
             replays = db.execute(sa.text("select detail from audit_events where kind = 'recording_replayed' "
                                          "and session_id = :s"), {"s": session_id}).scalars().all()
-        assert [json.loads(d)["position"] for d in replays] == [0.0, 330.0, 210.0, 510.0]  # every play and seek
+        positions = [json.loads(d)["position"] for d in replays]
+        assert positions[:4] == [0.0, 330.0, 210.0, 510.0] and len(positions) == 6  # every play and seek
 
         exported = cosession("recordings", "export", session_id, "--data-dir", str(live_gateway.data_dir),
                              "-o", str(tmp_path / "export.rfbrec"))
