@@ -95,18 +95,27 @@ async def replay_socket(websocket: WebSocket) -> None:
     except Exception as exc:  # noqa: BLE001 - a client that broke its own handshake
         log.debug("replay websocket not accepted: %r", exc)
         return
-    f = await trio.to_thread.run_sync(lambda: open(found.path, "rb"))
+    try:
+        f = await trio.to_thread.run_sync(lambda: open(found.path, "rb"))
+    except OSError as exc:  # removed or made unreadable since it was checked
+        await _fail(websocket, session_id, f"its file cannot be read: {exc.strerror or type(exc).__name__}")
+        return
     try:
         await _replay(websocket, found, f, at, playing, speed)
+    except CorruptRecording as exc:  # a live recording's file that went wrong while replayed
+        await _fail(websocket, session_id, str(exc))
     except CLIENT_GONE:
         pass  # the page closed it (a seek opens another)
-    except CorruptRecording as exc:  # a live recording whose file went wrong while replayed
-        log.warning("replaying the recording of session %s: %s", session_id, exc)
-        with contextlib.suppress(*CLIENT_GONE):
-            await websocket.send_text(json.dumps({"type": "error", "detail": f"This recording cannot be played: {exc}."}))
-            await websocket.close(code=1011)
     finally:
         f.close()
+
+
+async def _fail(websocket: WebSocket, session_id: str, detail: str) -> None:
+    """The detail to the log and, shortly, to the player; then closed."""
+    log.warning("replaying the recording of session %s: %s", session_id, detail)
+    with contextlib.suppress(*CLIENT_GONE):
+        await websocket.send_text(json.dumps({"type": "error", "detail": f"This recording cannot be played: {detail}."}))
+        await websocket.close(code=1011)
 
 
 async def _replay(websocket: WebSocket, found: DesktopReplay, f: BinaryIO, at: float, playing: bool,

@@ -1,0 +1,156 @@
+"""The desktop replay's websocket (dashboard/gateway/replay.py) with a Python client that speaks
+RFB as noVNC does: a seek starts at the desktop of that time, paused; speed and play run it to
+its end; who may not replay gets the handshake's 403, audited. The recording is made by the
+engine on the ManualClock from a desktop the test paints."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, HandshakeError
+
+from cosession.join import connect_socket, login, open_socket
+from engine.clock import ManualClock
+from engine.messages import DisplayFill, DisplaySize, EndpointProtocol, EndpointSpec, User
+from protocols.rfb_browser import BrowserClient
+
+PASSWORD = "correct horse battery"
+SECONDS = 30
+
+
+@pytest.fixture
+def gateway_clock():
+    return ManualClock()
+
+
+class PaintedDesktop:
+    def __init__(self) -> None:
+        self.events = None
+
+    def open(self, events, cols, rows):
+        self.events = events
+        events.opened("painted desktop")
+
+    def paint(self, *items):
+        done = threading.Event()
+        self.events.display(tuple(items), done.set)
+        assert done.wait(5)
+
+    def send_input(self, data):
+        pass
+
+    def resize(self, cols, rows):
+        pass
+
+    def close(self):
+        pass
+
+
+def colour(second: int) -> tuple[int, int, int]:
+    return (second * 8 % 256, 100, 200)
+
+
+def record(gateway) -> str:
+    endpoint = gateway.create_endpoint("desk", EndpointProtocol.VNC, "127.0.0.1", 5999)
+    gateway.create_user("root", PASSWORD, admin=True)
+    bob = gateway.create_user("bob", PASSWORD)
+    gateway.services.grants.grant(endpoint.id, bob.id, "viewer")
+    desk = PaintedDesktop()
+    spec = EndpointSpec(endpoint.id, endpoint.name, EndpointProtocol.VNC)
+    alice = User("alice", "alice")
+    controller = gateway.engine.open_session(spec, alice, connection=desk, record=True)
+    assert controller.sink.wait_for(lambda s: any(getattr(e, "state", None) == "active" for e in s.events))
+    desk.paint(DisplaySize(32, 24))
+    for second in range(SECONDS):
+        desk.paint(DisplayFill(0, 0, 32, 24, colour(second)))
+        gateway.clock.advance(1.0)
+    gateway.engine.terminate(controller.session_id, User("root", "root", is_admin=True))
+    return controller.session_id
+
+
+class Replayer:
+    def __init__(self, socket) -> None:
+        self.socket = socket
+        self.client = BrowserClient()
+        self.control: list[dict] = []
+        self.closed = False
+        self.changed = trio.Event()
+
+    async def read(self) -> None:
+        try:
+            while True:
+                message = await self.socket.get_message()
+                if isinstance(message, str):
+                    self.control.append(json.loads(message))
+                else:
+                    reply = self.client.receive(message)
+                    if reply:
+                        await self.socket.send_message(reply)
+                self.changed.set()
+                self.changed = trio.Event()
+        except ConnectionClosed:
+            self.closed = True
+            self.changed.set()
+
+    async def wait(self, predicate, timeout: float = 15.0) -> None:
+        with trio.fail_after(timeout):
+            while not predicate():
+                await self.changed.wait()
+
+    def pixel(self) -> tuple[int, ...]:
+        fb = self.client.frames.framebuffer
+        return tuple(int(c) for c in fb[5, 5]) if fb.size else ()
+
+
+async def audit_rows(gateway, kind: str) -> list[dict]:
+    def read():
+        import sqlalchemy as sa
+        with sa.create_engine(gateway.settings.database_url).connect() as db:
+            rows = db.execute(sa.text("select actor_name, detail from audit_events where kind = :k order by id"),
+                              {"k": kind}).all()
+        return [{"actor": a, **json.loads(d)} for a, d in rows]
+    return await trio.to_thread.run_sync(read)
+
+
+async def test_a_seek_starts_paused_at_its_desktop_and_plays_to_the_end(live_gateway, nursery):
+    session_id = await trio.to_thread.run_sync(record, live_gateway)
+    with trio.fail_after(20):
+        while (info := live_gateway.services.audit_reader.recording(session_id)) is None or info.state != "closed":
+            await trio.sleep(0.02)  # the writer thread closes the file: poll the audit log for its row
+    cookie = await trio.to_thread.run_sync(login, live_gateway.base_url, "root", PASSWORD)
+    socket = await connect_socket(nursery, live_gateway.base_url, f"/ws/recordings/{session_id}?at=12.5&play=0",
+                                  cookie, message_queue_size=64)
+    r = Replayer(socket)
+    nursery.start_soon(r.read)
+    await r.wait(lambda: r.control and r.pixel() == colour(12))
+    assert r.control[0] == {"type": "time", "t": 12.5, "playing": False}
+    assert (r.client.width, r.client.height) == (32, 24)  # ServerInit: the desktop's size at that time
+
+    await socket.send_message(json.dumps({"type": "speed", "speed": 16}))
+    await socket.send_message(json.dumps({"type": "play"}))
+    await r.wait(lambda: any(m["type"] == "end" for m in r.control))
+    assert r.pixel() == colour(SECONDS - 1)
+    times = [m["t"] for m in r.control if m["type"] == "time"]
+    assert times == sorted(times) and times[-1] > 12.5
+    await socket.aclose()
+
+    replays = await audit_rows(live_gateway, "recording_replayed")
+    assert [(row["actor"], row["position"]) for row in replays] == [("root", 12.5)]
+
+
+async def test_who_may_not_replay_gets_403_and_a_row(live_gateway):
+    session_id = await trio.to_thread.run_sync(record, live_gateway)
+    with trio.fail_after(20):
+        while (info := live_gateway.services.audit_reader.recording(session_id)) is None or info.state != "closed":
+            await trio.sleep(0.02)  # the writer thread closes the file: poll the audit log for its row
+    cookie = await trio.to_thread.run_sync(login, live_gateway.base_url, "bob", PASSWORD)
+    for who in (cookie, None):  # bob below the replay role; anyone signed out (refused at the edge)
+        with pytest.raises(BaseExceptionGroup) as refused:
+            async with open_socket(live_gateway.base_url, f"/ws/recordings/{session_id}", who):
+                pass
+        assert refused.group_contains(HandshakeError, match="403")
+    denied = await audit_rows(live_gateway, "recording_replay_denied")
+    assert [(row["actor"], row["reason"]) for row in denied] == [("bob", "not_permitted")]
