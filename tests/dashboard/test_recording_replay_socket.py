@@ -9,12 +9,14 @@ import json
 import threading
 
 import pytest
+import sqlalchemy as sa
 import trio
 from trio_websocket import ConnectionClosed, HandshakeError
 
 from cosession.join import connect_socket, login, open_socket
 from engine.clock import ManualClock
 from engine.messages import DisplayFill, DisplaySize, EndpointProtocol, EndpointSpec, User
+from engine.recording_desktop import read_desktop
 from protocols.rfb_browser import BrowserClient
 
 PASSWORD = "correct horse battery"
@@ -53,7 +55,7 @@ def colour(second: int) -> tuple[int, int, int]:
     return (second * 8 % 256, 100, 200)
 
 
-def record(gateway) -> str:
+def record(gateway, end: bool = True) -> str:
     endpoint = gateway.create_endpoint("desk", EndpointProtocol.VNC, "127.0.0.1", 5999)
     gateway.create_user("root", PASSWORD, admin=True)
     bob = gateway.create_user("bob", PASSWORD)
@@ -67,7 +69,8 @@ def record(gateway) -> str:
     for second in range(SECONDS):
         desk.paint(DisplayFill(0, 0, 32, 24, colour(second)))
         gateway.clock.advance(1.0)
-    gateway.engine.terminate(controller.session_id, User("root", "root", is_admin=True))
+    if end:
+        gateway.engine.terminate(controller.session_id, User("root", "root", is_admin=True))
     return controller.session_id
 
 
@@ -107,7 +110,7 @@ class Replayer:
 
 async def audit_rows(gateway, kind: str) -> list[dict]:
     def read():
-        import sqlalchemy as sa
+        gateway.engine.flush_audit()  # the rows told to the store so far are written
         with sa.create_engine(gateway.settings.database_url).connect() as db:
             rows = db.execute(sa.text("select actor_name, detail from audit_events where kind = :k order by id"),
                               {"k": kind}).all()
@@ -154,3 +157,26 @@ async def test_who_may_not_replay_gets_403_and_a_row(live_gateway):
         assert refused.group_contains(HandshakeError, match="403")
     denied = await audit_rows(live_gateway, "recording_replay_denied")
     assert [(row["actor"], row["reason"]) for row in denied] == [("bob", "not_permitted")]
+
+
+async def test_a_live_desktop_replays_from_its_start_what_is_written_so_far(live_gateway, nursery):
+    """Watch from the start: the session runs, its file has no index yet and is read record by record."""
+    session_id = await trio.to_thread.run_sync(lambda: record(live_gateway, end=False))
+    path = live_gateway.settings.recordings_path / f"{session_id}.rfbrec"
+
+    def written() -> float:
+        with open(path, "rb") as f:
+            return read_desktop(f).duration
+
+    with trio.fail_after(20):
+        while await trio.to_thread.run_sync(written) < SECONDS - 1:
+            await trio.sleep(0.02)  # the writer thread appends what the session fanned out: poll the file
+    cookie = await trio.to_thread.run_sync(login, live_gateway.base_url, "root", PASSWORD)
+    socket = await connect_socket(nursery, live_gateway.base_url, f"/ws/recordings/{session_id}?at=20&play=0",
+                                  cookie, message_queue_size=64)
+    r = Replayer(socket)
+    nursery.start_soon(r.read)
+    await r.wait(lambda: r.control and r.pixel() == colour(20))
+    replays = await audit_rows(live_gateway, "recording_replayed")
+    assert [(row["state"], row["position"]) for row in replays] == [("recording", 20.0)]
+    await socket.aclose()
