@@ -20,6 +20,7 @@ from engine.clock import ManualClock
 from engine.recording_desktop import read_desktop
 from tests.dashboard.test_csp_browser import Watched
 from tests.dashboard.test_desktop_browser import PASSWORD, Desk
+from tests.fixtures.screenshots import save_screenshot
 from tests.unit.test_audit_cli import cosession
 
 pytestmark = [pytest.mark.browser, pytest.mark.xvnc]
@@ -121,6 +122,7 @@ def test_a_recorded_desktop_replays_and_seeks_to_the_middle(live_gateway, browse
         admin.get_by_test_id("marker").filter(has_text="bob joined").click()
         admin.wait_for_function("() => window.cosessionReplay.connected")
         wait_picture(desk, admin, truths[4])
+        save_screenshot(admin, "recording-desktop.png")
         admin.get_by_test_id("marker").last.click()
         admin.wait_for_function("() => window.cosessionReplay.connected")
         wait_picture(desk, admin, truths[-1])
