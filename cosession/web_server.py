@@ -17,6 +17,13 @@ server; `ConnectionGuard` is that handler:
   which the application reports through the connection's ASGI state
   (``dashboard.security.admission.CONNECTION_STATE_KEY``). Past a limit a new connection gets a plain
   ``503`` and is closed before Hypercorn reads a byte of it.
+- anonymous connections take turns (`ClientConnection.enter_lane`): at most
+  ``edge.max_anonymous_in_progress`` of them have the bytes they received handled at once (parsed
+  by h11, up to the application's admission decision), the others wait, first come first served,
+  with their bytes unread by Hypercorn. trio runs, in one scheduling batch, every task whose
+  socket became readable during the previous wait; without turns a flood puts dozens of
+  anonymous connections (0.3-0.5 ms each) in the batch beside a controller's keystroke and its
+  echo. A signed-in connection never waits for a turn.
 
 Two behaviours of Hypercorn's websocket code are changed, once per process, by replacing the
 two wsproto names its module looks up (`adjust_hypercorn_websockets`): permessage-deflate is
@@ -145,12 +152,13 @@ class ConnectionLimits:
     max_connections_per_client: int = 0
     max_anonymous_connections: int = 0
     max_anonymous_connections_per_client: int = 0
+    max_anonymous_in_progress: int = 0
 
     @classmethod
     def of(cls, settings: Any) -> "ConnectionLimits":
         edge = settings.edge
         return cls(edge.max_connections, edge.max_connections_per_client, edge.max_anonymous_connections,
-                   edge.max_anonymous_connections_per_client)
+                   edge.max_anonymous_connections_per_client, edge.max_anonymous_in_progress)
 
 
 def client_key(host: str) -> str:
@@ -170,7 +178,7 @@ def client_key(host: str) -> str:
 class ClientConnection:
     """One open TCP connection, as the application sees it in its ASGI state."""
 
-    __slots__ = ("key", "peer", "signed_in", "_guard", "_stream")
+    __slots__ = ("key", "peer", "signed_in", "_guard", "_stream", "_in_lane", "_turn_coming")
 
     def __init__(self, guard: "ConnectionGuard", key: str, peer: str, stream: trio.SocketStream) -> None:
         self._guard = guard
@@ -178,6 +186,8 @@ class ClientConnection:
         self.key = key
         self.peer = peer
         self.signed_in = False
+        self._in_lane = False
+        self._turn_coming: trio.Event | None = None  # set when the turn one of its tasks waits for comes
 
     def abort(self) -> None:
         """Close the TCP connection now, for a client that has stopped reading. Hypercorn shields
@@ -198,6 +208,76 @@ class ClientConnection:
             self.signed_in = True
             self._guard._anonymous[self.key] -= 1
             self._guard._anonymous_total -= 1
+        self.leave_lane()
+
+    async def enter_lane(self) -> None:
+        """Wait for this anonymous connection's turn to have the bytes it just received handled,
+        or its websocket handshake decided (at once for a signed-in connection, or one whose turn
+        it is already). The reader and the application's task of one connection share its turn."""
+        lane = self._guard.lane
+        if lane is None or self.signed_in or self._in_lane:
+            return
+        if self._turn_coming is not None:  # its reader and its application task wait for the same turn
+            await self._turn_coming.wait()
+            return
+        self._turn_coming = coming = trio.Event()
+        try:
+            await lane.acquire_on_behalf_of(self)
+            self._in_lane = True
+        finally:
+            self._turn_coming = None
+            coming.set()
+
+    def leave_lane(self) -> None:
+        """This connection's turn is over: it waits for bytes again, the application has
+        admitted its request, it is signed in or closed. Idempotent."""
+        if self._in_lane:
+            self._in_lane = False
+            self._guard.lane.release_on_behalf_of(self)  # type: ignore[union-attr]
+
+
+class EdgeStream(trio.abc.HalfCloseableStream):
+    """An accepted connection as Hypercorn reads and writes it (under TLS: as the SSLStream
+    does). Two differences from the socket stream it wraps:
+
+    - bytes received on an anonymous connection are handed on only in its turn
+      (`ClientConnection.enter_lane`), and the turn ends when the next read starts;
+    - a send after the connection's EOF was sent fails as a closed stream (what Hypercorn
+      expects of a closing connection) instead of as a busy one: Hypercorn's close sends the EOF
+      without its send lock, and an application task that answers at that moment (a 413 to a
+      body that is still arriving) would otherwise fail with trio's BusyResourceError, logged
+      as an "Error in ASGI Framework" with a traceback whose formatting costs milliseconds."""
+
+    def __init__(self, stream: trio.SocketStream, connection: ClientConnection) -> None:
+        self._stream = stream
+        self._connection = connection
+        self._eof_sent = False
+
+    @property
+    def socket(self) -> trio.socket.SocketType:
+        return self._stream.socket
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        self._connection.leave_lane()
+        data = await self._stream.receive_some(max_bytes)
+        if data:
+            await self._connection.enter_lane()
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._eof_sent:
+            raise trio.ClosedResourceError("the connection is closing")
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        self._eof_sent = True
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
 
 
 class _OncePerInterval:
@@ -239,6 +319,8 @@ class ConnectionGuard:
         self.refusals: Counter[str] = Counter()  # connections refused, by the limit that refused them
         self._report_failure = _OncePerInterval(LOG_INTERVAL)
         self._report_refusal = _OncePerInterval(LOG_INTERVAL)
+        # anonymous connections whose received bytes are being handled: ClientConnection.enter_lane
+        self.lane = trio.CapacityLimiter(limits.max_anonymous_in_progress) if limits.max_anonymous_in_progress else None
 
     @property
     def open_connections(self) -> int:
@@ -247,6 +329,11 @@ class ConnectionGuard:
     @property
     def anonymous_connections(self) -> int:
         return self._anonymous_total
+
+    @property
+    def anonymous_waiting(self) -> int:
+        """Anonymous connections whose received bytes wait for their turn."""
+        return self.lane.statistics().tasks_waiting if self.lane is not None else 0
 
     def collect(self) -> Iterator[Any]:
         """Its counts, for /metrics (dashboard/services/metrics.py reads them at each scrape)."""
@@ -261,6 +348,9 @@ class ConnectionGuard:
         yield refused
         yield CounterMetricFamily("cosession_connection_failures", "Connections whose handling raised (closed, "
                                   "logged)", value=self.failures)
+        yield GaugeMetricFamily("cosession_connections_anonymous_waiting", "Anonymous connections whose received "
+                                "bytes wait for their turn ([edge] max_anonymous_in_progress)",
+                                value=self.anonymous_waiting)
 
     def _limit_reached(self, key: str) -> str | None:
         limits = self.limits
@@ -291,9 +381,9 @@ class ConnectionGuard:
         self._anonymous[key] += 1
         self._open_total += 1
         self._anonymous_total += 1
-        served: trio.abc.Stream = stream
+        served: trio.abc.Stream = EdgeStream(stream, connection)
         if self.tls is not None:  # Hypercorn's TCPServer does the handshake (config.ssl_handshake_timeout)
-            served = trio.SSLStream(stream, self.tls, server_side=True, https_compatible=True)
+            served = trio.SSLStream(served, self.tls, server_side=True, https_compatible=True)
         try:
             await TCPServer(self.app, self.config, self.context,  # type: ignore[arg-type]
                             {**self.state, CONNECTION_STATE_KEY: connection}, served)
@@ -307,6 +397,7 @@ class ConnectionGuard:
             self._forget(connection)
 
     def _forget(self, connection: ClientConnection) -> None:
+        connection.leave_lane()
         key = connection.key
         self._open[key] -= 1
         self._open_total -= 1

@@ -318,3 +318,62 @@ class TestLimits:
 
             answer = await client.post("/api/login", content=chunks(), headers={"Content-Type": "application/json"})
             assert answer.status_code == 411
+
+
+class TestAnonymousTurns:
+    """At most ``edge.max_anonymous_in_progress`` anonymous connections have their bytes handled at
+    once; the others wait their turn, and a signed-in session does not wait at all."""
+
+    TURNS = 2
+    WAITING = 3
+
+    @pytest.fixture
+    def gateway_overrides(self):
+        return {"edge": {"max_anonymous_in_progress": self.TURNS, "max_anonymous_connections_per_client": 0}}
+
+    async def test_anonymous_connections_take_turns_while_a_live_session_goes_on(self, harness, monkeypatch):
+        """Anonymous requests whose handling is held (in Hypercorn's protocol layer, where their
+        bytes are parsed): only TURNS of them reach it, the others wait unread; the controller's
+        and the viewer's session goes on meanwhile; once released, every request is answered."""
+        from hypercorn.events import RawData
+        from hypercorn.protocol import ProtocolWrapper
+
+        gateway = harness.gateway
+        controller, viewer = await live_session(harness)
+        handle = ProtocolWrapper.handle
+        release = await trio.to_thread.run_sync(gateway.call_on_loop, trio.Event)  # the gateway's loop waits on it
+        handling = most = 0
+
+        async def held(self: Any, event: Any) -> None:
+            nonlocal handling, most
+            if isinstance(event, RawData) and event.data.startswith(b"GET /login?held"):
+                handling += 1
+                most = max(most, handling)
+                try:
+                    await release.wait()
+                finally:
+                    handling -= 1
+            await handle(self, event)
+
+        monkeypatch.setattr(ProtocolWrapper, "handle", held)
+        port = port_of(gateway.base_url)
+        answers: list[bytes] = []
+
+        async def request() -> None:
+            answers.append(await send_raw(port, b"GET /login?held HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(self.TURNS + self.WAITING):
+                nursery.start_soon(request)
+            with trio.fail_after(DEADLINE):  # every request has arrived: handled, or waiting its turn
+                while handling + gateway.web_server.anonymous_waiting < self.TURNS + self.WAITING:
+                    await trio.sleep(0.01)
+            assert (handling, gateway.web_server.anonymous_waiting) == (self.TURNS, self.WAITING)
+            await assert_session_works(controller, viewer, b"while anonymous connections wait")
+            assert gateway.web_server.anonymous_waiting == self.WAITING
+            await trio.to_thread.run_sync(gateway.call_on_loop, release.set)
+        assert most == self.TURNS
+        assert len(answers) == self.TURNS + self.WAITING
+        assert all(answer.startswith(b"HTTP/1.1 200") for answer in answers), [a[:40] for a in answers]
+        assert gateway.web_server.anonymous_waiting == 0
+        assert gateway.web_server.failures == 0
