@@ -157,7 +157,7 @@ class Edge:
     max_connections_per_client: int
     max_anonymous_connections: int
     max_anonymous_connections_per_client: int
-    max_anonymous_in_progress: int
+    max_anonymous_per_pass: int
     max_handshakes_in_flight: int
     max_request_body_bytes: int
 

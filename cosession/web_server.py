@@ -17,13 +17,13 @@ server; `ConnectionGuard` is that handler:
   which the application reports through the connection's ASGI state
   (``dashboard.security.admission.CONNECTION_STATE_KEY``). Past a limit a new connection gets a plain
   ``503`` and is closed before Hypercorn reads a byte of it.
-- anonymous connections take turns (`ClientConnection.enter_lane`): at most
-  ``edge.max_anonymous_in_progress`` of them have the bytes they received handled at once (parsed
-  by h11, up to the application's admission decision), the others wait, first come first served,
-  with their bytes unread by Hypercorn. trio runs, in one scheduling batch, every task whose
-  socket became readable during the previous wait; without turns a flood puts dozens of
-  anonymous connections (0.3-0.5 ms each) in the batch beside a controller's keystroke and its
-  echo. A signed-in connection never waits for a turn.
+- anonymous connections take turns (cosession/anonymous_turns.py): in one pass of the event loop at most
+  ``edge.max_anonymous_per_pass`` of them start handling what they received (a request, the
+  end of the stream) or setting themselves up; the others wait for a later pass, first come
+  first served, with their bytes unread by Hypercorn. trio runs, in one pass, every task whose
+  socket became readable during its last wait: without turns a flood put dozens of anonymous
+  connections (0.3-0.5 ms each) in the pass beside a controller's keystroke and its echo. A
+  signed-in connection never waits for a turn.
 
 Two behaviours of Hypercorn's websocket code are changed, once per process, by replacing the
 two wsproto names its module looks up (`adjust_hypercorn_websockets`): permessage-deflate is
@@ -50,10 +50,12 @@ import contextlib
 import functools
 import ipaddress
 import logging
+import os
 import socket
 import ssl
 import struct
 import time
+import traceback
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Generator, Iterator
@@ -66,6 +68,7 @@ from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.utils import repr_socket_addr, wrap_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from cosession.anonymous_turns import AnonymousTurns, EdgeStream
 from dashboard.security.admission import CONNECTION_STATE_KEY
 
 log = logging.getLogger("cosession.web_server")
@@ -73,7 +76,8 @@ log = logging.getLogger("cosession.web_server")
 REFUSAL_SECONDS = 1.0  # how long a refused client may take to receive its 503
 TLS_HANDSHAKE_SECONDS = 10.0  # Hypercorn's default is 60 s: an anonymous slot held for a minute
 TLS_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"  # TLS 1.2's; TLS 1.3's are all AEAD and forward-secret
-LOG_INTERVAL = 60.0  # a failing connection's traceback is logged at most once per interval
+LOG_INTERVAL = 60.0  # a failing connection is logged at most once per interval
+WHERE_FRAMES = 6  # innermost frames named in a failure's log line
 
 
 # --- Hypercorn's websocket behaviour -----------------------------------------------------------
@@ -152,13 +156,13 @@ class ConnectionLimits:
     max_connections_per_client: int = 0
     max_anonymous_connections: int = 0
     max_anonymous_connections_per_client: int = 0
-    max_anonymous_in_progress: int = 0
+    max_anonymous_per_pass: int = 0
 
     @classmethod
     def of(cls, settings: Any) -> "ConnectionLimits":
         edge = settings.edge
         return cls(edge.max_connections, edge.max_connections_per_client, edge.max_anonymous_connections,
-                   edge.max_anonymous_connections_per_client, edge.max_anonymous_in_progress)
+                   edge.max_anonymous_connections_per_client, edge.max_anonymous_per_pass)
 
 
 def client_key(host: str) -> str:
@@ -178,7 +182,7 @@ def client_key(host: str) -> str:
 class ClientConnection:
     """One open TCP connection, as the application sees it in its ASGI state."""
 
-    __slots__ = ("key", "peer", "signed_in", "_guard", "_stream", "_in_lane", "_turn_coming")
+    __slots__ = ("key", "peer", "signed_in", "_guard", "_stream")
 
     def __init__(self, guard: "ConnectionGuard", key: str, peer: str, stream: trio.SocketStream) -> None:
         self._guard = guard
@@ -186,8 +190,6 @@ class ClientConnection:
         self.key = key
         self.peer = peer
         self.signed_in = False
-        self._in_lane = False
-        self._turn_coming: trio.Event | None = None  # set when the turn one of its tasks waits for comes
 
     def abort(self) -> None:
         """Close the TCP connection now, for a client that has stopped reading. Hypercorn shields
@@ -208,88 +210,48 @@ class ClientConnection:
             self.signed_in = True
             self._guard._anonymous[self.key] -= 1
             self._guard._anonymous_total -= 1
-        self.leave_lane()
 
-    async def enter_lane(self) -> None:
-        """Wait for this anonymous connection's turn to have the bytes it just received handled,
-        or its websocket handshake decided (at once for a signed-in connection, or one whose turn
-        it is already). The reader and the application's task of one connection share its turn."""
-        lane = self._guard.lane
-        if lane is None or self.signed_in or self._in_lane:
-            return
-        if self._turn_coming is not None:  # its reader and its application task wait for the same turn
-            await self._turn_coming.wait()
-            return
-        self._turn_coming = coming = trio.Event()
-        try:
-            await lane.acquire_on_behalf_of(self)
-            self._in_lane = True
-        finally:
-            self._turn_coming = None
-            coming.set()
-
-    def leave_lane(self) -> None:
-        """This connection's turn is over: it waits for bytes again, the application has
-        admitted its request, it is signed in or closed. Idempotent."""
-        if self._in_lane:
-            self._in_lane = False
-            self._guard.lane.release_on_behalf_of(self)  # type: ignore[union-attr]
+    async def take_turn(self) -> None:
+        """Wait, while this connection is anonymous, for its turn to handle what it received."""
+        if self._guard.turns is not None and not self.signed_in:
+            await self._guard.turns.take()
 
 
-class EdgeStream(trio.abc.HalfCloseableStream):
-    """An accepted connection as Hypercorn reads and writes it (under TLS: as the SSLStream
-    does). Two differences from the socket stream it wraps:
+def where(exc: BaseException) -> str:
+    """Where `exc` (an exception group's first exception) was raised: the innermost frames, file
+    and line, without reading a source file. A full traceback takes 10-100 ms to render (Python
+    3.11 reads every file and parses each line for its carets), all of it on the event loop,
+    while every session waits: a client that makes a connection fail must not buy that."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    frames = traceback.StackSummary.extract(traceback.walk_tb(exc.__traceback__), lookup_lines=False)
+    return " < ".join(f"{os.path.basename(f.filename)}:{f.lineno} {f.name}" for f in reversed(frames[-WHERE_FRAMES:]))
 
-    - bytes received on an anonymous connection are handed on only in its turn
-      (`ClientConnection.enter_lane`), and the turn ends when the next read starts;
-    - a send after the connection's EOF was sent fails as a closed stream (what Hypercorn
-      expects of a closing connection) instead of as a busy one: Hypercorn's close sends the EOF
-      without its send lock, and an application task that answers at that moment (a 413 to a
-      body that is still arriving) would otherwise fail with trio's BusyResourceError, logged
-      as an "Error in ASGI Framework" with a traceback whose formatting costs milliseconds."""
 
-    def __init__(self, stream: trio.SocketStream, connection: ClientConnection) -> None:
-        self._stream = stream
-        self._connection = connection
-        self._eof_sent = False
+class CompactTracebacks(logging.Filter):
+    """On Hypercorn's error log (an application task that raised: "Error in ASGI Framework"):
+    the exception and `where` it was raised instead of a traceback, for the same reason."""
 
-    @property
-    def socket(self) -> trio.socket.SocketType:
-        return self._stream.socket
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        self._connection.leave_lane()
-        data = await self._stream.receive_some(max_bytes)
-        if data:
-            await self._connection.enter_lane()
-        return data
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self._eof_sent:
-            raise trio.ClosedResourceError("the connection is closing")
-        await self._stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self._stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        self._eof_sent = True
-        await self._stream.send_eof()
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            detail = f": {exc!r:.200} at {where(exc)}"
+            record.msg = str(record.msg) + (detail.replace("%", "%%") if record.args else detail)
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
 class _OncePerInterval:
-    """Logs a failure's traceback at most once per interval and counts the rest: any client can
-    make a connection fail, and must not be able to fill the log with it."""
+    """Logs a failure (the exception and `where` it was raised; the whole traceback at debug
+    level only) at most once per interval and counts the rest: any client can make a
+    connection fail, and must not be able to fill the log with it."""
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
         self._last: float | None = None
         self._suppressed = 0
 
-    def __call__(self, message: str, *args: Any, exc: BaseException) -> None:
+    def __call__(self, message: str, *args: Any, exc: BaseException | None) -> None:
         now = time.monotonic()
         if self._last is not None and now - self._last < self.interval:
             self._suppressed += 1
@@ -297,7 +259,11 @@ class _OncePerInterval:
         if self._suppressed:
             message += f" ({self._suppressed} more such failures since the last report)"
         self._last, self._suppressed = now, 0
-        log.warning(message, *args, exc_info=exc)
+        if exc is None:
+            log.warning(message, *args)
+            return
+        log.warning(message + " at %s", *args, where(exc))
+        log.debug("the traceback of that failure", exc_info=exc)
 
 
 class ConnectionGuard:
@@ -319,8 +285,7 @@ class ConnectionGuard:
         self.refusals: Counter[str] = Counter()  # connections refused, by the limit that refused them
         self._report_failure = _OncePerInterval(LOG_INTERVAL)
         self._report_refusal = _OncePerInterval(LOG_INTERVAL)
-        # anonymous connections whose received bytes are being handled: ClientConnection.enter_lane
-        self.lane = trio.CapacityLimiter(limits.max_anonymous_in_progress) if limits.max_anonymous_in_progress else None
+        self.turns = AnonymousTurns(limits.max_anonymous_per_pass) if limits.max_anonymous_per_pass else None
 
     @property
     def open_connections(self) -> int:
@@ -333,7 +298,7 @@ class ConnectionGuard:
     @property
     def anonymous_waiting(self) -> int:
         """Anonymous connections whose received bytes wait for their turn."""
-        return self.lane.statistics().tasks_waiting if self.lane is not None else 0
+        return self.turns.waiting if self.turns is not None else 0
 
     def collect(self) -> Iterator[Any]:
         """Its counts, for /metrics (dashboard/services/metrics.py reads them at each scrape)."""
@@ -349,7 +314,7 @@ class ConnectionGuard:
         yield CounterMetricFamily("cosession_connection_failures", "Connections whose handling raised (closed, "
                                   "logged)", value=self.failures)
         yield GaugeMetricFamily("cosession_connections_anonymous_waiting", "Anonymous connections whose received "
-                                "bytes wait for their turn ([edge] max_anonymous_in_progress)",
+                                "bytes wait for their turn ([edge] max_anonymous_per_pass)",
                                 value=self.anonymous_waiting)
 
     def _limit_reached(self, key: str) -> str | None:
@@ -385,6 +350,7 @@ class ConnectionGuard:
         if self.tls is not None:  # Hypercorn's TCPServer does the handshake (config.ssl_handshake_timeout)
             served = trio.SSLStream(served, self.tls, server_side=True, https_compatible=True)
         try:
+            await connection.take_turn()  # setting the connection up is handled in turn too
             await TCPServer(self.app, self.config, self.context,  # type: ignore[arg-type]
                             {**self.state, CONNECTION_STATE_KEY: connection}, served)
         except* Exception as group:  # never trio.Cancelled, which is how the server stops
@@ -397,7 +363,6 @@ class ConnectionGuard:
             self._forget(connection)
 
     def _forget(self, connection: ClientConnection) -> None:
-        connection.leave_lane()
         key = connection.key
         self._open[key] -= 1
         self._open_total -= 1
@@ -412,7 +377,7 @@ class ConnectionGuard:
         """A plain 503 before reading anything, then close (on TLS: close at once)."""
         self.refusals[limit] += 1
         self._report_refusal("refused a connection from %s: %s reached (see [edge] in the settings)",
-                             key, limit, exc=None)  # type: ignore[arg-type]
+                             key, limit, exc=None)
         if self.tls is not None:
             await trio.aclose_forcefully(stream)
             return
@@ -439,6 +404,8 @@ def hypercorn_config(settings: Any, *, graceful_timeout: float) -> Config:
     config.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
+    if not any(isinstance(f, CompactTracebacks) for f in config.errorlog.filters):
+        config.errorlog.addFilter(CompactTracebacks())
     config.graceful_timeout = graceful_timeout
     config.websocket_max_message_size = 2 * settings.gateway.max_message_bytes
     config.ssl_handshake_timeout = TLS_HANDSHAKE_SECONDS
@@ -468,6 +435,8 @@ async def serve(app: Any, settings: Any, *, shutdown_trigger: Callable[[], Await
         guard_ready(guard)
     async with trio.open_nursery() as lifespan_nursery:
         await lifespan_nursery.start(lifespan.handle_lifespan)
+        if guard.turns is not None:  # for as long as any connection may wait for a turn
+            lifespan_nursery.start_soon(guard.turns.run)
         await lifespan.wait_for_startup()
         sockets = config.create_sockets()
         listeners = []

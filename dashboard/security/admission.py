@@ -18,10 +18,6 @@
   TCP connection as such for the web server's anonymous-connection limits
   (cosession/web_server.py), through the ASGI connection state under
   `CONNECTION_STATE_KEY`. A server that does not provide it (a test client) changes nothing.
-- **Turns**: the web server hands an anonymous connection's bytes on only in its turn (at most
-  ``edge.max_anonymous_in_progress`` at once); a websocket handshake is decided in its
-  connection's turn, and an HTTP request that passes admission ends the turn before its route
-  runs (a sign-in waits for its password check without holding it).
 - **Probes**: a request for ``/healthz`` or ``/readyz`` (`PROBE_PATHS`, dashboard/operations.py)
   is admitted without a session and marks its connection the same way: a load balancer that
   probes on a kept-alive connection is not counted as part of an anonymous flood. Such a
@@ -46,7 +42,7 @@ log = logging.getLogger(__name__)
 
 DATABASE_UNAVAILABLE = "database_unavailable"
 
-CONNECTION_STATE_KEY = "cosession.connection"  # in scope["state"]: has mark_signed_in(), leave_lane() and abort()
+CONNECTION_STATE_KEY = "cosession.connection"  # in scope["state"]: has mark_signed_in() and abort()
 CLOSE_POLICY = 1008  # a websocket.close before accept: Hypercorn answers the handshake with 403
 ANONYMOUS_BODY_BYTES = 16 << 10
 PROBE_PATHS = frozenset({"/healthz", "/readyz"})
@@ -72,7 +68,6 @@ class Admission:
             if refusal is not None:
                 await refusal(scope, receive, send)
                 return
-            _admitted(scope)
             await self.app(scope, receive, send)
         elif scope["type"] == "websocket":
             await self._handshake(scope, receive, send)
@@ -108,14 +103,10 @@ class Admission:
 
         try:
             websocket = WebSocket(scope, receive, send_deciding)
-            await _take_turn(scope)
-            try:
-                reason = await self._refusal(websocket)
-                if reason is not None:
-                    await _refuse(websocket, status=503 if reason == DATABASE_UNAVAILABLE else 403, reason=reason)
-                    return
-            finally:
-                _admitted(scope)
+            reason = await self._refusal(websocket)
+            if reason is not None:
+                await _refuse(websocket, status=503 if reason == DATABASE_UNAVAILABLE else 403, reason=reason)
+                return
             await self.app(scope, receive, send_deciding)
         finally:
             if not decided:
@@ -141,22 +132,6 @@ class Admission:
             return "not_signed_in"
         _mark_if_signed_in(websocket.scope, signed_in=True)
         return None
-
-
-async def _take_turn(scope: Scope) -> None:
-    """Wait for this connection's turn among anonymous connections (the web server's reader
-    ends its turn as soon as it has handed a handshake on, before the handshake is decided)."""
-    connection: Any = (scope.get("state") or {}).get(CONNECTION_STATE_KEY)
-    if connection is not None:
-        await connection.enter_lane()
-
-
-def _admitted(scope: Scope) -> None:
-    """Tell the web server that this request is decided: the edge's handling of its connection
-    is over, and its turn among anonymous connections goes to the next one."""
-    connection: Any = (scope.get("state") or {}).get(CONNECTION_STATE_KEY)
-    if connection is not None:
-        connection.leave_lane()
 
 
 def _mark_if_signed_in(scope: Scope, *, signed_in: bool | None = None) -> bool:

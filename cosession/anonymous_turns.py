@@ -1,0 +1,93 @@
+"""Anonymous connections take turns at the gateway's edge (cosession/web_server.py).
+
+trio runs, in one pass of its event loop, every task that became ready during its last wait.
+Under an anonymous flood that put dozens of attackers' connections (0.3-0.5 ms of parsing,
+admission and refusal each) in the same pass as a controller's keystroke and its echo: the
+controller's latency p99 grew 6-7x while its median did not move. `AnonymousTurns` lets at most
+``edge.max_anonymous_per_pass`` anonymous connections start handling what they received per
+pass; `EdgeStream` is where a connection takes its turn, between its socket and Hypercorn.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import trio
+
+
+class Turns(Protocol):
+    """A connection (web_server.ClientConnection) that waits for its turn while it is anonymous."""
+
+    async def take_turn(self) -> None: ...
+
+
+class AnonymousTurns:
+    """At most `per_pass` anonymous connections start handling what they received in one pass
+    of the event loop; the others wait for a later pass, in the order they came. A turn is
+    given, not held: whatever a connection then waits for (its application's answer, a client
+    that does not read) keeps no other connection waiting. `run` hands the turns out, one pass
+    at a time, for as long as the server runs."""
+
+    def __init__(self, per_pass: int) -> None:
+        self.per_pass = per_pass
+        self._queue = trio.lowlevel.ParkingLot()
+        self._someone_waits = trio.Event()
+
+    @property
+    def waiting(self) -> int:
+        return self._queue.statistics().tasks_waiting
+
+    async def take(self) -> None:
+        self._someone_waits.set()
+        await self._queue.park()
+
+    async def run(self) -> None:
+        while True:
+            if not self.waiting:
+                self._someone_waits = trio.Event()
+                await self._someone_waits.wait()
+            self._queue.unpark(count=self.per_pass)
+            await trio.lowlevel.checkpoint()  # the tasks it unparked run in the next pass, and so does it
+
+
+class EdgeStream(trio.abc.HalfCloseableStream):
+    """An accepted connection as Hypercorn reads and writes it (under TLS: as the SSLStream
+    does). Two differences from the socket stream it wraps:
+
+    - what an anonymous connection received (bytes, the end of the stream, a reset) is handed on
+      in its turn (`AnonymousTurns`);
+    - a send after the connection's EOF was sent fails as a closed stream (what Hypercorn
+      expects of a closing connection) instead of as a busy one: Hypercorn's close sends the EOF
+      without its send lock, and an application task that answers at that moment (a 413 to a
+      body that is still arriving) would otherwise fail with trio's BusyResourceError, logged
+      as an "Error in ASGI Framework" with a traceback whose formatting costs milliseconds."""
+
+    def __init__(self, stream: trio.SocketStream, connection: Turns) -> None:
+        self._stream = stream
+        self._connection = connection
+        self._eof_sent = False
+
+    @property
+    def socket(self) -> trio.socket.SocketType:
+        return self._stream.socket
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        try:
+            return await self._stream.receive_some(max_bytes)
+        finally:
+            await self._connection.take_turn()
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._eof_sent:
+            raise trio.ClosedResourceError("the connection is closing")
+        await self._stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        self._eof_sent = True
+        await self._stream.send_eof()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
