@@ -2,7 +2,7 @@
 keystroke latency meanwhile.
 
     .venv/bin/python bench/edge_flood.py [--runs 3] [--seconds 10] [--clients 8] [--json]
-        [--write-docs docs/benchmarks.md]
+        [--config FILE] [--write-docs docs/benchmarks.md]
 
 Each run starts `cosession serve` as its own process (a fresh data directory, the embedded
 defaults, the demo SSH endpoint), signs in as `demo` and starts a session on the demo endpoint
@@ -369,10 +369,10 @@ async def _attack_async(base_url: str, endpoint_id: str, clients: int, seconds: 
     return {"attacks": flood.attacks, "refused_503": flood.refused_503, "connect_errors": flood.errors}
 
 
-def run_once(seconds: float, clients: int) -> dict[str, Any]:
+def run_once(seconds: float, clients: int, config: str | None = None) -> dict[str, Any]:
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="cosession-flood-") as data_dir:
-        served = Served(Path(data_dir))
+        served = Served(Path(data_dir), *(("--config", str(Path(config).resolve())) if config else ()))
         try:
             return {**trio.run(_run_async, served, seconds, clients), "load_average": load}
         finally:
@@ -432,6 +432,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=8, help="attackers per source address")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--config", metavar="FILE", help="settings for the gateway (cosession serve --config), "
+                        "e.g. another [edge] max_anonymous_per_pass")
     parser.add_argument("--write-docs", metavar="FILE")
     parser.add_argument("--attack", nargs=2, metavar=("URL", "ENDPOINT_ID"), help=argparse.SUPPRESS)
     parser.add_argument("--from-json", metavar="REPORT", help="render a saved --json report again")
@@ -450,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     runs = []
     for n in range(args.runs):
-        runs.append(run_once(args.seconds, args.clients))
+        runs.append(run_once(args.seconds, args.clients, args.config))
         print(f"run {n + 1}: " + json.dumps({k: round(v, 2) if isinstance(v, float) else v
                                              for k, v in runs[-1].items()}), file=sys.stderr, flush=True)
     block = report(runs, args)
