@@ -70,6 +70,7 @@ class EngineSettings:
     joins_window_seconds: float
     node_id: str
     heartbeat_seconds: float
+    bus_url: str
     actor_workers: int
 
 

@@ -13,12 +13,14 @@ enabled, a user ``demo`` who may use the demo endpoints, and prints their passwo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import gc
 import logging
 import signal
 import sys
 from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any
 
 import sqlalchemy as sa
@@ -42,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database", metavar="URL",
                         help="the database: postgresql://USER@HOST:PORT/DB for several nodes (docs/cluster.md); "
                              "default: engine.database_url, else SQLite in the data directory")
+    parser.add_argument("--bus", metavar="URL",
+                        help="the NATS server between nodes: nats://HOST:PORT, so that a viewer on one node joins "
+                             "a session run by another (docs/cluster.md); default: engine.bus_url, else none")
     parser.add_argument("--no-demo", action="store_true", help="do not start the demo endpoints (SSH, desktop)")
     parser.set_defaults(run=run)
 
@@ -65,8 +70,10 @@ def _settings(args: argparse.Namespace) -> Any:
     overrides: dict[str, dict[str, Any]] = {"server": server}
     if args.no_demo:
         overrides["demo"] = {"enabled": False}
-    if args.database:
-        overrides["engine"] = {"database_url": args.database}
+    engine = {key: value for key, value in (("database_url", args.database), ("bus_url", getattr(args, "bus", None)))
+              if value}
+    if engine:
+        overrides["engine"] = engine
     return load(getattr(args, "config", None), **overrides)
 
 
@@ -189,10 +196,6 @@ def exposure_warning(settings: Any) -> str | None:
 
 
 async def _serve(services: Any, first: _FirstRun, tls: Any = None) -> None:
-    from cosession import web_server
-    from dashboard.app import create_app
-    from dashboard.services import default_public_url
-
     settings = services.settings
     # Ctrl-C and SIGTERM end the loop through this receiver, never as a KeyboardInterrupt.
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -216,32 +219,77 @@ async def _serve(services: Any, first: _FirstRun, tls: Any = None) -> None:
                         _say("warning: the demo SSH endpoint did not start (see the log); going on without it")
                 desktop_record = await _start_demo_desktop(nursery, services)
 
-            shutdown = trio.Event()
-            app = create_app(services)
-            binds = await nursery.start(functools.partial(
-                web_server.serve, app, settings, shutdown_trigger=shutdown.wait, graceful_timeout=GRACEFUL_SECONDS,
-                tls=tls))
-            port = int(binds[0].rsplit(":", 1)[1]) if binds else settings.server.port
-            if not settings.server.public_url:
-                services.public_url = default_public_url(settings, port)
+            async with _cluster(services):
+                await _serve_app(services, first, tls, nursery, signals, demo_record, desktop_record)
 
-            _banner(services, binds, first, demo_record, desktop_record)
-            # What start-up allocated lives as long as the process: out of the collector's sight,
-            # a full collection (which a flood of short connections triggers) walks only what
-            # was allocated since, instead of pausing the loop for every module and table.
-            gc.freeze()
 
-            async for signum in signals:
-                _say(f"\n{signal.Signals(signum).name}: stopping (sessions end, the audit log is committed) ...")
-                break
-            # The engine stops while the loop still runs, so that endpoint connections close
-            # cleanly; off the loop, in a worker thread, since Engine.stop() blocks.
-            await trio.to_thread.run_sync(services.engine.stop)
-            shutdown.set()
-            with trio.move_on_after(GRACEFUL_SECONDS + 2):
-                while len(nursery.child_tasks) > 1 + (demo_record is not None) + (desktop_record is not None):
-                    await trio.sleep(0.05)
-            nursery.cancel_scope.cancel()
+class BusUnreachable(Exception):
+    """`--bus` names a NATS server that cannot be reached at start."""
+
+
+@contextlib.asynccontextmanager
+async def _cluster(services: Any) -> AsyncIterator[None]:
+    """With a bus (engine.bus_url), this node's link to the others for as long as it serves
+    (dashboard/services/cluster.py); without one, nothing."""
+    url = services.settings.engine.bus_url
+    if not url:
+        yield
+        return
+    from dashboard.services.cluster import ClusterLink
+    from protocols.bus import BusError, open_bus
+
+    node_id = services.engine.node.node_id if services.engine.node else services.settings.engine.node_id
+    try:
+        bus_context = open_bus(url, name=f"cosession-{node_id}")
+        bus = await bus_context.__aenter__()
+    except BusError as exc:
+        raise BusUnreachable(str(exc)) from None
+    try:
+        async with trio.open_nursery() as nursery:
+            services.cluster = ClusterLink(services, bus, node_id)
+            await nursery.start(services.cluster.run)
+            try:
+                yield
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        services.cluster = None
+        await bus_context.__aexit__(None, None, None)
+
+
+async def _serve_app(services: Any, first: _FirstRun, tls: Any, nursery: trio.Nursery, signals: Any,
+                     demo_record: Any, desktop_record: Any) -> None:
+    from cosession import web_server
+    from dashboard.app import create_app
+    from dashboard.services import default_public_url
+
+    settings = services.settings
+    shutdown = trio.Event()
+    app = create_app(services)
+    binds = await nursery.start(functools.partial(
+        web_server.serve, app, settings, shutdown_trigger=shutdown.wait, graceful_timeout=GRACEFUL_SECONDS,
+        tls=tls))
+    port = int(binds[0].rsplit(":", 1)[1]) if binds else settings.server.port
+    if not settings.server.public_url:
+        services.public_url = default_public_url(settings, port)
+
+    _banner(services, binds, first, demo_record, desktop_record)
+    # What start-up allocated lives as long as the process: out of the collector's sight,
+    # a full collection (which a flood of short connections triggers) walks only what
+    # was allocated since, instead of pausing the loop for every module and table.
+    gc.freeze()
+
+    async for signum in signals:
+        _say(f"\n{signal.Signals(signum).name}: stopping (sessions end, the audit log is committed) ...")
+        break
+    # The engine stops while the loop still runs, so that endpoint connections close
+    # cleanly; off the loop, in a worker thread, since Engine.stop() blocks.
+    await trio.to_thread.run_sync(services.engine.stop)
+    shutdown.set()
+    with trio.move_on_after(GRACEFUL_SECONDS + 2):
+        while len(nursery.child_tasks) > 1 + (demo_record is not None) + (desktop_record is not None):
+            await trio.sleep(0.05)
+    nursery.cancel_scope.cancel()
 
 
 def _banner(services: Any, binds: list[str], first: _FirstRun, demo_record: Any, desktop_record: Any = None) -> None:
@@ -334,6 +382,10 @@ def run(args: argparse.Namespace) -> int:
             leaves = _leaves(exc)
             if all(isinstance(e, KeyboardInterrupt) for e in leaves):
                 pass  # a Ctrl-C before the signal receiver was open
+            elif any(isinstance(e, BusUnreachable) for e in leaves):
+                print(f"cosession serve: {next(e for e in leaves if isinstance(e, BusUnreachable))}",
+                      file=sys.stderr)
+                return 1
             elif all(isinstance(e, (OSError, KeyboardInterrupt)) for e in leaves):
                 # the port is taken, the address does not exist ...
                 print(f"cosession serve: {next(e for e in leaves if isinstance(e, OSError))}", file=sys.stderr)

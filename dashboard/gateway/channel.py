@@ -484,11 +484,11 @@ class Channel:
             tell_session(joined, Leave(joined.participant_id))
         elif isinstance(request, wire.RequestControl):
             # always refused by the engine (rule 6), which audits it; the refusal comes back here
-            self.services.engine.route(joined.session_id, TransferControl(
+            tell_session(joined, TransferControl(
                 joined.participant_id, joined.participant_id, self.services.bridge.reply_to(self._control_reply)))
         elif isinstance(request, wire.EjectRequest):
             # the engine decides (controller or administrator; never the controller) and audits
-            self.services.engine.route(joined.session_id, Eject(
+            tell_session(joined, Eject(
                 request.participant_id, self.user, request.reason, self.services.bridge.reply_to(self._eject_reply),
                 by_participant=joined.participant_id))
         elif isinstance(request, wire.Ping):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import trio
 from starlette.websockets import WebSocket
@@ -191,6 +191,9 @@ async def session_socket(websocket: WebSocket) -> None:
             await channel.refuse_fatally(wire.WireReason.INVALID_SHARE_LINK,
                                          "this share link is not valid: it was altered or is for another session")
             return
+        if services.cluster is not None and directory.runs_elsewhere(session_id):  # by another node, perhaps
+            await _join_elsewhere(channel, services.cluster, session_id)
+            return
         endpoint, controller = directory.parties(session_id)
         # a role of at least viewer (engine.access.may_join): a viewer inherits the controller's
         # approval and profile for this session; the engine adds its own rules
@@ -211,3 +214,21 @@ async def session_socket(websocket: WebSocket) -> None:
     except ChannelClosed:
         await channel.close(CLOSE_POLICY, "too many refused messages")
         await channel.linger()
+
+
+async def _join_elsewhere(channel: Channel, cluster: Any, session_id: str) -> None:
+    """A session this node does not run: the node that runs it decides the join (and audits
+    it) through the bus (dashboard/services/cluster.py); this node serves the websocket."""
+    answer = await cluster.join(session_id, channel.user, channel.queue)
+    if isinstance(answer, Refused):
+        await channel.refuse_fatally(answer.reason, answer.detail,
+                                     audit=answer.reason is Reason.UNKNOWN_SESSION)
+        return
+    joined, endpoint, controller, node = answer
+    live = channel.directory.live(session_id, endpoint, controller)
+    live.node = node
+    try:
+        await channel.serve(joined, session_wire(endpoint.protocol), endpoint, controller)
+    finally:
+        if not live.channels:
+            channel.directory.sessions.pop(session_id, None)

@@ -43,6 +43,7 @@ class Services(Repositories):
     audit_reader: AuditReader
     metrics: GatewayMetrics  # on the engine's registry: /metrics exports both
     public_url: str = ""  # "http://host:port" without a trailing slash; set once the port is bound
+    cluster: Any = None  # dashboard.services.cluster.ClusterLink when a bus joins this node to others
 
     @classmethod
     def build(cls, settings: Settings, engine: Engine, bridge: LoopBridge, *,

@@ -23,7 +23,7 @@ from dashboard.services.password_offer import password_offer
 from engine import EndpointConnection
 from engine import policy
 from engine.messages import (
-    Accepted, EndpointSpec, Extend, Flush, Refused, Role, SessionFinished, Terminate, User,
+    Accepted, EndpointSpec, Extend, Flush, Reason, Refused, Role, SessionFinished, Terminate, User,
 )
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ class LiveSession:
     channels: set[Attached] = field(default_factory=set)
     approval_id: str | None = None  # the request for access it was started under (its deadline's source)
     desktop_size: tuple[int, int] | None = None  # a graphical session's, as its last keyframe said
+    node: str | None = None  # the node that runs it, when another does (dashboard/services/cluster.py)
 
     def post_to_others(self, message: dict[str, Any], sender: Attached) -> None:
         """A gateway message for every other participant served here."""
@@ -89,6 +90,13 @@ class LiveSessions:
         if live is None:
             live = self.sessions[session_id] = LiveSession(session_id, endpoint, controller)
         return live
+
+    def runs_elsewhere(self, session_id: str) -> bool:
+        """Served here for participants of a session another node runs, or unknown here."""
+        live = self.sessions.get(session_id)
+        if live is not None:
+            return live.node is not None
+        return self.services.engine.session(session_id) is None
 
     def parties(self, session_id: str) -> tuple[EndpointSpec | None, User | None]:
         """A live session's endpoint and controller: from the sessions served here (the engine's
@@ -159,6 +167,9 @@ async def terminate(services: Services, session_id: str, by: User,
     answered, so an audit log read next lists it."""
     answer = await services.bridge.request(
         lambda reply_to: services.engine.route(session_id, Terminate(by, reply_to)), timeout)
+    if isinstance(answer, Refused) and answer.reason is Reason.UNKNOWN_SESSION and services.cluster is not None:
+        # not run here: the node that runs it ends it for every participant on every node
+        return await services.cluster.terminate(session_id, by)
     if isinstance(answer, Accepted):
         await services.bridge.request(lambda reply_to: services.audit(Flush(reply_to)), AUDIT_FLUSH_SECONDS)
     return answer

@@ -1,0 +1,162 @@
+"""Three real `cosession serve` nodes on one PostgreSQL database and one NATS server
+(docs/cluster.md, "A session across nodes"): the controller of an SSH session (a real OpenSSH
+server) on node A, viewers on B and C over real websockets. The endpoint's output reaches all
+of them; the 11th viewer, on C, is refused `viewer_cap` by A; a viewer's input on B is refused
+and audited; terminate from B closes every socket on A, B and C; `cosession audit verify`
+passes on the shared chain afterwards."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+import pytest
+import sqlalchemy as sa
+import trio
+
+from cosession.join import connect_socket, login, origin_of
+from dashboard.repositories import Repositories
+from dashboard.security.secrets import Secrets
+from engine.db import audit_events
+from engine.messages import EndpointProtocol
+from tests.cluster.test_serve_postgres import _clean_env, _plain
+from tests.dashboard.test_gateway import Client
+from tests.dashboard.test_serve import ROOT, Served
+
+pytestmark = [pytest.mark.postgres, pytest.mark.nats, pytest.mark.openssh]
+
+SECRET_KEY = "k" * 32
+CREDENTIAL_KEY = bytes(range(32))
+PASSWORD = "correct horse battery"
+VIEWERS = [f"viewer{i}" for i in range(1, 12)]  # the 11th is one too many
+
+
+def _node(tmp_path: Any, name: str, postgres_url: str, bus_url: str) -> Served:
+    config = tmp_path / f"{name}.toml"
+    config.write_text(f'[engine]\nnode_id = "{name}"\n[security]\nsecret_key = "{SECRET_KEY}"\n'
+                      f'credential_key = "{base64.b64encode(CREDENTIAL_KEY).decode()}"\n')
+    return Served(tmp_path / name, "--no-demo", "--config", str(config), "--database", _plain(postgres_url),
+                  "--bus", bus_url, env={"COSESSION_LOG_LEVEL": "info"})
+
+
+def _populate(postgres_url: str, openssh: Any) -> str:
+    """Users, the SSH endpoint (its credential stored encrypted) and their grants, straight in
+    the shared database. The endpoint's id."""
+    repositories = Repositories.open(postgres_url, Secrets(SECRET_KEY, CREDENTIAL_KEY))
+    try:
+        endpoint = repositories.endpoints.create(
+            "box", EndpointProtocol.SSH, openssh.host, openssh.port, username=openssh.username,
+            password=openssh.password, joint_session=True, host_key=openssh.host_key)
+        for name in ["alice", *VIEWERS]:
+            user = repositories.users.create(name, PASSWORD)
+            repositories.grants.grant(endpoint.id, user.id)
+        repositories.users.create("root-admin", PASSWORD, is_admin=True)
+        return endpoint.id
+    finally:
+        repositories.close()
+
+
+def _audit_rows(postgres_url: str, kind: str) -> list[Any]:
+    db = sa.create_engine(postgres_url)
+    try:
+        with db.connect() as conn:
+            return conn.execute(sa.select(audit_events).where(audit_events.c.kind == kind)).all()
+    finally:
+        db.dispose()
+
+
+def _terminate(base_url: str, session_id: str) -> httpx.Response:
+    with httpx.Client(base_url=base_url, headers={"Origin": origin_of(base_url)}) as client:
+        token = client.post("/api/login", json={"name": "root-admin", "password": PASSWORD}).json()["csrf_token"]
+        return client.post(f"/api/sessions/{session_id}/terminate", headers={"x-csrf-token": token})
+
+
+async def _open(nursery: trio.Nursery, node: Served, name: str, path: str) -> Client:
+    cookie = await trio.to_thread.run_sync(login, node.url, name, PASSWORD)
+    return Client(await connect_socket(nursery, node.url, path, cookie))
+
+
+async def _join(nursery: trio.Nursery, node: Served, name: str, session_id: str) -> tuple[Client, dict[str, Any]]:
+    client = await _open(nursery, node, name, f"/ws/sessions/{session_id}")
+    await client.send({"type": "join"})
+    answer = await client.until(lambda m: isinstance(m, dict) and m["type"] in ("joined", "refused"))
+    return client, answer
+
+
+async def test_a_joint_session_across_three_nodes(tmp_path, postgres_url, nats_server, openssh):
+    started = time.monotonic()
+    a = _node(tmp_path, "a", postgres_url, nats_server.url)
+    nodes = [a]
+    try:
+        a.passwords()
+        endpoint_id = await trio.to_thread.run_sync(_populate, postgres_url, openssh)
+        b = _node(tmp_path, "b", postgres_url, nats_server.url)
+        nodes.append(b)
+        c = _node(tmp_path, "c", postgres_url, nats_server.url)
+        nodes.append(c)
+
+        async with trio.open_nursery() as nursery:
+            controller = await _open(nursery, a, "alice", f"/ws/endpoints/{endpoint_id}/start")
+            await controller.send({"type": "start", "cols": 100, "rows": 30})
+            sid = (await controller.control("joined"))["session_id"]
+            await controller.control("state", state="active")
+
+            viewers = []
+            for index, name in enumerate(VIEWERS[:10]):
+                viewer, answer = await _join(nursery, b if index < 5 else c, name, sid)
+                assert answer["type"] == "joined" and answer["role"] == "viewer", answer
+                assert answer["controller"]["name"] == "alice" and answer["endpoint"]["name"] == "box"
+                viewers.append(viewer)
+            # presence is the owning node's: the last joiner sees all eleven participants
+            assert len(answer["members"]) == 11
+
+            # the 11th viewer, on C: refused by the cap, which A enforces
+            extra, refused = await _join(nursery, c, VIEWERS[10], sid)
+            assert refused["type"] == "refused" and refused["reason"] == "viewer_cap", refused
+            await extra.until_closed()
+
+            # the controller's command's output reaches every participant on every node
+            await controller.send(b"echo cluster-$((6*7))\n")
+            for participant in [controller, *viewers]:
+                await participant.output_contains(b"cluster-42")
+
+            # a viewer's input on B is refused there and audited (the chain is shared)
+            await viewers[0].send(b"rm -rf /\n")
+            refusal = await viewers[0].control("refused", reason="not_controller")
+            assert refusal["of"] == "input"
+            with trio.fail_after(10):
+                while not await trio.to_thread.run_sync(_audit_rows, postgres_url, "input_refused"):
+                    await trio.sleep(0.05)  # a bound on the audit store's commit, not a wait for time
+
+            # terminate from B: every socket on A, B and C closes, each told why
+            answer = await trio.to_thread.run_sync(_terminate, b.url, sid)
+            assert answer.status_code == 200, answer.text
+            for participant in [controller, *viewers]:
+                ended = await participant.control("ended")
+                assert ended["reason"] == "terminated"
+                await participant.until_closed()
+            for participant in [controller, *viewers, extra]:
+                with trio.move_on_after(5):
+                    await participant.ws.aclose()
+            nursery.cancel_scope.cancel()
+
+        assert [r.session_id for r in await trio.to_thread.run_sync(_audit_rows, postgres_url, "terminate")] == [sid]
+        assert len(await trio.to_thread.run_sync(_audit_rows, postgres_url, "join")) == 10
+        refused_rows = await trio.to_thread.run_sync(_audit_rows, postgres_url, "join_refused")
+        assert [json.loads(r.detail)["reason"] for r in refused_rows if r.session_id == sid] == ["viewer_cap"]
+    finally:
+        for node in reversed(nodes):
+            code, _, err = node.stop(signal.SIGTERM)
+            assert code == 0 and "Traceback" not in err, err
+
+    checked = subprocess.run([sys.executable, "-m", "cosession.cli", "audit", "verify", "--database",
+                              _plain(postgres_url)], cwd=ROOT, env=_clean_env(), capture_output=True, text=True,
+                             timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert time.monotonic() - started < 60
