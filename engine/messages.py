@@ -49,6 +49,7 @@ class EndReason(enum.StrEnum):
     ENGINE_STOPPED = "engine_stopped"
     GATEWAY_RESTARTED = "gateway_restarted"  # its node stopped without ending it (kill -9); found at the next start
     RECORDING_FAILED = "recording_failed"  # it had to be recorded, and its recording failed (fail closed)
+    NODE_FAILED = "node_failed"  # its node stopped beating (kill -9, cut off); ended by a surviving node
 
 
 class RecordingPolicy(enum.StrEnum):

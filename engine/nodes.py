@@ -100,6 +100,25 @@ def claim(conn: sa.Connection, node: Node, now: float, heartbeat_seconds: float)
     return orphans
 
 
+def failed_sessions(conn: sa.Connection, node: Node) -> list[Orphan]:
+    """The open sessions of other nodes whose run is no longer running (not stopped cleanly, and
+    not seen within `LEASE_HEARTBEATS` of their heartbeats: killed, or cut off from the
+    database), for this node to end as `node_failed`, if it is the one that sweeps: the running
+    node first by name, so that one node, not every survivor, ends and audits each of them.
+    Empty for any other node."""
+    n, s = nodes.c, sessions.c
+    sweeper = conn.execute(sa.select(sa.func.min(n.node_id)).where(running_clause())).scalar()
+    if sweeper != node.node_id:
+        return []
+    owner = nodes.alias("owner")
+    rows = conn.execute(
+        sa.select(s.id, owner.c.last_seen_at)
+        .join(owner, sa.and_(owner.c.node_id == s.node_id, owner.c.incarnation == s.node_incarnation))
+        .where(s.ended_at.is_(None), s.node_id != node.node_id, sa.not_(running_clause(owner)))
+        .order_by(s.started_at, s.id)).all()
+    return [Orphan(session_id, float(last_seen)) for session_id, last_seen in rows]
+
+
 def release(node: Node) -> None:
     """This process no longer runs `node` (its store stopped)."""
     with _claimed_lock:

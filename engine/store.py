@@ -401,11 +401,20 @@ class StoreActor(pykka.ThreadingActor):
         assert self._node is not None
         try:
             conn = self._connect()
+            now = self._clock.now()
             with conn.begin():
-                mine = node_rows.heartbeat(conn, self._node, self._clock.now())
+                mine = node_rows.heartbeat(conn, self._node, now)
+                failed = node_rows.failed_sessions(conn, self._node) if mine else []
             if not mine:
                 log.error("node %s: another run of this node took its row; its sessions here show as not "
                           "live. Give each gateway its own engine.node_id", self._node.node_id)
+            for orphan in failed:  # another node's, dead: ended (and audited) by this survivor
+                self._pending.append(_op_for(AuditSessionEnded(
+                    orphan.session_id, now, EndReason.NODE_FAILED.value, None, orphan.last_seen_at)))
+            if failed:
+                log.warning("node %s: ended %d sessions of nodes that stopped beating (%s)", self._node.node_id,
+                            len(failed), EndReason.NODE_FAILED.value)
+                self._commit()
         except Exception as exc:
             self._failed("cannot record the node's heartbeat", exc)
             self._close()

@@ -37,8 +37,8 @@ import trio
 from dashboard.services import Services
 from engine import LoopClosed, tell_session
 from engine.messages import (
-    Accepted, Disconnected, Eject, EndpointSpec, Flush, Frame, Input, Join, Joined, Keyframe, Leave,
-    ParticipantStalled, Point, Reason, Refused, Resize, Say, SessionFinished, SessionUpdated, Terminate,
+    Accepted, Disconnected, Eject, EndpointSpec, EndReason, Flush, Frame, Input, Join, Joined, Keyframe, Leave,
+    ParticipantStalled, Point, Reason, Refused, Resize, Say, SessionEnded, SessionFinished, SessionUpdated, Terminate,
     TransferControl, User,
 )
 from protocols import session_bus as sb
@@ -201,6 +201,8 @@ class ClusterLink:
         self._owned: dict[str, tuple[SessionRelay, trio.CancelScope]] = {}
         self._mirrors: dict[str, _Mirror] = {}
         self._spawns: Any = None
+        # how often the sessions followed here are looked up in the database (_watch_owners)
+        self.owner_check_seconds = min(1.0, services.settings.engine.heartbeat_seconds)
 
     def _wake(self) -> None:
         try:
@@ -227,6 +229,7 @@ class ClusterLink:
             self._spawns, receive = trio.open_memory_channel[tuple[Any, tuple[Any, ...]]](math.inf)
             nursery.start_soon(self._run_spawns, nursery, receive)
             nursery.start_soon(self._publish)
+            nursery.start_soon(self._watch_owners)
             self.services.engine.watch(self.services.bridge.reply_to(self._on_change))
             for summary in self.services.engine.live_sessions():
                 self._own(summary.session_id)
@@ -432,6 +435,36 @@ class ClusterLink:
             del self._mirrors[mirror.session_id]
             if mirror.subscription is not None:
                 self.spawn(mirror.subscription.unsubscribe)
+
+    async def _watch_owners(self) -> None:
+        """A node that dies says nothing: the survivor that sweeps ends its sessions in the
+        database (`node_failed`, engine/nodes.py). Every `owner_check_seconds` each session
+        followed here is looked up there, and an ended one ends for the viewers here, with the
+        reason it was given. So a viewer sees its session's end within the lease (three of the
+        dead node's heartbeats) plus a heartbeat plus this check."""
+        while True:
+            await trio.sleep(self.owner_check_seconds)
+            for session_id, mirror in list(self._mirrors.items()):
+                try:
+                    row = await trio.to_thread.run_sync(self.services.audit_reader.session, session_id)
+                except Exception as exc:  # the database is down: look again at the next check
+                    log.info("cannot check session %s: %s", session_id, type(exc).__name__)
+                    continue
+                if row is None or row.get("ended_at") is None or self._mirrors.get(session_id) is not mirror:
+                    continue
+                try:
+                    reason = EndReason(row.get("end_reason"))
+                except ValueError:
+                    reason = EndReason.NODE_FAILED
+                if reason is not EndReason.NODE_FAILED and \
+                        self.services.now() - float(row["ended_at"]) < 3 * self.owner_check_seconds:
+                    continue  # its own node's end is on its way through the bus, with who ended it
+                log.warning("session %s ended on its node (%s): closing its viewers here", session_id, reason)
+                for token, viewer in list(mirror.viewers.items()):
+                    viewer.queue.event(SessionEnded(reason, None, "the node that ran the session stopped"
+                                                    if reason is EndReason.NODE_FAILED else ""))
+                    viewer.queue.close()
+                    self._forget(mirror, token, viewer)
 
     async def _follow(self, mirror: _Mirror) -> None:
         """The session's frames to every viewer here (each its own bounded queue), and each

@@ -34,12 +34,13 @@ pytestmark = [pytest.mark.postgres, pytest.mark.nats, pytest.mark.openssh]
 SECRET_KEY = "k" * 32
 CREDENTIAL_KEY = bytes(range(32))
 PASSWORD = "correct horse battery"
+HEARTBEAT = 0.3  # seconds: a node not seen for three of them has failed
 VIEWERS = [f"viewer{i}" for i in range(1, 12)]  # the 11th is one too many
 
 
 def _node(tmp_path: Any, name: str, postgres_url: str, bus_url: str) -> Served:
     config = tmp_path / f"{name}.toml"
-    config.write_text(f'[engine]\nnode_id = "{name}"\n[security]\nsecret_key = "{SECRET_KEY}"\n'
+    config.write_text(f'[engine]\nnode_id = "{name}"\nheartbeat_seconds = {HEARTBEAT}\n[security]\nsecret_key = "{SECRET_KEY}"\n'
                       f'credential_key = "{base64.b64encode(CREDENTIAL_KEY).decode()}"\n')
     return Served(tmp_path / name, "--no-demo", "--config", str(config), "--database", _plain(postgres_url),
                   "--bus", bus_url, env={"COSESSION_LOG_LEVEL": "info"})
@@ -77,9 +78,20 @@ def _terminate(base_url: str, session_id: str) -> httpx.Response:
         return client.post(f"/api/sessions/{session_id}/terminate", headers={"x-csrf-token": token})
 
 
+COOKIES: dict[str, str] = {}  # a sign-in on one node is good on every node (one secret key)
+
+
+async def _sign_in(nodes: list[Served], names: list[str]) -> None:
+    """Sign everyone in at once, spread over the nodes (a password check costs CPU)."""
+    async with trio.open_nursery() as nursery:
+        for index, name in enumerate(names):
+            async def one(name: str = name, node: Served = nodes[index % len(nodes)]) -> None:
+                COOKIES[name] = await trio.to_thread.run_sync(login, node.url, name, PASSWORD)
+            nursery.start_soon(one)
+
+
 async def _open(nursery: trio.Nursery, node: Served, name: str, path: str) -> Client:
-    cookie = await trio.to_thread.run_sync(login, node.url, name, PASSWORD)
-    return Client(await connect_socket(nursery, node.url, path, cookie))
+    return Client(await connect_socket(nursery, node.url, path, COOKIES[name]))
 
 
 async def _join(nursery: trio.Nursery, node: Served, name: str, session_id: str) -> tuple[Client, dict[str, Any]]:
@@ -96,11 +108,18 @@ async def test_a_joint_session_across_three_nodes(tmp_path, postgres_url, nats_s
     try:
         a.passwords()
         endpoint_id = await trio.to_thread.run_sync(_populate, postgres_url, openssh)
-        b = _node(tmp_path, "b", postgres_url, nats_server.url)
-        nodes.append(b)
-        c = _node(tmp_path, "c", postgres_url, nats_server.url)
-        nodes.append(c)
+        named: dict[str, Served] = {}
 
+        def start(name: str) -> None:
+            named[name] = node = _node(tmp_path, name, postgres_url, nats_server.url)
+            nodes.append(node)
+
+        async with trio.open_nursery() as starting:  # B and C start side by side
+            for name in ("b", "c"):
+                starting.start_soon(trio.to_thread.run_sync, start, name)
+        b, c = named["b"], named["c"]
+
+        await _sign_in(nodes, ["alice", *VIEWERS])
         async with trio.open_nursery() as nursery:
             controller = await _open(nursery, a, "alice", f"/ws/endpoints/{endpoint_id}/start")
             await controller.send({"type": "start", "cols": 100, "rows": 30})
@@ -141,19 +160,39 @@ async def test_a_joint_session_across_three_nodes(tmp_path, postgres_url, nats_s
                 ended = await participant.control("ended")
                 assert ended["reason"] == "terminated"
                 await participant.until_closed()
-            for participant in [controller, *viewers, extra]:
+
+            # kill -9 of A: its session ends for the viewers on B and C, as node_failed, audited
+            # by a surviving node
+            second = await _open(nursery, a, "alice", f"/ws/endpoints/{endpoint_id}/start")
+            await second.send({"type": "start", "cols": 100, "rows": 30})
+            second_sid = (await second.control("joined"))["session_id"]
+            on_b, answer_b = await _join(nursery, b, VIEWERS[0], second_sid)
+            on_c, answer_c = await _join(nursery, c, VIEWERS[5], second_sid)
+            assert answer_b["type"] == answer_c["type"] == "joined", (answer_b, answer_c)
+            a.proc.kill()
+            for participant in (on_b, on_c):
+                ended = await participant.control("ended", deadline=15)
+                assert ended["reason"] == "node_failed"
+                await participant.until_closed()
+
+            for participant in [controller, *viewers, extra, second, on_b, on_c]:
                 with trio.move_on_after(5):
                     await participant.ws.aclose()
             nursery.cancel_scope.cancel()
 
+        ended_rows = await trio.to_thread.run_sync(_audit_rows, postgres_url, "session_ended")
+        assert [json.loads(r.detail)["reason"] for r in ended_rows if r.session_id == second_sid] == ["node_failed"]
+
         assert [r.session_id for r in await trio.to_thread.run_sync(_audit_rows, postgres_url, "terminate")] == [sid]
-        assert len(await trio.to_thread.run_sync(_audit_rows, postgres_url, "join")) == 10
+        joins = await trio.to_thread.run_sync(_audit_rows, postgres_url, "join")
+        assert len([row for row in joins if row.session_id == sid]) == 10
         refused_rows = await trio.to_thread.run_sync(_audit_rows, postgres_url, "join_refused")
         assert [json.loads(r.detail)["reason"] for r in refused_rows if r.session_id == sid] == ["viewer_cap"]
     finally:
         for node in reversed(nodes):
+            killed = node.proc.poll() is not None
             code, _, err = node.stop(signal.SIGTERM)
-            assert code == 0 and "Traceback" not in err, err
+            assert (killed or code == 0) and "Traceback" not in err, err
 
     checked = subprocess.run([sys.executable, "-m", "cosession.cli", "audit", "verify", "--database",
                               _plain(postgres_url)], cwd=ROOT, env=_clean_env(), capture_output=True, text=True,
