@@ -6,6 +6,9 @@ The one place that knows how a session crosses NATS (docs/cluster.md, "A session
   terminate, an eject; one-way messages from a remote participant (leave, disconnected, chat,
   pointer, resync wanted...). Only the node that runs the session subscribes to it, so a
   request for a session nobody runs has no responder (`BusTimeout` → ``unknown_session``).
+- ``cosession.live.<node>``: a node's live sessions (`SessionSummary`), announced whenever
+  one changes and every second, with the sessions it ended lately: every node's live dashboard
+  lists every node's sessions.
 - ``cosession.s.<session>.out.frame``: every frame of the session, published once by its
   owning node however many remote viewers and nodes there are.
 - ``cosession.s.<session>.out.to.<token>``: what one remote participant gets alone (its
@@ -43,7 +46,7 @@ _MESSAGES: dict[str, type] = {cls.__name__: cls for cls in (
     m.User, m.Member, m.EndpointSpec, m.Frame, m.Keyframe, m.Resync, m.Joined, m.Refused, m.Accepted,
     m.ParticipantJoined, m.ParticipantLeft, m.StateChanged, m.SessionEnded, m.InputRefused, m.Ejected,
     m.ChatPosted, m.Pointed, m.EndpointRetrying, m.Leave, m.Disconnected, m.ParticipantStalled, m.Say, m.Point,
-    m.Input, m.Resize, m.Terminate, m.Eject, m.TransferControl,
+    m.Input, m.Resize, m.Terminate, m.Eject, m.TransferControl, m.SessionSummary, m.SessionFinished,
 )}
 _ENUMS: dict[str, type[enum.Enum]] = {cls.__name__: cls for cls in (
     m.Role, m.SessionState, m.EndReason, m.Reason, m.EndpointProtocol,
@@ -59,6 +62,18 @@ class WireError(ValueError):
 def safe_id(value: str) -> bool:
     """A session id or a token may name a subject: letters, digits, '-' and '_' only."""
     return bool(_SAFE_ID.match(value))
+
+
+LIVE_PREFIX = "cosession.live"
+
+
+def live_subject(node_id: str) -> str:
+    """Where a node announces its live sessions (for every node's live dashboard)."""
+    return f"{LIVE_PREFIX}.{node_id}"
+
+
+def live_subjects() -> str:
+    return f"{LIVE_PREFIX}.*"
 
 
 def control_subject(session_id: str) -> str:

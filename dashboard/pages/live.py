@@ -113,8 +113,9 @@ def _join(summary: SessionSummary, audience: Audience, cap: int) -> dict[str, An
     return {"label": "Join", "enabled": False, "why": refused.detail or refused.reason.value}
 
 
-def row_model(summary: SessionSummary, audience: Audience, cap: int) -> dict[str, Any]:
-    """Plain values for one live row (also what the event stream sends as JSON)."""
+def row_model(summary: SessionSummary, audience: Audience, cap: int, node: str | None = None) -> dict[str, Any]:
+    """Plain values for one live row (also what the event stream sends as JSON). `node`: the
+    node that runs it, when several nodes share a bus (docs/cluster.md)."""
     viewers = [m.user.name for m in summary.viewers]
     state = summary.state.value
     expiring = summary.deadline is not None and summary.state is not SessionState.ENDED
@@ -134,7 +135,19 @@ def row_model(summary: SessionSummary, audience: Audience, cap: int) -> dict[str
         "join": _join(summary, audience, cap),
         "can_terminate": audience.user.is_admin,
         "replay": audience.may_replay(summary.record),
+        "node": node,
     }
+
+
+def node_of(services: Services, session_id: str) -> str | None:
+    """The node that runs a live session, when this one is a node of several (None otherwise)."""
+    return services.cluster.node_of(session_id) if services.cluster is not None else None
+
+
+def all_live_sessions(services: Services) -> list[SessionSummary]:
+    """This node's live sessions and, with a bus, every other node's."""
+    local = services.engine.live_sessions()
+    return local + services.cluster.remote_sessions() if services.cluster is not None else local
 
 
 _ID = "__ID__"
@@ -171,9 +184,9 @@ def render_row(conn: HTTPConnection, row: dict[str, Any], now: float, *, back: s
 def live_rows(services: Services, audience: Audience) -> list[dict[str, Any]]:
     """The live sessions this audience sees, newest first, as row models."""
     cap = policy.viewer_cap(services.settings.engine.max_viewers)
-    summaries = [s for s in services.engine.live_sessions() if audience.sees(s)]
+    summaries = [s for s in all_live_sessions(services) if audience.sees(s)]
     summaries.sort(key=lambda s: (-s.started_at, s.session_id))
-    return [row_model(s, audience, cap) for s in summaries]
+    return [row_model(s, audience, cap, node_of(services, s.session_id)) for s in summaries]
 
 
 # --- the hub -----------------------------------------------------------------------------------
@@ -206,6 +219,8 @@ class LiveHub:
             bridge = self.services.bridge
             try:
                 self.services.engine.watch(bridge.reply_to(self._on_change))
+                if getattr(self.services, "cluster", None) is not None:  # the other nodes' sessions, already on the loop
+                    self.services.cluster.watch(self._on_change)
                 self.services.engine.route(_NO_SESSION, Describe(bridge.reply_to(lambda _answer: ready.set())))
             except (EngineNotRunning, LoopClosed):
                 self._ready = None
@@ -291,7 +306,7 @@ class _Stream:
         for sid, change in latest.items():
             if isinstance(change, SessionUpdated) and self.audience.sees(change.summary):
                 self.shown.add(sid)
-                model = row_model(change.summary, self.audience, self.cap)
+                model = row_model(change.summary, self.audience, self.cap, node_of(self.services, sid))
                 out.append(sse("upsert", {"now": now, "row": self.row(model, now)}))
             elif sid in self.shown:
                 self.shown.discard(sid)

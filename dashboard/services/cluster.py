@@ -38,7 +38,8 @@ from dashboard.services import Services
 from engine import LoopClosed, tell_session
 from engine.messages import (
     Accepted, Disconnected, Eject, EndpointSpec, EndReason, Flush, Frame, Input, Join, Joined, Keyframe, Leave,
-    ParticipantStalled, Point, Reason, Refused, Resize, Say, SessionEnded, SessionFinished, SessionUpdated, Terminate,
+    ParticipantStalled, Point, Reason, Refused, Resize, Say, SessionEnded, SessionFinished, SessionSummary,
+    SessionUpdated, Terminate,
     TransferControl, User,
 )
 from protocols import session_bus as sb
@@ -49,6 +50,10 @@ log = logging.getLogger(__name__)
 REQUEST_SECONDS = 5.0  # a join or terminate crosses two nodes; the owning node answers in milliseconds
 ENGINE_SECONDS = 15.0  # as the gateway's own bound on the engine's answer
 PUBLISH_MAX_BYTES = 32 << 20  # frames waiting for the bus; past it a frame is dropped and its viewers resync
+ANNOUNCE_SECONDS = 1.0  # a node's live sessions, at least this often (every node's live dashboard)
+ANNOUNCE_MIN_SECONDS = 0.1  # and at most this often: changes that come together go together
+SILENT_SECONDS = 5.0  # a node not heard for this long runs no session any more (for the live list)
+FINISHED_KEPT_SECONDS = 5.0  # an ended session is announced with its reason for this long
 MIRROR_QUEUE = 8192  # messages a node's subscription to one session holds for its reader
 _PARTICIPANT_MESSAGES = (Leave, Disconnected, ParticipantStalled, Say, Point, Input, Resize)
 
@@ -201,6 +206,12 @@ class ClusterLink:
         self._owned: dict[str, tuple[SessionRelay, trio.CancelScope]] = {}
         self._mirrors: dict[str, _Mirror] = {}
         self._spawns: Any = None
+        # the live sessions of the other nodes, as they announce them (`_listen_to_nodes`)
+        self._remote: dict[str, dict[str, SessionSummary]] = {}  # node → session → summary
+        self._heard: dict[str, float] = {}  # node → trio time of its last announcement
+        self._watchers: list[Callable[[Any], None]] = []
+        self._changed = trio.Event()
+        self._finished: collections.deque[tuple[float, SessionFinished]] = collections.deque(maxlen=256)
         # how often the sessions followed here are looked up in the database (_watch_owners)
         self.owner_check_seconds = min(1.0, services.settings.engine.heartbeat_seconds)
 
@@ -230,6 +241,8 @@ class ClusterLink:
             nursery.start_soon(self._run_spawns, nursery, receive)
             nursery.start_soon(self._publish)
             nursery.start_soon(self._watch_owners)
+            nursery.start_soon(self._announce)
+            nursery.start_soon(self._listen_to_nodes)
             self.services.engine.watch(self.services.bridge.reply_to(self._on_change))
             for summary in self.services.engine.live_sessions():
                 self._own(summary.session_id)
@@ -254,9 +267,97 @@ class ClusterLink:
         if isinstance(change, SessionUpdated):
             self._own(change.summary.session_id)
         elif isinstance(change, SessionFinished):
+            self._finished.append((trio.current_time(), change))
             owned = self._owned.pop(change.session_id, None)
             if owned is not None:
                 owned[1].cancel()
+        self._changed.set()
+
+    # --- every node's live sessions ----------------------------------------------------------
+
+    def watch(self, callback: Callable[[Any], None]) -> None:
+        """`callback(change)`, on the loop, for every change of another node's live sessions:
+        `SessionUpdated` or `SessionFinished`, as the engine tells its own."""
+        self._watchers.append(callback)
+
+    def remote_sessions(self) -> list[SessionSummary]:
+        return [summary for sessions in self._remote.values() for summary in sessions.values()]
+
+    def remote_session(self, session_id: str) -> SessionSummary | None:
+        for sessions in self._remote.values():
+            if session_id in sessions:
+                return sessions[session_id]
+        return None
+
+    def node_of(self, session_id: str) -> str:
+        """The node that runs a live session: another node's name, or this node's."""
+        for node, sessions in self._remote.items():
+            if session_id in sessions:
+                return node
+        return self.node_id
+
+    async def _announce(self) -> None:
+        """This node's live sessions, whenever one changes (at most every ANNOUNCE_MIN_SECONDS)
+        and every ANNOUNCE_SECONDS (a node started later learns them; a silent node has died),
+        with the sessions it ended lately and why."""
+        subject = sb.live_subject(self.node_id)
+        while True:
+            with trio.move_on_after(ANNOUNCE_SECONDS):
+                await self._changed.wait()
+            self._changed = trio.Event()
+            now = trio.current_time()
+            while self._finished and self._finished[0][0] < now - FINISHED_KEPT_SECONDS:
+                self._finished.popleft()
+            announcement = {"node": self.node_id, "sessions": self.services.engine.live_sessions(),
+                            "finished": [finished for _, finished in self._finished]}
+            self.publisher.put(subject, sb.encode(announcement))
+            await trio.sleep(ANNOUNCE_MIN_SECONDS)
+
+    async def _listen_to_nodes(self) -> None:
+        try:
+            subscription = await self.bus.subscribe(sb.live_subjects())
+        except BusError as exc:
+            log.warning("the live list will show this node's sessions only: %s", exc)
+            return
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._forget_silent_nodes)
+            async for message in subscription:
+                try:
+                    body = sb.decode(message.payload)
+                except sb.WireError as exc:
+                    log.warning("an announcement not understood: %s", exc)
+                    continue
+                if isinstance(body, dict) and isinstance(body.get("node"), str) and body["node"] != self.node_id:
+                    self._heard[body["node"]] = trio.current_time()
+                    finished = {f.session_id: f for f in body.get("finished", []) if isinstance(f, SessionFinished)}
+                    sessions = {s.session_id: s for s in body.get("sessions", []) if isinstance(s, SessionSummary)}
+                    self._update_node(body["node"], sessions, finished)
+
+    async def _forget_silent_nodes(self) -> None:
+        while True:
+            await trio.sleep(ANNOUNCE_SECONDS)
+            for node, heard in list(self._heard.items()):
+                if heard < trio.current_time() - SILENT_SECONDS:
+                    del self._heard[node]
+                    self._update_node(node, {}, {})
+
+    def _update_node(self, node: str, sessions: dict[str, SessionSummary],
+                     finished: dict[str, SessionFinished]) -> None:
+        known = self._remote.get(node, {})
+        changes: list[Any] = [SessionUpdated(summary) for sid, summary in sessions.items()
+                              if known.get(sid) != summary]
+        changes += [finished.get(sid) or SessionFinished(sid, EndReason.NODE_FAILED)
+                    for sid in known if sid not in sessions]
+        if sessions:
+            self._remote[node] = sessions
+        else:
+            self._remote.pop(node, None)
+        for change in changes:
+            for watcher in list(self._watchers):
+                try:
+                    watcher(change)
+                except Exception:
+                    log.exception("a watcher of the cluster's sessions failed")
 
     def _own(self, session_id: str) -> None:
         if session_id in self._owned or self._nursery is None or not sb.safe_id(session_id):

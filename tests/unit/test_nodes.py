@@ -214,7 +214,9 @@ def test_the_reader_shows_live_only_what_a_live_node_runs(url, stores, clock):  
         flush(a)
         assert live() == ["on-a"]
         lost = reader.session("on-b")
-        assert (lost["live"], lost["ended_at"]) == (False, None)  # not live, and nobody has ended it yet
+        # gw1, the one survivor, ended it at that beat, as of gw2's last heartbeat (its claim)
+        assert (lost["live"], lost["end_reason"]) == (False, "node_failed")
+        assert lost["ended_at"] == clock.now() - 40
         rows, total = reader.sessions(live=False)
         assert [r["id"] for r in rows] == ["on-b"] and total == 1
     finally:
