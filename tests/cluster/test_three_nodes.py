@@ -1,9 +1,11 @@
 """Three real `cosession serve` nodes on one PostgreSQL database and one NATS server
 (docs/cluster.md, "A session across nodes"): the controller of an SSH session (a real OpenSSH
 server) on node A, viewers on B and C over real websockets. The endpoint's output reaches all
-of them; the 11th viewer, on C, is refused `viewer_cap` by A; a viewer's input on B is refused
-and audited; terminate from B closes every socket on A, B and C; `cosession audit verify`
-passes on the shared chain afterwards."""
+of them; the 11th viewer, on C, is refused `viewer_cap` by A; C's live dashboard lists the session
+with its node; a viewer's input on B is refused and audited; NATS stopped and started again
+under the session: it goes on, and the viewers get its output again; terminate from B closes
+every socket on A, B and C; `kill -9` of A under a second session ends it for its viewers on
+B and C with `node_failed`; `cosession audit verify` passes on the shared chain afterwards."""
 
 from __future__ import annotations
 
@@ -164,6 +166,20 @@ async def test_a_joint_session_across_three_nodes(tmp_path, postgres_url, nats_s
             with trio.fail_after(10):
                 while not await trio.to_thread.run_sync(_audit_rows, postgres_url, "input_refused"):
                     await trio.sleep(0.05)  # a bound on the audit store's commit, not a wait for time
+
+            # NATS goes away for a moment: the session goes on on A; the nodes reconnect, and
+            # the viewers on B and C get the output again
+            nats_server.stop()
+            await controller.send(b"echo outage-$((1+1))\n")
+            await controller.output_contains(b"outage-2")
+            nats_server.start()
+            with trio.fail_after(20):
+                for attempt in range(1000):
+                    await controller.send(f"echo back-$((1000+{attempt}))\n".encode())
+                    with trio.move_on_after(1):  # a bound per attempt: subscriptions come back one by one
+                        for participant in (viewers[0], viewers[9]):
+                            await participant.output_contains(f"back-{1000 + attempt}".encode())
+                        break
 
             # terminate from B: every socket on A, B and C closes, each told why
             answer = await trio.to_thread.run_sync(_terminate, b.url, sid)
