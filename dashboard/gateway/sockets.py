@@ -111,6 +111,8 @@ async def start_socket(websocket: WebSocket) -> None:
                                          answer.detail if answer else "the engine did not answer",
                                          audit=False)
             return
+        if services.cluster is not None:  # reachable from the other nodes before anyone learns its id
+            await services.cluster.own(answer.session_id)
         await channel.serve(answer, session_wire(endpoint.protocol), endpoint.spec, user, connection,
                             approval_id=grant.approval_id or None)
     except ChannelClosed:

@@ -360,20 +360,29 @@ class ClusterLink:
                     log.exception("a watcher of the cluster's sessions failed")
 
     def _own(self, session_id: str) -> None:
-        if session_id in self._owned or self._nursery is None or not sb.safe_id(session_id):
+        """A session of this node's engine appeared (its watch): answer for it on the bus."""
+        if session_id not in self._owned:
+            self.spawn(self.own, session_id)
+
+    async def own(self, session_id: str) -> None:
+        """Answer for a session this node runs; returns once other nodes can reach it (the
+        start socket waits for this before it tells the controller the session's id)."""
+        if session_id in self._owned or self._nursery is None or not sb.safe_id(session_id) \
+                or any(finished.session_id == session_id for _, finished in self._finished):
             return
         relay, scope = SessionRelay(self, session_id), trio.CancelScope()
         self._owned[session_id] = (relay, scope)
-        self.spawn(self._serve_control, session_id, relay, scope)
+        try:
+            subscription = await self.bus.subscribe(sb.control_subject(session_id))
+        except BusError as exc:
+            log.warning("session %s cannot be joined from other nodes: %s", session_id, exc)
+            self._owned.pop(session_id, None)
+            return
+        self.spawn(self._serve_control, session_id, relay, scope, subscription)
 
-    async def _serve_control(self, session_id: str, relay: SessionRelay, scope: trio.CancelScope) -> None:
+    async def _serve_control(self, session_id: str, relay: SessionRelay, scope: trio.CancelScope,
+                             subscription: Any) -> None:
         with scope:
-            try:
-                subscription = await self.bus.subscribe(sb.control_subject(session_id))
-                log.info("session %s: answering other nodes on the bus", session_id)
-            except BusError as exc:
-                log.warning("session %s cannot be joined from other nodes: %s", session_id, exc)
-                return
             try:
                 async for message in subscription:
                     try:
