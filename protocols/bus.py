@@ -18,13 +18,17 @@ here without touching anything else (as protocols/ssh.py does for asyncssh).
   renewed by the client, and `connected` says whether it is connected now. Messages published
   while it is down are buffered by the client (up to its pending size) and sent on reconnect.
 
-`cosession serve` does not open a bus yet: no setting names one (docs/cluster.md).
+- `Outbox`: an ordered FIFO to the bus, fed from any thread (an actor's) without blocking.
+
+`cosession serve --bus URL` opens one (docs/cluster.md, dashboard/services/cluster.py).
 """
 
 from __future__ import annotations
 
+import collections
 import logging
-from collections.abc import AsyncIterator, Sequence
+import threading
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -152,6 +156,48 @@ class Bus:
             await trio_asyncio.aio_as_trio(self._client.flush)(timeout=timeout)
         except nats.errors.Error as exc:
             raise BusError(f"cannot flush: {exc}") from exc
+
+
+class Outbox:
+    """An ordered FIFO of (subject, payload) for the bus, put from any thread without blocking
+    and published on the loop by `drain` in batches (one crossing into asyncio per batch).
+    `on_loop(fn)` schedules `fn` onto the loop (the loop bridge's `call_soon`)."""
+
+    def __init__(self, on_loop: Callable[[Callable[[], None]], None], max_bytes: int) -> None:
+        self._on_loop = on_loop
+        self._max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._items: collections.deque[tuple[str, bytes]] = collections.deque()
+        self._bytes = 0
+        self.dropped = 0
+        self._ready = trio.Event()
+
+    def put(self, subject: str, payload: bytes, droppable: bool = False) -> bool:
+        """False if a droppable message did not fit within `max_bytes` waiting (it is dropped)."""
+        with self._lock:
+            if droppable and self._bytes + len(payload) > self._max_bytes:
+                self.dropped += 1
+                return False
+            was_empty = not self._items
+            self._items.append((subject, payload))
+            self._bytes += len(payload)
+        if was_empty:
+            self._on_loop(lambda: self._ready.set())
+        return True
+
+    async def drain(self, bus: "Bus") -> None:
+        """Publish what is put, in order, for ever (run it in a task)."""
+        while True:
+            await self._ready.wait()
+            self._ready = trio.Event()
+            with self._lock:
+                batch, self._items = list(self._items), collections.deque()
+                self._bytes = 0
+            if batch:
+                try:
+                    await bus.publish_batch(batch)
+                except BusError as exc:  # the client buffers while it reconnects: this is a closed bus
+                    log.warning("the bus lost %d messages: %s", len(batch), exc)
 
 
 @asynccontextmanager

@@ -141,13 +141,13 @@ def row_model(summary: SessionSummary, audience: Audience, cap: int, node: str |
 
 def node_of(services: Services, session_id: str) -> str | None:
     """The node that runs a live session, when this one is a node of several (None otherwise)."""
-    return services.cluster.node_of(session_id) if services.cluster is not None else None
+    return services.cluster.sessions.node_of(session_id) if services.cluster is not None else None
 
 
 def all_live_sessions(services: Services) -> list[SessionSummary]:
     """This node's live sessions and, with a bus, every other node's."""
     local = services.engine.live_sessions()
-    return local + services.cluster.remote_sessions() if services.cluster is not None else local
+    return local + services.cluster.sessions.remote_sessions() if services.cluster is not None else local
 
 
 _ID = "__ID__"
@@ -220,7 +220,7 @@ class LiveHub:
             try:
                 self.services.engine.watch(bridge.reply_to(self._on_change))
                 if getattr(self.services, "cluster", None) is not None:  # the other nodes' sessions, already on the loop
-                    self.services.cluster.watch(self._on_change)
+                    self.services.cluster.sessions.watch(self._on_change)
                 self.services.engine.route(_NO_SESSION, Describe(bridge.reply_to(lambda _answer: ready.set())))
             except (EngineNotRunning, LoopClosed):
                 self._ready = None

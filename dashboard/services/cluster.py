@@ -13,18 +13,17 @@ connection and its rules stay there. `ClusterLink` plays both sides on every nod
   gets its own keyframe and control events on its own subject.
 - **Viewer's node.** A viewer whose websocket lands here joins through the bus (`join`); this
   node holds ONE subscription per session (`_Mirror`) and fans the frames out to its own
-  viewers' bounded queues (dashboard/gateway/flush_queue.py), so a slow remote viewer only
-  ever delays itself: its queue drops and owes a resync, which is asked of the owning node.
+  viewers' bounded queues, so a slow remote viewer only ever delays itself (its queue owes a
+  resync, asked of the owning node).
 
-Everything published goes through one `_Publisher`: one ordered FIFO per node, fed from the
-actors' threads without blocking and drained on the loop in batches (a crossing into asyncio
-per batch, not per message: protocols/bus.py). One FIFO keeps a joiner's keyframe and the
-frames after it in the order the EndpointActor produced them.
+Everything published goes through one `Outbox` (protocols/bus.py), an ordered FIFO fed from the actors'
+threads without blocking and drained on the loop in batches (protocols/bus.py): it keeps a
+joiner's keyframe and the frames after it in the EndpointActor's order. Every node's live
+sessions, for the dashboards: cluster_live.py.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import math
 import secrets
@@ -35,58 +34,23 @@ from typing import Any, Callable
 import trio
 
 from dashboard.services import Services
+from dashboard.services.cluster_live import NodeSessions
 from engine import LoopClosed, tell_session
 from engine.messages import (
     Accepted, Disconnected, Eject, EndpointSpec, EndReason, Flush, Frame, Input, Join, Joined, Keyframe, Leave,
-    ParticipantStalled, Point, Reason, Refused, Resize, Say, SessionEnded, SessionFinished, SessionSummary,
-    SessionUpdated, Terminate,
+    ParticipantStalled, Point, Reason, Refused, Resize, Say, SessionEnded, SessionFinished, SessionUpdated, Terminate,
     TransferControl, User,
 )
 from protocols import session_bus as sb
-from protocols.bus import Bus, BusError, BusTimeout
+from protocols.bus import Bus, BusError, BusTimeout, Outbox
 
 log = logging.getLogger(__name__)
 
 REQUEST_SECONDS = 5.0  # a join or terminate crosses two nodes; the owning node answers in milliseconds
 ENGINE_SECONDS = 15.0  # as the gateway's own bound on the engine's answer
 PUBLISH_MAX_BYTES = 32 << 20  # frames waiting for the bus; past it a frame is dropped and its viewers resync
-ANNOUNCE_SECONDS = 1.0  # a node's live sessions, at least this often (every node's live dashboard)
-ANNOUNCE_MIN_SECONDS = 0.1  # and at most this often: changes that come together go together
-SILENT_SECONDS = 5.0  # a node not heard for this long runs no session any more (for the live list)
-FINISHED_KEPT_SECONDS = 5.0  # an ended session is announced with its reason for this long
 MIRROR_QUEUE = 8192  # messages a node's subscription to one session holds for its reader
 _PARTICIPANT_MESSAGES = (Leave, Disconnected, ParticipantStalled, Say, Point, Input, Resize)
-
-
-class _Publisher:
-    """One ordered FIFO of (subject, payload) to the bus, put from any thread without blocking."""
-
-    def __init__(self, wake: Callable[[], None]) -> None:
-        self._wake_loop = wake
-        self._lock = threading.Lock()
-        self._items: collections.deque[tuple[str, bytes]] = collections.deque()
-        self._bytes = 0
-        self.dropped = 0
-        self.ready = trio.Event()
-
-    def put(self, subject: str, payload: bytes, droppable: bool = False) -> bool:
-        """False if a droppable message (a frame) did not fit: its consumers must resync."""
-        with self._lock:
-            if droppable and self._bytes + len(payload) > PUBLISH_MAX_BYTES:
-                self.dropped += 1
-                return False
-            was_empty = not self._items
-            self._items.append((subject, payload))
-            self._bytes += len(payload)
-        if was_empty:
-            self._wake_loop()
-        return True
-
-    def take(self) -> list[tuple[str, bytes]]:
-        with self._lock:
-            items, self._items = list(self._items), collections.deque()
-            self._bytes = 0
-        return items
 
 
 class SessionRelay:
@@ -201,23 +165,18 @@ class ClusterLink:
         self.services = services
         self.bus = bus
         self.node_id = node_id
-        self.publisher = _Publisher(self._wake)
+        self.publisher = Outbox(self._on_loop, PUBLISH_MAX_BYTES)
         self._nursery: trio.Nursery | None = None
         self._owned: dict[str, tuple[SessionRelay, trio.CancelScope]] = {}
         self._mirrors: dict[str, _Mirror] = {}
         self._spawns: Any = None
-        # the live sessions of the other nodes, as they announce them (`_listen_to_nodes`)
-        self._remote: dict[str, dict[str, SessionSummary]] = {}  # node → session → summary
-        self._heard: dict[str, float] = {}  # node → trio time of its last announcement
-        self._watchers: list[Callable[[Any], None]] = []
-        self._changed = trio.Event()
-        self._finished: collections.deque[tuple[float, SessionFinished]] = collections.deque(maxlen=256)
+        self.sessions = NodeSessions(services, bus, node_id, self.publisher.put)  # every node's live sessions
         # how often the sessions followed here are looked up in the database (_watch_owners)
         self.owner_check_seconds = min(1.0, services.settings.engine.heartbeat_seconds)
 
-    def _wake(self) -> None:
+    def _on_loop(self, fn: Callable[[], None]) -> None:
         try:
-            self.services.bridge.call_soon(self.publisher.ready.set)
+            self.services.bridge.call_soon(fn)
         except LoopClosed:
             pass
 
@@ -239,27 +198,13 @@ class ClusterLink:
             self._nursery = nursery
             self._spawns, receive = trio.open_memory_channel[tuple[Any, tuple[Any, ...]]](math.inf)
             nursery.start_soon(self._run_spawns, nursery, receive)
-            nursery.start_soon(self._publish)
+            nursery.start_soon(self.publisher.drain, self.bus)
             nursery.start_soon(self._watch_owners)
-            nursery.start_soon(self._announce)
-            nursery.start_soon(self._listen_to_nodes)
+            nursery.start_soon(self.sessions.run)
             self.services.engine.watch(self.services.bridge.reply_to(self._on_change))
             for summary in self.services.engine.live_sessions():
                 self._own(summary.session_id)
             task_status.started()
-
-    async def _publish(self) -> None:
-        publisher = self.publisher
-        while True:
-            await publisher.ready.wait()
-            publisher.ready = trio.Event()
-            batch = publisher.take()
-            if not batch:
-                continue
-            try:
-                await self.bus.publish_batch(batch)
-            except BusError as exc:  # the client buffers while reconnecting; this is a closed bus
-                log.warning("the bus lost %d messages: %s", len(batch), exc)
 
     # --- the owning node -----------------------------------------------------------------------
 
@@ -267,97 +212,10 @@ class ClusterLink:
         if isinstance(change, SessionUpdated):
             self._own(change.summary.session_id)
         elif isinstance(change, SessionFinished):
-            self._finished.append((trio.current_time(), change))
             owned = self._owned.pop(change.session_id, None)
             if owned is not None:
                 owned[1].cancel()
-        self._changed.set()
-
-    # --- every node's live sessions ----------------------------------------------------------
-
-    def watch(self, callback: Callable[[Any], None]) -> None:
-        """`callback(change)`, on the loop, for every change of another node's live sessions:
-        `SessionUpdated` or `SessionFinished`, as the engine tells its own."""
-        self._watchers.append(callback)
-
-    def remote_sessions(self) -> list[SessionSummary]:
-        return [summary for sessions in self._remote.values() for summary in sessions.values()]
-
-    def remote_session(self, session_id: str) -> SessionSummary | None:
-        for sessions in self._remote.values():
-            if session_id in sessions:
-                return sessions[session_id]
-        return None
-
-    def node_of(self, session_id: str) -> str:
-        """The node that runs a live session: another node's name, or this node's."""
-        for node, sessions in self._remote.items():
-            if session_id in sessions:
-                return node
-        return self.node_id
-
-    async def _announce(self) -> None:
-        """This node's live sessions, whenever one changes (at most every ANNOUNCE_MIN_SECONDS)
-        and every ANNOUNCE_SECONDS (a node started later learns them; a silent node has died),
-        with the sessions it ended lately and why."""
-        subject = sb.live_subject(self.node_id)
-        while True:
-            with trio.move_on_after(ANNOUNCE_SECONDS):
-                await self._changed.wait()
-            self._changed = trio.Event()
-            now = trio.current_time()
-            while self._finished and self._finished[0][0] < now - FINISHED_KEPT_SECONDS:
-                self._finished.popleft()
-            announcement = {"node": self.node_id, "sessions": self.services.engine.live_sessions(),
-                            "finished": [finished for _, finished in self._finished]}
-            self.publisher.put(subject, sb.encode(announcement))
-            await trio.sleep(ANNOUNCE_MIN_SECONDS)
-
-    async def _listen_to_nodes(self) -> None:
-        try:
-            subscription = await self.bus.subscribe(sb.live_subjects())
-        except BusError as exc:
-            log.warning("the live list will show this node's sessions only: %s", exc)
-            return
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._forget_silent_nodes)
-            async for message in subscription:
-                try:
-                    body = sb.decode(message.payload)
-                except sb.WireError as exc:
-                    log.warning("an announcement not understood: %s", exc)
-                    continue
-                if isinstance(body, dict) and isinstance(body.get("node"), str) and body["node"] != self.node_id:
-                    self._heard[body["node"]] = trio.current_time()
-                    finished = {f.session_id: f for f in body.get("finished", []) if isinstance(f, SessionFinished)}
-                    sessions = {s.session_id: s for s in body.get("sessions", []) if isinstance(s, SessionSummary)}
-                    self._update_node(body["node"], sessions, finished)
-
-    async def _forget_silent_nodes(self) -> None:
-        while True:
-            await trio.sleep(ANNOUNCE_SECONDS)
-            for node, heard in list(self._heard.items()):
-                if heard < trio.current_time() - SILENT_SECONDS:
-                    del self._heard[node]
-                    self._update_node(node, {}, {})
-
-    def _update_node(self, node: str, sessions: dict[str, SessionSummary],
-                     finished: dict[str, SessionFinished]) -> None:
-        known = self._remote.get(node, {})
-        changes: list[Any] = [SessionUpdated(summary) for sid, summary in sessions.items()
-                              if known.get(sid) != summary]
-        changes += [finished.get(sid) or SessionFinished(sid, EndReason.NODE_FAILED)
-                    for sid in known if sid not in sessions]
-        if sessions:
-            self._remote[node] = sessions
-        else:
-            self._remote.pop(node, None)
-        for change in changes:
-            for watcher in list(self._watchers):
-                try:
-                    watcher(change)
-                except Exception:
-                    log.exception("a watcher of the cluster's sessions failed")
+        self.sessions.note(change)
 
     def _own(self, session_id: str) -> None:
         """A session of this node's engine appeared (its watch): answer for it on the bus."""
@@ -368,7 +226,7 @@ class ClusterLink:
         """Answer for a session this node runs; returns once other nodes can reach it (the
         start socket waits for this before it tells the controller the session's id)."""
         if session_id in self._owned or self._nursery is None or not sb.safe_id(session_id) \
-                or any(finished.session_id == session_id for _, finished in self._finished):
+                or self.sessions.ended_lately(session_id):
             return
         relay, scope = SessionRelay(self, session_id), trio.CancelScope()
         self._owned[session_id] = (relay, scope)

@@ -107,7 +107,7 @@ class LiveSessions:
             return live.endpoint, live.controller
         summary = self.services.engine.session(session_id)
         if summary is None and self.services.cluster is not None:  # another node's, as it announced it
-            summary = self.services.cluster.remote_session(session_id)
+            summary = self.services.cluster.sessions.remote_session(session_id)
         if summary is not None:
             return summary.endpoint, summary.controller
         return None, None
