@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import socket
 import subprocess
 import sys
 from typing import Any
@@ -226,3 +227,15 @@ async def test_a_joint_session_across_three_nodes(tmp_path, postgres_url, nats_s
                               _plain(postgres_url)], cwd=ROOT, env=_clean_env(), capture_output=True, text=True,
                              timeout=60)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_an_unreachable_bus_is_a_clear_refusal_to_start(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    started = subprocess.run([sys.executable, "-m", "cosession.cli", "serve", "--no-demo", "--port", "0",
+                              "--data-dir", str(tmp_path), "--bus", f"nats://127.0.0.1:{port}"],
+                             cwd=ROOT, env=_clean_env(), capture_output=True, text=True, timeout=60)
+    assert started.returncode == 1, started.stdout + started.stderr
+    assert f"cosession serve: cannot connect to nats://127.0.0.1:{port}" in started.stderr
+    assert "Traceback" not in started.stderr
