@@ -141,13 +141,14 @@ def row_model(summary: SessionSummary, audience: Audience, cap: int, node: str |
 
 def node_of(services: Services, session_id: str) -> str | None:
     """The node that runs a live session, when this one is a node of several (None otherwise)."""
-    return services.cluster.sessions.node_of(session_id) if services.cluster is not None else None
+    cluster = getattr(services, "cluster", None)
+    return cluster.sessions.node_of(session_id) if cluster is not None else None
 
 
 def all_live_sessions(services: Services) -> list[SessionSummary]:
     """This node's live sessions and, with a bus, every other node's."""
-    local = services.engine.live_sessions()
-    return local + services.cluster.sessions.remote_sessions() if services.cluster is not None else local
+    local, cluster = services.engine.live_sessions(), getattr(services, "cluster", None)
+    return local + cluster.sessions.remote_sessions() if cluster is not None else local
 
 
 _ID = "__ID__"
