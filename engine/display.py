@@ -9,7 +9,12 @@ decodable alone, so that a late joiner or a resynchronised viewer can start at a
 
 - a solid rectangle is a Tight *fill* (3 bytes);
 - pixels the endpoint sent as JPEG are passed on as the same Tight JPEG bytes (nothing encoded
-  again, no second loss);
+  again, no second loss), before they are decoded: the endpoint connection only checks their
+  header, and the model decodes them into its framebuffer in `settle`, which the EndpointActor
+  calls after the fan-out (a 1920x1080 screen of JPEG costs 10-70 ms to decode, none of it
+  between the endpoint and the participants). Until then they are *pending*, in order with the
+  fills among them; whatever reads the framebuffer (a CopyRect, pixels to encode, a keyframe, a
+  snapshot) settles them first, and the pointer's patch composes them into its own small box;
 - other pixels become TightPNG's PNG (lossless: text stays sharp), or JPEG when PNG compresses
   them badly (a photograph from a server without Tight);
 - CopyRect stays CopyRect (it reads the participant's own framebuffer, which the keyframe and
@@ -45,14 +50,15 @@ import logging
 import struct
 import threading
 import zlib
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import simplejpeg
 
 from engine.messages import (
-    DisplayCopy, DisplayCursor, DisplayFill, DisplayName, DisplayPixels, DisplayPointer, DisplaySize,
-    DisplayUpdate, Frame, Keyframe,
+    DisplayCopy, DisplayCursor, DisplayFill, DisplayJpeg, DisplayName, DisplayPixels, DisplayPointer,
+    DisplaySize, DisplayUpdate, Frame, Keyframe,
 )
 
 log = logging.getLogger(__name__)
@@ -143,6 +149,52 @@ def _fill(x: int, y: int, w: int, h: int, colour: Any) -> bytes:
     return _RECT.pack(x, y, w, h, TIGHT) + b"\x80" + bytes(colour)
 
 
+@dataclass(slots=True)
+class _Pending:
+    """A JPEG or a fill already sent to the participants and not yet in the framebuffer."""
+
+    box: Box
+    jpeg: bytes | None = None
+    colour: tuple[int, int, int] | None = None
+    rgbx: np.ndarray | None = None  # the JPEG decoded, once something needed it
+
+    def pixels(self) -> np.ndarray | None:
+        """The JPEG's RGBX pixels (decoded once); None for a fill, or a JPEG that does not decode."""
+        if self.jpeg is None:
+            return None
+        if self.rgbx is None:
+            x, y, w, h = self.box
+            try:
+                rgbx = simplejpeg.decode_jpeg(self.jpeg, colorspace="RGBX")
+            except ValueError as exc:
+                log.warning("display model: the endpoint's %dx%d JPEG at (%d,%d) did not decode (%s)", w, h, x, y, exc)
+                rgbx = None
+            if rgbx is not None and rgbx.shape[:2] != (h, w):
+                log.warning("display model: the endpoint's %dx%d JPEG at (%d,%d) held a %dx%d image",
+                            w, h, x, y, rgbx.shape[1], rgbx.shape[0])
+                rgbx = None
+            if rgbx is None:  # what the participants got is no picture either: keep what was there
+                self.jpeg = None
+                return None
+            rgbx[:, :, 3] = 0
+            self.rgbx = rgbx
+        return self.rgbx
+
+    def paint(self, target: np.ndarray, tx: int, ty: int) -> None:
+        """Paint into `target`, the framebuffer's region at (tx, ty), what of this falls in it."""
+        x, y, w, h = self.box
+        th, tw = target.shape[:2]
+        x0, y0, x1, y1 = max(x, tx), max(y, ty), min(x + w, tx + tw), min(y + h, ty + th)
+        if x1 <= x0 or y1 <= y0:
+            return
+        if self.colour is not None:
+            target[y0 - ty:y1 - ty, x0 - tx:x1 - tx, :3] = self.colour
+            return
+        pixels = self.pixels()
+        if pixels is not None:
+            target[y0 - ty:y1 - ty, x0 - tx:x1 - tx] = pixels[y0 - y:y1 - y, x0 - x:x1 - x]
+
+
 class DisplayModel:
     """The desktop as it is now, for one graphical session (the `ScreenModel` of a VNC or RDP
     session). `update` returns the frame for every participant; `keyframe` the whole desktop."""
@@ -157,6 +209,7 @@ class DisplayModel:
         self.pointer: tuple[int, int] | None = None  # where the controller's pointer is, if known
         self._cursor_rgba: np.ndarray | None = None  # (h, w, 4) of `cursor`
         self._tile_cache: dict[tuple[int, int], bytes] = {}  # a keyframe's tiles, by (row, column), still valid
+        self._pending: list[_Pending] = []  # sent on, not yet in the framebuffer, in order (`settle`)
         self._painted: list[Box] = []  # during an update: what its items painted (over the pointer?)
         self._repaint: list[Box] = []  # ... and where the pointer was or is, if it moved or changed
         self._jpeg_quality = jpeg_quality
@@ -199,6 +252,7 @@ class DisplayModel:
 
     def keyframe(self) -> Keyframe:
         with self._lock:
+            self._settle()
             cached = self._keyframe
             if cached is not None and cached[0] == self._version:
                 return cached[1]
@@ -214,16 +268,36 @@ class DisplayModel:
     def snapshot(self) -> np.ndarray:
         """A copy of the framebuffer as (height, width, 3) RGB, for tests and snapshots."""
         with self._lock:
+            self._settle()
             return self.framebuffer[:, :, :3].copy()
+
+    def settle(self) -> None:
+        """Decode into the framebuffer what the last updates passed on undecoded (the endpoint's
+        JPEGs, and the fills among them). The EndpointActor calls it after the fan-out."""
+        with self._lock:
+            self._settle()
+
+    def _settle(self) -> None:
+        for pending in self._pending:
+            pending.paint(self.framebuffer, 0, 0)
+        self._pending.clear()
 
     # --- applying one item --------------------------------------------------------------------
 
     def _apply(self, item: Any) -> list[bytes]:
         """Apply one item; the frame's rectangles for it (none, one, or the tiles of a large one)."""
         match item:
+            case DisplayJpeg(x=x, y=y, width=w, height=h, jpeg=jpeg):
+                if not self._inside(x, y, w, h):
+                    return []
+                self._pending.append(_Pending((x, y, w, h), jpeg=jpeg))
+                self._painted.append((x, y, w, h))
+                self.rects_passed += 1
+                return [_tight(x, y, w, h, 0x90, jpeg)]
             case DisplayPixels(x=x, y=y, width=w, height=h, rgbx=rgbx, jpeg=jpeg):
                 if not self._inside(x, y, w, h) or rgbx.shape != (h, w, 4):
                     return []
+                self._settle()
                 self.framebuffer[y:y + h, x:x + w] = rgbx
                 self._painted.append((x, y, w, h))
                 if jpeg is not None:
@@ -235,12 +309,16 @@ class DisplayModel:
             case DisplayFill(x=x, y=y, width=w, height=h, colour=colour):
                 if not self._inside(x, y, w, h):
                     return []
-                self.framebuffer[y:y + h, x:x + w, :3] = colour
+                if self._pending:  # after a pending JPEG, and painted in order with it
+                    self._pending.append(_Pending((x, y, w, h), colour=tuple(colour)))
+                else:
+                    self.framebuffer[y:y + h, x:x + w, :3] = colour
                 self._painted.append((x, y, w, h))
                 return [_fill(x, y, w, h, colour)]
             case DisplayCopy(x=x, y=y, width=w, height=h, src_x=sx, src_y=sy):
                 if not (self._inside(x, y, w, h) and self._inside(sx, sy, w, h)):
                     return []
+                self._settle()
                 self.framebuffer[y:y + h, x:x + w] = self.framebuffer[sy:sy + h, sx:sx + w].copy()
                 self._painted.append((x, y, w, h))
                 if _overlap((sx, sy, w, h), self._pointer_box()):
@@ -251,6 +329,7 @@ class DisplayModel:
                 if not (0 < w <= MAX_SIDE and 0 < h <= MAX_SIDE):
                     return []
                 if (w, h) != (self.width, self.height):
+                    self._settle()
                     self._tile_cache.clear()
                     old = self.framebuffer
                     self.framebuffer = np.zeros((h, w, 4), np.uint8)
@@ -331,6 +410,8 @@ class DisplayModel:
     def _patch(self, region: Box, box: Box | None) -> bytes:
         x, y, w, h = region
         pixels = self.framebuffer[y:y + h, x:x + w].copy()
+        for pending in self._pending:  # what the participants have under the pointer already
+            pending.paint(pixels, x, y)
         if box is not None and _overlap(region, box):
             assert self.cursor is not None and self.pointer is not None and self._cursor_rgba is not None
             # the part of the pointer's box inside the region, and where it is in the shape

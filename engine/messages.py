@@ -163,9 +163,10 @@ class Resync:
 
 
 # --- graphical endpoint output (engine.display) ----------------------------------------------
-# A graphical endpoint connection decodes what its server sends (in its own worker thread) into
-# these, in order, and reports them as one `DisplayUpdate`; the session's display model applies
-# them to its framebuffer and writes the participants' frame once. Pixel arrays are numpy
+# A graphical endpoint connection decodes what its server sends (in its own worker thread; a
+# JPEG is left for the display model to decode after the fan-out) into these, in order, and
+# reports them as one `DisplayUpdate`; the session's display model applies them to its
+# framebuffer and writes the participants' frame once. Pixel arrays are numpy
 # (height, width, 4) uint8 RGBX with X = 0 (four bytes a pixel: one uint32 compare per pixel),
 # made read-only by whoever builds them.
 
@@ -190,6 +191,19 @@ class DisplayPixels:
     height: int
     rgbx: Any = field(repr=False)  # numpy (height, width, 4) uint8, X = 0
     jpeg: bytes | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class DisplayJpeg:
+    """New pixels as the endpoint's own JPEG, not decoded yet (only its header was checked):
+    the display model passes the bytes on to the browsers at once and decodes them into its
+    framebuffer after the fan-out, off the path between the endpoint and the participants."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    jpeg: bytes = field(repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,7 +253,7 @@ class DisplayName:
 
 @dataclass(frozen=True, slots=True)
 class DisplayUpdate:
-    items: tuple[Any, ...]  # DisplaySize | DisplayPixels | DisplayFill | DisplayCopy | DisplayCursor | DisplayPointer | DisplayName
+    items: tuple[Any, ...]  # DisplaySize | DisplayPixels | DisplayJpeg | DisplayFill | DisplayCopy | DisplayCursor | DisplayPointer | DisplayName
     emitted_ns: int = 0
     # Called by the EndpointActor once the update is applied and fanned out: the connection asks
     # its server for more only then, so decoded desktops never pile up in the actor's inbox.

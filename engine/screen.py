@@ -57,6 +57,10 @@ class ScreenModel(Protocol):
 
     def idle(self) -> None: ...
 
+    def settle(self) -> None:
+        """After a frame's fan-out: the work the model left off that path (a desktop decodes
+        the endpoint's JPEGs it passed on)."""
+
     def resize(self, cols: int, rows: int) -> None: ...
 
     def keyframe(self) -> Keyframe: ...
@@ -175,6 +179,9 @@ class TerminalScreen:
 
     def update(self, update: messages.DisplayUpdate) -> messages.Frame | None:
         raise TypeError("a terminal takes bytes, not display updates")
+
+    def settle(self) -> None:
+        """A terminal defers its parsing to `idle` instead."""
 
     def feed(self, data: bytes) -> None:
         """The hot path: append, and during a burst cut to the tail. Never parses."""

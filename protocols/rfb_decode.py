@@ -5,8 +5,10 @@
   reads one update's rectangles (headers, lengths and payloads, which is cheap) and checks each
   against the desktop, so that no decoder ever writes outside the framebuffer.
 - **Decoding**, in a worker thread: `Decoder` turns the rectangles into `engine.messages`
-  Display* items with zlib, libjpeg-turbo (simplejpeg) and numpy, never pixel by pixel in
-  Python. It keeps the zlib streams (Tight's four, ZRLE's one), which span rectangles: one
+  Display* items with zlib and numpy, never pixel by pixel in Python. A Tight JPEG rectangle
+  only has its header checked (libjpeg-turbo through simplejpeg): it stays JPEG, which the
+  display model passes on and decodes after the fan-out; `needs_worker` says whether an update
+  holds anything heavier. It keeps the zlib streams (Tight's four, ZRLE's one), which span rectangles: one
   decoder per connection attempt, one update at a time, in order.
 
 Anything malformed raises `RfbError` (from protocols.rfb); the end of the stream raises
@@ -26,7 +28,7 @@ import simplejpeg
 import trio
 
 from engine.messages import (
-    DisplayCopy, DisplayCursor, DisplayFill, DisplayName, DisplayPixels, DisplaySize,
+    DisplayCopy, DisplayCursor, DisplayFill, DisplayJpeg, DisplayName, DisplayPixels, DisplaySize,
 )
 from protocols import rfb
 from protocols.rfb import Encoding, RfbError
@@ -217,6 +219,19 @@ async def _tight_length(reader: RfbReader) -> int:
 # --- decoding: what the worker thread does -----------------------------------------------------
 
 
+def decode_work(rects: list[Rect]) -> tuple[int, int]:
+    """(bytes, pixels) of the rectangles that `Decoder` must inflate or convert: not a Tight
+    JPEG (only its header is read) or fill, a CopyRect or a pseudo-encoding."""
+    data = pixels = 0
+    for rect in rects:
+        if rect.encoding in (Encoding.RAW, Encoding.ZRLE) or (
+                rect.encoding == Encoding.TIGHT and (rect.control >> 4) & 0x0F not in (8, 9)):
+            data += len(rect.data)
+            pixels += rect.width * rect.height
+    return data, pixels
+
+
+
 def _frozen(array: np.ndarray) -> np.ndarray:
     array.flags.writeable = False
     return array
@@ -297,14 +312,15 @@ class Decoder:
         if kind == 8:
             return DisplayFill(x, y, w, h, (rect.data[0], rect.data[1], rect.data[2]))
         if kind == 9:
+            # Only the header is read here (microseconds): the display model passes the bytes on
+            # to the browsers first and decodes them after the fan-out (engine/display.py).
             try:
-                rgbx = simplejpeg.decode_jpeg(rect.data, colorspace="RGBX")
+                height, width, _, _ = simplejpeg.decode_jpeg_header(rect.data)
             except ValueError as exc:
                 raise RfbError(f"a Tight JPEG rectangle did not decode ({exc})") from None
-            if rgbx.shape[:2] != (h, w):
-                raise RfbError(f"a {w}x{h} Tight JPEG rectangle held a {rgbx.shape[1]}x{rgbx.shape[0]} image")
-            rgbx[:, :, 3] = 0
-            return DisplayPixels(x, y, w, h, _frozen(rgbx), rect.data)
+            if (height, width) != (h, w):
+                raise RfbError(f"a {w}x{h} Tight JPEG rectangle held a {width}x{height} image")
+            return DisplayJpeg(x, y, w, h, rect.data)
         stream = self._tight[kind & 3]
         if rect.filter == 0:
             size = w * h * 3

@@ -41,7 +41,9 @@ from protocols import rfb
 from protocols.attempts import Attempt, AttemptConnection, leaves, split_cancelled
 from protocols.vencrypt import VencryptRefused, vencrypt
 from protocols.rfb import Encoding, RfbError, Security, ServerType
-from protocols.rfb_decode import MAX_NAME, Decoder, Framing, Rect, RfbReader, ServerClosed, check_size, read_update
+from protocols.rfb_decode import (
+    MAX_NAME, Decoder, Framing, Rect, RfbReader, ServerClosed, check_size, decode_work, read_update,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ DECODE_QUEUE_UPDATES = 2  # framed updates waiting for the decoder: the reader w
 UPDATES_IN_FLIGHT = 2  # read from the server and not yet applied by the actor: no request past that
 # An update this small decodes on the loop in tens of microseconds, which costs less than the two
 # thread switches of a worker (what a key's echo waits for); anything bigger goes to a worker.
+# Tight JPEG rectangles count for nothing here: only their headers are read (rfb_decode.decode_work).
 INLINE_DECODE_BYTES = 16 * 1024
 INLINE_DECODE_PIXELS = 128 * 128
 DEFAULT_QUALITY = 6  # Tight JPEG quality level 0-9 (TigerVNC's mapping: 6 is JPEG quality 79)
@@ -355,10 +358,11 @@ class VncConnection(AttemptConnection):
                 attempt.report("display", update)
                 continue
             started = trio.current_time()
-            if sum(len(r.data) for r in update) <= INLINE_DECODE_BYTES \
-                    and sum(r.width * r.height for r in update) <= INLINE_DECODE_PIXELS \
+            data, pixels = decode_work(update)
+            if data <= INLINE_DECODE_BYTES and pixels <= INLINE_DECODE_PIXELS \
                     and not any(r.encoding == Encoding.ZRLE for r in update):  # its RLE runs are Python
-                items = decoder.decode(update)  # a key's echo, a pointer's shape: microseconds
+                # a key's echo, a pointer's shape, JPEGs (their headers only): microseconds
+                items = decoder.decode(update)
             else:
                 items = await trio.to_thread.run_sync(decoder.decode, update)
             self.decode_seconds += trio.current_time() - started

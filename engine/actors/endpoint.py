@@ -92,6 +92,7 @@ class EndpointActor(PooledActor):
                 frame = self._screen.update(message)
                 if frame is not None:
                     self._fan_out(frame)
+                self._screen.settle()  # the endpoint's JPEGs into the model, after the fan-out
                 if applied is not None:
                     try:
                         applied()
