@@ -21,7 +21,7 @@ import logging
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 import numpy as np
 import simplejpeg
@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 MAX_COMPACT_LENGTH = (1 << 22) - 1  # Tight's compact length has 22 bits
 MAX_ZRLE_BYTES = 64 << 20
 MAX_NAME = 4096
+# A large update (a full screen is ~400 KB of JPEG) is handed on in parts of about this much data,
+# as it is read: the participants get its first rectangles while the server still encodes the
+# rest, instead of all of it after the last byte. The gateway flushes this much at once too.
+PART_BYTES = 64 * 1024
 
 
 class ServerClosed(Exception):
@@ -112,12 +116,16 @@ class Framing:
     resizable: bool = False
 
 
-async def read_update(reader: RfbReader, framing: Framing, *, tight_png: bool = False) -> list[Rect]:
+async def read_update(reader: RfbReader, framing: Framing, *, tight_png: bool = False,
+                      part: Callable[[list[Rect]], Awaitable[None]] | None = None) -> list[Rect]:
     """The rectangles of one FramebufferUpdate (its type byte already read). Checks every
     rectangle against the desktop, so a decoder never writes outside the framebuffer.
-    `tight_png`: also frame TightPNG (what the gateway sends browsers; the benchmark reads it)."""
+    `tight_png`: also frame TightPNG (what the gateway sends browsers; the benchmark reads it).
+    `part`: called, in order, with each run of rectangles holding PART_BYTES of data as soon as
+    it is read; what it was not given is returned."""
     (_, count) = await reader.unpack(struct.Struct(">BH"))
     rects: list[Rect] = []
+    data = 0
     for _ in range(count):
         x, y, w, h, encoding = await reader.unpack(_HEADER)
         if encoding == Encoding.LAST_RECT:
@@ -165,6 +173,10 @@ async def read_update(reader: RfbReader, framing: Framing, *, tight_png: bool = 
         else:
             raise RfbError(f"the server sent encoding {encoding}, which was not asked for")
         rects.append(rect)
+        data += len(rect.data)
+        if part is not None and data >= PART_BYTES:
+            await part(rects)
+            rects, data = [], 0
     return rects
 
 

@@ -320,13 +320,17 @@ class VncConnection(AttemptConnection):
         while True:
             (kind,) = await reader.unpack(_U8)
             if kind == ServerType.FRAMEBUFFER_UPDATE:
-                rects = await read_update(reader, framing)
-                attempt.in_flight += 1
-                await updates.send(rects)
-                for rect in rects:
-                    if rect.encoding == Encoding.EXTENDED_DESKTOP_SIZE and rect.data:
-                        attempt.screens = tuple(rfb.Screen(*struct.unpack_from(">IHHHHI", rect.data, 16 * i))
-                                                for i in range(len(rect.data) // 16))
+
+                async def part(rects: list[Rect]) -> None:
+                    # each part of a large update goes on as soon as it is read (PART_BYTES)
+                    attempt.in_flight += 1
+                    await updates.send(rects)
+                    for rect in rects:
+                        if rect.encoding == Encoding.EXTENDED_DESKTOP_SIZE and rect.data:
+                            attempt.screens = tuple(rfb.Screen(*struct.unpack_from(">IHHHHI", rect.data, 16 * i))
+                                                    for i in range(len(rect.data) // 16))
+
+                await part(await read_update(reader, framing, part=part))
                 if framing.resizable and not asked_size and self._desktop_size is not None:
                     asked_size = True
                     if self._desktop_size != (framing.width, framing.height):
