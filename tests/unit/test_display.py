@@ -7,10 +7,12 @@ import struct
 
 import numpy as np
 import pytest
+import simplejpeg
 
+import engine.display
 from engine.display import DisplayModel, encode_jpeg, encode_png
 from engine.messages import (
-    DisplayCopy, DisplayCursor, DisplayFill, DisplayName, DisplayPixels, DisplayPointer, DisplaySize,
+    DisplayCopy, DisplayCursor, DisplayFill, DisplayJpeg, DisplayName, DisplayPixels, DisplayPointer, DisplaySize,
     DisplayUpdate,
 )
 from protocols.rfb import Encoding
@@ -265,3 +267,78 @@ def test_a_keyframe_re_encodes_only_the_tiles_painted_since_the_last():
     model.update(update(DisplaySize(640, 480)))
     model.keyframe()
     assert model.rects_encoded - encoded == 2 + 6  # a new size: every tile anew
+
+
+def jpeg_of(x: int, y: int, rgb: np.ndarray, quality: int = 90) -> tuple[DisplayJpeg, np.ndarray]:
+    """The endpoint's JPEG of `rgb` at (x, y), undecoded, and the pixels it decodes to."""
+    data = encode_jpeg(rgb, quality)
+    return DisplayJpeg(x, y, rgb.shape[1], rgb.shape[0], data), simplejpeg.decode_jpeg(data, colorspace="RGB")
+
+
+@pytest.fixture
+def jpeg_decodes(monkeypatch):
+    """How many JPEGs the display model has decoded."""
+    decodes = []
+
+    class Counting:
+        encode_jpeg = staticmethod(simplejpeg.encode_jpeg)
+
+        @staticmethod
+        def decode_jpeg(*args, **kwargs):
+            decodes.append(1)
+            return simplejpeg.decode_jpeg(*args, **kwargs)
+
+    monkeypatch.setattr(engine.display, "simplejpeg", Counting)
+    return decodes
+
+
+def test_the_endpoints_jpeg_goes_out_before_it_is_decoded_and_a_late_joiner_sees_it(jpeg_decodes):
+    model = DisplayModel()
+    viewer = FrameDecoder()
+    viewer.feed(model.update(update(DisplaySize(512, 384))).data)
+    left, left_pixels = jpeg_of(0, 0, gradient(256, 256))
+    right, right_pixels = jpeg_of(256, 0, gradient(256, 256)[::-1])
+    # a fill over the first JPEG, in the same update: it must stay on top once the JPEG is decoded
+    frame = model.update(update(left, DisplayFill(32, 32, 16, 16, (9, 9, 9)), right))
+    assert left.jpeg in frame.data and right.jpeg in frame.data  # the endpoint's bytes, as they came
+    assert jpeg_decodes == []  # nothing decoded between the endpoint and the participants
+    model.settle()  # what the EndpointActor does after the fan-out
+    assert len(jpeg_decodes) == 2
+    viewer.feed(frame.data)
+    truth = np.zeros((384, 512, 3), np.uint8)
+    truth[:256, :256], truth[:256, 256:] = left_pixels, right_pixels
+    truth[32:48, 32:48] = 9
+    assert (model.snapshot() == truth).all() and (viewer.framebuffer == truth).all()
+    joiner = FrameDecoder()  # a late joiner: the keyframe renders the decoded framebuffer
+    joiner.feed(model.keyframe().data)
+    assert np.abs(joiner.framebuffer.astype(int) - truth.astype(int)).mean() < 2.0
+    assert np.abs(joiner.framebuffer[32:48, 32:48].astype(int) - 9).mean() < 8  # the fill, in a JPEG tile
+    assert (joiner.framebuffer[256:] == 0).all()  # solid tiles: exact
+    model.settle()
+    assert len(jpeg_decodes) == 2  # each decoded once
+
+
+def test_what_reads_the_framebuffer_sees_pending_jpegs_first(jpeg_decodes):
+    """A CopyRect of a pending JPEG copies its pixels; the pointer's patch over a pending JPEG
+    shows the JPEG under the pointer; a snapshot or a keyframe settles first."""
+    model = DisplayModel()
+    viewer = FrameDecoder()
+    feed = lambda *items: viewer.feed(model.update(update(*items)).data)  # noqa: E731
+    feed(DisplaySize(128, 96, resizable=True), DisplayFill(0, 0, 128, 96, (0, 0, 90)), arrow(), DisplayPointer(20, 20))
+    picture, picture_pixels = jpeg_of(0, 0, gradient(64, 64))
+    feed(picture)  # painted under the pointer: the patch needs the JPEG's pixels
+    assert len(jpeg_decodes) == 1  # only because the pointer's patch needed it
+    assert (viewer.framebuffer == with_pointer(model)).all()
+    assert (model.snapshot()[:64, :64] == picture_pixels).all()
+    again, again_pixels = jpeg_of(64, 32, noise(32, 32))
+    feed(again, DisplayCopy(0, 64, 32, 32, 64, 32))  # a copy of what the JPEG just painted
+    assert (model.snapshot()[64:96, 0:32] == again_pixels).all()
+    assert (viewer.framebuffer == with_pointer(model)).all()
+
+
+def test_a_jpeg_that_does_not_decode_leaves_the_model_as_it_was():
+    model = DisplayModel()
+    model.update(update(DisplaySize(64, 64), DisplayFill(0, 0, 64, 64, (4, 5, 6))))
+    frame = model.update(update(DisplayJpeg(0, 0, 16, 16, b"\xff\xd8not a jpeg")))
+    assert frame is not None
+    assert (model.snapshot() == (4, 5, 6)).all()
