@@ -79,6 +79,9 @@ PNG_TRY_JPEG_AREA = 64 * 64  # below this, PNG whatever its size
 FEW_COLOURS = 24  # of ~1024 pixels looked at: text and widgets, PNG
 MANY_COLOURS = 320  # ... a photograph, JPEG
 MAX_SIDE = 16384
+# Pending JPEG (sent on, not yet decoded) waits for a moment when no message waits for the
+# actor's thread, unless there is more than this of it: memory stays bounded on a busy gateway.
+PENDING_MAX_BYTES = 8 << 20
 
 _RECT = struct.Struct(">HHHHi")
 Box = tuple[int, int, int, int]  # x, y, width, height
@@ -210,6 +213,7 @@ class DisplayModel:
         self._cursor_rgba: np.ndarray | None = None  # (h, w, 4) of `cursor`
         self._tile_cache: dict[tuple[int, int], bytes] = {}  # a keyframe's tiles, by (row, column), still valid
         self._pending: list[_Pending] = []  # sent on, not yet in the framebuffer, in order (`settle`)
+        self._pending_bytes = 0
         self._painted: list[Box] = []  # during an update: what its items painted (over the pointer?)
         self._repaint: list[Box] = []  # ... and where the pointer was or is, if it moved or changed
         self._jpeg_quality = jpeg_quality
@@ -271,16 +275,20 @@ class DisplayModel:
             self._settle()
             return self.framebuffer[:, :, :3].copy()
 
-    def settle(self) -> None:
+    def settle(self, *, idle: bool = True) -> None:
         """Decode into the framebuffer what the last updates passed on undecoded (the endpoint's
-        JPEGs, and the fills among them). The EndpointActor calls it after the fan-out."""
+        JPEGs, and the fills among them). The EndpointActor calls it after each fan-out; when
+        messages wait for its thread (`idle` false: the next part of a full-screen change, say)
+        it is left for later, up to PENDING_MAX_BYTES."""
         with self._lock:
-            self._settle()
+            if idle or self._pending_bytes > PENDING_MAX_BYTES:
+                self._settle()
 
     def _settle(self) -> None:
         for pending in self._pending:
             pending.paint(self.framebuffer, 0, 0)
         self._pending.clear()
+        self._pending_bytes = 0
 
     # --- applying one item --------------------------------------------------------------------
 
@@ -291,6 +299,7 @@ class DisplayModel:
                 if not self._inside(x, y, w, h):
                     return []
                 self._pending.append(_Pending((x, y, w, h), jpeg=jpeg))
+                self._pending_bytes += len(jpeg)
                 self._painted.append((x, y, w, h))
                 self.rects_passed += 1
                 return [_tight(x, y, w, h, 0x90, jpeg)]

@@ -57,9 +57,9 @@ class ScreenModel(Protocol):
 
     def idle(self) -> None: ...
 
-    def settle(self) -> None:
+    def settle(self, *, idle: bool = True) -> None:
         """After a frame's fan-out: the work the model left off that path (a desktop decodes
-        the endpoint's JPEGs it passed on)."""
+        the endpoint's JPEGs it passed on). `idle`: no message waits for the actor's thread."""
 
     def resize(self, cols: int, rows: int) -> None: ...
 
@@ -180,7 +180,7 @@ class TerminalScreen:
     def update(self, update: messages.DisplayUpdate) -> messages.Frame | None:
         raise TypeError("a terminal takes bytes, not display updates")
 
-    def settle(self) -> None:
+    def settle(self, *, idle: bool = True) -> None:
         """A terminal defers its parsing to `idle` instead."""
 
     def feed(self, data: bytes) -> None:

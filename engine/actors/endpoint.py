@@ -92,7 +92,9 @@ class EndpointActor(PooledActor):
                 frame = self._screen.update(message)
                 if frame is not None:
                     self._fan_out(frame)
-                self._screen.settle()  # the endpoint's JPEGs into the model, after the fan-out
+                # the endpoint's JPEGs into the model after the fan-out, and after the next
+                # update's fan-out if that one waits already
+                self._screen.settle(idle=self.nothing_waiting())
                 if applied is not None:
                     try:
                         applied()

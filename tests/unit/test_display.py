@@ -302,7 +302,9 @@ def test_the_endpoints_jpeg_goes_out_before_it_is_decoded_and_a_late_joiner_sees
     frame = model.update(update(left, DisplayFill(32, 32, 16, 16, (9, 9, 9)), right))
     assert left.jpeg in frame.data and right.jpeg in frame.data  # the endpoint's bytes, as they came
     assert jpeg_decodes == []  # nothing decoded between the endpoint and the participants
-    model.settle()  # what the EndpointActor does after the fan-out
+    model.settle(idle=False)  # the EndpointActor after the fan-out, with the next update waiting
+    assert jpeg_decodes == []
+    model.settle()  # ... and once nothing waits
     assert len(jpeg_decodes) == 2
     viewer.feed(frame.data)
     truth = np.zeros((384, 512, 3), np.uint8)
@@ -342,3 +344,16 @@ def test_a_jpeg_that_does_not_decode_leaves_the_model_as_it_was():
     frame = model.update(update(DisplayJpeg(0, 0, 16, 16, b"\xff\xd8not a jpeg")))
     assert frame is not None
     assert (model.snapshot() == (4, 5, 6)).all()
+
+
+def test_pending_jpeg_is_bounded_while_messages_wait(jpeg_decodes, monkeypatch):
+    first = jpeg_of(0, 0, gradient(64, 64))[0]
+    monkeypatch.setattr(engine.display, "PENDING_MAX_BYTES", len(first.jpeg))
+    model = DisplayModel()
+    model.update(update(DisplaySize(256, 256)))
+    model.update(update(first))
+    model.settle(idle=False)
+    assert jpeg_decodes == []  # under the bound: left for later
+    model.update(update(jpeg_of(0, 64, noise(64, 64))[0]))  # past the bound
+    model.settle(idle=False)
+    assert len(jpeg_decodes) == 2
