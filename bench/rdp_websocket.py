@@ -18,12 +18,12 @@ What runs (the same for both sides):
   (`protocols.freerdp.freerdp_options`), each drawing full-screen into its own Xvnc of the same size
   (an X display to draw in, read over its unix socket); the controller's keys go in through its
   own display. The server encodes for every client;
-- **cosession**: the gateway (in its own process, `--gateway-child`) with one RDP endpoint on
+- **cosession**: the gateway (in its own process: bench/desktop_websocket.py) with one RDP endpoint on
   that server: one xfreerdp in a private Xvnc for the session (children of the gateway), and
   1 controller + N viewers, each a websocket to the gateway speaking RFB as noVNC does.
 
 Every participant is read the same way: an RFB reader that frames updates and reads only the
-rectangles' positions and sizes (the VNC benchmark's `Viewer`); for direct it reads the
+rectangles' positions and sizes (bench/desktop_websocket.py's `Viewer`); for direct it reads the
 client's own display, for cosession the gateway's websocket. Each side runs alone and the order
 alternates between runs.
 
@@ -55,12 +55,10 @@ Figures, per side:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import datetime
 import json
-import logging
 import os
 import shutil
 import statistics
@@ -75,14 +73,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.ssh_websocket import (  # noqa: E402 - the path above first
-    REPLY_PREFIX, GatewayProcess as _SshGatewayProcess, _first_cause, _git_commit, _proc_status, cpu_pressure,
-    cpu_sample, cpu_seconds, machine_info,
+from bench.desktop_websocket import (  # noqa: E402 - the path above first
+    KEY_M, MARK, PASSWORD, BenchError, CosessionSide as _CosessionSide, GatewayProcess, Side, Viewer, WsBytes,
+    markdown as _markdown, parse_options, pct, say, summarise, wait_until, write_docs_section as _write_docs_section,
 )
-from bench.vnc_websocket import key as send_key  # noqa: E402
-from bench.vnc_websocket import (  # noqa: E402
-    KEY_M, MARK, PASSWORD, BenchError, CosessionSide as _VncCosessionSide, Side, Viewer, WsBytes,
-    pct, say, wait_until,
+from bench.desktop_websocket import key as send_key  # noqa: E402
+from bench.ssh_websocket import (  # noqa: E402
+    _first_cause, _git_commit, _proc_status, cpu_pressure, cpu_sample, cpu_seconds, machine_info,
 )
 
 WIDTH, HEIGHT = 1280, 800  # an RDP session's default size (the launcher's)
@@ -103,60 +100,6 @@ class Options:
     seconds: float = 8.0
     sides: str = "cosession,direct"
     quiet: bool = False
-
-
-# =================================================================================================
-# The gateway child
-# =================================================================================================
-
-
-def gateway_child() -> int:
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from config.settings import load
-    from cosession.loadtest_ws import InProcessGateway
-    from engine.messages import EndpointProtocol
-
-    config = json.loads(sys.stdin.readline())
-
-    def reply(message: dict[str, Any]) -> None:
-        sys.stdout.write(REPLY_PREFIX + json.dumps(message) + "\n")
-        sys.stdout.flush()
-
-    with tempfile.TemporaryDirectory(prefix="cosession-rdp-bench-gw-") as tmp:
-        gateway = InProcessGateway(load(env={}), Path(tmp)).start()
-        try:
-            services = gateway.services
-            record = services.endpoints.create("bench-windows", EndpointProtocol.RDP, config["host"], config["port"],
-                                               joint_session=True)
-            for name in config["users"]:
-                user = services.users.create(name, PASSWORD)
-                services.grants.grant(record.id, user.id)
-            reply({"base_url": gateway.base_url, "endpoint": record.id, "pid": os.getpid()})
-            for line in sys.stdin:
-                if line.strip() == "stop":
-                    break
-        finally:
-            gateway.stop()
-    reply({"stopped": True})
-    return 0
-
-
-class GatewayProcess(_SshGatewayProcess):
-    """The SSH benchmark's handle on its gateway child, running this file's child instead."""
-
-    def __init__(self, config: dict[str, Any], log_path: Path) -> None:  # noqa: super().__init__ starts the SSH child
-        self._log = open(log_path, "wb")
-        self.log_path = log_path
-        self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--gateway-child"], cwd=str(ROOT),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, start_new_session=True)
-        self._buffer = b""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps(config) + "\n").encode())
-        self.proc.stdin.flush()
-        self.info = self._answer(60)
-        self.pid = self.info["pid"]
 
 
 # =================================================================================================
@@ -204,45 +147,17 @@ class MarkerViewer(Viewer):
         self.marker_changed: list[tuple[int, tuple[int, int, int]]] = []  # (time, colour)
 
     def see(self, now: int, rects: list[Any]) -> None:
+        if self.probe is None:  # a direct client's probe sees the square instead
+            self.mark_seen(now, rects)
+
+    def mark_seen(self, now: int, rects: list[Any]) -> None:
         for rect in rects:
             colour = _pixel_of(rect, *MARK_CENTRE)
             if colour is not None and colour != self.marker:
                 self.marker = colour
                 self.marker_changed.append((now, colour))
 
-    async def read_updates(self, reader: Any, framing: Any, *, request_updates: bool) -> None:
-        """The VNC benchmark's reader, which also looks at the marker square's colour."""
-        from protocols import rfb
-        from protocols.rfb_decode import read_update
-
-        try:
-            while True:
-                (kind,) = await reader.unpack(struct.Struct(">B"))
-                if kind == 0:
-                    rects = await read_update(reader, framing, tight_png=True)
-                    now = time.perf_counter_ns()
-                    self.updates += 1
-                    if request_updates:
-                        await self.ws.send_message(rfb.pack(rfb.FramebufferUpdateRequest(
-                            True, 0, 0, framing.width, framing.height)))
-                    if self.probe is None:
-                        self.see(now, rects)
-                    boxes = [(r.x, r.y, r.width, r.height) for r in rects if r.encoding >= -260 and r.encoding not in (
-                        -223, -308, -239, -307)]
-                    for listener in list(self.listeners):
-                        listener(now, boxes)
-                elif kind == 2:
-                    continue
-                elif kind == 3:
-                    (length,) = await reader.unpack(struct.Struct(">3xI"))
-                    await reader.read(length)
-                else:
-                    raise BenchError(f"{self.name}: server message {kind}")
-        except Exception as exc:
-            if not self.closed:
-                raise BenchError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
-
-    probe: Any = None  # a direct client's marker probe, which sees the square instead
+    probe: Any = None  # a direct client's marker probe
 
 
 def _differs(a: tuple[int, int, int] | None, b: tuple[int, int, int] | None) -> bool:
@@ -252,7 +167,7 @@ def _differs(a: tuple[int, int, int] | None, b: tuple[int, int, int] | None) -> 
 
 class UnixRfb:
     """The websocket-like face (send_message, get_message, aclose) of an RFB unix socket, so
-    that the VNC benchmark's `Viewer` reads a direct client's display as it reads a websocket."""
+    that the shared `Viewer` reads a direct client's display as it reads a websocket."""
 
     def __init__(self, stream: Any) -> None:
         import trio
@@ -426,7 +341,7 @@ class MarkerProbe:
                 if kind != 0:
                     raise BenchError(f"{self.viewer.name} (marker): server message {kind}")
                 rects = await read_update(reader, framing)
-                self.viewer.see(time.perf_counter_ns(), rects)
+                self.viewer.mark_seen(time.perf_counter_ns(), rects)
                 await self.ws.send_message(self.request)
         except Exception as exc:
             if not self.viewer.closed:
@@ -437,34 +352,14 @@ class MarkerProbe:
             await self.ws.aclose()
 
 
-class CosessionSide(_VncCosessionSide):
+class CosessionSide(_CosessionSide):
+    """The participants through the gateway, each also knowing the marker square's colour."""
+
+    viewer_class = MarkerViewer
+
     def __init__(self, options: Options, server: Any, gateway: GatewayProcess, cookies: dict[str, str]) -> None:
         super().__init__(options, server, gateway, cookies)
         self.rss_before: int | None = None
-
-    async def connect(self, nursery: Any, name: str, controller: bool) -> Viewer:
-        """The VNC benchmark's participant (its websocket, its RFB handshake), that also knows
-        the marker square's colour."""
-        from cosession.join import connect_socket
-
-        base = self.gateway.info["base_url"]
-        viewer = MarkerViewer(name)
-        path = (f"/ws/endpoints/{self.gateway.info['endpoint']}/start" if controller
-                else f"/ws/sessions/{self.session_id}")
-        socket = await connect_socket(nursery, base, path, self.cookies[name], message_queue_size=64,
-                                      connect_timeout=30)
-        viewer.ws = socket
-        viewer.stream = WsBytes(socket, viewer.on_text)
-        first = {"type": "start", "cols": 80, "rows": 24} if controller else {"type": "join"}
-        await socket.send_message(json.dumps(first))
-        reader, framing = await viewer.rfb(password=None, request_updates=False)
-        joined = next((m for m in viewer.control if m.get("type") == "joined"), None)
-        if joined is None:
-            raise BenchError(f"{name}: no joined before RFB ({viewer.control[-3:]})")
-        if controller:
-            self.session_id = joined["session_id"]
-        nursery.start_soon(lambda: viewer.read_updates(reader, framing, request_updates=True))
-        return viewer
 
     def server_pids(self) -> list[int]:
         return [self.xvnc.processes["shadow"].pid]
@@ -683,8 +578,9 @@ def run_benchmark(options: Options) -> dict[str, Any]:
     server = start_rdp_server(width=WIDTH, height=HEIGHT, desktop=_workload(options.rate))
     try:
         if "cosession" in options.sides.split(","):
-            gateway = GatewayProcess({"host": server.host, "port": server.port,
-                                      "users": user_names(options)}, work / "gateway.log")
+            gateway = GatewayProcess({"protocol": "rdp", "name": "bench-windows", "host": server.host,
+                                      "port": server.port, "password": None, "users": user_names(options)},
+                                     work / "gateway.log")
         say(options, f"shadow server on {server.port} (display {server.display})"
                      + (f", gateway {gateway.info['base_url']}" if gateway else ""))
         try:
@@ -699,79 +595,26 @@ def run_benchmark(options: Options) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
     return {"command": ".venv/bin/python bench/rdp_websocket.py " + " ".join(sys.argv[1:]),
             "commit": _git_commit(), "date": started.strftime("%Y-%m-%d %H:%M UTC"), "machine": machine,
-            "options": dataclasses.asdict(options), "runs": runs, "summary": summarise(runs)}
-
-
-def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    summary: dict[str, Any] = {}
-    for key, _, _ in FIGURES:
-        entry: dict[str, Any] = {}
-        for kind in ("cosession", "direct"):
-            values = [r[kind][key] for r in runs if r.get(kind, {}).get(key) is not None]
-            if values:
-                entry[kind] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
-        c, d = entry.get("cosession"), entry.get("direct")
-        if c and d and d["median"]:
-            entry["ratio"] = c["median"] / d["median"]
-        summary[key] = entry
-    return summary
-
-
-def _cell(entry: dict[str, Any] | None) -> str:
-    if not entry:
-        return "—"
-    fmt = (lambda x: f"{x:.1f}" if abs(x) < 100 else f"{x:.0f}")
-    if entry["min"] == entry["max"]:
-        return fmt(entry["median"])
-    return f"{fmt(entry['median'])} ({fmt(entry['min'])}–{fmt(entry['max'])})"
+            "options": dataclasses.asdict(options), "runs": runs, "summary": summarise(runs, FIGURES)}
 
 
 def markdown(report: dict[str, Any]) -> str:
-    o, m = report["options"], report["machine"]
-    lines = [BEGIN, f"Command: `{report['command']}` — {report['date']}, commit {report['commit']}; "
-             f"{len(report['runs'])} run(s), medians with the spread (min–max) over the runs.", "",
-             f"Machine: {m['nproc']} cores, {m['memory_gib']} GiB, Python {m['python']}; load average at the "
-             f"start {' / '.join(str(x) for x in m['load_average'])} (a shared machine: other work ran too).", "",
-             f"Workload: FreeRDP's shadow server sharing Xvfb {WIDTH}x{HEIGHT}x24 with the VNC benchmark's workload "
-             f"program; four 320x180 photo-like regions repainted {o['rate']:g}/s; 1 controller + {o['viewers']} "
-             f"viewers; {o['marks']} marker keys, {o['late']} late joins. "
-             "Direct: every participant its own xfreerdp (cosession's options) drawing into its own Xvnc.", "",
-             "| Figure | cosession | direct (xfreerdp each) | cosession / direct |", "| --- | --- | --- | --- |"]
-    for key, label, unit in FIGURES:
-        entry = report["summary"].get(key) or {}
-        ratio = f"{entry['ratio']:.2f}" if "ratio" in entry else ""
-        lines.append(f"| {label}{', ' + unit if unit else ''} | {_cell(entry.get('cosession'))} | "
-                     f"{_cell(entry.get('direct'))} | {ratio} |")
-    lines.append(END)
-    return "\n".join(lines)
+    o = report["options"]
+    workload = (f"Workload: FreeRDP's shadow server sharing Xvfb {WIDTH}x{HEIGHT}x24 with the VNC benchmark's "
+                f"workload program; four 320x180 photo-like regions repainted {o['rate']:g}/s; 1 controller + "
+                f"{o['viewers']} viewers; {o['marks']} marker keys, {o['late']} late joins. "
+                "Direct: every participant its own xfreerdp (cosession's options) drawing into its own Xvnc.")
+    return _markdown(report, FIGURES, begin=BEGIN, end=END, workload=workload, direct="direct (xfreerdp each)")
 
 
 def write_docs_section(path: Path, block: str) -> None:
     """Replace this benchmark's generated block in its section of `path` (or add the section)."""
-    text = path.read_text()
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    elif SECTION in text:
-        at = text.index(SECTION) + len(SECTION)
-        text = text[:at] + f"\n\n{block}\n" + text[at:]
-    else:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n"
-    path.write_text(text)
+    _write_docs_section(path, block, section=SECTION, begin=BEGIN, end=END)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--gateway-child"]:
-        return gateway_child()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    for field in dataclasses.fields(Options):
-        if field.name == "quiet":
-            continue
-        parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default)
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--write-docs", metavar="FILE")
-    args = parser.parse_args(argv)
-    options = Options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Options) if f.name != "quiet"})
+    options, args = parse_options(Options, __doc__, argv)
     report = run_benchmark(options)
     if args.json:
         print(json.dumps(report, indent=2))

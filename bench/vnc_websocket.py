@@ -15,7 +15,7 @@ What runs (one Xvnc, 1920x1080x24, `FrameRate=60`, the same for both sides):
 - **direct** (how a VNC desktop is shared today): `Xvnc -AlwaysShared` behind websockify 0.13;
   1 controller + N viewers, each its own websocket through websockify to Xvnc, each asking for
   what noVNC asks (Tight, JPEG quality 6, ...): the server encodes for each client;
-- **cosession**: the gateway (in its own process, `--gateway-child`) with one VNC endpoint on
+- **cosession**: the gateway (in its own process: bench/desktop_websocket.py) with one VNC endpoint on
   that Xvnc (its password stored); 1 controller + N viewers, each a websocket to the gateway
   speaking RFB as noVNC does: the gateway decodes once and sends everyone the same bytes.
 
@@ -40,16 +40,12 @@ Figures, per side:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import datetime
 import json
-import logging
-import os
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -60,22 +56,15 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.ssh_websocket import (  # noqa: E402 - the path above first
-    REPLY_PREFIX, GatewayProcess as _SshGatewayProcess, _first_cause, _git_commit, cpu_pressure, cpu_sample,
-    cpu_seconds, machine_info,
+from bench.desktop_websocket import (  # noqa: E402 - the path above first
+    KEY_F, KEY_M, MARK, PASSWORD, BenchError, CosessionSide, GatewayProcess, Side, Viewer, WsBytes, covers, key,
+    markdown as _markdown, parse_options, pct, say, summarise, wait_until, write_docs_section as _write_docs_section,
 )
+from bench.ssh_websocket import _first_cause, _git_commit, cpu_pressure, cpu_sample, cpu_seconds, machine_info  # noqa: E402
 
-MARK = (40, 40, 96, 96)  # bench/vnc_workload.py's marker square
-PASSWORD = "bench-password-1"
 SECTION = "## Joint VNC sessions through real websockets"
 BEGIN = "<!-- bench:vnc_websocket:begin -->"
 END = "<!-- bench:vnc_websocket:end -->"
-KEY_M, KEY_F = 0x6D, 0x66
-NOVNC_ENCODINGS = (7, -260, 16, 1, 0, -32 + 6, -256 + 2, -223, -224, -308, -307, -239)
-
-
-class BenchError(Exception):
-    pass
 
 
 @dataclasses.dataclass
@@ -94,197 +83,9 @@ class Options:
     quiet: bool = False
 
 
-def say(options: Options, text: str) -> None:
-    if not options.quiet:
-        print(text, file=sys.stderr, flush=True)
-
-
 # =================================================================================================
-# The gateway child
+# The direct side (the gateway side and the participants: bench/desktop_websocket.py)
 # =================================================================================================
-
-
-def gateway_child() -> int:
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from config.settings import load
-    from cosession.loadtest_ws import InProcessGateway
-    from engine.messages import EndpointProtocol
-
-    config = json.loads(sys.stdin.readline())
-
-    def reply(message: dict[str, Any]) -> None:
-        sys.stdout.write(REPLY_PREFIX + json.dumps(message) + "\n")
-        sys.stdout.flush()
-
-    with tempfile.TemporaryDirectory(prefix="cosession-vnc-bench-gw-") as tmp:
-        gateway = InProcessGateway(load(env={}), Path(tmp)).start()
-        try:
-            services = gateway.services
-            record = services.endpoints.create("bench-desktop", EndpointProtocol.VNC, config["host"], config["port"],
-                                               password=config["password"], joint_session=True)
-            for name in config["users"]:
-                user = services.users.create(name, PASSWORD)
-                services.grants.grant(record.id, user.id)
-            reply({"base_url": gateway.base_url, "endpoint": record.id, "pid": os.getpid()})
-            for line in sys.stdin:
-                if line.strip() == "stop":
-                    break
-        finally:
-            gateway.stop()
-    reply({"stopped": True})
-    return 0
-
-
-class GatewayProcess(_SshGatewayProcess):
-    """The SSH benchmark's handle on its gateway child, running this file's child instead."""
-
-    def __init__(self, config: dict[str, Any], log_path: Path) -> None:  # noqa: super().__init__ starts the SSH child
-        self._log = open(log_path, "wb")
-        self.log_path = log_path
-        self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--gateway-child"], cwd=str(ROOT),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, start_new_session=True)
-        self._buffer = b""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps(config) + "\n").encode())
-        self.proc.stdin.flush()
-        self.info = self._answer(60)
-        self.pid = self.info["pid"]
-
-
-# =================================================================================================
-# Clients: RFB over a websocket, rectangles' geometry only
-# =================================================================================================
-
-
-class WsBytes:
-    """A trio ReceiveStream of a websocket's binary messages; text messages go to `on_text`."""
-
-    def __init__(self, ws: Any, on_text: Callable[[str], None]) -> None:
-        self.ws = ws
-        self.on_text = on_text
-        self.received = 0
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        from trio_websocket import ConnectionClosed
-
-        while True:
-            try:
-                message = await self.ws.get_message()
-            except ConnectionClosed:
-                return b""
-            if isinstance(message, str):
-                self.on_text(message)
-                continue
-            self.received += len(message)
-            return bytes(message)
-
-
-class Viewer:
-    """One participant: reads updates; records, per update, its time and rectangles."""
-
-    def __init__(self, name: str) -> None:
-        import trio
-
-        self.name = name
-        self._trio = trio
-        self.ws: Any = None
-        self.stream: WsBytes | None = None
-        self.updates = 0
-        self.listeners: list[Callable[[int, list[tuple[int, int, int, int]]], None]] = []
-        self.control: list[dict[str, Any]] = []
-        self.ready = trio.Event()
-        self.closed = False
-
-    def on_text(self, text: str) -> None:
-        self.control.append(json.loads(text))
-
-    async def rfb(self, *, password: str | None, request_updates: bool) -> tuple[Any, Any]:
-        """The client side of the RFB handshake, then noVNC's pixel format and encodings."""
-        from protocols import rfb
-        from protocols.vnc import Framing, RfbReader
-
-        assert self.stream is not None
-        reader = RfbReader(self.stream, self.name)
-        version = await reader.read(12)
-        if not version.startswith(b"RFB 003.008"):
-            raise BenchError(f"{self.name}: {version!r}")
-        await self.ws.send_message(rfb.VERSION_3_8)
-        (count,) = await reader.unpack(struct.Struct(">B"))
-        types = await reader.read(count)
-        if password and 2 in types:
-            await self.ws.send_message(b"\x02")
-            challenge = await reader.read(16)
-            await self.ws.send_message(rfb.vnc_auth_response(password, challenge))
-        else:
-            await self.ws.send_message(b"\x01")
-        (result,) = await reader.unpack(struct.Struct(">I"))
-        if result:
-            raise BenchError(f"{self.name}: security result {result}")
-        await self.ws.send_message(b"\x01")
-        width, height = await reader.unpack(struct.Struct(">HH"))
-        await reader.read(16)
-        (length,) = await reader.unpack(struct.Struct(">I"))
-        await reader.read(length)
-        framing = Framing(width, height)
-        await self.ws.send_message(rfb.pack(rfb.SetPixelFormat(rfb.RGBX)) + rfb.pack(rfb.SetEncodings(NOVNC_ENCODINGS))
-                                   + rfb.pack(rfb.FramebufferUpdateRequest(False, 0, 0, width, height)))
-        return reader, framing
-
-    async def read_updates(self, reader: Any, framing: Any, *, request_updates: bool) -> None:
-        from protocols import rfb
-        from protocols.vnc import read_update
-
-        try:
-            while True:
-                (kind,) = await reader.unpack(struct.Struct(">B"))
-                if kind == 0:
-                    rects = await read_update(reader, framing, tight_png=True)
-                    now = time.perf_counter_ns()
-                    self.updates += 1
-                    if request_updates:  # as noVNC does after each update
-                        await self.ws.send_message(rfb.pack(rfb.FramebufferUpdateRequest(
-                            True, 0, 0, framing.width, framing.height)))
-                    boxes = [(r.x, r.y, r.width, r.height) for r in rects if r.encoding >= -260 and r.encoding not in (
-                        -223, -308, -239, -307)]
-                    for listener in list(self.listeners):
-                        listener(now, boxes)
-                elif kind == 2:
-                    continue
-                elif kind == 3:
-                    (length,) = await reader.unpack(struct.Struct(">3xI"))
-                    await reader.read(length)
-                else:
-                    raise BenchError(f"{self.name}: server message {kind}")
-        except Exception as exc:
-            if not self.closed:
-                raise BenchError(f"{self.name}: {type(exc).__name__}: {exc}") from exc
-
-    async def aclose(self) -> None:
-        self.closed = True
-        if self.ws is not None:
-            with contextlib.suppress(Exception):
-                await self.ws.aclose()
-
-
-def covers(box: tuple[int, int, int, int], target: tuple[int, int, int, int]) -> bool:
-    x, y, w, h = box
-    tx, ty, tw, th = target
-    return x < tx + tw and tx < x + w and y < ty + th and ty < y + h
-
-
-class Side:
-    name = ""
-
-    def __init__(self, options: Options) -> None:
-        self.options = options
-
-    async def connect(self, nursery: Any, name: str, controller: bool) -> Viewer:
-        raise NotImplementedError
-
-    def server_pids(self) -> list[int]:
-        raise NotImplementedError
 
 
 class DirectSide(Side):
@@ -313,71 +114,9 @@ class DirectSide(Side):
         return [self.xvnc.process.pid, self.websockify_pid]
 
 
-class CosessionSide(Side):
-    name = "cosession"
-
-    def __init__(self, options: Options, xvnc: Any, gateway: GatewayProcess, cookies: dict[str, str]) -> None:
-        super().__init__(options)
-        self.xvnc = xvnc
-        self.gateway = gateway
-        self.cookies = cookies
-        self.session_id = ""
-        self.used = 0
-
-    async def connect(self, nursery: Any, name: str, controller: bool) -> Viewer:
-        from cosession.join import connect_socket
-
-        base = self.gateway.info["base_url"]
-        viewer = Viewer(name)
-        path = (f"/ws/endpoints/{self.gateway.info['endpoint']}/start" if controller
-                else f"/ws/sessions/{self.session_id}")
-        socket = await connect_socket(nursery, base, path, self.cookies[name], message_queue_size=64,
-                                      connect_timeout=30)
-        viewer.ws = socket
-        viewer.stream = WsBytes(socket, viewer.on_text)
-        first = {"type": "start", "cols": 80, "rows": 24} if controller else {"type": "join"}
-        await socket.send_message(json.dumps(first))
-        reader, framing = await viewer.rfb(password=None, request_updates=False)
-        joined = next((m for m in viewer.control if m.get("type") == "joined"), None)
-        if joined is None:
-            raise BenchError(f"{name}: no joined before RFB ({viewer.control[-3:]})")
-        if controller:
-            self.session_id = joined["session_id"]
-        nursery.start_soon(lambda: viewer.read_updates(reader, framing, request_updates=True))
-        return viewer
-
-    def server_pids(self) -> list[int]:
-        return [self.xvnc.process.pid, self.gateway.pid]
-
-
 # =================================================================================================
 # Phases
 # =================================================================================================
-
-
-def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
-
-
-async def key(viewer: Viewer, keysym: int) -> int:
-    from protocols import rfb
-
-    sent = time.perf_counter_ns()
-    await viewer.ws.send_message(rfb.pack(rfb.KeyEvent(True, keysym)) + rfb.pack(rfb.KeyEvent(False, keysym)))
-    return sent
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
-    import trio
-
-    with trio.move_on_after(timeout):
-        while not predicate():
-            await trio.sleep(0.002)  # polling the clients' counters; reads run in their own tasks
-        return True
-    return predicate()
 
 
 async def phase_marks(side: Side, controller: Viewer, viewers: list[Viewer]) -> dict[str, Any]:
@@ -575,7 +314,8 @@ def run_benchmark(options: Options) -> dict[str, Any]:
             websockify = subprocess.Popen([sys.executable, "-m", "websockify", f"127.0.0.1:{ws_port}",
                                            f"127.0.0.1:{xvnc.port}"], stdout=log, stderr=log, start_new_session=True)
             processes.append(websockify)
-            gateway = GatewayProcess({"host": xvnc.host, "port": xvnc.port, "password": xvnc.password,
+            gateway = GatewayProcess({"protocol": "vnc", "name": "bench-desktop", "host": xvnc.host, "port": xvnc.port,
+                                      "password": xvnc.password,
                                       "users": [f"u{i}" for i in range(options.viewers + 1 + options.late)]},
                                      work / "gateway.log")
             say(options, f"Xvnc :{xvnc.display} on {xvnc.port}, websockify on {ws_port}, gateway {gateway.info['base_url']}")
@@ -593,85 +333,32 @@ def run_benchmark(options: Options) -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
     return {"command": ".venv/bin/python bench/vnc_websocket.py " + " ".join(sys.argv[1:]),
             "commit": _git_commit(), "date": started.strftime("%Y-%m-%d %H:%M UTC"), "machine": machine,
-            "options": dataclasses.asdict(options), "runs": runs, "summary": summarise(runs)}
-
-
-def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    summary: dict[str, Any] = {}
-    for key, _, _ in FIGURES:
-        entry: dict[str, Any] = {}
-        for kind in ("cosession", "direct"):
-            values = [r[kind][key] for r in runs if r.get(kind, {}).get(key) is not None]
-            if values:
-                entry[kind] = {"median": statistics.median(values), "min": min(values), "max": max(values)}
-        c, d = entry.get("cosession"), entry.get("direct")
-        if c and d and d["median"]:
-            entry["ratio"] = c["median"] / d["median"]
-        summary[key] = entry
-    return summary
-
-
-def _cell(entry: dict[str, Any] | None) -> str:
-    if not entry:
-        return "—"
-    fmt = (lambda x: f"{x:.1f}" if abs(x) < 100 else f"{x:.0f}")
-    if entry["min"] == entry["max"]:
-        return fmt(entry["median"])
-    return f"{fmt(entry['median'])} ({fmt(entry['min'])}–{fmt(entry['max'])})"
+            "options": dataclasses.asdict(options), "runs": runs, "summary": summarise(runs, FIGURES)}
 
 
 def markdown(report: dict[str, Any]) -> str:
-    o, m = report["options"], report["machine"]
-    lines = [BEGIN, f"Command: `{report['command']}` — {report['date']}, commit {report['commit']}; "
-             f"{len(report['runs'])} run(s), medians with the spread (min–max) over the runs.", "",
-             f"Machine: {m['nproc']} cores, {m['memory_gib']} GiB, Python {m['python']}; load average at the "
-             f"start {' / '.join(str(x) for x in m['load_average'])} (a shared machine: other work ran too).", "",
-             f"Workload: Xvnc {o['width']}x{o['height']}x24 `FrameRate=60`; four 320x180 photo-like regions repainted "
-             f"{o['rate']:g}/s; 1 controller + {o['viewers']} viewers asking for Tight, JPEG quality 6; "
-             f"{o['marks']} marker keys, {o['full']} full-screen changes, {o['late']} late joins. Direct: each "
-             f"client through websockify 0.13 to `Xvnc -AlwaysShared`.", "",
-             "| Figure | cosession | direct (websockify) | cosession / direct |", "| --- | --- | --- | --- |"]
-    for key, label, unit in FIGURES:
-        entry = report["summary"].get(key) or {}
-        ratio = f"{entry['ratio']:.2f}" if "ratio" in entry else ""
-        lines.append(f"| {label}{', ' + unit if unit else ''} | {_cell(entry.get('cosession'))} | "
-                     f"{_cell(entry.get('direct'))} | {ratio} |")
-    lines.append(END)
-    return "\n".join(lines)
+    o = report["options"]
+    workload = (f"Workload: Xvnc {o['width']}x{o['height']}x24 `FrameRate=60`; four 320x180 photo-like regions "
+                f"repainted {o['rate']:g}/s; 1 controller + {o['viewers']} viewers asking for Tight, JPEG quality 6; "
+                f"{o['marks']} marker keys, {o['full']} full-screen changes, {o['late']} late joins. Direct: each "
+                f"client through websockify 0.13 to `Xvnc -AlwaysShared`.")
+    return _markdown(report, FIGURES, begin=BEGIN, end=END, workload=workload, direct="direct (websockify)")
+
+
+def write_docs_section(path: Path, block: str) -> None:
+    """Replace this benchmark's generated block in its section of `path` (or add the section)."""
+    _write_docs_section(path, block, section=SECTION, begin=BEGIN, end=END)
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--gateway-child"]:
-        return gateway_child()
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    for field in dataclasses.fields(Options):
-        if field.name == "quiet":
-            continue
-        parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default)
-    parser.add_argument("--json", action="store_true")
-    parser.add_argument("--write-docs", metavar="FILE")
-    args = parser.parse_args(argv)
-    options = Options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Options) if f.name != "quiet"})
+    options, args = parse_options(Options, __doc__, argv)
     report = run_benchmark(options)
     block = markdown(report)
     print(json.dumps(report, indent=2) if args.json else block)
     if args.write_docs:
         write_docs_section(Path(args.write_docs), block)
     return 0
-
-
-def write_docs_section(path: Path, block: str) -> None:
-    """Replace this benchmark's generated block in its section of `path` (or add the section)."""
-    text = path.read_text()
-    if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    elif SECTION in text:
-        at = text.index(SECTION) + len(SECTION)
-        text = text[:at] + f"\n\n{block}\n" + text[at:]
-    else:
-        text = text.rstrip("\n") + f"\n\n{SECTION}\n\n{block}\n"
-    path.write_text(text)
 
 
 if __name__ == "__main__":
