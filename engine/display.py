@@ -9,12 +9,9 @@ decodable alone, so that a late joiner or a resynchronised viewer can start at a
 
 - a solid rectangle is a Tight *fill* (3 bytes);
 - pixels the endpoint sent as JPEG are passed on as the same Tight JPEG bytes (nothing encoded
-  again, no second loss), before they are decoded: the endpoint connection only checks their
-  header, and the model decodes them into its framebuffer in `settle`, which the EndpointActor
-  calls after the fan-out (a 1920x1080 screen of JPEG costs 10-70 ms to decode, none of it
-  between the endpoint and the participants). Until then they are *pending*, in order with the
-  fills among them; whatever reads the framebuffer (a CopyRect, pixels to encode, a keyframe, a
-  snapshot) settles them first, and the pointer's patch composes them into its own small box;
+  again, no second loss) before they are decoded: they stay *pending* (in order with the fills
+  among them) until `settle`, which the EndpointActor calls after the fan-out; whatever reads the
+  framebuffer settles first, and the pointer's patch composes them into its own box;
 - other pixels become TightPNG's PNG (lossless: text stays sharp), or JPEG when PNG compresses
   them badly (a photograph from a server without Tight);
 - CopyRect stays CopyRect (it reads the participant's own framebuffer, which the keyframe and
@@ -163,20 +160,14 @@ class _Pending:
 
     def pixels(self) -> np.ndarray | None:
         """The JPEG's RGBX pixels (decoded once); None for a fill, or a JPEG that does not decode."""
-        if self.jpeg is None:
-            return None
-        if self.rgbx is None:
+        if self.jpeg is not None and self.rgbx is None:
             x, y, w, h = self.box
             try:
                 rgbx = simplejpeg.decode_jpeg(self.jpeg, colorspace="RGBX")
-            except ValueError as exc:
+                if rgbx.shape[:2] != (h, w):
+                    raise ValueError(f"it holds a {rgbx.shape[1]}x{rgbx.shape[0]} image")
+            except ValueError as exc:  # the participants got no picture either: keep what was there
                 log.warning("display model: the endpoint's %dx%d JPEG at (%d,%d) did not decode (%s)", w, h, x, y, exc)
-                rgbx = None
-            if rgbx is not None and rgbx.shape[:2] != (h, w):
-                log.warning("display model: the endpoint's %dx%d JPEG at (%d,%d) held a %dx%d image",
-                            w, h, x, y, rgbx.shape[1], rgbx.shape[0])
-                rgbx = None
-            if rgbx is None:  # what the participants got is no picture either: keep what was there
                 self.jpeg = None
                 return None
             rgbx[:, :, 3] = 0
