@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import struct
 
+import numpy as np
 import pytest
 import trio
 
@@ -162,6 +163,24 @@ async def test_a_server_that_breaks_the_protocol_ends_the_connection(vnc_bridge,
     events = await scripted(vnc_bridge, script)
     kind, reported, was_retryable = events.ended
     assert kind == "failed" and detail in reported and was_retryable is retryable, events.ended
+
+
+async def test_a_large_update_goes_on_in_parts_as_it_is_read(vnc_bridge):
+    """Four 128x128 Raw rectangles of one update (64 KiB each) reach the display model as four
+    reports, one a tile and in order; the picture is the server's."""
+    tiles = [np.full((128, 128, 4), (40 * i, 255 - 40 * i, 7, 0), np.uint8) for i in range(4)]
+    corners = [(0, 0), (128, 0), (0, 128), (128, 128)]
+    script = (HELLO + fbu(rect(0, 0, 256, 256, Encoding.DESKTOP_SIZE))
+              + fbu(*(rect(x, y, 128, 128, Encoding.RAW, t.tobytes()) for (x, y), t in zip(corners, tiles))))
+    events = await scripted(vnc_bridge, script)  # then the server hangs up: what it sent is applied first
+    assert events.ended[0] == "failed" and "closed the connection" in events.ended[1]
+    assert len(events.frames) >= 4 and events.updates >= 4 + 1  # the size, then a part per tile
+    parts = events.frames[-4:]
+    for part, (x, y) in zip(parts, corners):
+        assert struct.unpack_from(">HHHH", part, 4)[:2] == (x, y)  # one tile a part, in order
+    picture = events.model.snapshot()
+    for (x, y), tile in zip(corners, tiles):
+        assert (picture[y:y + 128, x:x + 128] == tile[:, :, :3]).all()
 
 
 def test_a_python_browser_and_the_browser_leg_shake_hands():
