@@ -79,6 +79,7 @@ MAX_SIDE = 16384
 # Pending JPEG (sent on, not yet decoded) waits for a moment when no message waits for the
 # actor's thread, unless there is more than this of it: memory stays bounded on a busy gateway.
 PENDING_MAX_BYTES = 8 << 20
+FLUSH_BYTES = 16 * 1024  # a frame this large goes out at once, not at the end of a coalescing window
 
 _RECT = struct.Struct(">HHHHi")
 Box = tuple[int, int, int, int]  # x, y, width, height
@@ -243,7 +244,8 @@ class DisplayModel:
             if not rects:
                 return None
             self._version += 1
-            return Frame(_update_message(rects), update.emitted_ns)
+            data = _update_message(rects)
+            return Frame(data, update.emitted_ns, flush=len(data) >= FLUSH_BYTES)
 
     def keyframe(self) -> Keyframe:
         with self._lock:

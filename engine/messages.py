@@ -144,6 +144,9 @@ class Frame:
 
     data: bytes
     emitted_ns: int = 0
+    # send at once rather than at the end of the participant's coalescing window: set on a large
+    # desktop frame (a part of a full-screen change), beside which a message's cost is nothing
+    flush: bool = False
 
 
 @dataclass(frozen=True, slots=True)

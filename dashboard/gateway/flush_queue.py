@@ -10,8 +10,9 @@ from engine.messages import Frame, Keyframe
 
 
 class FlushQueue(OutboundQueue):
-    """An OutboundQueue that also says when `flush_bytes` are pending, so that the sender
-    does not wait for the end of its window with a full batch in hand, and counts its overflows
+    """An OutboundQueue that also says when `flush_bytes` are pending, or a frame that asks
+    for it (`Frame.flush`) came, so that the sender does not wait for the end of its window
+    with a full batch in hand, and counts its overflows
     (the first refused frame since the last resync) and resyncs for /metrics. Frames and
     keyframes come from the session's one EndpointActor, so the flag needs no lock."""
 
@@ -26,7 +27,7 @@ class FlushQueue(OutboundQueue):
 
     def offer(self, frame: Frame) -> bool:
         accepted = super().offer(frame)
-        if accepted and not self._full_signalled and self.pending_bytes >= self._flush_bytes:
+        if accepted and not self._full_signalled and (frame.flush or self.pending_bytes >= self._flush_bytes):
             self._full_signalled = True
             self._on_full()
         elif not accepted and not self._overflowed:

@@ -357,3 +357,11 @@ def test_pending_jpeg_is_bounded_while_messages_wait(jpeg_decodes, monkeypatch):
     model.update(update(jpeg_of(0, 64, noise(64, 64))[0]))  # past the bound
     model.settle(idle=False)
     assert len(jpeg_decodes) == 2
+
+
+def test_a_large_frame_asks_to_go_out_at_once_a_small_one_is_coalesced():
+    model = DisplayModel()
+    model.update(update(DisplaySize(1024, 768)))
+    assert not model.update(update(DisplayFill(0, 0, 8, 8, (1, 2, 3)))).flush  # a key's echo
+    big, _ = jpeg_of(0, 0, noise(256, 256))
+    assert model.update(update(big)).flush  # a part of a full-screen change
