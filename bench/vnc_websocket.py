@@ -17,7 +17,8 @@ What runs (one Xvnc, 1920x1080x24, `FrameRate=60`, the same for both sides):
   what noVNC asks (Tight, JPEG quality 6, ...): the server encodes for each client;
 - **cosession**: the gateway (in its own process: bench/desktop_websocket.py) with one VNC endpoint on
   that Xvnc (its password stored); 1 controller + N viewers, each a websocket to the gateway
-  speaking RFB as noVNC does: the gateway decodes once and sends everyone the same bytes.
+  speaking RFB as noVNC does: the gateway passes the server's JPEG on as it reads it (and
+  decodes it for its own framebuffer afterwards) and sends everyone the same bytes.
 
 Clients read rectangles' positions and sizes only (protocols.vnc.read_update frames them; no
 pixel is decoded), so the clients' CPU stays small beside what is measured. Each side runs
