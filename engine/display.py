@@ -8,10 +8,8 @@ the frame every participant receives: an RFB FramebufferUpdate message whose rec
 decodable alone, so that a late joiner or a resynchronised viewer can start at any keyframe:
 
 - a solid rectangle is a Tight *fill* (3 bytes);
-- pixels the endpoint sent as JPEG are passed on as the same Tight JPEG bytes (nothing encoded
-  again, no second loss) before they are decoded: they stay *pending* (in order with the fills
-  among them) until `settle`, which the EndpointActor calls after the fan-out; whatever reads the
-  framebuffer settles first, and the pointer's patch composes them into its own box;
+- pixels the endpoint sent as JPEG go on as the same Tight JPEG bytes (never encoded again)
+  before they are decoded: *pending* (with what follows them) until `settle`, after the fan-out;
 - other pixels become TightPNG's PNG (lossless: text stays sharp), or JPEG when PNG compresses
   them badly (a photograph from a server without Tight);
 - CopyRect stays CopyRect (it reads the participant's own framebuffer, which the keyframe and
@@ -32,13 +30,12 @@ these rectangles; docs/vnc.md has the rest.
 
 `keyframe()` writes the whole desktop (size, 256-pixel tiles, solid ones as fills, the pointer)
 and keeps it until the next update, so any number of joiners and resyncs at one moment cost one
-render; and each tile's bytes are kept until something paints over it, so a render re-encodes
-only the tiles that changed since the last one. A 1920x1080 keyframe costs tens of milliseconds: the model is used from the session's
-EndpointActor thread (and any thread under its lock), never from the network loop.
+render; each tile's bytes are kept until something paints over it. A 1920x1080 keyframe costs
+tens of milliseconds: the model is used from the EndpointActor's thread, never from the loop.
 
-The framebuffer is RGBX, 4 bytes a pixel (X = 0), so that comparing pixels is one uint32 compare
-(solid tiles are found ~15x faster than on 3-byte pixels); the frames use the browsers' pixel
-format, 32-bit RGBX (protocols.rfb.RGBX), the only one the gateway accepts from a browser.
+The framebuffer is RGBX, 4 bytes a pixel (X = 0): comparing pixels is one uint32 compare (solid
+tiles are found ~15x faster); the frames use the one pixel format the gateway accepts from a
+browser, 32-bit RGBX (protocols.rfb.RGBX).
 """
 
 from __future__ import annotations
@@ -76,9 +73,7 @@ PNG_TRY_JPEG_AREA = 64 * 64  # below this, PNG whatever its size
 FEW_COLOURS = 24  # of ~1024 pixels looked at: text and widgets, PNG
 MANY_COLOURS = 320  # ... a photograph, JPEG
 MAX_SIDE = 16384
-# Pending JPEG (sent on, not yet decoded) waits for a moment when no message waits for the
-# actor's thread, unless there is more than this of it: memory stays bounded on a busy gateway.
-PENDING_MAX_BYTES = 8 << 20
+PENDING_MAX_BYTES = 8 << 20  # pending past this is settled even while messages wait: bounded memory
 FLUSH_BYTES = 16 * 1024  # a frame this large goes out at once, not at the end of a coalescing window
 
 _RECT = struct.Struct(">HHHHi")
@@ -152,12 +147,12 @@ def _fill(x: int, y: int, w: int, h: int, colour: Any) -> bytes:
 
 @dataclass(slots=True)
 class _Pending:
-    """A JPEG or a fill already sent to the participants and not yet in the framebuffer."""
+    """A JPEG, a fill or pixels already sent to the participants, not yet in the framebuffer."""
 
     box: Box
     jpeg: bytes | None = None
     colour: tuple[int, int, int] | None = None
-    rgbx: np.ndarray | None = None  # the JPEG decoded, once something needed it
+    rgbx: np.ndarray | None = None  # the pixels: decoded pixels, or the JPEG once something needed it
 
     def pixels(self) -> np.ndarray | None:
         """The JPEG's RGBX pixels (decoded once); None for a fill, or a JPEG that does not decode."""
@@ -299,15 +294,21 @@ class DisplayModel:
             case DisplayPixels(x=x, y=y, width=w, height=h, rgbx=rgbx, jpeg=jpeg):
                 if not self._inside(x, y, w, h) or rgbx.shape != (h, w, 4):
                     return []
+                self._painted.append((x, y, w, h))
+                large = w * h > 4 * KEYFRAME_TILE * KEYFRAME_TILE  # tiles encode faster and smaller
+                if self._pending and jpeg is None and not large:
+                    # among pending JPEG (a server's mixed update): in order with it, not decoding it
+                    self._pending.append(_Pending((x, y, w, h), rgbx=rgbx))
+                    self._pending_bytes += rgbx.nbytes
+                    return [self._encode(x, y, w, h, rgbx)]
                 self._settle()
                 self.framebuffer[y:y + h, x:x + w] = rgbx
-                self._painted.append((x, y, w, h))
                 if jpeg is not None:
                     self.rects_passed += 1
                     return [_tight(x, y, w, h, 0x90, jpeg)]
-                if w * h > 4 * KEYFRAME_TILE * KEYFRAME_TILE:  # a large one: tiles encode faster and smaller
+                if large:
                     return self._tiles(x, y, w, h)
-                return [self._encode(x, y, w, h, self.framebuffer[y:y + h, x:x + w])]
+                return [self._encode(x, y, w, h, rgbx)]
             case DisplayFill(x=x, y=y, width=w, height=h, colour=colour):
                 if not self._inside(x, y, w, h):
                     return []

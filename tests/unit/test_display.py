@@ -365,3 +365,21 @@ def test_a_large_frame_asks_to_go_out_at_once_a_small_one_is_coalesced():
     assert not model.update(update(DisplayFill(0, 0, 8, 8, (1, 2, 3)))).flush  # a key's echo
     big, _ = jpeg_of(0, 0, noise(256, 256))
     assert model.update(update(big)).flush  # a part of a full-screen change
+
+
+def test_a_mixed_update_decodes_none_of_its_jpeg_before_the_fan_out(jpeg_decodes):
+    """A server's update of JPEG and zlib rectangles (text beside a photograph): the pixels that
+    came decoded go on in order with the pending JPEG, on top of it where they overlap."""
+    model = DisplayModel()
+    viewer = FrameDecoder()
+    viewer.feed(model.update(update(DisplaySize(256, 128))).data)
+    photo, photo_pixels = jpeg_of(0, 0, gradient(128, 128))
+    text = text_like(32, 48)
+    frame = model.update(update(photo, pixels(100, 90, text), DisplayFill(0, 0, 8, 8, (1, 2, 3))))
+    assert jpeg_decodes == []
+    viewer.feed(frame.data)
+    truth = np.zeros((128, 256, 3), np.uint8)
+    truth[:128, :128] = photo_pixels
+    truth[90:122, 100:148] = text
+    truth[:8, :8] = (1, 2, 3)
+    assert (model.snapshot() == truth).all() and (viewer.framebuffer == truth).all()
