@@ -105,6 +105,19 @@ class OutboundQueue:
             self._ready()
         return accepted
 
+    def missed(self, frames: int) -> None:
+        """`frames` meant for this participant were lost before they reached its queue (a gap
+        in what the bus delivered): what is pending no longer continues the screen, so it is
+        dropped and a keyframe is owed, as on an overflow."""
+        with self._lock:
+            if self.closed or frames <= 0:
+                return
+            self._drop_pending_data()
+            self.dropped_frames += frames
+            self._dropped_since_keyframe += frames
+            self._owed = True
+        self._ready()
+
     def keyframe(self, keyframe: Keyframe, resync: bool = False) -> None:
         with self._lock:
             if self.closed:

@@ -19,7 +19,9 @@ one subscription keeps the frames and the participant's keyframes in the order t
 node published them (NATS keeps one publisher's order on one subscription), so a keyframe
 covers exactly the frames before it.
 
-The payloads: a frame is ``emitted_ns`` (8 bytes, big-endian) followed by its bytes; anything
+The payloads: a frame is ``emitted_ns`` and its number in the session's publication (8 bytes
+each, big-endian; the number lets a node see frames the bus lost: a gap resynchronises its
+viewers), its ``flush`` flag (1 byte), then its bytes; anything
 else is `encode`d: the engine's messages (frozen dataclasses of engine.messages, their enums,
 users and members) as JSON, with their bytes appended raw. `decode` builds only classes of
 engine.messages named in `_MESSAGES`: a payload cannot make a node build anything else.
@@ -52,7 +54,7 @@ _ENUMS: dict[str, type[enum.Enum]] = {cls.__name__: cls for cls in (
     m.Role, m.SessionState, m.EndReason, m.Reason, m.EndpointProtocol,
 )}
 
-_NS = struct.Struct(">q")
+_FRAME_HEADER = struct.Struct(">qQ?")  # emitted_ns, sequence number, flush
 
 
 class WireError(ValueError):
@@ -102,14 +104,16 @@ def token_of(subject: str) -> str | None:
 # --- frames -----------------------------------------------------------------------------------
 
 
-def encode_frame(frame: m.Frame) -> bytes:
-    return _NS.pack(frame.emitted_ns) + frame.data
+def encode_frame(frame: m.Frame, seq: int) -> bytes:
+    return _FRAME_HEADER.pack(frame.emitted_ns, seq, frame.flush) + frame.data
 
 
-def decode_frame(payload: bytes) -> m.Frame:
-    if len(payload) < _NS.size:
+def decode_frame(payload: bytes) -> tuple[m.Frame, int]:
+    """The frame and its sequence number."""
+    if len(payload) < _FRAME_HEADER.size:
         raise WireError("a frame shorter than its header")
-    return m.Frame(payload[_NS.size:], _NS.unpack_from(payload)[0])
+    emitted_ns, seq, flush = _FRAME_HEADER.unpack_from(payload)
+    return m.Frame(payload[_FRAME_HEADER.size:], emitted_ns, flush), seq
 
 
 # --- everything else ----------------------------------------------------------------------------

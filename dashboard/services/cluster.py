@@ -63,6 +63,7 @@ class SessionRelay:
         self._subject = sb.frame_subject(session_id)
         self._lock = threading.Lock()
         self._last: Frame | None = None
+        self._seq = 0  # frames published: a gap in the numbers tells a viewer's node it lost some
         self.participants: dict[str, "RemoteParticipant"] = {}  # token → sink
 
     def frame(self, frame: Frame) -> None:
@@ -70,7 +71,11 @@ class SessionRelay:
             if frame is self._last:
                 return
             self._last = frame
-        if not self._link.publisher.put(self._subject, sb.encode_frame(frame), droppable=True):
+            payload = sb.encode_frame(frame, self._seq + 1)
+            published = self._link.publisher.put(self._subject, payload, droppable=True)
+            if published:
+                self._seq += 1
+        if not published:
             for participant in list(self.participants.values()):  # they missed it: a keyframe for each
                 participant.resync()
 
@@ -156,6 +161,23 @@ class _Mirror:
         self.session_id = session_id
         self.viewers: dict[str, _Viewer] = {}
         self.subscription: Any = None
+        self.last_seq: int | None = None  # of the last frame that arrived
+        self.frames_lost = 0
+
+    def frame(self, frame: Frame, seq: int) -> None:
+        """A frame to every viewer here that has its keyframe. Frames the bus lost on the way
+        (an outage, this subscription too slow) would leave the viewers' screens wrong until
+        the next keyframe: each of them owes a resync instead, asked of the owning node."""
+        lost = seq - self.last_seq - 1 if self.last_seq is not None else 0
+        self.last_seq = seq
+        if lost > 0:
+            self.frames_lost += lost
+            log.warning("session %s: %d frames lost on the bus; its viewers here resync", self.session_id, lost)
+        for viewer in list(self.viewers.values()):
+            if viewer.keyed:
+                if lost > 0:
+                    viewer.queue.missed(lost)
+                viewer.queue.offer(frame)
 
 
 class ClusterLink:
@@ -441,10 +463,7 @@ class ClusterLink:
             token = sb.token_of(message.subject)
             try:
                 if token is None:
-                    frame = sb.decode_frame(message.payload)
-                    for viewer in list(mirror.viewers.values()):
-                        if viewer.keyed:
-                            viewer.queue.offer(frame)
+                    mirror.frame(*sb.decode_frame(message.payload))
                     continue
                 viewer = mirror.viewers.get(token)
                 if viewer is None:

@@ -25,9 +25,9 @@ def test_messages_cross_and_come_back_equal():
     assert back["refused"].reason is Reason.VIEWER_CAP
 
 
-def test_a_frame_is_its_time_and_its_bytes():
-    frame = Frame(b"\x1b[2Jhello", 123456789)
-    assert sb.decode_frame(sb.encode_frame(frame)) == frame
+def test_a_frame_is_its_time_its_number_its_flag_and_its_bytes():
+    frame = Frame(b"\x1b[2Jhello", 123456789, flush=True)
+    assert sb.decode_frame(sb.encode_frame(frame, 42)) == (frame, 42)
     with pytest.raises(sb.WireError):
         sb.decode_frame(b"\x00")
 
