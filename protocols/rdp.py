@@ -50,6 +50,7 @@ from protocols.xvnc import Child, WindowWatch, XvncDisplay, XvncUnavailable, rem
 
 log = logging.getLogger(__name__)
 
+DISPLAY_ENDED = "the session's private display ended unexpectedly"
 INPUT_QUEUE_CHUNKS = 512  # controller input waiting for the display; more is dropped, never waited for
 # xfreerdp takes a key's release followed at once by its press with the same X timestamp for
 # autorepeat and drops the release (xf_event_KeyReleaseOrIgnore peeks at the very next event), so
@@ -340,6 +341,8 @@ class RdpConnection(AttemptConnection):
                 nursery.start_soon(self._read_display, attempt, display, detail)
             await finished.wait()  # not freerdp.wait(): what it said and its status make the reason
             self._certificate_changed(attempt, run)
+            if xvnc.popen.poll() is not None:  # xfreerdp ended because its display died: say that
+                raise AttemptFailed(DISPLAY_ENDED, True)
             raise describe_exit(run, self.where, self._credentials.username, active.is_set())
 
     async def _read_display(self, attempt: _Attempt, display: XvncDisplay, detail: str) -> None:
@@ -365,7 +368,7 @@ class RdpConnection(AttemptConnection):
     async def _watch_display(self, attempt: _Attempt, xvnc: Child) -> None:
         status = await xvnc.wait()
         log.error("rdp %s: the private display (Xvnc) exited with status %s", self.where, status)
-        raise AttemptFailed("the session's private display ended unexpectedly", True)
+        raise AttemptFailed(DISPLAY_ENDED, True)
 
     async def _watch_freerdp(self, child: Child, output_fd: int, run: FreeRdpRun,
                              active: trio.Event, settled: trio.Event, finished: trio.Event) -> None:

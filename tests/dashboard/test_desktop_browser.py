@@ -254,6 +254,7 @@ def test_the_desktops_clipboard_both_ways_from_the_toolbar(desk, live_gateway, x
     while xvnc.clipboard() != "to the desktop":
         assert time.monotonic() < deadline, xvnc.clipboard()
         time.sleep(0.05)  # polling the X server's selection
+    services.engine.flush_audit()  # the row is told before the page hears; committed by now
     assert len(services.audit_reader.events(kind="clipboard_upload")[0]) == 1
 
     # download: what the desktop's clipboard holds, on the controller's page and clipboard
@@ -264,6 +265,7 @@ def test_the_desktops_clipboard_both_ways_from_the_toolbar(desk, live_gateway, x
     expect(status).to_have_text(f"Copied {len('from the desktop')} characters from the remote clipboard.")
     expect(controller.get_by_test_id("toolbar-remote-text")).to_have_value("from the desktop")
     assert controller.evaluate("() => navigator.clipboard.readText()") == "from the desktop"
+    services.engine.flush_audit()
     assert [r["detail"]["size"] for r in services.audit_reader.events(kind="clipboard_download")[0]] == [16]
 
     # the profile taken away: refused with the reason, audited
@@ -272,6 +274,7 @@ def test_the_desktops_clipboard_both_ways_from_the_toolbar(desk, live_gateway, x
     expect(copy).to_have_text("Copy remote clipboard (6)")
     copy.click()
     expect(status).to_have_text("Not copied: Your access profile does not allow clipboard download.")
+    services.engine.flush_audit()
     refused = [r["detail"]["reason"] for r in services.audit_reader.events(kind="message_refused")[0]
                if r["detail"]["message"] == "copy_clipboard"]
     assert refused == ["clipboard_download_not_allowed"]
