@@ -14,6 +14,7 @@ from dashboard.repositories.endpoints import ADMIN_PROTOCOLS, EndpointError, End
 from dashboard.repositories.grants import RoleEntry
 from dashboard.security.auth import require_admin, require_user
 from dashboard.services import Services, services_of
+from dashboard.services.live_sessions import all_live_sessions
 from dashboard.web.params import iso_utc
 
 
@@ -51,7 +52,7 @@ def endpoint_json(endpoint: Endpoint, *, admin: bool, live: int = 0,
 
 def _live_counts(services: Services) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for summary in services.engine.live_sessions():
+    for summary in all_live_sessions(services):
         counts[summary.endpoint.id] = counts.get(summary.endpoint.id, 0) + 1
     return counts
 

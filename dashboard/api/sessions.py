@@ -32,7 +32,7 @@ def _in_live(summary: SessionSummary, user: User) -> bool:
     return summary.controller.id == user.id or any(m.user.id == user.id for m in summary.members)
 
 
-def _live_json(summary: SessionSummary, max_viewers: int) -> dict[str, Any]:
+def _live_json(summary: SessionSummary, max_viewers: int, node: str | None = None) -> dict[str, Any]:
     viewers = summary.viewers
     return {
         "id": summary.session_id, "live": True, "state": summary.state.value,
@@ -44,6 +44,7 @@ def _live_json(summary: SessionSummary, max_viewers: int) -> dict[str, Any]:
         "started_at": summary.started_at, "started": iso_utc(summary.started_at),
         "deadline": summary.deadline, "grace_until": summary.grace_until, "record": summary.record,
         "url": f"/sessions/{summary.session_id}",
+        "node": node,  # the node that runs it, when another one than this does (docs/cluster.md)
     }
 
 
@@ -80,12 +81,13 @@ async def list_sessions(request: Request) -> Response:
     user = await require_user(request)
     query(request, ())
     services = services_of(request)
-    live = sorted(services.engine.live_sessions(), key=lambda s: s.started_at, reverse=True)
+    live = sorted(live_sessions.all_live_sessions(services), key=lambda s: s.started_at, reverse=True)
     if not user.is_admin:
         mine = await _accessible_ids(services, user)
         live = [s for s in live if s.endpoint.id in mine or _in_live(s, user)]
     cap = _max_viewers(services)
-    return JSONResponse({"sessions": [_live_json(s, cap) for s in live], "total": len(live)})
+    return JSONResponse({"sessions": [_live_json(s, cap, live_sessions.node_of(services, s.session_id))
+                                      for s in live], "total": len(live)})
 
 
 async def _may_see(services: Services, user: User, endpoint_id: str, session: Mapping[str, Any] | None,
@@ -107,7 +109,7 @@ async def session_detail(request: Request) -> Response:
     query(request, ())
     services = services_of(request)
     session_id = session_id_of(request)
-    summary = services.engine.session(session_id)
+    summary = live_sessions.live_summary(services, session_id)
     stored = await trio.to_thread.run_sync(services.audit_reader.session, session_id)
     if stored is None and summary is None:
         raise ApiError(404, "not_found", "no such session")
@@ -214,5 +216,6 @@ async def list_connections(request: Request) -> Response:
 
     rows, total = await trio.to_thread.run_sync(load)
     cap = _max_viewers(services)
-    items = [_stored_json(row, services.engine.session(row["id"]) if row["live"] else None, cap) for row in rows]
+    items = [_stored_json(row, live_sessions.live_summary(services, row["id"]) if row["live"] else None, cap)
+             for row in rows]
     return JSONResponse({"connections": items, "total": total, "limit": limit, "offset": offset})

@@ -100,8 +100,9 @@ def _history_rows(services: Services, audience: live.Audience, rows: list[dict[s
     cap = _cap(services)
     out = []
     for r in rows:
-        summary = services.engine.session(r["id"]) if r["live"] else None
-        model = live.row_model(summary, audience, cap) if summary is not None else None
+        summary = live_sessions.live_summary(services, r["id"]) if r["live"] else None
+        model = live.row_model(summary, audience, cap, live_sessions.node_of(services, r["id"])) \
+            if summary is not None else None
         out.append({
             "id": r["id"],
             "endpoint": {"id": r["endpoint_id"], "name": r["endpoint_name"], "protocol": r["protocol"]},
@@ -296,7 +297,7 @@ async def terminate(request: Request) -> Response:
     back = safe_path(form.get("next"))
     json_answer = wants_json(request)
     live_sessions.check_terminate(services, user, session_id, via="dashboard")
-    summary = services.engine.session(session_id)
+    summary = live_sessions.live_summary(services, session_id)
     what = f"{summary.controller.name}'s session on {summary.endpoint.name}" if summary else "the session"
     if form.get("confirmed") != "yes" and not json_answer:
         return await render(request, "dashboard_terminate.html", {

@@ -17,6 +17,7 @@ from dashboard.pages.access import endpoint_access
 from dashboard.pages.admin import admin_services, endpoint_or_404
 from dashboard.repositories.endpoints import ADMIN_PROTOCOLS, EndpointError, Endpoint
 from dashboard.services import Services
+from dashboard.services.live_sessions import all_live_sessions
 from dashboard.web.http import flash, take_flash
 from dashboard.web.templating import render
 
@@ -44,7 +45,7 @@ async def list_page(request: Request) -> Response:
 
     rows = await trio.to_thread.run_sync(load)
     live: dict[str, int] = {}
-    for summary in services.engine.live_sessions():
+    for summary in all_live_sessions(services):
         live[summary.endpoint.id] = live.get(summary.endpoint.id, 0) + 1
     return await render(request, "endpoints.html",
                         {"rows": rows, "live": live, "flash": take_flash(request)})
@@ -126,7 +127,7 @@ async def update(request: Request) -> Response:
 async def delete_page(request: Request) -> Response:
     services, _ = await admin_services(request)
     endpoint = await endpoint_or_404(services, request.path_params["endpoint_id"])
-    live = sum(1 for s in services.engine.live_sessions() if s.endpoint.id == endpoint.id)
+    live = sum(1 for s in all_live_sessions(services) if s.endpoint.id == endpoint.id)
     return await render(request, "endpoints_delete.html", {"endpoint": endpoint, "live": live})
 
 

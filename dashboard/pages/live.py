@@ -44,6 +44,7 @@ from starlette.routing import Route
 from dashboard.security.auth import current_user
 from dashboard.security.csrf import FIELD, csrf_token
 from dashboard.services import Services, services_of
+from dashboard.services.live_sessions import all_live_sessions, node_of
 from dashboard.web.http import safe_path
 from dashboard.web.templating import templates
 from engine import EngineNotRunning, LoopClosed, policy
@@ -137,18 +138,6 @@ def row_model(summary: SessionSummary, audience: Audience, cap: int, node: str |
         "replay": audience.may_replay(summary.record),
         "node": node,
     }
-
-
-def node_of(services: Services, session_id: str) -> str | None:
-    """The node that runs a live session, when this one is a node of several (None otherwise)."""
-    cluster = getattr(services, "cluster", None)
-    return cluster.sessions.node_of(session_id) if cluster is not None else None
-
-
-def all_live_sessions(services: Services) -> list[SessionSummary]:
-    """This node's live sessions and, with a bus, every other node's."""
-    local, cluster = services.engine.live_sessions(), getattr(services, "cluster", None)
-    return local + cluster.sessions.remote_sessions() if cluster is not None else local
 
 
 _ID = "__ID__"

@@ -23,10 +23,33 @@ from dashboard.services.password_offer import password_offer
 from engine import EndpointConnection
 from engine import policy
 from engine.messages import (
-    Accepted, EndpointSpec, Extend, Flush, Reason, Refused, Role, SessionFinished, Terminate, User,
+    Accepted, EndpointSpec, Extend, Flush, Reason, Refused, Role, SessionFinished, SessionSummary, Terminate, User,
 )
 
 log = logging.getLogger(__name__)
+
+
+# --- every node's live sessions, wherever a page or the API lists them ---------------------------
+
+
+def all_live_sessions(services: Services) -> list[SessionSummary]:
+    """This node's live sessions and, with a bus, every other node's as they announced them
+    (docs/cluster.md): what the dashboard, the JSON API and the endpoint pages list."""
+    local, cluster = services.engine.live_sessions(), services.cluster
+    return local + cluster.sessions.remote_sessions() if cluster is not None else local
+
+
+def live_summary(services: Services, session_id: str) -> SessionSummary | None:
+    """A live session's summary, whichever node runs it; None if no node does."""
+    summary = services.engine.session(session_id)
+    if summary is None and services.cluster is not None:
+        summary = services.cluster.sessions.remote_session(session_id)
+    return summary
+
+
+def node_of(services: Services, session_id: str) -> str | None:
+    """The node that runs a live session, when this one is a node of several (None otherwise)."""
+    return services.cluster.sessions.node_of(session_id) if services.cluster is not None else None
 
 REPLY_SECONDS = 15.0  # the engine answers in milliseconds; this is a bound
 TERMINATE_REPLY_SECONDS = 10.0
@@ -105,9 +128,7 @@ class LiveSessions:
         live = self.sessions.get(session_id)
         if live is not None:
             return live.endpoint, live.controller
-        summary = self.services.engine.session(session_id)
-        if summary is None and self.services.cluster is not None:  # another node's, as it announced it
-            summary = self.services.cluster.sessions.remote_session(session_id)
+        summary = live_summary(self.services, session_id)  # the engine's, or another node's as it announced it
         if summary is not None:
             return summary.endpoint, summary.controller
         return None, None

@@ -100,6 +100,13 @@ def _live_row(base_url: str, session_id: str) -> str:
     return page[start:page.find("</tr>", start)] if start >= 0 else ""
 
 
+def _api_sessions(base_url: str) -> list[dict[str, Any]]:
+    with httpx.Client(base_url=base_url, headers={"Cookie": COOKIES["root-admin"]}) as client:
+        answer = client.get("/api/sessions")
+    assert answer.status_code == 200, answer.text
+    return answer.json()["sessions"]
+
+
 async def _open(nursery: trio.Nursery, node: Served, name: str, path: str) -> Client:
     return Client(await connect_socket(nursery, node.url, path, COOKIES[name]))
 
@@ -149,6 +156,10 @@ async def test_a_joint_session_across_three_nodes(tmp_path, postgres_url, nats_s
                 while 'data-count="10"' not in (row := await trio.to_thread.run_sync(_live_row, c.url, sid)):
                     await trio.sleep(0.1)  # a bound on the announcement's arrival, not a wait for time
             assert "on a</span>" in row and "alice" in row
+            # ... and so does its JSON API, with the node
+            listed = await trio.to_thread.run_sync(_api_sessions, c.url)
+            assert [(x["id"], x["node"], x["viewer_count"]) for x in listed] == [(sid, "a", 10)]
+            assert (await trio.to_thread.run_sync(_api_sessions, a.url))[0]["node"] is None  # its own
 
             # the 11th viewer, on C: refused by the cap, which A enforces
             extra, refused = await _join(nursery, c, VIEWERS[10], sid)
