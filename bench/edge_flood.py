@@ -2,7 +2,7 @@
 keystroke latency meanwhile.
 
     .venv/bin/python bench/edge_flood.py [--runs 3] [--seconds 10] [--clients 8] [--json]
-        [--config FILE] [--write-docs docs/benchmarks.md]
+        [--config FILE] [--decoy] [--write-docs docs/benchmarks.md]
 
 Each run starts `cosession serve` as its own process (a fresh data directory, the embedded
 defaults, the demo SSH endpoint), signs in as `demo` and starts a session on the demo endpoint
@@ -24,6 +24,12 @@ The gateway's memory is read from /proc: its resident size before the flood, its
 (VmHWM, reset with `clear_refs` before the flood) and its resident size after. Sign-in attempts
 are not part of the flood: each one is an argon2 check of 64 MiB by design (docs/security.md),
 bounded to two at once and throttled per address.
+
+`--decoy` is the control experiment: a second `cosession serve` (the decoy) takes the same
+flood while the controller is measured on the first, which no attacker touches. The machine
+is as busy as in a real run (the attackers, a gateway answering them), so what the controller's
+p99 gains here is the shared machine's doing (two cores, the attackers' process and the
+gateway's competing for them), not the gateway's: read a real run's ratio against it.
 
 Figures: the controller's latency p50/p99 quiet and during the flood and their ratio; the
 memory increase at the peak and after; how many attacks ran, and that the session still worked
@@ -297,10 +303,17 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q / 100 * len(ordered)) - 1))]
 
 
-async def _run_async(served: Served, seconds: float, clients: int) -> dict[str, Any]:
+async def _demo_endpoint(served: Served) -> tuple[str, str]:
+    """The demo user's cookie and the demo endpoint's id on `served`."""
     cookie = await trio.to_thread.run_sync(login, served.url, "demo", served.passwords["demo"])
     endpoints = await trio.to_thread.run_sync(_get_json, served.url, "/api/endpoints", cookie)
-    endpoint_id = next(e["id"] for e in endpoints["endpoints"] if e["name"] == "demo")
+    return cookie, next(e["id"] for e in endpoints["endpoints"] if e["name"] == "demo")
+
+
+async def _run_async(served: Served, seconds: float, clients: int, decoy: Served | None = None) -> dict[str, Any]:
+    cookie, endpoint_id = await _demo_endpoint(served)
+    target = decoy or served  # what the attackers flood
+    target_endpoint = (await _demo_endpoint(decoy))[1] if decoy is not None else endpoint_id
     async with trio.open_nursery() as nursery:
         ws = await connect_socket(nursery, served.url, f"/ws/endpoints/{endpoint_id}/start", cookie)
         await send_json(ws, {"type": "start", "cols": 80, "rows": 24})
@@ -321,7 +334,7 @@ async def _run_async(served: Served, seconds: float, clients: int) -> dict[str, 
         # the attackers run in their own process (at the lowest CPU priority, see main), so that
         # their event loop does not delay the controller's measurement here
         attackers = subprocess.Popen(
-            [sys.executable, __file__, "--attack", served.url, endpoint_id, "--clients", str(clients),
+            [sys.executable, __file__, "--attack", target.url, target_endpoint, "--clients", str(clients),
              "--seconds", str(seconds + 0.5)], stdout=subprocess.PIPE, text=True)
         try:
             cpu_start = served.cpu_seconds()
@@ -369,14 +382,18 @@ async def _attack_async(base_url: str, endpoint_id: str, clients: int, seconds: 
     return {"attacks": flood.attacks, "refused_503": flood.refused_503, "connect_errors": flood.errors}
 
 
-def run_once(seconds: float, clients: int, config: str | None = None) -> dict[str, Any]:
+def run_once(seconds: float, clients: int, config: str | None = None, decoy: bool = False) -> dict[str, Any]:
     load = os.getloadavg()[0]
+    settings = ("--config", str(Path(config).resolve())) if config else ()
     with tempfile.TemporaryDirectory(prefix="cosession-flood-") as data_dir:
-        served = Served(Path(data_dir), *(("--config", str(Path(config).resolve())) if config else ()))
+        served = Served(Path(data_dir) / "measured", *settings)
+        other = Served(Path(data_dir) / "decoy", *settings) if decoy else None
         try:
-            return {**trio.run(_run_async, served, seconds, clients), "load_average": load}
+            return {**trio.run(_run_async, served, seconds, clients, other), "load_average": load}
         finally:
             served.stop()
+            if other is not None:
+                other.stop()
 
 
 # --- the report ----------------------------------------------------------------------------------
@@ -434,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--config", metavar="FILE", help="settings for the gateway (cosession serve --config), "
                         "e.g. another [edge] max_anonymous_per_pass")
+    parser.add_argument("--decoy", action="store_true",
+                        help="the control: flood a second gateway, measure the controller on the first")
     parser.add_argument("--write-docs", metavar="FILE")
     parser.add_argument("--attack", nargs=2, metavar=("URL", "ENDPOINT_ID"), help=argparse.SUPPRESS)
     parser.add_argument("--from-json", metavar="REPORT", help="render a saved --json report again")
@@ -452,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     runs = []
     for n in range(args.runs):
-        runs.append(run_once(args.seconds, args.clients, args.config))
+        runs.append(run_once(args.seconds, args.clients, args.config, args.decoy))
         print(f"run {n + 1}: " + json.dumps({k: round(v, 2) if isinstance(v, float) else v
                                              for k, v in runs[-1].items()}), file=sys.stderr, flush=True)
     block = report(runs, args)
