@@ -76,12 +76,8 @@ def open_replay(services: Services, user: User, session_id: str) -> Replay | Des
     path = services.settings.recordings_path / info.file
     try:
         data = path.read_bytes()
-    except FileNotFoundError:
-        return Unavailable(409, "Recording missing", f"The file of this recording ({info.file}) is gone, and no "
-                           "deletion is in the audit log.", "missing")
     except OSError as exc:
-        return Unavailable(409, "Recording unreadable", f"The file of this recording cannot be read: "
-                           f"{exc.strerror or type(exc).__name__}.", "unreadable")
+        return _unreadable(info, exc)
     problem = check_data(info, data)
     if problem:
         return Unavailable(409, "Recording altered", f"This recording is not what the audit log says: {problem}.",
@@ -93,6 +89,14 @@ def open_replay(services: Services, user: User, session_id: str) -> Replay | Des
     except CorruptRecording as exc:
         return Unavailable(409, "Recording corrupt", f"This recording cannot be played: {exc}.", "corrupt")
     return Replay(info, data, cast)
+
+
+def _unreadable(info: RecordingInfo, exc: OSError) -> Unavailable:
+    if isinstance(exc, FileNotFoundError):
+        return Unavailable(409, "Recording missing", f"The file of this recording ({info.file}) is gone, and no "
+                           "deletion is in the audit log.", "missing")
+    return Unavailable(409, "Recording unreadable", f"The file of this recording cannot be read: "
+                       f"{exc.strerror or type(exc).__name__}.", "unreadable")
 
 
 # Closed recordings already checked against the log, by what any change to their bytes changes
@@ -108,12 +112,8 @@ def open_desktop(services: Services, info: RecordingInfo) -> DesktopReplay | Una
     path = services.settings.recordings_path / info.file
     try:
         stat = os.stat(path)
-    except FileNotFoundError:
-        return Unavailable(409, "Recording missing", f"The file of this recording ({info.file}) is gone, and no "
-                           "deletion is in the audit log.", "missing")
     except OSError as exc:
-        return Unavailable(409, "Recording unreadable", f"The file of this recording cannot be read: "
-                           f"{exc.strerror or type(exc).__name__}.", "unreadable")
+        return _unreadable(info, exc)
     if info.state == "closed":
         key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, info.sha256, info.bytes)
         with _checked_lock:

@@ -42,14 +42,20 @@ def test_the_command_prints_the_same_json_report(capsys, tmp_path):
     assert report["viewers_joined"] == 2
 
 
-def test_a_running_gateway_by_url(live_gateway, monkeypatch):
-    gw = live_gateway
-    endpoint = gw.create_endpoint("load", EndpointProtocol.SYNTHETIC, host="")
-    user = gw.create_user("loader", "loader-password")
-    gw.grant(endpoint, user)
+@pytest.fixture
+def loader(live_gateway, monkeypatch):
+    """A running gateway's load-test account and synthetic endpoint, named in the environment
+    as `--url` wants them."""
+    endpoint = live_gateway.create_endpoint("load", EndpointProtocol.SYNTHETIC, host="")
+    live_gateway.grant(endpoint, live_gateway.create_user("loader", "loader-password"))
     monkeypatch.setenv("COSESSION_LOADTEST_USER", "loader")
     monkeypatch.setenv("COSESSION_LOADTEST_PASSWORD", "loader-password")
     monkeypatch.setenv("COSESSION_LOADTEST_ENDPOINT", endpoint.id)
+    return live_gateway
+
+
+def test_a_running_gateway_by_url(loader):
+    gw = loader
     report = run_websocket_loadtest(Options(sessions=2, viewers=3, rate=10, duration=0.5, input_rate=2),
                                     url=gw.base_url)
     assert report.errors == []
@@ -57,18 +63,11 @@ def test_a_running_gateway_by_url(live_gateway, monkeypatch):
     assert report.frames_delivered == report.frames_generated * 4
 
 
-def test_several_nodes_by_url_each_participant_on_its_node(live_gateway, monkeypatch):
+def test_several_nodes_by_url_each_participant_on_its_node(loader):
     """`--url A,B --viewers-on next`: controllers round the list, viewers on the next node. Two
     spellings of one gateway stand for two nodes (tests/cluster runs real ones): each
     participant's sign-in and websocket go to its node's URL."""
-    gw = live_gateway
-    endpoint = gw.create_endpoint("load", EndpointProtocol.SYNTHETIC, host="")
-    user = gw.create_user("loader", "loader-password")
-    gw.grant(endpoint, user)
-    monkeypatch.setenv("COSESSION_LOADTEST_USER", "loader")
-    monkeypatch.setenv("COSESSION_LOADTEST_PASSWORD", "loader-password")
-    monkeypatch.setenv("COSESSION_LOADTEST_ENDPOINT", endpoint.id)
-    urls = [gw.base_url, gw.base_url + "/"]
+    urls = [loader.base_url, loader.base_url + "/"]
     report = run_websocket_loadtest(Options(sessions=2, viewers=2, rate=10, duration=0.3),
                                     url=" , ".join(urls), viewers_on="next")
     assert report.errors == []
