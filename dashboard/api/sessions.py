@@ -44,7 +44,7 @@ def _live_json(summary: SessionSummary, max_viewers: int, node: str | None = Non
         "started_at": summary.started_at, "started": iso_utc(summary.started_at),
         "deadline": summary.deadline, "grace_until": summary.grace_until, "record": summary.record,
         "url": f"/sessions/{summary.session_id}",
-        "node": node,  # the node that runs it, when another one than this does (docs/cluster.md)
+        "node": node,  # the node that runs it, on a gateway of several (docs/cluster.md)
     }
 
 

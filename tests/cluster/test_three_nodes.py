@@ -159,7 +159,7 @@ async def test_a_joint_session_across_three_nodes(tmp_path, postgres_url, nats_s
             # ... and so does its JSON API, with the node
             listed = await trio.to_thread.run_sync(_api_sessions, c.url)
             assert [(x["id"], x["node"], x["viewer_count"]) for x in listed] == [(sid, "a", 10)]
-            assert (await trio.to_thread.run_sync(_api_sessions, a.url))[0]["node"] is None  # its own
+            assert (await trio.to_thread.run_sync(_api_sessions, a.url))[0]["node"] == "a"  # on its own node too
 
             # the 11th viewer, on C: refused by the cap, which A enforces
             extra, refused = await _join(nursery, c, VIEWERS[10], sid)
