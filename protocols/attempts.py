@@ -55,6 +55,29 @@ class Attempt:
         self.scope.cancel()
 
 
+class InputQueue:
+    """What goes to the endpoint, waiting on the loop for it to take it (the controller's input,
+    and for VNC the connection's own requests). Bounded: when the endpoint does not keep up, the
+    controller's input is dropped, counted and logged, never waited for, so that a stuck endpoint
+    cannot hold the loop or the session's actor."""
+
+    def __init__(self, name: str, size: int) -> None:
+        self.name = name
+        self.send_channel, self.receive_channel = trio.open_memory_channel[bytes](size)
+        self.dropped = 0
+
+    def offer(self, data: bytes) -> None:
+        """On the loop: queue `data`, or drop it if the queue is full or closed."""
+        try:
+            self.send_channel.send_nowait(data)
+        except trio.WouldBlock:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 100 == 0:
+                log.warning("%s: input queue full, %d input message(s) dropped so far", self.name, self.dropped)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            log.debug("%s: input after the connection ended was dropped", self.name)
+
+
 class AttemptConnection:
     """The actor-thread side every endpoint connection shares: one attempt at a time, the
     previous one stopped when `open` starts another, none after `close`. A subclass sets

@@ -39,7 +39,7 @@ import trio
 
 from engine import Credentials, EndpointEvents, LoopBridge, LoopClosed
 from protocols import rfb
-from protocols.attempts import Attempt, AttemptConnection, split_cancelled
+from protocols.attempts import Attempt, AttemptConnection, InputQueue, split_cancelled
 from protocols.freerdp import (
     AttemptFailed, FreeRdpRun, RdpOptions, ServerEnded, WorkingDirectory, accepted_certificate,
     certificate_fingerprint, check_credentials, describe_exit, read_output, stage, start_freerdp,
@@ -75,19 +75,7 @@ class _Attempt(Attempt):
         self.display: XvncDisplay | None = None
         self.children: list[Child] = []
         self.reader: VncConnection | None = None  # reads the private display, once FreeRDP is active
-        self.input_send, self.input_recv = trio.open_memory_channel[bytes](INPUT_QUEUE_CHUNKS)
-        self.dropped_chunks = 0
-
-    def feed(self, data: bytes) -> None:
-        """On the loop: the controller's input, queued for `_pace_input`."""
-        try:
-            self.input_send.send_nowait(data)
-        except trio.WouldBlock:
-            self.dropped_chunks += 1
-            if self.dropped_chunks == 1 or self.dropped_chunks % 100 == 0:
-                log.warning("rdp: input queue full, %d input chunk(s) dropped so far", self.dropped_chunks)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
+        self.input = InputQueue("rdp", INPUT_QUEUE_CHUNKS)  # the controller's, for `_pace_input`
 
 
 async def _pace_input(attempt: _Attempt, reader: VncConnection, width: int, height: int) -> None:
@@ -96,7 +84,7 @@ async def _pace_input(attempt: _Attempt, reader: VncConnection, width: int, heig
     messages = rfb.ClientMessageReader()
     pointer = rfb.PointerEvent(0, width // 2, height // 2)  # X starts the pointer at the centre
     released: tuple[int, float] | None = None  # the last key event, if a release: (keysym, when)
-    async for data in attempt.input_recv:
+    async for data in attempt.input.receive_channel:
         try:
             parsed = messages.feed(data)
         except rfb.RfbError:
@@ -225,7 +213,7 @@ class RdpConnection(AttemptConnection):
         if attempt is None or attempt.closed or attempt.reader is None or not data:
             return  # not connected yet: there is no desktop to type into
         try:
-            self._bridge.call_soon(attempt.feed, bytes(data))
+            self._bridge.call_soon(attempt.input.offer, bytes(data))
         except LoopClosed:
             pass
 

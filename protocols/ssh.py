@@ -41,7 +41,7 @@ import trio
 import trio_asyncio
 
 from engine import Credentials, EndpointEvents, LoopBridge, LoopClosed
-from protocols.attempts import Attempt, AttemptConnection
+from protocols.attempts import Attempt, AttemptConnection, InputQueue
 
 log = logging.getLogger(__name__)
 
@@ -140,24 +140,13 @@ class _Attempt(Attempt):
 
     def __init__(self, events: EndpointEvents, cols: int, rows: int) -> None:
         super().__init__(events)
-        self.input_send, self.input_recv = trio.open_memory_channel[bytes](INPUT_QUEUE_CHUNKS)
+        self.input = InputQueue("ssh", INPUT_QUEUE_CHUNKS)
         self.size = (cols, rows)
         self.channel: Any = None  # the asyncssh shell channel, once open (loop only)
         self.server_key: asyncssh.SSHKey | None = None
         self.mismatched_key: asyncssh.SSHKey | None = None
-        self.dropped_chunks = 0
         # file operations (SFTP over this attempt's connection), served inside its asyncio loop
         self.files_send, self.files_recv = trio.open_memory_channel[_FileRequest](FILE_QUEUE)
-
-    def feed(self, data: bytes) -> None:
-        try:
-            self.input_send.send_nowait(data)
-        except trio.WouldBlock:
-            self.dropped_chunks += 1
-            if self.dropped_chunks == 1 or self.dropped_chunks % 100 == 0:
-                log.warning("ssh: input queue full, %d input chunk(s) dropped so far", self.dropped_chunks)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            log.debug("ssh: input after the connection ended was dropped")
 
     def apply_size(self) -> None:
         channel = self.channel
@@ -327,7 +316,7 @@ class SshConnection(AttemptConnection):
         if attempt is None or attempt.closed or not data:
             return
         try:
-            self._bridge.call_soon(attempt.feed, bytes(data))
+            self._bridge.call_soon(attempt.input.offer, bytes(data))
         except LoopClosed:
             log.debug("ssh %s: input dropped, loop closed", self.where)
 
@@ -358,7 +347,7 @@ class SshConnection(AttemptConnection):
                 raise cancelled from None
         finally:
             attempt.channel = None
-            attempt.input_recv.close()
+            attempt.input.receive_channel.close()
 
     async def _session(self, attempt: _Attempt, loop: Any) -> None:
         client_key = await self._load_client_key()
@@ -430,7 +419,7 @@ class SshConnection(AttemptConnection):
                     conn.abort()
 
     async def _write_input(self, attempt: _Attempt, channel: Any, shell: _Shell) -> None:
-        async for data in attempt.input_recv:
+        async for data in attempt.input.receive_channel:
             await shell.can_write.wait()  # the endpoint's window is full: let the queue fill
             if shell.error is not None or channel.is_closing():
                 return

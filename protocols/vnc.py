@@ -38,7 +38,7 @@ import trio
 from engine import EndpointEvents, LoopBridge, LoopClosed
 from engine.messages import DisplayName, DisplayPointer, DisplaySize
 from protocols import rfb
-from protocols.attempts import Attempt, AttemptConnection, leaves, split_cancelled
+from protocols.attempts import Attempt, AttemptConnection, InputQueue, leaves, split_cancelled
 from protocols.vencrypt import VencryptRefused, vencrypt
 from protocols.rfb import Encoding, RfbError, Security, ServerType
 from protocols.rfb_decode import (
@@ -85,14 +85,13 @@ class _Attempt(Attempt):
 
     def __init__(self, events: EndpointEvents) -> None:
         super().__init__(events)
-        self.out_send, self.out_recv = trio.open_memory_channel[bytes](INPUT_QUEUE_MESSAGES)
+        self.out = InputQueue("vnc", INPUT_QUEUE_MESSAGES)  # to the server: the controller's and ours
         self.input = rfb.ClientMessageReader()
         self.framing: Framing | None = None
         self.screens: tuple[rfb.Screen, ...] = ()
         self.stream: trio.abc.Stream | None = None  # TLS, once VeNCrypt chose it
         self.in_flight = 0  # updates read and not yet applied by the actor
         self.applied = trio.Event()
-        self.dropped = 0
 
     def one_applied(self) -> None:
         """On the loop: the actor applied one update."""
@@ -118,14 +117,7 @@ class _Attempt(Attempt):
                 if self.framing is None or not self.framing.resizable:
                     continue
                 wire = rfb.pack(_desktop_size(message.width, message.height, self.screens))
-            try:
-                self.out_send.send_nowait(wire)
-            except trio.WouldBlock:
-                self.dropped += 1
-                if self.dropped == 1 or self.dropped % 100 == 0:
-                    log.warning("vnc: input queue full, %d message(s) dropped so far", self.dropped)
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                return
+            self.out.offer(wire)
         if pointer is not None and self.framing is not None:
             # the display model draws the pointer where the controller put it (for the viewers)
             self.report("display", (DisplayPointer(*pointer),))
@@ -215,7 +207,7 @@ class VncConnection(AttemptConnection):
             if cancelled is not None:
                 raise cancelled from None
         finally:
-            attempt.out_recv.close()
+            attempt.out.receive_channel.close()
             if stream is not None:
                 with trio.CancelScope(shield=True) as scope:
                     scope.deadline = trio.current_time() + _CLOSE_GRACE
@@ -334,12 +326,12 @@ class VncConnection(AttemptConnection):
                 if framing.resizable and not asked_size and self._desktop_size is not None:
                     asked_size = True
                     if self._desktop_size != (framing.width, framing.height):
-                        await attempt.out_send.send(rfb.pack(_desktop_size(*self._desktop_size, attempt.screens)))
+                        await attempt.out.send_channel.send(rfb.pack(_desktop_size(*self._desktop_size, attempt.screens)))
                 # Ask for the next update now (the server prepares it while this one decodes),
                 # unless the actor is behind: the server then keeps merging what changes.
                 while attempt.in_flight > UPDATES_IN_FLIGHT:
                     await attempt.applied.wait()
-                await attempt.out_send.send(rfb.pack(rfb.FramebufferUpdateRequest(
+                await attempt.out.send_channel.send(rfb.pack(rfb.FramebufferUpdateRequest(
                     True, 0, 0, framing.width, framing.height)))
             elif kind == ServerType.SET_COLOUR_MAP_ENTRIES:
                 _, count = await reader.unpack(struct.Struct(">xHH"))
@@ -389,7 +381,7 @@ class VncConnection(AttemptConnection):
         return applied
 
     async def _write(self, attempt: _Attempt, stream: trio.abc.Stream) -> None:
-        async for data in attempt.out_recv:
+        async for data in attempt.out.receive_channel:
             await stream.send_all(data)
 
     def _report_failure(self, attempt: _Attempt, exc: BaseException) -> None:

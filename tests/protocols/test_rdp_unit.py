@@ -172,8 +172,8 @@ def paced(*chunks: bytes) -> list:
     async def main() -> None:
         attempt = _Attempt(events=None)
         for chunk in chunks:
-            attempt.feed(chunk)
-        attempt.input_send.close()
+            attempt.input.offer(chunk)
+        attempt.input.send_channel.close()
         await _pace_input(attempt, reader, 1280, 800)
 
     trio.run(main)
