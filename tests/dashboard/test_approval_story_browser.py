@@ -13,12 +13,11 @@ from playwright.sync_api import Browser, Page, expect
 
 from engine.clock import ManualClock
 from engine.messages import EndpointProtocol
+from tests.fixtures.browser import PASSWORD, WAIT, BrowserSite
 from tests.fixtures.screenshots import save_screenshot
 
 pytestmark = pytest.mark.browser
 
-PASSWORD = "correct horse battery"
-WAIT = 30_000
 HOUR = 3600
 
 
@@ -27,11 +26,9 @@ def gateway_clock():
     return ManualClock()
 
 
-class Site:
+class Site(BrowserSite):
     def __init__(self, gateway: Any, browser: Browser) -> None:
-        self.gateway = gateway
-        self.browser = browser
-        self.contexts: list[Any] = []
+        super().__init__(gateway, browser)
         repos = gateway.services
         self.endpoint = gateway.create_endpoint("vault", EndpointProtocol.SYNTHETIC, host="")
         repos.approvers.set_requires_approval(self.endpoint.id, True)
@@ -42,21 +39,11 @@ class Site:
         repos.grants.assign(self.endpoint.id, repos.grants.principal("user", "alice"), repos.profiles.standard_profile().id)
         repos.approvers.add_approver(self.endpoint.id, repos.grants.principal("user", "carol"))
 
-    def signed_in(self, name: str) -> Page:
-        context = self.browser.new_context()
-        self.contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(WAIT)
-        self.gateway.login(page, name, PASSWORD)
-        return page
-
 
 @pytest.fixture
 def site(live_gateway, browser):
-    s = Site(live_gateway, browser)
-    yield s
-    for context in s.contexts:
-        context.close()
+    with Site(live_gateway, browser) as s:
+        yield s
 
 
 def quick_access(page: Page) -> Any:

@@ -10,25 +10,20 @@ import time
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Page, expect
 
 from engine.messages import EndpointProtocol, SessionFinished
 from protocols.synthetic import SyntheticConnection
+from tests.fixtures.browser import PASSWORD, WAIT, BrowserSite
 from tests.fixtures.screenshots import save_screenshot
 
 pytestmark = pytest.mark.browser
 
-PASSWORD = "correct horse battery"
-WAIT = 15_000  # ms: a bound on waiting for the page, never a wait for time to pass
 VIEWPORT = {"width": 1280, "height": 800}
 
 
-class Site:
-    def __init__(self, gateway: Any, browser: Browser) -> None:
-        self.gateway = gateway
-        self.browser = browser
-        self.contexts: list[Any] = []
-        self.endpoint: Any = None
+class Site(BrowserSite):
+    context_options = {"viewport": VIEWPORT}
 
     def synthetic_endpoint(self) -> None:
         self.endpoint = self.gateway.create_endpoint("synth", EndpointProtocol.SYNTHETIC, host="")
@@ -39,26 +34,11 @@ class Site:
             self.gateway.grant(self.endpoint, user)
         return user
 
-    def signed_in(self, name: str) -> Page:
-        context = self.browser.new_context(viewport=VIEWPORT)
-        self.contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(WAIT)
-        self.gateway.login(page, name, PASSWORD)
-        return page
-
-    def start(self, page: Page) -> str:
-        self.gateway.launch(page, self.endpoint)
-        page.wait_for_function("() => window.cosession.state === 'active'")
-        return page.evaluate("() => window.cosession.sessionId")
-
 
 @pytest.fixture
 def site(live_gateway, browser):
-    s = Site(live_gateway, browser)
-    yield s
-    for context in s.contexts:
-        context.close()
+    with Site(live_gateway, browser) as s:
+        yield s
 
 
 def live(page: Page) -> None:

@@ -13,17 +13,18 @@ from typing import Any
 
 import numpy as np
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from dashboard.repositories.model import Principal
 from engine.messages import EndpointProtocol, User
 from tests.dashboard.test_csp_browser import Watched
+from tests.fixtures.browser import PASSWORD, BrowserSite
 from tests.fixtures.screenshots import save_screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.xvnc]
 
-PASSWORD = "correct horse battery"
-WAIT = 30_000
+DESKTOP_SHOWN = "() => window.cosession.role === 'controller' && window.cosession.timings.desktop"
+JOINED_OR_REFUSED = "() => window.cosession.role !== null || window.cosession.fatal"
 
 CANVAS = """() => {
   const c = document.querySelector('#desktop canvas');
@@ -40,10 +41,12 @@ def gateway_overrides():
     return {"engine": {"endpoint_retries": 0}}
 
 
-class Desk:
+class Desk(BrowserSite):
+    context_options = {"viewport": {"width": 1200, "height": 900}}
+
     def __init__(self, gateway: Any, browser: Browser, xvnc: Any, tmp: Path) -> None:
-        self.gateway, self.browser, self.xvnc = gateway, browser, xvnc
-        self.contexts: list[BrowserContext] = []
+        super().__init__(gateway, browser)
+        self.xvnc = xvnc
         self.endpoint = gateway.create_endpoint("desk", EndpointProtocol.VNC, xvnc.host, xvnc.port,
                                                 password=xvnc.password)
         self.xev_log = tmp / "xev.log"
@@ -53,24 +56,11 @@ class Desk:
         self.gateway.grant(self.endpoint, user)
         return user
 
-    def signed_in(self, name: str, permissions: list[str] | None = None) -> Page:
-        context = self.browser.new_context(viewport={"width": 1200, "height": 900}, permissions=permissions or [])
-        self.contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(WAIT)
-        self.gateway.login(page, name, PASSWORD)
-        return page
-
-    def start(self, page: Page) -> str:
-        self.gateway.launch(page, self.endpoint)
-        page.wait_for_function("() => window.cosession.role === 'controller' && window.cosession.timings.desktop")
-        return page.evaluate("() => window.cosession.sessionId")
+    def start(self, page: Page, endpoint: Any = None, **fields: Any) -> str:
+        return super().start(page, endpoint, ready=DESKTOP_SHOWN, **fields)
 
     def join(self, name: str, session_id: str) -> Page:
-        page = self.signed_in(name)
-        page.goto(self.gateway.url(f"/sessions/{session_id}"))
-        page.wait_for_function("() => window.cosession.role !== null || window.cosession.fatal")
-        return page
+        return self.open_session(name, session_id, ready=JOINED_OR_REFUSED)
 
     def picture(self, page: Page) -> np.ndarray | None:
         shot = page.evaluate(CANVAS)
@@ -97,16 +87,11 @@ class Desk:
         return [line.split()[0] + " " + " ".join(lines[i + 1:i + 3]) for i, line in enumerate(lines)
                 if line.startswith(("KeyPress", "KeyRelease", "ButtonPress", "ButtonRelease"))]
 
-    def close(self) -> None:
-        for context in self.contexts:
-            context.close()
-
 
 @pytest.fixture
 def desk(live_gateway, browser, xvnc, tmp_path):
-    d = Desk(live_gateway, browser, xvnc, tmp_path)
-    yield d
-    d.close()
+    with Desk(live_gateway, browser, xvnc, tmp_path) as d:
+        yield d
 
 
 def click_desktop(page: Page, x: int, y: int) -> None:
@@ -235,7 +220,7 @@ def test_the_desktops_clipboard_both_ways_from_the_toolbar(desk, live_gateway, x
     flag refuses with the reason in the toolbar, audited; the viewer's page has neither item."""
     services = live_gateway.services
     alice, _ = desk.user("alice"), desk.user("bob")
-    controller = desk.signed_in("alice", ["clipboard-read", "clipboard-write"])
+    controller = desk.signed_in("alice", permissions=["clipboard-read", "clipboard-write"])
     session_id = desk.start(controller)
     viewer = desk.join("bob", session_id)
     viewer.wait_for_function("() => window.cosession.timings.desktop")

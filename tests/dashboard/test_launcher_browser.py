@@ -12,12 +12,10 @@ from playwright.sync_api import Browser, Page, expect
 
 from engine.clock import ManualClock
 from engine.messages import EndpointProtocol
+from tests.fixtures.browser import PASSWORD, WAIT, BrowserSite
 from tests.fixtures.screenshots import save_screenshot
 
 pytestmark = pytest.mark.browser
-
-PASSWORD = "correct horse battery"
-WAIT = 30_000
 
 
 @pytest.fixture
@@ -25,12 +23,10 @@ def gateway_clock():
     return ManualClock()
 
 
-class Site:
+class Site(BrowserSite):
     def __init__(self, gateway: Any, browser: Browser) -> None:
-        self.gateway = gateway
-        self.browser = browser
+        super().__init__(gateway, browser)
         self.repos = gateway.services
-        self.contexts: list[Any] = []
         self.endpoint = gateway.create_endpoint("plc-line-3", EndpointProtocol.SYNTHETIC, host="")
 
     def user(self, name: str, **profile: Any) -> Any:
@@ -39,21 +35,11 @@ class Site:
         self.repos.grants.grant(self.endpoint.id, user.id, profile_id=profile_id)
         return user
 
-    def signed_in(self, name: str) -> Page:
-        context = self.browser.new_context()
-        self.contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(WAIT)
-        self.gateway.login(page, name, PASSWORD)
-        return page
-
 
 @pytest.fixture
 def site(live_gateway, browser):
-    s = Site(live_gateway, browser)
-    yield s
-    for context in s.contexts:
-        context.close()
+    with Site(live_gateway, browser) as s:
+        yield s
 
 
 def active(page: Page) -> None:

@@ -13,7 +13,8 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from engine.messages import EndpointProtocol
-from tests.dashboard.test_desktop_browser import PASSWORD, WAIT, Desk
+from tests.dashboard.test_desktop_browser import Desk
+from tests.fixtures.browser import WAIT, BrowserSite
 from tests.fixtures.rdp import PrivateDisplay, RdpServer, rdp_children, rdp_displays
 
 pytestmark = [pytest.mark.browser, pytest.mark.rdp]
@@ -28,8 +29,8 @@ class WindowsDesk(Desk):
     """The VNC browser tests' helpers, with an RDP endpoint on a shadow server."""
 
     def __init__(self, gateway, browser, server: RdpServer, *, stored: bool = True) -> None:
-        self.gateway, self.browser, self.server = gateway, browser, server
-        self.contexts = []
+        BrowserSite.__init__(self, gateway, browser)
+        self.server = server
         self.endpoint = gateway.create_endpoint(
             "windows", EndpointProtocol.RDP, server.host, server.port, username=server.username,
             password=server.password if stored else None)

@@ -9,14 +9,13 @@ import time
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, expect
+from playwright.sync_api import Browser, Page, expect
 
 from engine.messages import EndpointProtocol, User
+from tests.fixtures.browser import CONTROLLING, PASSWORD, WAIT, BrowserSite
 
 pytestmark = [pytest.mark.browser, pytest.mark.openssh]
 
-PASSWORD = "correct horse battery"
-WAIT = 30_000  # ms: a bound on waiting for the page, never a wait for time to pass
 
 SCREEN = """() => {
   const t = window.cosessionTerminal, b = t.buffer.active, rows = [];
@@ -39,12 +38,12 @@ def gateway_overrides():
     return {"engine": {"endpoint_retries": 1, "endpoint_backoff_seconds": 0.1}}
 
 
-class Site:
+class Site(BrowserSite):
+    context_options = {"viewport": {"width": 1100, "height": 700}}
+
     def __init__(self, gateway: Any, browser: Browser, openssh: Any) -> None:
-        self.gateway = gateway
-        self.browser = browser
+        super().__init__(gateway, browser)
         self.openssh = openssh
-        self.contexts: list[BrowserContext] = []
         self.endpoint = gateway.create_endpoint(
             "box", EndpointProtocol.SSH, openssh.host, openssh.port, username=openssh.username,
             host_key=openssh.host_key)
@@ -59,22 +58,13 @@ class Site:
             self.gateway.grant(self.stored, user)
         return user
 
-    def signed_in(self, name: str) -> Page:
-        context = self.browser.new_context(viewport={"width": 1100, "height": 700})
-        self.contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(WAIT)
-        self.gateway.login(page, name, PASSWORD)
-        return page
-
     def start(self, page: Page, *, typed: bool = True) -> str:
         """Start a session on the endpoint through the launcher; the session id."""
-        endpoint = self.endpoint if typed else self.stored
         typed_credentials = {"username": self.openssh.username, "password": self.openssh.password}
-        self.gateway.launch(page, endpoint, **(typed_credentials if typed else {}))
-        page.wait_for_function("() => window.cosession.role === 'controller' && window.cosession.state === 'active'")
+        session_id = super().start(page, self.endpoint if typed else self.stored, ready=CONTROLLING,
+                                   **(typed_credentials if typed else {}))
         run(page, "echo ready-$((40+2))", "ready-42")
-        return page.evaluate("() => window.cosession.sessionId")
+        return session_id
 
     def join(self, name: str, share_url: str) -> Page:
         """Open the share link, accept the join dialog, and return the window it opens."""
@@ -88,16 +78,11 @@ class Site:
         viewer.wait_for_function("() => window.cosession && (window.cosession.role !== null || window.cosession.fatal)")
         return viewer
 
-    def close(self) -> None:
-        for context in self.contexts:
-            context.close()
-
 
 @pytest.fixture
 def site(live_gateway, browser, openssh):
-    s = Site(live_gateway, browser, openssh)
-    yield s
-    s.close()
+    with Site(live_gateway, browser, openssh) as s:
+        yield s
 
 
 def type_line(page: Page, text: str) -> None:

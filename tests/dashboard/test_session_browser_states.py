@@ -8,22 +8,19 @@ import re
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, expect
 
 from dashboard.security import share
 from engine.messages import EndpointProtocol
+from tests.fixtures.browser import PASSWORD, BrowserSite
 
 pytestmark = pytest.mark.browser
 
-PASSWORD = "correct horse battery"
-WAIT = 30_000
 
 
-class Site:
+class Site(BrowserSite):
     def __init__(self, gateway: Any, browser: Browser) -> None:
-        self.gateway = gateway
-        self.browser = browser
-        self.contexts: list[Any] = []
+        super().__init__(gateway, browser)
         self.endpoint = gateway.create_endpoint("synth", EndpointProtocol.SYNTHETIC, host="")
 
     def user(self, name: str, *, admin: bool = False, grant: bool = True) -> Any:
@@ -32,32 +29,11 @@ class Site:
             self.gateway.grant(self.endpoint, user)
         return user
 
-    def signed_in(self, name: str) -> Page:
-        context = self.browser.new_context()
-        self.contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(WAIT)
-        self.gateway.login(page, name, PASSWORD)
-        return page
-
-    def start(self, page: Page) -> str:
-        self.gateway.launch(page, self.endpoint)
-        page.wait_for_function("() => window.cosession.state === 'active'")
-        return page.evaluate("() => window.cosession.sessionId")
-
-    def open_session(self, name: str, session_id: str) -> Page:
-        page = self.signed_in(name)
-        page.goto(self.gateway.url(f"/sessions/{session_id}"))
-        page.wait_for_function("() => window.cosession && window.cosession.role !== null")
-        return page
-
 
 @pytest.fixture
 def site(live_gateway, browser):
-    s = Site(live_gateway, browser)
-    yield s
-    for context in s.contexts:
-        context.close()
+    with Site(live_gateway, browser) as s:
+        yield s
 
 
 def test_reloading_the_controllers_page_keeps_control(site):

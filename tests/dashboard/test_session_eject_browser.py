@@ -14,19 +14,16 @@ import pytest
 from playwright.sync_api import Browser, Page, WebSocketRoute, expect
 
 from engine.messages import EndpointProtocol, User
+from tests.fixtures.browser import PASSWORD, BrowserSite
 
 pytestmark = pytest.mark.browser
 
-PASSWORD = "correct horse battery"
-WAIT = 30_000  # ms: a bound on waiting for the page, never a wait for time to pass
 TERMINAL_TEXT = "() => document.querySelector('.xterm-rows').textContent"
 
 
-class Site:
+class Site(BrowserSite):
     def __init__(self, gateway: Any, browser: Browser) -> None:
-        self.gateway = gateway
-        self.browser = browser
-        self.contexts: list[Any] = []
+        super().__init__(gateway, browser)
         self.errors: list[str] = []  # uncaught exceptions in any page's scripts
         self.endpoint = gateway.create_endpoint("synth", EndpointProtocol.SYNTHETIC, host="")
 
@@ -35,25 +32,11 @@ class Site:
         self.gateway.grant(self.endpoint, user)
         return user
 
-    def signed_in(self, name: str) -> Page:
-        context = self.browser.new_context()
-        self.contexts.append(context)
-        context.on("page", lambda opened: opened.on("pageerror", lambda e: self.errors.append(str(e))))
-        page = context.new_page()
-        page.set_default_timeout(WAIT)
-        self.gateway.login(page, name, PASSWORD)
-        return page
-
-    def start(self, page: Page) -> str:
-        self.gateway.launch(page, self.endpoint)
-        page.wait_for_function("() => window.cosession.state === 'active'")
-        return page.evaluate("() => window.cosession.sessionId")
-
-    def open_session(self, name: str, session_id: str) -> Page:
-        page = self.signed_in(name)
-        page.goto(self.gateway.url(f"/sessions/{session_id}"))
-        page.wait_for_function("() => window.cosession && window.cosession.role !== null")
-        return page
+    def prepare(self, page: Page) -> None:
+        def record(opened: Page) -> None:  # this page and every window it opens
+            opened.on("pageerror", lambda e: self.errors.append(str(e)))
+        record(page)
+        page.context.on("page", record)
 
 
 class EjectRoute:
@@ -79,10 +62,8 @@ class EjectRoute:
 
 @pytest.fixture
 def site(live_gateway, browser):
-    s = Site(live_gateway, browser)
-    yield s
-    for context in s.contexts:
-        context.close()
+    with Site(live_gateway, browser) as s:
+        yield s
     assert s.errors == []
 
 

@@ -16,7 +16,8 @@ from wsproto.events import AcceptConnection, Request, TextMessage
 
 from cosession.join import _headers, login
 from engine.clock import ManualClock
-from tests.dashboard.test_session_eject_browser import PASSWORD, TERMINAL_TEXT, WAIT, Site
+from tests.dashboard.test_session_eject_browser import TERMINAL_TEXT, Site
+from tests.fixtures.browser import PASSWORD, WAIT
 
 pytestmark = pytest.mark.browser
 
@@ -30,10 +31,8 @@ def gateway_clock():
 
 @pytest.fixture
 def site(live_gateway, browser):
-    s = Site(live_gateway, browser)
-    yield s
-    for context in s.contexts:
-        context.close()
+    with Site(live_gateway, browser) as s:
+        yield s
     assert s.errors == []
 
 

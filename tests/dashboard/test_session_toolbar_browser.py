@@ -20,27 +20,21 @@ from tests.dashboard.test_session_browser import SCREEN, Site, run, share_url, w
 
 pytestmark = [pytest.mark.browser, pytest.mark.openssh]
 
-WAIT = 30_000
 HOSTILE = '<img src=x onerror="window.pwned=1">look at PID 1'
 
 
 class ToolbarSite(Site):
-    def signed_in(self, name: str) -> Page:
-        context = self.browser.new_context(viewport=VIEWPORT,  # the screenshot's: markers stay in place
-                                           permissions=["clipboard-read", "clipboard-write"])
-        self.contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(WAIT)
+    context_options = {"viewport": VIEWPORT,  # the screenshot's: markers stay in place
+                       "permissions": ["clipboard-read", "clipboard-write"]}
+
+    def prepare(self, page: Page) -> None:
         page.clock.install()  # time flows until a test pauses it
-        self.gateway.login(page, name, "correct horse battery")
-        return page
 
 
 @pytest.fixture
 def site(live_gateway, browser, openssh):
-    s = ToolbarSite(live_gateway, browser, openssh)
-    yield s
-    s.close()
+    with ToolbarSite(live_gateway, browser, openssh) as s:
+        yield s
 
 
 def pause(page: Page) -> None:

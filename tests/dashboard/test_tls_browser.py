@@ -12,9 +12,9 @@ import ssl
 import warnings
 import httpx
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import expect
 
-from tests.dashboard.test_session_browser import WAIT, Site, run, share_url, wait_for_text
+from tests.dashboard.test_session_browser import Site, run, share_url, wait_for_text
 from tests.fixtures.tls import make_certificate
 
 pytestmark = [pytest.mark.browser, pytest.mark.openssh]
@@ -31,20 +31,13 @@ def gateway_overrides(certificate):
 
 
 class TlsSite(Site):
-    def signed_in(self, name: str) -> Page:
-        context = self.browser.new_context(viewport={"width": 1100, "height": 700}, ignore_https_errors=True)
-        self.contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(WAIT)
-        self.gateway.login(page, name, "correct horse battery")
-        return page
+    context_options = {**Site.context_options, "ignore_https_errors": True}
 
 
 @pytest.fixture
 def site(live_gateway, browser, openssh):
-    s = TlsSite(live_gateway, browser, openssh)
-    yield s
-    s.close()
+    with TlsSite(live_gateway, browser, openssh) as s:
+        yield s
 
 
 def test_a_joint_ssh_session_over_wss_in_chromium(site, certificate):
