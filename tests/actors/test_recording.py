@@ -15,6 +15,7 @@ from engine.messages import EndReason, RecordingPolicy, Say, SessionEnded
 from engine.recordings import marker_label, read_cast
 from engine.runtime import actor_threads, tell_session
 from tests.actors.conftest import ADMIN, ALICE, SSH, audit_rows, make_engine, viewer, wait_until
+from tests.fixtures.desktops import PaintedDesktop
 
 
 @pytest.fixture
@@ -251,32 +252,6 @@ def test_retention_deletes_old_recordings_each_deletion_audited(tmp_path, clock,
     assert report.ok, report
 
 
-class DisplayConnection:
-    """A desktop the test paints: DisplayUpdates handed to the engine as a VNC connection hands them."""
-
-    def __init__(self) -> None:
-        self.events = None
-
-    def open(self, events, cols, rows):
-        self.events = events
-        events.opened("test desktop")
-
-    def paint(self, *items):
-        """Returns once the session's endpoint has applied and fanned it out (on the clock's time now)."""
-        done = threading.Event()
-        self.events.display(tuple(items), done.set)
-        assert done.wait(5)
-
-    def send_input(self, data):
-        pass
-
-    def resize(self, cols, rows):
-        pass
-
-    def close(self):
-        pass
-
-
 def colour_at(minute: int) -> tuple[int, int, int]:
     return (minute * 20 % 256, 255 - minute * 20 % 256, 128)
 
@@ -290,7 +265,7 @@ def test_a_desktop_is_recorded_as_its_rfb_stream_with_keyframes_to_seek_by(engin
     from engine.recordings import DESKTOP_FORMAT
     from protocols.rfb_browser import FrameDecoder
 
-    desk = DisplayConnection()
+    desk = PaintedDesktop()
     spec = EndpointSpec("ep2", "desk-1", EndpointProtocol.VNC)
     controller = engine.open_session(spec, ALICE, connection=desk, record=True)
     assert controller.joined.recorded is True
@@ -344,7 +319,7 @@ def test_a_desktop_recording_that_cannot_write_ends_the_session_recording_failed
     engine = recorded_engine(tmp_path, clock, blocker)
     try:
         spec = EndpointSpec("ep2", "desk-1", EndpointProtocol(protocol))
-        controller = engine.open_session(spec, ALICE, connection=DisplayConnection(), record=True)
+        controller = engine.open_session(spec, ALICE, connection=PaintedDesktop(), record=True)
         assert controller.sink.wait_for(lambda s: any(isinstance(e, SessionEnded) for e in s.events))
         ended = [e for e in controller.sink.events if isinstance(e, SessionEnded)][0]
         assert ended.reason is EndReason.RECORDING_FAILED

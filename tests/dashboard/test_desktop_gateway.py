@@ -1,5 +1,5 @@
 """Graphical (VNC) sessions through the real gateway and real websockets, against a real Xvnc:
-Python clients that speak RFB as noVNC does (protocols.rfb.BrowserClient). The browser itself
+Python clients that speak RFB as noVNC does (tests.fixtures.desktops.RfbParticipant). The browser itself
 is in test_desktop_browser.py; here, what the gateway lets through and refuses, by message.
 
 The X server is the witness of what reached the desktop: `xev` logs every key and button event
@@ -22,12 +22,11 @@ import trio
 from cosession.join import connect_socket, login
 from engine.messages import EndpointProtocol
 from protocols import rfb
-from protocols.rfb_browser import BrowserClient, decode_png
+from protocols.rfb_browser import decode_png
+from tests.fixtures.browser import PASSWORD
+from tests.fixtures.desktops import RfbParticipant, rfb_participant
 
 pytestmark = pytest.mark.xvnc
-
-PASSWORD = "correct horse battery"
-
 
 @pytest.fixture
 def gateway_overrides():
@@ -43,56 +42,6 @@ def desk(live_gateway, xvnc):
     return record
 
 
-class Participant:
-    """A websocket to the gateway speaking RFB as noVNC does; JSON control messages kept."""
-
-    def __init__(self, socket) -> None:
-        self.socket = socket
-        self.client = BrowserClient()
-        self.control: list[dict] = []
-        self.closed = False
-        self.changed = trio.Event()
-
-    async def read(self) -> None:
-        from trio_websocket import ConnectionClosed
-
-        try:
-            while True:
-                message = await self.socket.get_message()
-                if isinstance(message, str):
-                    self.control.append(json.loads(message))
-                else:
-                    reply = self.client.receive(message)
-                    if reply:
-                        await self.socket.send_message(reply)
-                self.changed.set()
-                self.changed = trio.Event()
-        except ConnectionClosed:
-            self.closed = True
-            self.changed.set()
-
-    def of(self, kind: str) -> list[dict]:
-        return [m for m in self.control if m.get("type") == kind]
-
-    async def wait(self, predicate, timeout: float = 15.0) -> None:
-        with trio.fail_after(timeout):
-            while True:
-                changed = self.changed
-                if predicate():
-                    return
-                await changed.wait()
-
-
-async def participant(nursery, gateway, name: str, path: str, first: dict) -> Participant:
-    cookie = await trio.to_thread.run_sync(login, gateway.base_url, name, PASSWORD)
-    socket = await connect_socket(nursery, gateway.base_url, path, cookie, message_queue_size=64)
-    p = Participant(socket)
-    nursery.start_soon(p.read)
-    await socket.send_message(json.dumps(first))
-    await p.wait(lambda: p.of("joined") or p.of("refused") or p.closed)
-    return p
-
-
 def close_to(a: np.ndarray, b: np.ndarray) -> bool:
     if a.shape != b.shape:
         return False
@@ -100,7 +49,7 @@ def close_to(a: np.ndarray, b: np.ndarray) -> bool:
     return diff.mean() < 3.0 and int((diff.max(axis=2) > 48).sum()) < 300
 
 
-async def converge(p: Participant, xvnc, timeout: float = 15.0) -> None:
+async def converge(p: RfbParticipant, xvnc, timeout: float = 15.0) -> None:
     with trio.move_on_after(timeout):
         while True:
             changed = p.changed  # before looking: a change while we look wakes the wait
@@ -135,11 +84,11 @@ async def test_controller_input_arrives_viewer_input_never_does(live_gateway, xv
     xvnc.clients.append(xev)
     xvnc.wait_for_window("Event Tester")
     async with trio.open_nursery() as nursery:
-        alice = await participant(nursery, live_gateway, "alice", f"/ws/endpoints/{desk.id}/start",
+        alice = await rfb_participant(nursery, live_gateway, "alice", f"/ws/endpoints/{desk.id}/start",
                                   {"type": "start", "cols": 80, "rows": 24})
         assert alice.of("joined")[0]["role"] == "controller"
         session_id = alice.of("joined")[0]["session_id"]
-        bob = await participant(nursery, live_gateway, "bob", f"/ws/sessions/{session_id}", {"type": "join"})
+        bob = await rfb_participant(nursery, live_gateway, "bob", f"/ws/sessions/{session_id}", {"type": "join"})
         await bob.wait(lambda: bob.client.frames.updates > 0)
         # the viewer tries every input message there is (a clipboard, Ctrl-Alt-Del): none reaches the X server
         for message in (rfb.KeyEvent(True, ord("v")), rfb.KeyEvent(False, ord("v")),
@@ -167,7 +116,7 @@ async def test_controller_input_arrives_viewer_input_never_does(live_gateway, xv
         await close_all(nursery, alice, bob)
 
 
-async def close_all(nursery, *participants: Participant) -> None:
+async def close_all(nursery, *participants: RfbParticipant) -> None:
     for p in participants:
         with trio.move_on_after(5):
             await p.socket.aclose()
@@ -183,11 +132,11 @@ async def audit(gateway, kind: str) -> list[dict]:
     return await trio.to_thread.run_sync(read)
 
 
-async def start_and_join(nursery, gateway, desk, *viewers: str) -> tuple[Participant, list[Participant]]:
-    alice = await participant(nursery, gateway, "alice", f"/ws/endpoints/{desk.id}/start",
+async def start_and_join(nursery, gateway, desk, *viewers: str) -> tuple[RfbParticipant, list[RfbParticipant]]:
+    alice = await rfb_participant(nursery, gateway, "alice", f"/ws/endpoints/{desk.id}/start",
                               {"type": "start", "cols": 80, "rows": 24})
     session_id = alice.of("joined")[0]["session_id"]
-    joined = [await participant(nursery, gateway, name, f"/ws/sessions/{session_id}", {"type": "join"})
+    joined = [await rfb_participant(nursery, gateway, name, f"/ws/sessions/{session_id}", {"type": "join"})
               for name in viewers]
     return alice, joined
 
@@ -203,7 +152,7 @@ async def test_everyone_and_a_late_joiner_see_the_desktop_and_a_snapshot_saves_i
         await converge(alice, xvnc)
         await converge(bob, xvnc)
         session_id = alice.of("joined")[0]["session_id"]
-        carol = await participant(nursery, live_gateway, "carol", f"/ws/sessions/{session_id}", {"type": "join"})
+        carol = await rfb_participant(nursery, live_gateway, "carol", f"/ws/sessions/{session_id}", {"type": "join"})
         await converge(carol, xvnc)  # the late joiner: its keyframe, then the frames after it
         assert (carol.client.width, carol.client.height) == (xvnc.width, xvnc.height)
         assert carol.client.name == "desk"
@@ -256,7 +205,7 @@ async def test_joiners_before_the_desktop_answers_never_get_an_empty_screen(live
             alice, (bob,) = await start_and_join(nursery, live_gateway, desk, "bob")
             await bob.wait(lambda: bob.client.ready)
             session_id = alice.of("joined")[0]["session_id"]
-            carol = await participant(nursery, live_gateway, "carol", f"/ws/sessions/{session_id}", {"type": "join"})
+            carol = await rfb_participant(nursery, live_gateway, "carol", f"/ws/sessions/{session_id}", {"type": "join"})
             await carol.wait(lambda: carol.client.ready)
             assert (carol.client.width, carol.client.height) != (0, 0)
             os.kill(xvnc.process.pid, signal.SIGCONT)
@@ -322,7 +271,7 @@ async def test_the_controllers_clipboard_is_decided_by_its_profile_and_audited_w
     refused `clipboard_not_allowed` with the Standard profile, forwarded and audited with its
     size (never its content) once a profile allows it, decided at each use."""
     async with trio.open_nursery() as nursery:
-        alice = await participant(nursery, live_gateway, "alice", f"/ws/endpoints/{desk.id}/start",
+        alice = await rfb_participant(nursery, live_gateway, "alice", f"/ws/endpoints/{desk.id}/start",
                                   {"type": "start", "cols": 80, "rows": 24})
         assert alice.of("joined")[0]["role"] == "controller"
         await alice.wait(lambda: alice.client.frames.updates > 0)

@@ -1,5 +1,5 @@
 """RDP sessions through the real gateway and real websockets, against FreeRDP's shadow server:
-Python clients that speak RFB as noVNC does (the VNC gateway tests' `Participant`). The browser
+Python clients that speak RFB as noVNC does (`tests.fixtures.desktops.RfbParticipant`). The browser
 itself is in test_rdp_browser.py; here, what reaches the server and what every participant sees.
 
 The server's xterm key recorder (tests/fixtures/rdp.py) is the witness of what reached the RDP
@@ -20,7 +20,9 @@ import trio
 from engine.messages import EndpointProtocol
 from protocols import rfb
 from protocols.freerdp import certificate_fingerprint
-from tests.dashboard.test_desktop_gateway import PASSWORD, Participant, audit, close_all, participant
+from tests.dashboard.test_desktop_gateway import audit, close_all
+from tests.fixtures.browser import PASSWORD
+from tests.fixtures.desktops import RfbParticipant, rfb_participant
 from tests.fixtures.rdp import PrivateDisplay, RdpServer, rdp_children, rdp_displays
 from tests.protocols.test_rdp_freerdp import CTRL_ALT_DEL, RETURN, close_to, keys
 
@@ -44,7 +46,7 @@ def rdp_endpoint(gateway, server: RdpServer, *, password: str | None = None, hos
     return record
 
 
-async def converge(p: Participant, server: RdpServer, timeout: float = 20.0) -> None:
+async def converge(p: RfbParticipant, server: RdpServer, timeout: float = 20.0) -> None:
     last = 255.0
     with trio.move_on_after(timeout):
         while True:
@@ -57,7 +59,7 @@ async def converge(p: Participant, server: RdpServer, timeout: float = 20.0) -> 
     raise AssertionError(f"never the RDP server's picture (mean difference {last:.1f}); control {p.control[-3:]}")
 
 
-async def leave(controller: Participant) -> None:
+async def leave(controller: RfbParticipant) -> None:
     """The controller leaves: the session ends (closing the websocket alone would leave it
     waiting for the controller's return, rule 8)."""
     await controller.socket.send_message(json.dumps({"type": "leave"}))
@@ -75,12 +77,12 @@ async def test_a_joint_rdp_session(live_gateway, rdp_server_nla):
     server = rdp_server_nla
     windows = rdp_endpoint(live_gateway, server)
     async with trio.open_nursery() as nursery:
-        alice = await participant(nursery, live_gateway, "alice", f"/ws/endpoints/{windows.id}/start",
+        alice = await rfb_participant(nursery, live_gateway, "alice", f"/ws/endpoints/{windows.id}/start",
                                   {"type": "start", "cols": 80, "rows": 24})
         joined = alice.of("joined")[0]
         assert joined["role"] == "controller" and joined["endpoint"]["protocol"] == "rdp"
         session_id = joined["session_id"]
-        bob = await participant(nursery, live_gateway, "bob", f"/ws/sessions/{session_id}", {"type": "join"})
+        bob = await rfb_participant(nursery, live_gateway, "bob", f"/ws/sessions/{session_id}", {"type": "join"})
         await converge(alice, server)
         await converge(bob, server)
         displays = rdp_displays()
@@ -98,7 +100,7 @@ async def test_a_joint_rdp_session(live_gateway, rdp_server_nla):
         assert refusals and all(r["detail"]["role"] == "viewer" for r in refusals)
 
         # a late joiner sees the same desktop: its keyframe, then the frames after it
-        carol = await participant(nursery, live_gateway, "carol", f"/ws/sessions/{session_id}", {"type": "join"})
+        carol = await rfb_participant(nursery, live_gateway, "carol", f"/ws/sessions/{session_id}", {"type": "join"})
         await converge(carol, server)
         assert (carol.client.frames.width, carol.client.frames.height) == (1280, 800)
         # the ServerInit before the keyframe: a placeholder size if no keyframe had a desktop yet
@@ -122,7 +124,7 @@ async def test_a_wrong_password_is_refused_with_a_clear_reason(live_gateway, rdp
     server = rdp_server_nla
     windows = rdp_endpoint(live_gateway, server, password="not-" + server.password)
     async with trio.open_nursery() as nursery:
-        alice = await participant(nursery, live_gateway, "alice", f"/ws/endpoints/{windows.id}/start",
+        alice = await rfb_participant(nursery, live_gateway, "alice", f"/ws/endpoints/{windows.id}/start",
                                   {"type": "start", "cols": 80, "rows": 24})
         await alice.wait(lambda: alice.of("ended"))
         ended = alice.of("ended")[0]
@@ -140,7 +142,7 @@ async def test_a_changed_certificate_is_refused_until_an_administrator_accepts_i
     wrong = ":".join(["00"] * 32)
     windows = rdp_endpoint(live_gateway, server, host_key=wrong)
     async with trio.open_nursery() as nursery:
-        alice = await participant(nursery, live_gateway, "alice", f"/ws/endpoints/{windows.id}/start",
+        alice = await rfb_participant(nursery, live_gateway, "alice", f"/ws/endpoints/{windows.id}/start",
                                   {"type": "start", "cols": 80, "rows": 24})
         await alice.wait(lambda: alice.of("ended"))
         ended = alice.of("ended")[0]
@@ -164,7 +166,7 @@ async def test_a_changed_certificate_is_refused_until_an_administrator_accepts_i
         assert (await trio.to_thread.run_sync(endpoints.get, windows.id)).host_key == record.pending_host_key
         rows = await audit(live_gateway, "host_key_accepted")
         assert rows[-1]["detail"]["fingerprint"] == f"SHA-256 {record.pending_host_key}"
-        again = await participant(nursery, live_gateway, "alice", f"/ws/endpoints/{windows.id}/start",
+        again = await rfb_participant(nursery, live_gateway, "alice", f"/ws/endpoints/{windows.id}/start",
                                   {"type": "start", "cols": 80, "rows": 24})
         await converge(again, server)
         assert not again.of("ended")
@@ -179,10 +181,10 @@ async def test_a_dead_server_or_child_ends_the_session_for_everyone(live_gateway
     windows = rdp_endpoint(live_gateway, server)
     where = f"{server.host}:{server.port}"
     async with trio.open_nursery() as nursery:
-        alice = await participant(nursery, live_gateway, "alice", f"/ws/endpoints/{windows.id}/start",
+        alice = await rfb_participant(nursery, live_gateway, "alice", f"/ws/endpoints/{windows.id}/start",
                                   {"type": "start", "cols": 80, "rows": 24})
         session_id = alice.of("joined")[0]["session_id"]
-        bob = await participant(nursery, live_gateway, "bob", f"/ws/sessions/{session_id}", {"type": "join"})
+        bob = await rfb_participant(nursery, live_gateway, "bob", f"/ws/sessions/{session_id}", {"type": "join"})
         await converge(bob, server)
         children = dict((name, pid) for pid, name in rdp_children())
         assert sorted(children) == ["Xvnc", "xfreerdp"]  # the session's
@@ -216,7 +218,7 @@ async def test_the_clipboard_reaches_the_private_display_and_comes_back_from_it(
     both = services.profiles.create_profile("Clipboard", "allow", clipboard_upload=True, clipboard_download=True)
     services.grants.grant(windows.id, services.users.get_by_name("alice").id, "user", both.id)
     async with trio.open_nursery() as nursery:
-        alice = await participant(nursery, live_gateway, "alice", f"/ws/endpoints/{windows.id}/start",
+        alice = await rfb_participant(nursery, live_gateway, "alice", f"/ws/endpoints/{windows.id}/start",
                                   {"type": "start", "cols": 80, "rows": 24})
         await converge(alice, rdp_server)
         (display,) = rdp_displays()

@@ -14,7 +14,9 @@ from engine.messages import EndpointProtocol
 from engine.recording_desktop import desktop_start, read_desktop
 from engine.recordings import DESKTOP_FORMAT
 from protocols.rfb_browser import FrameDecoder
-from tests.dashboard.test_desktop_gateway import PASSWORD, close_all, participant
+from tests.dashboard.test_desktop_gateway import close_all
+from tests.fixtures.browser import PASSWORD
+from tests.fixtures.desktops import rfb_participant
 from tests.dashboard.test_rdp_gateway import converge, leave, no_rdp_process_left
 from tests.protocols.test_rdp_freerdp import close_to
 
@@ -35,7 +37,7 @@ async def test_a_recorded_rdp_session_replays_to_the_servers_picture(live_gatewa
     alice = live_gateway.create_user("alice", PASSWORD)
     services.grants.grant(windows.id, alice.id, "owner", recorded.id)
     async with trio.open_nursery() as nursery:
-        controller = await participant(nursery, live_gateway, "alice", f"/ws/endpoints/{windows.id}/start",
+        controller = await rfb_participant(nursery, live_gateway, "alice", f"/ws/endpoints/{windows.id}/start",
                                        {"type": "start", "cols": 80, "rows": 24})
         joined = controller.of("joined")[0]
         assert joined["recorded"] is True

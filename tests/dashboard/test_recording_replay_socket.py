@@ -6,49 +6,25 @@ engine on the ManualClock from a desktop the test paints."""
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
 import sqlalchemy as sa
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError
+from trio_websocket import HandshakeError
 
 from cosession.join import connect_socket, login, open_socket
 from engine.clock import ManualClock
 from engine.messages import DisplayFill, DisplaySize, EndpointProtocol, EndpointSpec, User
 from engine.recording_desktop import read_desktop
-from protocols.rfb_browser import BrowserClient
+from tests.fixtures.browser import PASSWORD
+from tests.fixtures.desktops import PaintedDesktop, RfbParticipant
 
-PASSWORD = "correct horse battery"
 SECONDS = 30
 
 
 @pytest.fixture
 def gateway_clock():
     return ManualClock()
-
-
-class PaintedDesktop:
-    def __init__(self) -> None:
-        self.events = None
-
-    def open(self, events, cols, rows):
-        self.events = events
-        events.opened("painted desktop")
-
-    def paint(self, *items):
-        done = threading.Event()
-        self.events.display(tuple(items), done.set)
-        assert done.wait(5)
-
-    def send_input(self, data):
-        pass
-
-    def resize(self, cols, rows):
-        pass
-
-    def close(self):
-        pass
 
 
 def colour(second: int) -> tuple[int, int, int]:
@@ -74,40 +50,6 @@ def record(gateway, end: bool = True) -> str:
     return controller.session_id
 
 
-class Replayer:
-    def __init__(self, socket) -> None:
-        self.socket = socket
-        self.client = BrowserClient()
-        self.control: list[dict] = []
-        self.closed = False
-        self.changed = trio.Event()
-
-    async def read(self) -> None:
-        try:
-            while True:
-                message = await self.socket.get_message()
-                if isinstance(message, str):
-                    self.control.append(json.loads(message))
-                else:
-                    reply = self.client.receive(message)
-                    if reply:
-                        await self.socket.send_message(reply)
-                self.changed.set()
-                self.changed = trio.Event()
-        except ConnectionClosed:
-            self.closed = True
-            self.changed.set()
-
-    async def wait(self, predicate, timeout: float = 15.0) -> None:
-        with trio.fail_after(timeout):
-            while not predicate():
-                await self.changed.wait()
-
-    def pixel(self) -> tuple[int, ...]:
-        fb = self.client.frames.framebuffer
-        return tuple(int(c) for c in fb[5, 5]) if fb.size else ()
-
-
 async def audit_rows(gateway, kind: str) -> list[dict]:
     def read():
         gateway.engine.flush_audit()  # the rows told to the store so far are written
@@ -126,7 +68,7 @@ async def test_a_seek_starts_paused_at_its_desktop_and_plays_to_the_end(live_gat
     cookie = await trio.to_thread.run_sync(login, live_gateway.base_url, "root", PASSWORD)
     socket = await connect_socket(nursery, live_gateway.base_url, f"/ws/recordings/{session_id}?at=12.5&play=0",
                                   cookie, message_queue_size=64)
-    r = Replayer(socket)
+    r = RfbParticipant(socket)
     nursery.start_soon(r.read)
     await r.wait(lambda: r.control and r.pixel() == colour(12))
     assert r.control[0] == {"type": "time", "t": 12.5, "playing": False}
@@ -174,7 +116,7 @@ async def test_a_live_desktop_replays_from_its_start_what_is_written_so_far(live
     cookie = await trio.to_thread.run_sync(login, live_gateway.base_url, "root", PASSWORD)
     socket = await connect_socket(nursery, live_gateway.base_url, f"/ws/recordings/{session_id}?at=20&play=0",
                                   cookie, message_queue_size=64)
-    r = Replayer(socket)
+    r = RfbParticipant(socket)
     nursery.start_soon(r.read)
     await r.wait(lambda: r.control and r.pixel() == colour(20))
     replays = await audit_rows(live_gateway, "recording_replayed")
