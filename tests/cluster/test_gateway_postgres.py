@@ -15,7 +15,7 @@ from cosession.join import open_socket
 from engine.audit import verify
 from engine.db import nodes, sessions
 from engine.messages import Accepted, EndpointProtocol
-from tests.dashboard.test_gateway import Harness
+from tests.fixtures.websockets import Harness
 
 pytestmark = [pytest.mark.postgres, pytest.mark.openssh]
 
@@ -29,13 +29,6 @@ def _leaves(group: BaseException) -> list[BaseException]:
 @pytest.fixture
 def gateway_overrides(postgres_url):
     return {"engine": {"database_url": postgres_url, "node_id": "node-a"}}
-
-
-@pytest.fixture
-async def harness(live_gateway, nursery):
-    h = Harness(live_gateway, nursery)
-    yield h
-    await h.close()
 
 
 async def _ssh_session_with_viewer(h: Harness, openssh):

@@ -28,14 +28,14 @@ from dashboard.security.secrets import Secrets
 from engine.db import audit_events
 from engine.messages import EndpointProtocol
 from tests.cluster.test_serve_postgres import _clean_env, _plain
-from tests.dashboard.test_gateway import Client
 from tests.dashboard.test_serve import ROOT, Served
+from tests.fixtures.gateway import PASSWORD
+from tests.fixtures.websockets import Client
 
 pytestmark = [pytest.mark.postgres, pytest.mark.nats, pytest.mark.openssh]
 
 SECRET_KEY = "k" * 32
 CREDENTIAL_KEY = bytes(range(32))
-PASSWORD = "correct horse battery"
 HEARTBEAT = 0.3  # seconds: a node not seen for three of them has failed
 VIEWERS = [f"viewer{i}" for i in range(1, 12)]  # the 11th is one too many
 

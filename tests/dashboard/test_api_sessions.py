@@ -6,17 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 import trio
-
-from tests.dashboard.test_gateway import PASSWORD, Harness, session_with_viewer
-
-
-@pytest.fixture
-async def harness(live_gateway, nursery):
-    h = Harness(live_gateway, nursery)
-    yield h
-    await h.close()
+from tests.fixtures.gateway import PASSWORD
+from tests.fixtures.websockets import session_with_viewer
 
 
 async def call(client: Any, method: str, path: str, **kwargs: Any) -> Any:

@@ -5,20 +5,11 @@ bounded per user and session with a clear reason. Settings at their defaults (co
 
 from __future__ import annotations
 
-import pytest
 from trio_websocket import ConnectionClosed
 
-from tests.dashboard.test_gateway import Harness
 
 CONNECTIONS = 20
 INPUTS = 101  # the gateway closes a connection after more than 100 refused messages
-
-
-@pytest.fixture
-async def harness(live_gateway, nursery):
-    h = Harness(live_gateway, nursery)
-    yield h
-    await h.close()
 
 
 async def test_a_viewer_reconnecting_in_a_loop_writes_a_bounded_number_of_counted_rows(harness):

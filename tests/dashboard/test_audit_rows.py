@@ -6,18 +6,10 @@ from __future__ import annotations
 
 import sqlite3
 
-import pytest
 import trio
 
-from tests.dashboard.test_gateway import Harness, session_with_viewer
+from tests.fixtures.websockets import session_with_viewer
 from tests.unit.test_audit_cli import cosession
-
-
-@pytest.fixture
-async def harness(live_gateway, nursery):
-    h = Harness(live_gateway, nursery)
-    yield h
-    await h.close()
 
 
 async def test_an_edited_sessions_row_is_named_by_audit_verify(harness):

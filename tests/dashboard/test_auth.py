@@ -12,8 +12,7 @@ from starlette.requests import HTTPConnection
 
 from dashboard.security.auth import LoginThrottle
 from dashboard.security.origin import check_origin, same_origin
-
-PASSWORD = "correct horse battery"
+from tests.fixtures.gateway import PASSWORD
 
 
 def csrf_from(html: str) -> str:

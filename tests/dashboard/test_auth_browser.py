@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from tests.fixtures.gateway import PASSWORD
 
 pytestmark = pytest.mark.browser
-
-PASSWORD = "correct horse battery"
 
 
 def test_sign_in_and_out_in_the_browser(live_gateway, page):

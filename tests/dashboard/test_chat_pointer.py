@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 
 from engine import ManualClock, policy
-from tests.dashboard.test_gateway import Client, Harness
+from tests.fixtures.websockets import Client, Harness
 
 pytestmark = pytest.mark.usefixtures("live_gateway")
 
@@ -24,13 +24,6 @@ pytestmark = pytest.mark.usefixtures("live_gateway")
 @pytest.fixture
 def gateway_clock() -> ManualClock:
     return ManualClock()
-
-
-@pytest.fixture
-async def harness(live_gateway, nursery):
-    h = Harness(live_gateway, nursery)
-    yield h
-    await h.close()
 
 
 async def three(h: Harness) -> tuple[Client, Client, Client, str]:

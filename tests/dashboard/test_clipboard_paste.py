@@ -16,7 +16,7 @@ import secrets
 import pytest
 
 from dashboard.gateway.clipboard import paste_bytes
-from tests.dashboard.test_send_password import DEADLINE, harness, open_client, person, start, vault  # noqa: F401
+from tests.dashboard.test_send_password import DEADLINE, open_client, person, start, vault
 
 pytestmark = pytest.mark.openssh
 

@@ -12,8 +12,8 @@ import pytest
 
 from engine.clock import ManualClock
 from engine.messages import EndpointProtocol, SessionFinished
+from tests.fixtures.gateway import PASSWORD
 
-PASSWORD = "correct horse battery"
 DAY = 86400.0
 # 10 March 2027, noon, in this machine's time zone (the page's dates are the server's days)
 START = time.mktime((2027, 3, 10, 12, 0, 0, 0, 0, -1))

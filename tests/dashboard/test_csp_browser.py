@@ -12,10 +12,10 @@ from playwright.sync_api import Page, expect
 
 from engine.messages import EndpointProtocol
 from tests.dashboard.test_session_browser import ALL_TEXT
+from tests.fixtures.gateway import PASSWORD
 
 pytestmark = pytest.mark.browser
 
-PASSWORD = "correct horse battery"
 WAIT = 30_000  # ms: a bound on waiting for the page, never a wait for time to pass
 
 # Installed before any page script: every violation the browser reports, and every error.

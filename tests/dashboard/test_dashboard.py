@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from engine.messages import EndpointProtocol, SessionEnded, SessionFinished
+from tests.fixtures.gateway import PASSWORD
 
-PASSWORD = "correct horse battery"
 SECRET = "the-endpoint-password-42"
 
 

@@ -14,7 +14,8 @@ from playwright.sync_api import Page, expect
 
 from engine.messages import EndpointProtocol, SessionFinished
 from protocols.synthetic import SyntheticConnection
-from tests.fixtures.browser import PASSWORD, WAIT, BrowserSite
+from tests.fixtures.browser import WAIT, BrowserSite
+from tests.fixtures.gateway import PASSWORD
 from tests.fixtures.screenshots import save_screenshot
 
 pytestmark = pytest.mark.browser

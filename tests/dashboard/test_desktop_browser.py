@@ -18,7 +18,8 @@ from playwright.sync_api import Browser, Page, expect
 from dashboard.repositories.model import Principal
 from engine.messages import EndpointProtocol, User
 from tests.dashboard.test_csp_browser import Watched
-from tests.fixtures.browser import PASSWORD, BrowserSite
+from tests.fixtures.browser import BrowserSite
+from tests.fixtures.gateway import PASSWORD
 from tests.fixtures.screenshots import save_screenshot
 
 pytestmark = [pytest.mark.browser, pytest.mark.xvnc]

@@ -23,8 +23,8 @@ from cosession.join import connect_socket, login
 from engine.messages import EndpointProtocol
 from protocols import rfb
 from protocols.rfb_browser import decode_png
-from tests.fixtures.browser import PASSWORD
 from tests.fixtures.desktops import RfbParticipant, rfb_participant
+from tests.fixtures.gateway import PASSWORD
 
 pytestmark = pytest.mark.xvnc
 

@@ -20,9 +20,8 @@ from typing import Any
 import pytest
 import trio
 
-from tests.dashboard.test_send_password import (  # noqa: F401
-    DEADLINE, PASSWORD, harness, open_client, start, vault,
-)
+from tests.dashboard.test_send_password import DEADLINE, open_client, start, vault
+from tests.fixtures.gateway import PASSWORD
 
 pytestmark = pytest.mark.openssh
 

@@ -1,5 +1,6 @@
 """The websocket gateway against the real application on Hypercorn's trio worker, with
 synthetic endpoints: joining, the role checks, refusals and their audit, coalescing, slow viewers.
+The clients (``harness``) are tests/fixtures/websockets.py.
 
 The gateway runs in its own thread and trio loop (``live_gateway``); these tests are trio tests
 with trio-websocket clients, exactly as `cosession join` talks to a gateway.
@@ -8,155 +9,13 @@ with trio-websocket clients, exactly as `cosession join` talks to a gateway.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 import trio
-from trio_websocket import ConnectionClosed, HandshakeError
+from trio_websocket import HandshakeError
 
-from cosession.join import connect_socket, login, open_socket, send_json
-from engine.messages import EndpointProtocol
-
-DEADLINE = 30  # seconds: a bound on waiting for the gateway, never a wait for time
-PASSWORD = "correct horse battery"
-
-
-class Client:
-    """A participant's websocket, with what it received."""
-
-    def __init__(self, ws: Any) -> None:
-        self.ws = ws
-        self.output = bytearray()
-        self.controls: list[dict[str, Any]] = []
-        self.binary_messages = 0
-        self.closed = False
-        self._cursor = 0
-
-    async def send(self, message: dict[str, Any] | str | bytes) -> None:
-        if isinstance(message, dict):
-            await send_json(self.ws, message)
-        else:
-            await self.ws.send_message(message)
-
-    async def next(self) -> bytes | dict[str, Any]:
-        message = await self.ws.get_message()
-        if isinstance(message, bytes):
-            self.binary_messages += 1
-            self.output += message
-            return message
-        control = json.loads(message)
-        self.controls.append(control)
-        return control
-
-    async def until(self, predicate: Any, deadline: float = DEADLINE) -> Any:
-        """Read until `predicate(message)` holds for a message; that message."""
-        with trio.fail_after(deadline):
-            while True:
-                try:
-                    message = await self.next()
-                except ConnectionClosed:
-                    self.closed = True
-                    raise
-                if predicate(message):
-                    return message
-
-    async def control(self, kind: str, deadline: float = DEADLINE, **fields: Any) -> dict[str, Any]:
-        """The next control message of `kind` (with `fields`) not returned before, whether it
-        was already received or is still to come."""
-        def matches(m: Any) -> bool:
-            return isinstance(m, dict) and m.get("type") == kind and all(m.get(k) == v for k, v in fields.items())
-
-        for index in range(self._cursor, len(self.controls)):
-            if matches(self.controls[index]):
-                self._cursor = index + 1
-                return self.controls[index]
-        message = await self.until(matches, deadline)
-        self._cursor = len(self.controls)
-        return message
-
-    async def output_contains(self, needle: bytes, deadline: float = DEADLINE) -> None:
-        if needle in self.output:
-            return
-        await self.until(lambda m: needle in self.output, deadline)
-
-    async def until_closed(self, deadline: float = DEADLINE) -> None:
-        with trio.fail_after(deadline):
-            try:
-                while True:
-                    await self.next()
-            except ConnectionClosed:
-                self.closed = True
-
-
-class Harness:
-    def __init__(self, gateway: Any, nursery: trio.Nursery) -> None:
-        self.gateway = gateway
-        self.nursery = nursery
-        self.cookies: dict[str, str] = {}
-        self.sockets: list[Any] = []
-        self.endpoint = gateway.create_endpoint("synth", EndpointProtocol.SYNTHETIC, host="")
-
-    def user(self, name: str, *, grant: bool = True, admin: bool = False) -> str:
-        user = self.gateway.create_user(name, PASSWORD, admin=admin)
-        if grant:
-            self.gateway.grant(self.endpoint, user)
-        return name
-
-    async def cookie(self, name: str) -> str:
-        if name not in self.cookies:
-            self.cookies[name] = await trio.to_thread.run_sync(login, self.gateway.base_url, name, PASSWORD)
-        return self.cookies[name]
-
-    async def open(self, name: str | None, path: str, **kwargs: Any) -> Client:
-        cookie = await self.cookie(name) if name else None
-        ws = await connect_socket(self.nursery, self.gateway.base_url, path, cookie, **kwargs)
-        self.sockets.append(ws)
-        return Client(ws)
-
-    async def start(self, name: str, cols: int = 80, rows: int = 24) -> tuple[Client, dict[str, Any]]:
-        client = await self.open(name, f"/ws/endpoints/{self.endpoint.id}/start")
-        await client.send({"type": "start", "cols": cols, "rows": rows})
-        joined = await client.control("joined")
-        return client, joined
-
-    async def join(self, name: str, session_id: str, **join: Any) -> tuple[Client, dict[str, Any]]:
-        client = await self.open(name, f"/ws/sessions/{session_id}")
-        await client.send({"type": "join", **join})
-        answer = await client.until(lambda m: isinstance(m, dict) and m["type"] in ("joined", "refused"))
-        return client, answer
-
-    def connection(self, session_id: str) -> Any:
-        return self.gateway.app.state.live_sessions.sessions[session_id].connection
-
-    async def audit(self, kind: str) -> list[dict[str, Any]]:
-        def read() -> list[dict[str, Any]]:
-            self.gateway.engine.flush_audit()
-            rows, _ = self.gateway.services.audit_reader.events(kind=kind, limit=10_000)
-            return rows
-
-        return await trio.to_thread.run_sync(read)
-
-    async def close(self) -> None:
-        for ws in self.sockets:
-            with trio.move_on_after(5):
-                await ws.aclose()
-
-
-@pytest.fixture
-async def harness(live_gateway, nursery):
-    h = Harness(live_gateway, nursery)
-    yield h
-    await h.close()
-
-
-async def session_with_viewer(h: Harness) -> tuple[Client, Client, str]:
-    h.user("alice")
-    h.user("bob")
-    controller, joined = await h.start("alice")
-    sid = joined["session_id"]
-    viewer, answer = await h.join("bob", sid)
-    assert answer["type"] == "joined" and answer["role"] == "viewer", answer
-    return controller, viewer, sid
+from cosession.join import open_socket
+from tests.fixtures.websockets import DEADLINE, session_with_viewer
 
 
 # --- joining and output ---------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import trio
 from trio_websocket import wrap_client_stream
 
 from cosession.join import GatewaySocket, _headers, send_json
-from tests.dashboard.test_gateway import Client, Harness, session_with_viewer
+from tests.fixtures.websockets import Client, Harness, session_with_viewer
 
 QUEUE_BYTES = 65536
 
@@ -19,13 +19,6 @@ QUEUE_BYTES = 65536
 def gateway_overrides():
     # a small outbound queue, so that a few hundred kilobytes overflow it
     return {"engine": {"queue_max_bytes": QUEUE_BYTES}}
-
-
-@pytest.fixture
-async def harness(live_gateway, nursery):
-    h = Harness(live_gateway, nursery)
-    yield h
-    await h.close()
 
 
 async def stalled_viewer(h: Harness, name: str, session_id: str) -> Client:

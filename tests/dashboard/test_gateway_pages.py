@@ -7,8 +7,7 @@ import pytest
 
 from dashboard.security import share
 from engine.messages import EndpointProtocol
-
-PASSWORD = "correct horse battery"
+from tests.fixtures.gateway import PASSWORD
 
 
 @pytest.fixture

@@ -9,32 +9,14 @@ import asyncssh
 import pytest
 import trio
 
-from engine.messages import EndpointProtocol
-from tests.dashboard.test_gateway import Harness
+from tests.fixtures.websockets import Harness
 
 pytestmark = pytest.mark.openssh
 
 
-@pytest.fixture
-async def harness(live_gateway, nursery):
-    h = Harness(live_gateway, nursery)
-    yield h
-    await h.close()
-
-
-def ssh_endpoint(h: Harness, openssh, **kwargs):
-    endpoint = h.gateway.create_endpoint("box", EndpointProtocol.SSH, openssh.host, openssh.port,
-                                         username=openssh.username, **kwargs)
-    return endpoint
-
-
 async def start(h: Harness, name: str, endpoint, credentials=None):
-    client = await h.open(name, f"/ws/endpoints/{endpoint.id}/start")
-    message = {"type": "start", "cols": 100, "rows": 30}
-    if credentials is not None:
-        message["credentials"] = credentials
-    await client.send(message)
-    return client, await client.control("joined")
+    fields = {} if credentials is None else {"credentials": credentials}
+    return await h.start(name, 100, 30, endpoint=endpoint, **fields)
 
 
 async def until(predicate, deadline: float = 10) -> None:
@@ -46,7 +28,7 @@ async def until(predicate, deadline: float = 10) -> None:
 async def test_entered_credentials_and_the_first_host_key_is_trusted(harness, openssh):
     h = harness
     h.user("alice", grant=False)
-    endpoint = ssh_endpoint(h, openssh)
+    endpoint = h.openssh_endpoint(openssh)
     h.gateway.grant(endpoint, "alice")
     client, joined = await start(h, "alice", endpoint, {"username": openssh.username, "password": openssh.password})
     await client.control("state", state="active")
@@ -62,7 +44,7 @@ async def test_entered_credentials_and_the_first_host_key_is_trusted(harness, op
 async def test_stored_private_key(harness, openssh):
     h = harness
     h.user("alice", grant=False)
-    endpoint = ssh_endpoint(h, openssh, private_key=openssh.private_key, host_key=openssh.host_key)
+    endpoint = h.openssh_endpoint(openssh, private_key=openssh.private_key, host_key=openssh.host_key)
     h.gateway.grant(endpoint, "alice")
     client, joined = await start(h, "alice", endpoint)
     await client.control("state", state="active")
@@ -75,7 +57,7 @@ async def test_a_changed_host_key_refuses_the_connection_and_is_kept_for_an_admi
     h = harness
     h.user("alice", grant=False)
     impostor = asyncssh.generate_private_key("ssh-ed25519").export_public_key("openssh").decode().strip()
-    endpoint = ssh_endpoint(h, openssh, password=openssh.password, host_key=impostor)
+    endpoint = h.openssh_endpoint(openssh, password=openssh.password, host_key=impostor)
     h.gateway.grant(endpoint, "alice")
     client, joined = await start(h, "alice", endpoint)
     ended = await client.control("ended")
@@ -89,7 +71,7 @@ async def test_a_changed_host_key_refuses_the_connection_and_is_kept_for_an_admi
 async def test_wrong_credentials_end_the_session_with_the_reason(harness, openssh):
     h = harness
     h.user("alice", grant=False)
-    endpoint = ssh_endpoint(h, openssh, host_key=openssh.host_key)
+    endpoint = h.openssh_endpoint(openssh, host_key=openssh.host_key)
     h.gateway.grant(endpoint, "alice")
     client, joined = await start(h, "alice", endpoint, {"username": openssh.username, "password": "not-it"})
     ended = await client.control("ended")
@@ -100,7 +82,7 @@ async def test_wrong_credentials_end_the_session_with_the_reason(harness, openss
 async def test_an_ssh_endpoint_without_stored_credentials_needs_them(harness, openssh):
     h = harness
     h.user("alice", grant=False)
-    endpoint = ssh_endpoint(h, openssh, host_key=openssh.host_key)
+    endpoint = h.openssh_endpoint(openssh, host_key=openssh.host_key)
     h.gateway.grant(endpoint, "alice")
     client = await h.open("alice", f"/ws/endpoints/{endpoint.id}/start")
     await client.send({"type": "start", "cols": 80, "rows": 24})

@@ -11,8 +11,7 @@ import pytest
 from dashboard.security import share
 from engine.messages import ParticipantJoined, EndpointProtocol, SessionState
 from protocols.synthetic import SyntheticConnection
-
-PASSWORD = "correct horse battery"
+from tests.fixtures.gateway import PASSWORD
 
 
 @pytest.fixture

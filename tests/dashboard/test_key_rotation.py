@@ -23,9 +23,9 @@ from dashboard.security import share
 from dashboard.security.secrets import (
     CREDENTIAL_KEY_FILE, DecryptionFailed, KeyMaterialError, Secrets, decode_credential_key,
 )
-from tests.dashboard.test_gateway import Harness
 from tests.dashboard.test_send_password import person, send_password, start, vault
 from tests.fixtures.gateway import LiveGateway
+from tests.fixtures.websockets import Harness
 
 pytestmark = pytest.mark.openssh
 

@@ -13,7 +13,8 @@ import trio
 from engine.access import AssetRole
 from engine.clock import ManualClock
 from engine.messages import EndpointProtocol
-from tests.dashboard.test_gateway import PASSWORD, Harness
+from tests.fixtures.gateway import PASSWORD
+from tests.fixtures.websockets import Harness
 
 HOUR = 3600.0
 
@@ -224,13 +225,6 @@ def test_the_launcher_refuses_and_audits_every_start_that_may_not_happen(site, s
 
 
 # --- the start websocket: launches, deadlines, record ----------------------------------------------
-
-
-@pytest.fixture
-async def harness(live_gateway, nursery):
-    h = Harness(live_gateway, nursery)
-    yield h
-    await h.close()
 
 
 async def launched(h: Harness, site: Site, name: str, **fields: Any) -> str:

@@ -12,7 +12,8 @@ from playwright.sync_api import Browser, Page, expect
 
 from engine.clock import ManualClock
 from engine.messages import EndpointProtocol
-from tests.fixtures.browser import PASSWORD, WAIT, BrowserSite
+from tests.fixtures.browser import WAIT, BrowserSite
+from tests.fixtures.gateway import PASSWORD
 from tests.fixtures.screenshots import save_screenshot
 
 pytestmark = pytest.mark.browser

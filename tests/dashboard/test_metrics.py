@@ -12,20 +12,13 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from engine.audit import verify
-from tests.dashboard.test_gateway import Harness, session_with_viewer
 from tests.dashboard.test_gateway_flow import QUEUE_BYTES, overflow_in_lockstep, stalled_viewer
+from tests.fixtures.websockets import session_with_viewer
 
 
 @pytest.fixture
 def gateway_overrides():
     return {"engine": {"queue_max_bytes": QUEUE_BYTES}, "metrics": {"enabled": True}}
-
-
-@pytest.fixture
-async def harness(live_gateway, nursery):
-    h = Harness(live_gateway, nursery)
-    yield h
-    await h.close()
 
 
 class Scrape:

@@ -18,8 +18,8 @@ import sqlalchemy as sa
 
 from engine.clock import ManualClock
 from dashboard.repositories.tables import mfa_secrets
+from tests.fixtures.gateway import PASSWORD
 
-PASSWORD = "correct horse battery"
 START = 1_800_000_010.0  # 10 seconds into a 30-second TOTP step
 
 

@@ -11,11 +11,11 @@ import pytest
 from playwright.sync_api import expect
 
 from engine.clock import ManualClock
+from tests.fixtures.gateway import PASSWORD
 from tests.fixtures.screenshots import VIEWPORT, save_screenshot
 
 pytestmark = pytest.mark.browser
 
-PASSWORD = "correct horse battery"
 START = 1_800_000_010.0
 WAIT = 15_000  # ms: a bound on waiting for the page, never a wait for time to pass
 

@@ -21,8 +21,8 @@ from engine.messages import EndpointProtocol
 from protocols import rfb
 from protocols.freerdp import certificate_fingerprint
 from tests.dashboard.test_desktop_gateway import audit, close_all
-from tests.fixtures.browser import PASSWORD
 from tests.fixtures.desktops import RfbParticipant, rfb_participant
+from tests.fixtures.gateway import PASSWORD
 from tests.fixtures.rdp import PrivateDisplay, RdpServer, rdp_children, rdp_displays
 from tests.protocols.test_rdp_freerdp import CTRL_ALT_DEL, RETURN, close_to, keys
 

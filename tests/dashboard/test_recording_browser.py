@@ -20,10 +20,10 @@ from engine.messages import EndpointProtocol, ParticipantLeft, SessionEnded
 from protocols.synthetic import SyntheticConnection
 from tests.actors.conftest import wait_until
 from tests.dashboard.test_csp_browser import RECORD_VIOLATIONS
+from tests.fixtures.gateway import PASSWORD
 
 pytestmark = pytest.mark.browser
 
-PASSWORD = "correct horse battery"
 WAIT = 30_000
 COLS, ROWS = 80, 24
 

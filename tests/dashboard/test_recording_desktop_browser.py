@@ -20,7 +20,7 @@ from engine.clock import ManualClock
 from engine.recording_desktop import read_desktop
 from tests.dashboard.test_csp_browser import Watched
 from tests.dashboard.test_desktop_browser import Desk
-from tests.fixtures.browser import PASSWORD
+from tests.fixtures.gateway import PASSWORD
 from tests.fixtures.screenshots import save_screenshot
 from tests.unit.test_audit_cli import cosession
 

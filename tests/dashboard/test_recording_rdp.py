@@ -15,9 +15,9 @@ from engine.recording_desktop import desktop_start, read_desktop
 from engine.recordings import DESKTOP_FORMAT
 from protocols.rfb_browser import FrameDecoder
 from tests.dashboard.test_desktop_gateway import close_all
-from tests.fixtures.browser import PASSWORD
 from tests.fixtures.desktops import rfb_participant
 from tests.dashboard.test_rdp_gateway import converge, leave, no_rdp_process_left
+from tests.fixtures.gateway import PASSWORD
 from tests.protocols.test_rdp_freerdp import close_to
 
 pytestmark = pytest.mark.rdp

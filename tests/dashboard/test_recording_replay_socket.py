@@ -16,8 +16,8 @@ from cosession.join import connect_socket, login, open_socket
 from engine.clock import ManualClock
 from engine.messages import DisplayFill, DisplaySize, EndpointProtocol, EndpointSpec, User
 from engine.recording_desktop import read_desktop
-from tests.fixtures.browser import PASSWORD
 from tests.fixtures.desktops import PaintedDesktop, RfbParticipant
+from tests.fixtures.gateway import PASSWORD
 
 SECONDS = 30
 

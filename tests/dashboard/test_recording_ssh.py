@@ -22,7 +22,6 @@ from tests.dashboard.test_api_sessions import call
 from tests.dashboard.test_send_password import (
     DEADLINE, PASSWORD, contains_secret, open_client, send_password, start, vault,
 )
-from tests.dashboard.test_gateway import Harness
 
 pytestmark = pytest.mark.openssh
 
@@ -32,13 +31,6 @@ COLS, ROWS = 100, 30
 @pytest.fixture(params=[False, True], ids=["default", "record-input"])
 def gateway_overrides(request):
     return {"recordings": {"record_input": request.param}}
-
-
-@pytest.fixture
-async def harness(live_gateway, nursery):
-    h = Harness(live_gateway, nursery)
-    yield h
-    await h.close()
 
 
 def screen_of(chunks, resizes=()) -> list[str]:

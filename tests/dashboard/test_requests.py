@@ -19,9 +19,9 @@ from engine import access as rules
 from engine.access import ApprovalState, QuickOutcome, StartGrant
 from engine.clock import ManualClock
 from engine.messages import EndReason, EndpointProtocol, Reason, Refused, SessionEnded, SessionState
-from tests.dashboard.test_gateway import Harness
+from tests.fixtures.gateway import PASSWORD
+from tests.fixtures.websockets import Harness
 
-PASSWORD = "correct horse battery"
 # 10 March 2027, 09:00 in this machine's time zone (forms take the server's local time)
 START = time.mktime((2027, 3, 10, 9, 0, 0, 0, 0, -1))
 HOUR = 3600.0

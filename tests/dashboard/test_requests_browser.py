@@ -16,8 +16,8 @@ from markupsafe import Markup
 from engine import access as rules
 from engine.access import ApprovalState, StartGrant
 from engine.messages import EndpointProtocol
+from tests.fixtures.gateway import PASSWORD
 
-PASSWORD = "correct horse battery"
 TEMPLATES = Path(__file__).resolve().parents[2] / "dashboard" / "templates"
 
 

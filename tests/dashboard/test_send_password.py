@@ -38,11 +38,11 @@ from playwright.sync_api import Browser, BrowserContext, Page, expect
 from cosession.join import connect_socket
 from dashboard.gateway import wire
 from engine.messages import EndpointProtocol
-from tests.dashboard.test_gateway import Client, Harness
+from tests.fixtures.gateway import PASSWORD
+from tests.fixtures.websockets import Client, Harness
 
 pytestmark = pytest.mark.openssh
 
-PASSWORD = "correct horse battery"  # the cosession users' password (not the secret searched for)
 DEADLINE = 10  # seconds: a bound on waiting for the gateway, never a wait for time to pass
 WAIT = 15_000  # ms, the same for the browser
 
@@ -135,13 +135,6 @@ async def open_client(h: Harness, name: str, path: str) -> RecordingClient:
     ws = await connect_socket(h.nursery, h.gateway.base_url, path, await h.cookie(name))
     h.sockets.append(ws)
     return RecordingClient(ws)
-
-
-@pytest.fixture
-async def harness(live_gateway, nursery):
-    h = Harness(live_gateway, nursery)
-    yield h
-    await h.close()
 
 
 def profile(h: Harness, upload: bool) -> Any:

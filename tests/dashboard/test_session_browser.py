@@ -12,7 +12,8 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from engine.messages import EndpointProtocol, User
-from tests.fixtures.browser import CONTROLLING, PASSWORD, WAIT, BrowserSite
+from tests.fixtures.browser import CONTROLLING, WAIT, BrowserSite
+from tests.fixtures.gateway import PASSWORD
 
 pytestmark = [pytest.mark.browser, pytest.mark.openssh]
 

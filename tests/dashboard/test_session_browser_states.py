@@ -12,10 +12,10 @@ from playwright.sync_api import Browser, expect
 
 from dashboard.security import share
 from engine.messages import EndpointProtocol
-from tests.fixtures.browser import PASSWORD, BrowserSite
+from tests.fixtures.browser import BrowserSite
+from tests.fixtures.gateway import PASSWORD
 
 pytestmark = pytest.mark.browser
-
 
 
 class Site(BrowserSite):

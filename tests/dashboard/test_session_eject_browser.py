@@ -14,7 +14,8 @@ import pytest
 from playwright.sync_api import Browser, Page, WebSocketRoute, expect
 
 from engine.messages import EndpointProtocol, User
-from tests.fixtures.browser import PASSWORD, BrowserSite
+from tests.fixtures.browser import BrowserSite
+from tests.fixtures.gateway import PASSWORD
 
 pytestmark = pytest.mark.browser
 

@@ -17,7 +17,8 @@ from wsproto.events import AcceptConnection, Request, TextMessage
 from cosession.join import _headers, login
 from engine.clock import ManualClock
 from tests.dashboard.test_session_eject_browser import TERMINAL_TEXT, Site
-from tests.fixtures.browser import PASSWORD, WAIT
+from tests.fixtures.browser import WAIT
+from tests.fixtures.gateway import PASSWORD
 
 pytestmark = pytest.mark.browser
 

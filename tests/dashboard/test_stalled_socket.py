@@ -11,8 +11,6 @@ from __future__ import annotations
 import pytest
 import trio
 
-from engine.messages import EndpointProtocol
-from tests.dashboard.test_gateway import Harness
 from tests.dashboard.test_stalled_viewer import StalledViewer
 
 pytestmark = pytest.mark.openssh
@@ -25,23 +23,13 @@ def gateway_overrides():
     return {"engine": {"stall_seconds": 5.0}}
 
 
-@pytest.fixture
-async def harness(live_gateway, nursery):
-    h = Harness(live_gateway, nursery)
-    yield h
-    await h.close()
-
-
 async def test_the_gateway_cuts_a_socket_that_takes_nothing(harness, openssh):
     h = harness
     h.user("alice", grant=False)
-    endpoint = h.gateway.create_endpoint("box", EndpointProtocol.SSH, openssh.host, openssh.port,
-                                         username=openssh.username, private_key=openssh.private_key,
-                                         host_key=openssh.host_key)
+    endpoint = h.openssh_endpoint(openssh, private_key=openssh.private_key, host_key=openssh.host_key)
     h.gateway.grant(endpoint, "alice")
-    controller = await h.open("alice", f"/ws/endpoints/{endpoint.id}/start")
-    await controller.send({"type": "start", "cols": 80, "rows": 24})
-    sid = (await controller.control("joined"))["session_id"]
+    controller, joined = await h.start("alice", endpoint=endpoint)
+    sid = joined["session_id"]
     await controller.control("state", state="active")
     h.gateway.grant(endpoint, h.user("bob", grant=False))
     stalled = StalledViewer()

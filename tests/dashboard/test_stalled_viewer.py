@@ -19,8 +19,7 @@ from wsproto.events import AcceptConnection, Request, TextMessage
 
 from cosession.join import _headers
 from engine.clock import ManualClock
-from engine.messages import EndpointProtocol
-from tests.dashboard.test_gateway import Harness
+from tests.fixtures.websockets import Harness
 
 pytestmark = pytest.mark.openssh
 
@@ -41,13 +40,6 @@ def gateway_overrides():
     # test's clients share the gateway's process and GIL: a queue of 4 MiB keeps the controller
     # within it, so that every byte it gets is a fact about the gateway, not about the client.
     return {"engine": {"queue_max_bytes": QUEUE_BYTES}}
-
-
-@pytest.fixture
-async def harness(live_gateway, nursery):
-    h = Harness(live_gateway, nursery)
-    yield h
-    await h.close()
 
 
 class StalledViewer:
@@ -88,17 +80,14 @@ def channel_of(h: Harness, session_id: str, name: str):
 async def test_a_viewer_that_never_reads_costs_the_controller_nothing_and_is_disconnected(harness, openssh):
     h = harness
     h.user("alice", grant=False)
-    endpoint = h.gateway.create_endpoint("box", EndpointProtocol.SSH, openssh.host, openssh.port,
-                                         username=openssh.username, private_key=openssh.private_key,
-                                         host_key=openssh.host_key)
+    endpoint = h.openssh_endpoint(openssh, private_key=openssh.private_key, host_key=openssh.host_key)
     h.gateway.grant(endpoint, "alice")
     big = openssh.directory / "big.txt"
     big.write_bytes(b"".join(b"L%07d %s\n" % (n, b"x" * 70) for n in range(LINES)))
     big.chmod(0o644)
 
-    controller = await h.open("alice", f"/ws/endpoints/{endpoint.id}/start")
-    await controller.send({"type": "start", "cols": 80, "rows": 24})
-    sid = (await controller.control("joined"))["session_id"]
+    controller, joined = await h.start("alice", endpoint=endpoint)
+    sid = joined["session_id"]
     await controller.control("state", state="active")
     h.gateway.grant(endpoint, h.user("bob", grant=False))
     stalled = StalledViewer()

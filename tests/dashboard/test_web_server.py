@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from tests.fixtures.websockets import Harness
 
-from tests.dashboard.test_gateway import Harness
 
 DEADLINE = 30  # seconds: a bound on waiting for the gateway, never a wait for time
 REPEAT = 20  # each hostile sequence, on as many connections: the failures are races
