@@ -16,7 +16,7 @@ import secrets
 import pytest
 
 from dashboard.gateway.clipboard import paste_bytes
-from tests.dashboard.test_send_password import DEADLINE, open_client, person, start, vault
+from tests.dashboard.test_send_password import DEADLINE, person, start, vault
 
 pytestmark = pytest.mark.openssh
 
@@ -58,7 +58,7 @@ async def test_a_paste_is_refused_with_the_reason_when_the_profile_forbids_it(ha
     person(h, "carol", endpoint, "owner", False)
     person(h, "dave", endpoint, "owner", True)
     controller, joined = await start(h, "carol", endpoint)
-    viewer = await open_client(h, "dave", f"/ws/sessions/{joined['session_id']}")
+    viewer = await h.open("dave", f"/ws/sessions/{joined['session_id']}")
     await viewer.send({"type": "join"})
     assert (await viewer.control("joined", deadline=DEADLINE))["role"] == "viewer"
 
@@ -87,7 +87,7 @@ async def test_a_terminal_has_no_remote_clipboard(harness, openssh):
     person(h, "carol", endpoint, "owner", True)
     person(h, "dave", endpoint, "owner", True)
     controller, joined = await start(h, "carol", endpoint)
-    viewer = await open_client(h, "dave", f"/ws/sessions/{joined['session_id']}")
+    viewer = await h.open("dave", f"/ws/sessions/{joined['session_id']}")
     await viewer.send({"type": "join"})
     assert (await viewer.control("joined", deadline=DEADLINE))["role"] == "viewer"
     await controller.send({"type": "copy_clipboard"})

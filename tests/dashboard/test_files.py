@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import trio
 
-from tests.dashboard.test_send_password import DEADLINE, open_client, start, vault
+from tests.dashboard.test_send_password import DEADLINE, start, vault
 from tests.fixtures.gateway import PASSWORD
 
 pytestmark = pytest.mark.openssh
@@ -120,7 +120,7 @@ async def test_file_transfer_is_refused_outside_home_without_the_profile_flag_an
     grant(h, "dave", endpoint, True)
     _, joined = await start(h, "carol", endpoint)
     sid = joined["session_id"]
-    viewer = await open_client(h, "dave", f"/ws/sessions/{sid}")
+    viewer = await h.open("dave", f"/ws/sessions/{sid}")
     await viewer.send({"type": "join"})
     assert (await viewer.control("joined", deadline=DEADLINE))["role"] == "viewer"
 
@@ -176,7 +176,7 @@ async def test_send_tool_puts_a_library_tool_into_the_home_folder(harness, opens
         sid = joined["session_id"]
         tools = (await http(h, "carol", "GET", f"/sessions/{sid}/tools")).json()["tools"]
         assert [(t["name"], t["file_name"], t["sha256"]) for t in tools] == [("Hello tool", file_name, digest)]
-        viewer = await open_client(h, "dave", f"/ws/sessions/{sid}")
+        viewer = await h.open("dave", f"/ws/sessions/{sid}")
         await viewer.send({"type": "join"})
         await viewer.control("joined", deadline=DEADLINE)
         refused = await http(h, "dave", "POST", f"/sessions/{sid}/tools/{tools[0]['id']}/send")

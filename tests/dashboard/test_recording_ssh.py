@@ -20,7 +20,7 @@ import trio
 from engine.recordings import marker_label
 from tests.dashboard.test_api_sessions import call
 from tests.dashboard.test_send_password import (
-    DEADLINE, PASSWORD, contains_secret, open_client, send_password, start, vault,
+    DEADLINE, PASSWORD, contains_secret, send_password, start, vault,
 )
 
 pytestmark = pytest.mark.openssh
@@ -68,7 +68,7 @@ async def test_a_recorded_ssh_session_replays_to_the_controllers_screen(harness,
     sid = joined["session_id"]
     assert joined["recorded"] is True  # the controller's page says so
 
-    viewer = await open_client(h, "bob", f"/ws/sessions/{sid}")
+    viewer = await h.open("bob", f"/ws/sessions/{sid}")
     await viewer.send({"type": "join"})
     seen = await viewer.control("joined", deadline=DEADLINE)
     assert seen["recorded"] is True and seen["role"] == "viewer"  # and the viewer's

@@ -35,7 +35,6 @@ import pytest
 import sqlalchemy as sa
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
-from cosession.join import connect_socket
 from dashboard.gateway import wire
 from engine.messages import EndpointProtocol
 from tests.fixtures.gateway import PASSWORD
@@ -94,49 +93,6 @@ def contains_secret(data: str | bytes | bytearray, secret: str) -> bool:
     return any(needle in blob for needle in needles(secret))
 
 
-# --- websocket clients that keep every frame ----------------------------------------------------
-
-
-class RecordingClient(Client):
-    """A participant's websocket that also keeps every message exactly as it arrived."""
-
-    def __init__(self, ws: Any) -> None:
-        super().__init__(ws)
-        self.raw: list[str | bytes] = []
-
-    async def next(self) -> bytes | dict[str, Any]:
-        message = await self.ws.get_message()
-        self.raw.append(message)
-        if isinstance(message, bytes):
-            self.binary_messages += 1
-            self.output += message
-            return message
-        control = json.loads(message)
-        self.controls.append(control)
-        return control
-
-    async def answer(self, predicate: Any) -> dict[str, Any]:
-        """The next control message (received already or still to come) that `predicate` accepts."""
-        for index in range(self._cursor, len(self.controls)):
-            if predicate(self.controls[index]):
-                self._cursor = index + 1
-                return self.controls[index]
-        message = await self.until(lambda m: isinstance(m, dict) and predicate(m), DEADLINE)
-        self._cursor = len(self.controls)
-        return message
-
-    async def seen(self, predicate: Any, since: int) -> None:
-        """Until a control message from index `since` on is one `predicate` accepts."""
-        if not any(predicate(m) for m in self.controls[since:]):
-            await self.until(lambda m: isinstance(m, dict) and predicate(m), DEADLINE)
-
-
-async def open_client(h: Harness, name: str, path: str) -> RecordingClient:
-    ws = await connect_socket(h.nursery, h.gateway.base_url, path, await h.cookie(name))
-    h.sockets.append(ws)
-    return RecordingClient(ws)
-
-
 def profile(h: Harness, upload: bool) -> Any:
     repos = h.gateway.services
     name = "Upload" if upload else "No upload"
@@ -159,9 +115,9 @@ def vault(h: Harness, openssh: Any, stores: str = "password", name: str = "vault
 
 
 async def start(h: Harness, name: str, endpoint: Any, credentials: dict[str, Any] | None = None
-                ) -> tuple[RecordingClient, dict[str, Any]]:
+                ) -> tuple[Client, dict[str, Any]]:
     """Start a session on the real endpoint and wait until its shell answers."""
-    client = await open_client(h, name, f"/ws/endpoints/{endpoint.id}/start")
+    client = await h.open(name, f"/ws/endpoints/{endpoint.id}/start")
     message: dict[str, Any] = {"type": "start", "cols": 100, "rows": 30}
     if credentials is not None:
         message["credentials"] = credentials
@@ -177,7 +133,7 @@ def is_password_answer(message: dict[str, Any]) -> bool:
     return message["type"] == "password" or (message["type"] == "refused" and message.get("of") == "send_password")
 
 
-async def send_password(client: RecordingClient) -> dict[str, Any]:
+async def send_password(client: Client) -> dict[str, Any]:
     await client.send({"type": "send_password"})
     return await client.answer(is_password_answer)
 
@@ -363,7 +319,7 @@ async def test_a_viewer_never_obtains_the_password(harness, openssh, viewer_role
     person(h, "victor", endpoint, viewer_role, upload, admin=admin)
     controller, joined = await start(h, "carol", endpoint)
     sid = joined["session_id"]
-    viewer = await open_client(h, "victor", f"/ws/sessions/{sid}")
+    viewer = await h.open("victor", f"/ws/sessions/{sid}")
     # before joining: only a join is accepted
     await viewer.send({"type": "send_password"})
     early = await viewer.answer(lambda m: m["type"] == "refused")
