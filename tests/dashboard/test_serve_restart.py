@@ -14,6 +14,7 @@ import sys
 import time
 
 import httpx
+import sqlalchemy as sa
 import trio
 
 from cosession.join import login, open_socket, send_json
@@ -37,6 +38,16 @@ async def _start_demo_session(base_url: str, cookie: str, endpoint_id: str, hold
                     break
         with trio.move_on_after(60):
             await hold.wait()
+
+
+def _last_seen(data) -> float:
+    """When the node's heartbeat was last written, as its database says."""
+    engine = sa.create_engine(f"sqlite:///{data / 'cosession.db'}")
+    try:
+        with engine.connect() as db:
+            return db.execute(sa.text("select max(last_seen_at) from nodes")).scalar() or 0.0
+    finally:
+        engine.dispose()
 
 
 def _config(tmp_path, heartbeat: float) -> str:
@@ -71,7 +82,10 @@ def test_a_killed_gateways_sessions_end_when_it_starts_again(tmp_path):
                     admin.post("/api/login", json={"name": "admin", "password": passwords["admin"]})
                     before = admin.get(f"/api/sessions/{session_id}").json()["session"]
                     assert (before["live"], before["state"], before["ended_at"]) == (True, "active", None)
-                await trio.sleep(1.0)  # let a few heartbeats say the node is alive
+                # heartbeats vouch for the node after the session's start (the gateway's own clock)
+                with trio.fail_after(30):
+                    while await trio.to_thread.run_sync(_last_seen, data) < before["started_at"] + 0.6:
+                        await trio.sleep(0.05)  # a poll of the database the gateway writes
                 killed_at.append(time.time())
                 served.proc.send_signal(signal.SIGKILL)
                 await trio.to_thread.run_sync(served.proc.wait, 30)
