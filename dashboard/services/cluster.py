@@ -294,7 +294,12 @@ class ClusterLink:
             participant = relay.participants.get(str(body.get("token")))
             inner = self._as_participant(participant, body.get("message"))
             if inner is None:
+                # a node that speaks for no participant of this session: nothing reaches the
+                # session, and input (or a resize) for its endpoint is audited as on a websocket
                 answer = Refused(Reason.NOT_A_PARTICIPANT)
+                if isinstance(body.get("message"), (Input, Resize)):
+                    services.audit_event("input_refused", None, session_id, reason=answer.reason.value, via="bus",
+                                         message=type(body.get("message")).__name__)
             elif op == "tell":
                 services.engine.route(session_id, inner)
                 return

@@ -26,7 +26,9 @@ from cosession.join import connect_socket, login, origin_of
 from dashboard.repositories import Repositories
 from dashboard.security.secrets import Secrets
 from engine.db import audit_events
-from engine.messages import EndpointProtocol
+from engine.messages import EndpointProtocol, Input
+from protocols import session_bus as sb
+from protocols.bus import open_bus
 from tests.cluster.test_serve_postgres import _clean_env, _plain
 from tests.dashboard.test_serve import ROOT, Served
 from tests.fixtures.gateway import PASSWORD
@@ -144,7 +146,7 @@ async def test_a_joint_session_across_three_nodes(tmp_path, postgres_url, nats_s
 
             viewers = []
             for index, name in enumerate(VIEWERS[:10]):
-                viewer, answer = await _join(nursery, b if index < 5 else c, name, sid)
+                viewer, answer = await _join(nursery, b if index < 4 else a if index == 4 else c, name, sid)
                 assert answer["type"] == "joined" and answer["role"] == "viewer", answer
                 assert answer["controller"]["name"] == "alice" and answer["endpoint"]["name"] == "box"
                 viewers.append(viewer)
@@ -192,6 +194,63 @@ async def test_a_joint_session_across_three_nodes(tmp_path, postgres_url, nats_s
                         for participant in (viewers[0], viewers[9]):
                             await participant.output_contains(f"back-{1000 + attempt}".encode())
                         break
+
+            # the controller's tab closes; reloaded, its page lands on B (no sticky sessions): it
+            # comes back within the grace period through the bus, as itself, and A still decides
+            await controller.ws.aclose()
+            await viewers[9].control("state", state="disconnected")
+            async with open_bus(nats_server.url, name="forger") as forger:
+                # what A sends each remote participant alone: the returning controller's keyframe
+                # names its subject; every viewer's gets the news of the return
+                alone = await forger.subscribe(f"cosession.s.{sid}.out.to.*")
+                await forger.flush()
+                back, answer = await _join(nursery, b, "alice", sid)
+                assert answer["type"] == "joined" and answer["role"] == "controller" and answer["rejoined"], answer
+                await viewers[9].control("state", state="active")
+                viewer_tokens, controller_token = set(), None
+                with trio.fail_after(10):
+                    async for message in alone:
+                        body = sb.decode(message.payload)
+                        if "keyframe" in body and controller_token is None:
+                            controller_token = sb.token_of(message.subject)
+                        elif "event" in body:
+                            viewer_tokens.add(sb.token_of(message.subject))
+                        if controller_token and len(viewer_tokens - {controller_token}) >= 9:
+                            break
+                # a node that speaks on the bus for a viewer, or for nobody, as the controller:
+                # refused by A and audited, never typed
+                forged = Input(answer["participant_id"], b"echo forged-$((5*5))\n")
+                for token in (sorted(viewer_tokens - {controller_token})[0], "nobody"):
+                    await forger.publish(sb.control_subject(sid), sb.encode({"op": "tell", "token": token,
+                                                                             "message": forged}))
+                await forger.flush()
+                await alone.unsubscribe()
+            await back.send(b"echo returned-$((6*7+1))\n")
+            for participant in [back, viewers[0], viewers[4], viewers[9]]:  # B, A and C
+                await participant.output_contains(b"returned-43")
+            await back.send({"type": "resize", "cols": 90, "rows": 20})
+            await back.send(b"stty size\n")
+            await back.output_contains(b"20 90")
+            # a viewer on B, beside the controller's channel there, still has no path to the input
+            await viewers[1].send(b"echo forged-$((2*2))\n")
+            assert (await viewers[1].control("refused", reason="not_controller"))["of"] == "input"
+            await viewers[1].send({"type": "resize", "cols": 10, "rows": 5})
+            assert (await viewers[1].control("refused", reason="not_controller"))["of"] == "resize"
+            await back.send(b"echo after-$((3*3))\n")
+            await viewers[4].output_contains(b"after-9")
+            assert b"forged-4" not in viewers[4].output and b"forged-4" not in back.output
+            assert b"forged-25" not in viewers[4].output and b"forged-25" not in back.output
+            with trio.fail_after(10):
+                while len(refusals := [json.loads(r.detail) for r in await trio.to_thread.run_sync(
+                        _audit_rows, postgres_url, "input_refused") if r.session_id == sid]) < 2:
+                    await trio.sleep(0.05)  # a bound on the audit store's commit, not a wait for time
+            assert {(x.get("reason"), x.get("via")) for x in refusals} >= {("not_controller", None),
+                                                                            ("not_a_participant", "bus")}
+            assert any(x.get("participant") not in (None, answer["participant_id"]) and x.get("via") is None
+                       and x["reason"] == "not_controller" and "message" not in x for x in refusals), refusals
+            reconnects = await trio.to_thread.run_sync(_audit_rows, postgres_url, "reconnect")
+            assert [(r.session_id, r.actor_name) for r in reconnects] == [(sid, "alice")]
+            controller = back
 
             # terminate from B: every socket on A, B and C closes, each told why
             answer = await trio.to_thread.run_sync(_terminate, b.url, sid)
