@@ -97,6 +97,8 @@ def create_app(services: Services) -> Starlette:
     app.state.sign_in = SignIn(services.users, services)
     app.state.launches = Launches()
     app.state.live_sessions = LiveSessions(services)
+    if services.cluster is not None:  # the other nodes ask this node about the sessions it runs
+        services.cluster.directory = app.state.live_sessions
     app.state.live_hub = live.LiveHub(services)
     app.state.audit_chain = AuditChain(services.settings.database_url, services.settings.recordings_path)
     app.state.live_row_paths = live.row_paths(app)

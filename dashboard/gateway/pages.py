@@ -68,8 +68,8 @@ async def session_page(request: Request) -> Response:
         "desktop_module": request.url_for("static", path="desktop.js").path,
     }
     if is_controller:  # the controller coming back: its own tools (a viewer's page never has them)
-        live = directory.sessions.get(session_id)
-        config["approval_id"] = live.approval_id if live is not None else None
+        under = await directory.under_approval(session_id)  # the session may run on another node
+        config["approval_id"] = under[1] if under is not None else None
         stored = await trio.to_thread.run_sync(services.endpoints.get, endpoint.id)
         config["send_password"] = None if stored is None else await trio.to_thread.run_sync(
             password_offer, services, user, stored)

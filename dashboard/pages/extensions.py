@@ -51,24 +51,25 @@ async def ask_extension(request: Request) -> Response:
     session_id = request.path_params["session_id"][:128]
     data = await read_input(request)
     json_answer = wants_json(request)
-    live = live_sessions_of(request).sessions.get(session_id)
+    live = await live_sessions_of(request).under_approval(session_id)  # (controller, approval), on any node
     approval: AccessRequest | None = None
     answer: Extension | Refused
     if live is None:
         answer = Refused(Reason.UNKNOWN_SESSION, "this session is not live (it ended, or never existed)")
-    elif live.controller.id != user.id:
+    elif live[0].id != user.id:
         answer = Refused(Reason.NOT_CONTROLLER, "only the session's controller may ask to extend it")
-    elif not live.approval_id:
+    elif not live[1]:
         answer = Refused(Reason.NO_DEADLINE, "this session runs under no approval: it has no end to move")
     else:
-        approval = await trio.to_thread.run_sync(services.approvals.request, live.approval_id)
+        approval_id = live[1]
+        approval = await trio.to_thread.run_sync(services.approvals.request, approval_id)
         until = parse_until(data, approval.window_end) if approval is not None else \
             Refused(Reason.NO_DEADLINE, "the approval this session runs under no longer exists")
         if isinstance(until, Refused):
             answer = until
         else:
             answer = await trio.to_thread.run_sync(
-                services.approvals.request_extension, user, live.approval_id, session_id, until,
+                services.approvals.request_extension, user, approval_id, session_id, until,
                 field_text(data, "reason", rules.MAX_REASON_CHARS + 1000), now)
     back = f"/sessions/{session_id}"
     if isinstance(answer, Refused):
@@ -143,7 +144,8 @@ async def decide_extension(request: Request) -> Response:
         return await render_approvals(request, user, now, refused=answer, status_code=STATUS.get(answer.reason, 400))
     moved: list[str] = []
     if approve:
-        moved = await live_sessions_of(request).extend(answer.request_id, answer.until)
+        moved = await live_sessions_of(request).extend(answer.request_id, answer.until, answer.user.id,
+                                                       answer.endpoint_id)
         services.audit_event("extension_approved", user, answer.session_id, **extension_audit(found),
                              sessions=moved)
     else:

@@ -133,13 +133,32 @@ class LiveSessions:
             return summary.endpoint, summary.controller
         return None, None
 
-    async def extend(self, request_id: str, until: float) -> list[str]:
-        """An approved extension moved the end of approval `request_id` to `until`: move the
-        deadline of every live session started under it (the engine's Extend, by its controller,
-        rule 7). Returns the ids of the sessions whose deadline moved."""
+    async def extend(self, request_id: str, until: float, controller_id: str, endpoint_id: str) -> list[str]:
+        """An approved extension moved the end of approval `request_id` (of `controller_id` on
+        `endpoint_id`) to `until`: move the deadline of every live session started under it, on
+        this node and, with a bus, on every other (the engine's Extend, by its controller, rule 7;
+        docs/cluster.md). Returns the ids of the sessions whose deadline moved."""
+        moved = await self.extend_here(request_id, until)
+        if self.services.cluster is not None:
+            moved += await self.services.cluster.extend(request_id, controller_id, endpoint_id)
+        return moved
+
+    async def under_approval(self, session_id: str) -> tuple[User, str | None] | None:
+        """A live session's controller and the approval it runs under (None: no node runs it)."""
+        live = self.sessions.get(session_id)
+        if live is not None and live.node is None:
+            return live.controller, live.approval_id
+        summary = live_summary(self.services, session_id)
+        if summary is None or self.services.cluster is None or self.services.engine.session(session_id) is not None:
+            return (live.controller, live.approval_id) if live is not None else None
+        return summary.controller, await self.services.cluster.approval_of(session_id)
+
+    async def extend_here(self, request_id: str, until: float, session_id: str | None = None) -> list[str]:
+        """`extend` for the sessions this node runs (only `session_id`, if given)."""
         services = self.services
         moved = []
-        for live in [s for s in self.sessions.values() if s.approval_id == request_id]:
+        for live in [s for s in self.sessions.values() if s.approval_id == request_id and s.node is None
+                     and session_id in (None, s.session_id)]:
             answer = await services.bridge.request(lambda reply_to, live=live: services.engine.route(
                 live.session_id, Extend(until, live.controller, reply_to)), REPLY_SECONDS)
             if isinstance(answer, Accepted):
@@ -151,8 +170,14 @@ class LiveSessions:
 
     async def password_changed(self, user: User, endpoint_id: str) -> None:
         """The user's request for access to the endpoint changed (filed, decided, withdrawn):
-        tell its controller's pages in the live sessions served here what Send Password offers
-        now (Request Access, Waiting for Approval, Send Password)."""
+        tell its controller's pages in the live sessions served here, and with a bus on every
+        other node, what Send Password offers now (Request Access, Waiting for Approval, Send
+        Password)."""
+        if self.services.cluster is not None:
+            self.services.cluster.access_changed(user, endpoint_id)
+        await self.password_changed_here(user, endpoint_id)
+
+    async def password_changed_here(self, user: User, endpoint_id: str) -> None:
         lives = [s for s in self.sessions.values() if s.endpoint.id == endpoint_id and s.controller.id == user.id]
         if not lives:
             return
