@@ -34,6 +34,7 @@ from typing import Any, Callable
 import trio
 
 from dashboard.services import Services
+from dashboard.services.cluster_access import AccessAcrossNodes
 from dashboard.services.cluster_live import NodeSessions
 from engine import LoopClosed, tell_session
 from engine.messages import (
@@ -196,6 +197,7 @@ class ClusterLink:
         # this node's app's directory of the sessions it serves (dashboard.services.live_sessions),
         # which knows the approval each session of this node runs under: set by create_app
         self.directory: Any = None
+        self.access = AccessAcrossNodes(self)  # approvals and requests for access, on every node
         # how often the sessions followed here are looked up in the database (_watch_owners)
         self.owner_check_seconds = min(1.0, services.settings.engine.heartbeat_seconds)
 
@@ -226,7 +228,7 @@ class ClusterLink:
             nursery.start_soon(self.publisher.drain, self.bus)
             nursery.start_soon(self._watch_owners)
             nursery.start_soon(self.sessions.run)
-            nursery.start_soon(self._follow_access)
+            nursery.start_soon(self.access.follow)
             self.services.engine.watch(self.services.bridge.reply_to(self._on_change))
             for summary in self.services.engine.live_sessions():
                 self._own(summary.session_id)
@@ -312,10 +314,9 @@ class ClusterLink:
                     lambda reply_to: services.engine.route(session_id, replace(inner, reply_to=reply_to)),
                     ENGINE_SECONDS)
         elif op == "extend":
-            answer = await self._extend_here(session_id, str(body.get("request_id", "")))
+            answer = await self.access.extend_here(session_id, str(body.get("request_id", "")))
         elif op == "approval":
-            live = self._served_here(session_id)
-            answer = {"approval_id": live.approval_id if live is not None else None}
+            answer = self.access.approval_here(session_id)
         elif op == "resync":
             participant = relay.participants.get(str(body.get("token")))
             if participant is not None:
@@ -329,23 +330,6 @@ class ClusterLink:
                                                                               "the engine did not answer")}))
             except BusError as exc:
                 log.info("session %s: cannot answer a %s: %s", session_id, op, exc)
-
-    def _served_here(self, session_id: str) -> Any:
-        live = self.directory.sessions.get(session_id) if self.directory is not None else None
-        return live if live is not None and live.node is None else None
-
-    async def _extend_here(self, session_id: str, request_id: str) -> Accepted | Refused:
-        """Another node approved an extension of approval `request_id`: if this session runs
-        under it, its deadline moves to the approval's end, as the database says (the message
-        only says where to look: no node moves a deadline further than the approval)."""
-        live = self._served_here(session_id)
-        if live is None or not request_id or live.approval_id != request_id:
-            return Refused(Reason.NO_DEADLINE, "this session does not run under that approval")
-        approval = await trio.to_thread.run_sync(self.services.approvals.request, request_id)
-        if approval is None:
-            return Refused(Reason.NO_DEADLINE, "the approval this session runs under no longer exists")
-        moved = await self.directory.extend_here(request_id, approval.window_end, session_id)
-        return Accepted() if moved else Refused(Reason.NO_DEADLINE, "the session's deadline did not move")
 
     @staticmethod
     def _as_participant(participant: RemoteParticipant | None, inner: Any) -> Any:
@@ -434,73 +418,6 @@ class ClusterLink:
             return None
         answer = reply.get("answer") if isinstance(reply, dict) else None
         return answer if isinstance(answer, (Accepted, Refused)) else None
-
-    async def extend(self, request_id: str, controller_id: str, endpoint_id: str) -> list[str]:
-        """An approved extension of approval `request_id` (of `controller_id` on `endpoint_id`):
-        each other node's session of that user on that endpoint is asked of its owning node,
-        which moves its deadline if it runs under that approval. The ids of those that moved."""
-        candidates = [summary.session_id for summary in self.sessions.remote_sessions()
-                      if summary.controller.id == controller_id and summary.endpoint.id == endpoint_id]
-        moved: list[str] = []
-
-        async def ask(session_id: str) -> None:
-            payload = sb.encode({"op": "extend", "request_id": request_id})
-            try:
-                reply = sb.decode((await self.bus.request(sb.control_subject(session_id), payload,
-                                                          REQUEST_SECONDS)).payload)
-            except (BusError, sb.WireError) as exc:
-                log.warning("session %s not extended: its node does not answer (%s)", session_id, exc)
-                return
-            answer = reply.get("answer") if isinstance(reply, dict) else None
-            if isinstance(answer, Accepted):
-                moved.append(session_id)
-            else:
-                log.info("session %s not extended: %s", session_id, getattr(answer, "detail", answer))
-
-        async with trio.open_nursery() as nursery:
-            for session_id in candidates:
-                if sb.safe_id(session_id):
-                    nursery.start_soon(ask, session_id)
-        return sorted(moved)
-
-    async def approval_of(self, session_id: str) -> str | None:
-        """The approval a session run by another node runs under (None: none, or no answer)."""
-        if not sb.safe_id(session_id):
-            return None
-        try:
-            reply = sb.decode((await self.bus.request(sb.control_subject(session_id), sb.encode({"op": "approval"}),
-                                                      REQUEST_SECONDS)).payload)
-        except (BusError, sb.WireError) as exc:
-            log.info("the approval of session %s: no answer (%s)", session_id, exc)
-            return None
-        answer = reply.get("answer") if isinstance(reply, dict) else None
-        approval_id = answer.get("approval_id") if isinstance(answer, dict) else None
-        return approval_id if isinstance(approval_id, str) else None
-
-    def access_changed(self, user: User, endpoint_id: str) -> None:
-        """`user`'s requests for access to `endpoint_id` changed here: every other node tells
-        the controller's pages it serves what Send Password offers now."""
-        self.publisher.put(sb.ACCESS_SUBJECT, sb.encode({"node": self.node_id, "user": user,
-                                                         "endpoint_id": endpoint_id}))
-
-    async def _follow_access(self) -> None:
-        try:
-            subscription = await self.bus.subscribe(sb.ACCESS_SUBJECT)
-        except BusError as exc:
-            log.warning("requests for access decided on other nodes will not reach the pages here: %s", exc)
-            return
-        async for message in subscription:
-            try:
-                body = sb.decode(message.payload)
-            except sb.WireError as exc:
-                log.warning("a change of access not understood: %s", exc)
-                continue
-            if not isinstance(body, dict) or body.get("node") == self.node_id or self.directory is None:
-                continue
-            user, endpoint_id = body.get("user"), body.get("endpoint_id")
-            if isinstance(user, User) and isinstance(endpoint_id, str):
-                # the offer is read from the database here: the message only says whose changed
-                self.spawn(self.directory.password_changed_here, user, endpoint_id)
 
     async def _mirror(self, session_id: str) -> _Mirror | None:
         mirror = self._mirrors.get(session_id)

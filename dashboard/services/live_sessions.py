@@ -140,7 +140,7 @@ class LiveSessions:
         docs/cluster.md). Returns the ids of the sessions whose deadline moved."""
         moved = await self.extend_here(request_id, until)
         if self.services.cluster is not None:
-            moved += await self.services.cluster.extend(request_id, controller_id, endpoint_id)
+            moved += await self.services.cluster.access.extend(request_id, controller_id, endpoint_id)
         return moved
 
     async def under_approval(self, session_id: str) -> tuple[User, str | None] | None:
@@ -151,7 +151,7 @@ class LiveSessions:
         summary = live_summary(self.services, session_id)
         if summary is None or self.services.cluster is None or self.services.engine.session(session_id) is not None:
             return (live.controller, live.approval_id) if live is not None else None
-        return summary.controller, await self.services.cluster.approval_of(session_id)
+        return summary.controller, await self.services.cluster.access.approval_of(session_id)
 
     async def extend_here(self, request_id: str, until: float, session_id: str | None = None) -> list[str]:
         """`extend` for the sessions this node runs (only `session_id`, if given)."""
@@ -174,7 +174,7 @@ class LiveSessions:
         other node, what Send Password offers now (Request Access, Waiting for Approval, Send
         Password)."""
         if self.services.cluster is not None:
-            self.services.cluster.access_changed(user, endpoint_id)
+            self.services.cluster.access.changed(user, endpoint_id)
         await self.password_changed_here(user, endpoint_id)
 
     async def password_changed_here(self, user: User, endpoint_id: str) -> None:
