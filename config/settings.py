@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
@@ -70,7 +70,9 @@ class EngineSettings:
     joins_window_seconds: float
     node_id: str
     heartbeat_seconds: float
-    bus_url: str
+    bus_url: str = field(repr=False)  # may hold a password or a token: never in a log (docs/cluster.md)
+    bus_token: str = field(repr=False)
+    bus_ca_file: str
     actor_workers: int
 
 

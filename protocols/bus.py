@@ -20,6 +20,12 @@ here without touching anything else (as protocols/ssh.py does for asyncssh).
 
 - `Outbox`: an ordered FIFO to the bus, fed from any thread (an actor's) without blocking.
 
+NATS's own authentication: a user and password or a token in the URL
+(``nats://USER:PASSWORD@HOST:PORT``, ``nats://TOKEN@HOST:PORT``) or a token given apart
+(`open_bus`'s `token`); TLS with a ``tls://`` URL, the server's certificate checked against
+`ca_file` (else the system's CAs). No credential is ever written out: every message and log
+line names the server as `shown` gives it.
+
 `cosession serve --bus URL` opens one (docs/cluster.md, dashboard/services/cluster.py).
 """
 
@@ -27,11 +33,13 @@ from __future__ import annotations
 
 import collections
 import logging
+import ssl
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import nats
 import nats.errors
@@ -200,19 +208,56 @@ class Outbox:
                     log.warning("the bus lost %d messages: %s", len(batch), exc)
 
 
+def shown(url: str) -> str:
+    """A bus URL fit for a message or a log: its password (or its token) hidden."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "(an unreadable URL)"
+    if "@" not in parts.netloc:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    # nats://NAME@HOST: NAME is a token (nats-py's reading), as secret as a password
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}" if colon else f"***@{host}"))
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong with the server, in words: nats-py says a refused sign-in as
+    ``nats: 'Authorization Violation'``, and then only that no server is available."""
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in text.lower():
+        return "authorization violation (the server refused this node's user and password or token)"
+    return text
+
+
 @asynccontextmanager
-async def open_bus(url: str, *, name: str = "cosession") -> AsyncIterator[Bus]:
-    """Connect to the NATS server at `url` (``nats://HOST:PORT``) for the block; the connection
-    is drained and closed at its end. Raises `BusError` if the first connection fails."""
+async def open_bus(url: str, *, name: str = "cosession", token: str = "", ca_file: str = "") -> AsyncIterator[Bus]:
+    """Connect to the NATS server at `url` (``nats://HOST:PORT``, ``tls://HOST:PORT``; with
+    ``USER:PASSWORD@`` or ``TOKEN@``, or `token`) for the block; the connection is drained and
+    closed at its end. Raises `BusError` if the first connection fails, saying why (a refused
+    sign-in: ``authorization violation``), never with a credential."""
+    where = shown(url)
+    problems: list[str] = []  # what the server or the connection said, during the first connection
+
     async def disconnected() -> None:
-        log.warning("bus %s: disconnected; reconnecting", url)
+        log.warning("bus %s: disconnected; reconnecting", where)
 
     async def reconnected() -> None:
-        log.info("bus %s: reconnected", url)
+        log.info("bus %s: reconnected", where)
 
     async def error(exc: Exception) -> None:
-        log.warning("bus %s: %s", url, exc)
+        problems.append(_reason(exc))
+        log.warning("bus %s: %s", where, _reason(exc))
 
+    security: dict[str, Any] = {}
+    if token:
+        security["token"] = token
+    if ca_file:
+        try:
+            security["tls"] = ssl.create_default_context(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise BusError(f"cannot read the bus's CA file {ca_file}: {exc}") from None
     failure: BusError | None = None
     async with trio_asyncio.open_loop():
         client = None
@@ -223,12 +268,25 @@ async def open_bus(url: str, *, name: str = "cosession") -> AsyncIterator[Bus]:
                 client = await trio_asyncio.aio_as_trio(nats.connect)(
                     url, name=name, connect_timeout=CONNECT_TIMEOUT_SECONDS, allow_reconnect=True,
                     max_reconnect_attempts=1, reconnect_time_wait=RECONNECT_WAIT_SECONDS,
-                    error_cb=error, disconnected_cb=disconnected, reconnected_cb=reconnected)
+                    error_cb=error, disconnected_cb=disconnected, reconnected_cb=reconnected, **security)
                 client.options["max_reconnect_attempts"] = -1
-            except (nats.errors.Error, OSError) as exc:
-                failure = BusError(f"cannot connect to {url}: {exc}")
+            except (nats.errors.Error, OSError, ssl.SSLError) as exc:
+                # the server's own word (a refused sign-in) rather than nats-py's "no servers available"
+                refused = [p for p in problems if p.startswith("authorization violation")]
+                failure = BusError(f"cannot connect to {where}: {refused[-1] if refused else _reason(exc)}")
         if client is None:
-            failure = failure or BusError(f"cannot connect to {url}: no answer within {CONNECT_TIMEOUT_SECONDS} s")
+            failure = failure or BusError(f"cannot connect to {where}: " + (
+                problems[-1] if problems else f"no answer within {CONNECT_TIMEOUT_SECONDS} s"))
+        elif (ca_file or url.startswith("tls://")) and not getattr(client, "_server_info", {}).get("tls_required"):
+            # nats-py upgrades to TLS only when the server says it requires it: a server
+            # without TLS would carry the sessions in clear
+            failure = BusError(f"cannot connect to {where}: the server does not use TLS, "
+                               "which a tls:// URL or a CA file asks for")
+            with trio.CancelScope(shield=True), trio.move_on_after(CONNECT_TIMEOUT_SECONDS):
+                try:
+                    await trio_asyncio.aio_as_trio(client.close)()
+                except nats.errors.Error as exc:
+                    log.debug("closing the bus: %r", exc)
         else:
             try:
                 yield Bus(client)

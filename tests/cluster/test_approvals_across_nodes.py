@@ -3,7 +3,7 @@
 under one approved request for access, one on each node. Her extension, asked on the node that
 does not run the session, and approved there, moves the deadline of both sessions (each told to
 its controller); a new request of hers, filed on B, changes what Send Password offers on the
-page of her session on A."""
+page of her session on A. The nodes sign in to NATS with a token (`[engine] bus_token`)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from engine.messages import EndpointProtocol
 from tests.cluster.test_three_nodes import (
     CREDENTIAL_KEY, PASSWORD, SECRET_KEY, _audit_rows, _node, _open, _sign_in,
 )
+from tests.fixtures.nats import TOKEN
 
 pytestmark = [pytest.mark.postgres, pytest.mark.nats, pytest.mark.openssh]
 
@@ -55,13 +56,14 @@ def _post(base_url: str, name: str, path: str, body: dict[str, Any]) -> httpx.Re
         return client.post(path, json=body, headers={"x-csrf-token": token})
 
 
-async def test_an_extension_and_a_request_reach_every_node(tmp_path, postgres_url, nats_server, openssh):
-    a = _node(tmp_path, "a", postgres_url, nats_server.url)
+async def test_an_extension_and_a_request_reach_every_node(tmp_path, postgres_url, nats_server_with_token, openssh):
+    nats_server = nats_server_with_token  # the nodes sign in to the bus with [engine] bus_token
+    a = _node(tmp_path, "a", postgres_url, nats_server.url, bus_token=TOKEN)
     nodes = [a]
     try:
         a.passwords()
         endpoint_id, request_id, end = await trio.to_thread.run_sync(_populate, postgres_url, openssh)
-        b = await trio.to_thread.run_sync(_node, tmp_path, "b", postgres_url, nats_server.url)
+        b = await trio.to_thread.run_sync(_node, tmp_path, "b", postgres_url, nats_server.url, TOKEN)
         nodes.append(b)
         await _sign_in(nodes, ["alice", "carol"])
         async with trio.open_nursery() as nursery:
@@ -115,5 +117,6 @@ async def test_an_extension_and_a_request_reach_every_node(tmp_path, postgres_ur
         assert request_id == extension["request_id"]
     finally:
         for node in reversed(nodes):
-            code, _, err = node.stop(signal.SIGTERM)
+            code, out, err = node.stop(signal.SIGTERM)
             assert code == 0 and "Traceback" not in err, err
+            assert TOKEN not in out + err

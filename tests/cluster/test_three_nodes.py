@@ -32,6 +32,7 @@ from protocols.bus import open_bus
 from tests.cluster.test_serve_postgres import _clean_env, _plain
 from tests.dashboard.test_serve import ROOT, Served
 from tests.fixtures.gateway import PASSWORD
+from tests.fixtures.nats import PASSWORD as NATS_PASSWORD, USER as NATS_USER
 from tests.fixtures.websockets import Client
 
 pytestmark = [pytest.mark.postgres, pytest.mark.nats, pytest.mark.openssh]
@@ -42,9 +43,10 @@ HEARTBEAT = 0.3  # seconds: a node not seen for three of them has failed
 VIEWERS = [f"viewer{i}" for i in range(1, 12)]  # the 11th is one too many
 
 
-def _node(tmp_path: Any, name: str, postgres_url: str, bus_url: str) -> Served:
+def _node(tmp_path: Any, name: str, postgres_url: str, bus_url: str, bus_token: str = "") -> Served:
     config = tmp_path / f"{name}.toml"
-    config.write_text(f'[engine]\nnode_id = "{name}"\nheartbeat_seconds = {HEARTBEAT}\n[security]\nsecret_key = "{SECRET_KEY}"\n'
+    config.write_text(f'[engine]\nnode_id = "{name}"\nheartbeat_seconds = {HEARTBEAT}\nbus_token = "{bus_token}"\n'
+                      f'[security]\nsecret_key = "{SECRET_KEY}"\n'
                       f'credential_key = "{base64.b64encode(CREDENTIAL_KEY).decode()}"\n')
     return Served(tmp_path / name, "--no-demo", "--config", str(config), "--database", _plain(postgres_url),
                   "--bus", bus_url, env={"COSESSION_LOG_LEVEL": "info"})
@@ -120,8 +122,10 @@ async def _join(nursery: trio.Nursery, node: Served, name: str, session_id: str)
     return client, answer
 
 
-async def test_a_joint_session_across_three_nodes(tmp_path, postgres_url, nats_server, openssh):
-    a = _node(tmp_path, "a", postgres_url, nats_server.url)
+async def test_a_joint_session_across_three_nodes(tmp_path, postgres_url, nats_server_with_password, openssh):
+    nats_server = nats_server_with_password  # the nodes sign in to the bus (user and password in the URL)
+    bus_url = nats_server.url_with(f"{NATS_USER}:{NATS_PASSWORD}")
+    a = _node(tmp_path, "a", postgres_url, bus_url)
     nodes = [a]
     try:
         a.passwords()
@@ -129,7 +133,7 @@ async def test_a_joint_session_across_three_nodes(tmp_path, postgres_url, nats_s
         named: dict[str, Served] = {}
 
         def start(name: str) -> None:
-            named[name] = node = _node(tmp_path, name, postgres_url, nats_server.url)
+            named[name] = node = _node(tmp_path, name, postgres_url, bus_url)
             nodes.append(node)
 
         async with trio.open_nursery() as starting:  # B and C start side by side
@@ -199,7 +203,7 @@ async def test_a_joint_session_across_three_nodes(tmp_path, postgres_url, nats_s
             # comes back within the grace period through the bus, as itself, and A still decides
             await controller.ws.aclose()
             await viewers[9].control("state", state="disconnected")
-            async with open_bus(nats_server.url, name="forger") as forger:
+            async with open_bus(bus_url, name="forger") as forger:  # a client that holds the bus's credentials
                 # what A sends each remote participant alone: the returning controller's keyframe
                 # names its subject; every viewer's gets the news of the return
                 alone = await forger.subscribe(f"cosession.s.{sid}.out.to.*")
@@ -290,8 +294,11 @@ async def test_a_joint_session_across_three_nodes(tmp_path, postgres_url, nats_s
     finally:
         for node in reversed(nodes):
             killed = node.proc.poll() is not None
-            code, _, err = node.stop(signal.SIGTERM)
+            code, out, err = node.stop(signal.SIGTERM)
             assert (killed or code == 0) and "Traceback" not in err, err
+            assert NATS_PASSWORD not in out + err
+            if not killed:  # its log named the bus (NATS went away and came back), the password hidden
+                assert f"bus nats://{NATS_USER}:***@127.0.0.1:{nats_server.port}: reconnected" in err, err
 
     checked = subprocess.run([sys.executable, "-m", "cosession.cli", "audit", "verify", "--database",
                               _plain(postgres_url)], cwd=ROOT, env=_clean_env(), capture_output=True, text=True,
@@ -309,3 +316,15 @@ def test_an_unreachable_bus_is_a_clear_refusal_to_start(tmp_path):
     assert started.returncode == 1, started.stdout + started.stderr
     assert f"cosession serve: cannot connect to nats://127.0.0.1:{port}" in started.stderr
     assert "Traceback" not in started.stderr
+
+
+def test_a_node_with_wrong_bus_credentials_does_not_start_and_says_why_unsaid(tmp_path, nats_server_with_password):
+    url = nats_server_with_password.url_with(f"{NATS_USER}:wrong-{NATS_PASSWORD}")
+    started = subprocess.run([sys.executable, "-m", "cosession.cli", "serve", "--no-demo", "--port", "0",
+                              "--data-dir", str(tmp_path), "--bus", url],
+                             cwd=ROOT, env=_clean_env(), capture_output=True, text=True, timeout=60)
+    assert started.returncode == 1, started.stdout + started.stderr
+    port = nats_server_with_password.port
+    assert f"cosession serve: cannot connect to nats://{NATS_USER}:***@127.0.0.1:{port}: authorization violation" \
+        in started.stderr
+    assert NATS_PASSWORD not in started.stdout + started.stderr and "Traceback" not in started.stderr

@@ -9,7 +9,9 @@ import re
 import pytest
 import trio
 
-from protocols.bus import BusError, BusTimeout, open_bus
+from protocols.bus import BusError, BusTimeout, open_bus, shown
+from tests.fixtures.nats import PASSWORD, TOKEN, USER
+from tests.fixtures.tls import make_certificate
 
 pytestmark = pytest.mark.nats
 
@@ -96,4 +98,60 @@ async def test_no_server_is_a_clear_error(nats_server):
     nats_server.stop()
     with pytest.raises(BusError, match=rf"cannot connect to {re.escape(nats_server.url)}: nats: no servers"):
         async with open_bus(nats_server.url):
+            pass
+
+
+# --- NATS's authentication and TLS: the server decides, and no credential is ever written out ---
+
+
+async def _round_trip(bus) -> bytes:
+    sub = await bus.subscribe("auth.check")
+    await bus.publish("auth.check", b"ok")
+    with trio.fail_after(DEADLINE):
+        message = await sub.__anext__()
+    await sub.unsubscribe()
+    return message.payload
+
+
+async def test_a_user_and_password_in_the_url_sign_in_and_a_wrong_one_is_refused_unsaid(
+        nats_server_with_password, caplog):
+    server = nats_server_with_password
+    async with open_bus(server.url_with(f"{USER}:{PASSWORD}")) as bus:
+        assert await _round_trip(bus) == b"ok"
+    for url in (server.url_with(f"{USER}:not-{PASSWORD}"), server.url):  # a wrong password, none at all
+        with pytest.raises(BusError) as refused:
+            async with open_bus(url):
+                pass
+        assert str(refused.value).startswith(f"cannot connect to {shown(url)}: authorization violation")
+    assert shown(server.url_with(f"{USER}:not-{PASSWORD}")) == f"nats://{USER}:***@127.0.0.1:{server.port}"
+    assert PASSWORD not in caplog.text and "***" in caplog.text  # the log names the server, hidden
+
+
+async def test_a_token_signs_in_from_the_url_or_apart_and_a_wrong_one_is_refused_unsaid(nats_server_with_token, caplog):
+    server = nats_server_with_token
+    async with open_bus(server.url_with(TOKEN)) as bus:
+        assert await _round_trip(bus) == b"ok"
+    async with open_bus(server.url, token=TOKEN) as bus:
+        assert await _round_trip(bus) == b"ok"
+    for url, token in ((server.url_with(f"not-{TOKEN}"), ""), (server.url, f"not-{TOKEN}")):
+        with pytest.raises(BusError, match="authorization violation") as refused:
+            async with open_bus(url, token=token):
+                pass
+        assert TOKEN not in str(refused.value)
+    assert shown(server.url_with(TOKEN)) == f"nats://***@127.0.0.1:{server.port}"
+    assert TOKEN not in caplog.text
+
+
+async def test_tls_with_the_servers_ca_and_a_refusal_without_it(start_nats_server, nats_server, tmp_path):
+    certificate = make_certificate(tmp_path)
+    server = start_nats_server("--tls", "--tlscert", str(certificate.certfile), "--tlskey", str(certificate.keyfile))
+    url = f"tls://127.0.0.1:{server.port}"
+    async with open_bus(url, ca_file=str(certificate.certfile)) as bus:
+        assert await _round_trip(bus) == b"ok"
+    with pytest.raises(BusError, match="certificate verify failed"):  # the system's CAs do not know it
+        async with open_bus(url):
+            pass
+    # a tls:// URL to a server without TLS: refused, rather than carrying the sessions in clear
+    with pytest.raises(BusError, match="the server does not use TLS"):
+        async with open_bus(f"tls://127.0.0.1:{nats_server.port}", ca_file=str(certificate.certfile)):
             pass
