@@ -52,7 +52,7 @@ _MESSAGES: dict[str, type] = {cls.__name__: cls for cls in (
     m.ParticipantJoined, m.ParticipantLeft, m.StateChanged, m.SessionEnded, m.InputRefused, m.Ejected,
     m.ChatPosted, m.Pointed, m.EndpointRetrying, m.Leave, m.Disconnected, m.ParticipantStalled, m.Say, m.Point,
     m.Input, m.Resize, m.Terminate, m.Eject, m.TransferControl, m.SessionSummary, m.SessionFinished,
-    m.RemoteClipboard,
+    m.RemoteClipboard, m.Resized,
 )}
 _ENUMS: dict[str, type[enum.Enum]] = {cls.__name__: cls for cls in (
     m.Role, m.SessionState, m.EndReason, m.Reason, m.EndpointProtocol,

@@ -36,9 +36,8 @@ class ControllerRights:
                 secret = channel.sent_password is not None and channel.sent_password in request.data
                 tell_session(joined, Input(joined.participant_id, request.data, secret=secret))
         elif isinstance(request, wire.ResizeRequest):
+            # the session tells every other participant (`size`), on every node
             tell_session(joined, Resize(joined.participant_id, request.cols, request.rows))
-            # The engine tells participants of no resize; the viewers served here follow it.
-            live.post_to_others({"type": "size", "cols": request.cols, "rows": request.rows}, channel)
         elif isinstance(request, wire.StreamRequest):
             self._stream(channel, live, request, size)
         elif isinstance(request, wire.SendPassword):

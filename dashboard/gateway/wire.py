@@ -17,7 +17,7 @@ from typing import Any
 
 from engine.messages import (
     ChatPosted, EndpointRetrying, Ejected, InputRefused, Member, ParticipantJoined, ParticipantLeft, Pointed,
-    Reason, RemoteClipboard, Resync, SessionEnded, StateChanged, User,
+    Reason, RemoteClipboard, Resized, Resync, SessionEnded, StateChanged, User,
 )
 
 MAX_TERMINAL_SIDE = 1000  # columns or rows; a bigger PTY is a mistake or an attack
@@ -413,6 +413,8 @@ def event_json(event: Any) -> dict[str, Any] | None:
             return {"type": "remote_clipboard", "size": len(text)}
         case Resync(dropped=dropped):
             return {"type": "resync", "dropped": dropped}
+        case Resized(cols=cols, rows=rows):  # the controller's terminal: a viewer's follows it
+            return {"type": "size", "cols": cols, "rows": rows}
         case EndpointRetrying(attempt=attempt, delay=delay):
             return {"type": "reconnecting", "attempt": attempt, "delay": delay}
         case _:

@@ -80,12 +80,6 @@ class LiveSession:
     desktop_size: tuple[int, int] | None = None  # a graphical session's, as its last keyframe said
     node: str | None = None  # the node that runs it, when another does (dashboard/services/cluster.py)
 
-    def post_to_others(self, message: dict[str, Any], sender: Attached) -> None:
-        """A gateway message for every other participant served here."""
-        for other in list(self.channels):
-            if other is not sender and not other.closed:
-                other.post(message)
-
 
 class LiveSessions:
     """The directory of this application (``app.state.live_sessions``)."""

@@ -26,7 +26,7 @@ from engine.messages import (
     Eject, Ejected, EndpointFailed, EndpointFinished, EndpointProtocol, EndpointReady, EndpointRetrying, EndReason,
     Expire, Extend, GraceElapsed, Input, InputRefused, Join, Joined, Leave, Member, OpenEndpoint, ParticipantJoined,
     ParticipantLeft, ParticipantStalled, Point, Pointed, Reason, RecordingFailed, RecordingPolicy, Refused,
-    RemoteClipboard, Resize, Role, Say, SessionEnded, SessionFinished, SessionState, SessionSummary, SessionUpdated, SetJointSession, Shutdown,
+    RemoteClipboard, Resize, Resized, Role, Say, SessionEnded, SessionFinished, SessionState, SessionSummary, SessionUpdated, SetJointSession, Shutdown,
     StartSession, StateChanged, Subscribe, Terminate, TransferControl, Unsubscribe, User,
 )
 from engine.metrics import EngineMetrics
@@ -382,6 +382,8 @@ class SessionActor(PooledActor):
         refused = policy.check_resize(participant.member.role if participant else None)
         if refused is None:
             send(self._endpoint, message)
+            # the viewers' terminals follow the controller's size, wherever they are served
+            self._broadcast(Resized(message.cols, message.rows), exclude=message.participant_id)
         elif participant is not None:
             send(participant.ref, InputRefused(refused.reason))
 

@@ -233,6 +233,8 @@ async def test_a_joint_session_across_three_nodes(tmp_path, postgres_url, nats_s
             for participant in [back, viewers[0], viewers[4], viewers[9]]:  # B, A and C
                 await participant.output_contains(b"returned-43")
             await back.send({"type": "resize", "cols": 90, "rows": 20})
+            for viewer in (viewers[1], viewers[4], viewers[9]):  # every viewer's terminal follows, on B, A and C
+                await viewer.control("size", cols=90, rows=20)
             await back.send(b"stty size\n")
             await back.output_contains(b"20 90")
             # a viewer on B, beside the controller's channel there, still has no path to the input
