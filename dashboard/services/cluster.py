@@ -34,7 +34,7 @@ from typing import Any, Callable
 import trio
 
 from dashboard.services import Services
-from dashboard.services.cluster_access import AccessAcrossNodes
+from dashboard.services.cluster_access import AccessAcrossNodes, known_user
 from dashboard.services.cluster_live import NodeSessions
 from engine import LoopClosed, tell_session
 from engine.messages import (
@@ -289,8 +289,8 @@ class ClusterLink:
         if op == "join":
             answer = await self._join_here(session_id, relay, body)
         elif op == "terminate":
-            by = body.get("by")
-            if not isinstance(by, User):
+            by = await known_user(services, body.get("by"))
+            if by is None:
                 return
             answer = await services.bridge.request(
                 lambda reply_to: services.engine.route(session_id, Terminate(by, reply_to)), ENGINE_SECONDS)
@@ -348,9 +348,9 @@ class ClusterLink:
 
     async def _join_here(self, session_id: str, relay: SessionRelay, body: dict[str, Any]) -> Any:
         services = self.services
-        user, token = body.get("user"), str(body.get("token", ""))
-        if not isinstance(user, User) or not sb.safe_id(token) or token in relay.participants:
-            return Refused(Reason.MALFORMED, "a join from another node that this node cannot read")
+        user, token = await known_user(services, body.get("user")), str(body.get("token", ""))
+        if user is None or not sb.safe_id(token) or token in relay.participants:
+            return Refused(Reason.MALFORMED, "a join from another node that this node cannot read, or of no user")
         summary = services.engine.session(session_id)
         if summary is None:
             return Refused(Reason.UNKNOWN_SESSION)

@@ -13,6 +13,8 @@ node's directory of live sessions, dashboard/services/live_sessions.py). So:
 - **A request filed, decided or withdrawn** (`changed`): announced on ``cosession.access``;
   every other node tells the requester's controller pages it serves what Send Password offers
   now, read from the database there (`follow`).
+- **Who a message names** (`known_user`): a joiner or who terminates, as the owning node's
+  database knows them, not as the message says.
 """
 
 from __future__ import annotations
@@ -29,6 +31,15 @@ from protocols.bus import BusError
 log = logging.getLogger(__name__)
 
 REQUEST_SECONDS = 5.0  # a request crosses two nodes; the owning node answers in milliseconds
+
+
+async def known_user(services: Any, claimed: Any) -> User | None:
+    """The user a message from another node names (a joiner, who terminates), as this node's
+    database knows it now: never the message's own name or administrator flag. None for no
+    user, or one the database does not know (deleted since)."""
+    if not isinstance(claimed, User):
+        return None
+    return await trio.to_thread.run_sync(services.users.get, claimed.id)
 
 
 class AccessAcrossNodes:

@@ -26,7 +26,7 @@ from cosession.join import connect_socket, login, origin_of
 from dashboard.repositories import Repositories
 from dashboard.security.secrets import Secrets
 from engine.db import audit_events
-from engine.messages import EndpointProtocol, Input
+from engine.messages import EndpointProtocol, Input, Reason, User
 from protocols import session_bus as sb
 from protocols.bus import open_bus
 from tests.cluster.test_serve_postgres import _clean_env, _plain
@@ -228,6 +228,11 @@ async def test_a_joint_session_across_three_nodes(tmp_path, postgres_url, nats_s
                     await forger.publish(sb.control_subject(sid), sb.encode({"op": "tell", "token": token,
                                                                              "message": forged}))
                 await forger.flush()
+                # ... and one that says alice is an administrator: A reads who she is in the database
+                claimed = User(answer["you"]["id"], "alice", is_admin=True)
+                reply = sb.decode((await forger.request(sb.control_subject(sid), sb.encode(
+                    {"op": "terminate", "by": claimed}), timeout=10)).payload)
+                assert reply["answer"].reason is Reason.NOT_ADMINISTRATOR, reply
                 await alone.unsubscribe()
             await back.send(b"echo returned-$((6*7+1))\n")
             for participant in [back, viewers[0], viewers[4], viewers[9]]:  # B, A and C
@@ -254,6 +259,11 @@ async def test_a_joint_session_across_three_nodes(tmp_path, postgres_url, nats_s
                                                                             ("not_a_participant", "bus")}
             assert any(x.get("participant") not in (None, answer["participant_id"]) and x.get("via") is None
                        and x["reason"] == "not_controller" and "message" not in x for x in refusals), refusals
+            with trio.fail_after(10):
+                while not (refused_terminates := await trio.to_thread.run_sync(
+                        _audit_rows, postgres_url, "terminate_refused")):
+                    await trio.sleep(0.05)  # a bound on the audit store's commit, not a wait for time
+            assert [(r.session_id, r.actor_name) for r in refused_terminates] == [(sid, "alice")]
             reconnects = await trio.to_thread.run_sync(_audit_rows, postgres_url, "reconnect")
             assert [(r.session_id, r.actor_name) for r in reconnects] == [(sid, "alice")]
             controller = back
