@@ -45,8 +45,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the database: postgresql://USER@HOST:PORT/DB for several nodes (docs/cluster.md); "
                              "default: engine.database_url, else SQLite in the data directory")
     parser.add_argument("--bus", metavar="URL",
-                        help="the NATS server between nodes: nats://HOST:PORT, so that a viewer on one node joins "
-                             "a session run by another (docs/cluster.md); default: engine.bus_url, else none")
+                        help="the NATS server between nodes: nats://HOST:PORT (tls://, USER:PASSWORD@ or TOKEN@; "
+                             "a password here is visible in ps: prefer COSESSION_ENGINE_BUS_URL), so that a viewer on "
+                             "one node joins a session run by another (docs/cluster.md); default: engine.bus_url, "
+                             "else none")
     parser.add_argument("--no-demo", action="store_true", help="do not start the demo endpoints (SSH, desktop)")
     parser.set_defaults(run=run)
 
