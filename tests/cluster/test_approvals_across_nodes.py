@@ -20,9 +20,8 @@ from cosession.join import origin_of
 from dashboard.repositories import Repositories
 from dashboard.security.secrets import Secrets
 from engine.messages import EndpointProtocol
-from tests.cluster.test_three_nodes import (
-    CREDENTIAL_KEY, PASSWORD, SECRET_KEY, _audit_rows, _node, _open, _sign_in,
-)
+from tests.cluster.test_three_nodes import CREDENTIAL_KEY, SECRET_KEY, _audit_rows, _node, _open, _sign_in
+from tests.fixtures.gateway import PASSWORD
 from tests.fixtures.nats import TOKEN
 
 pytestmark = [pytest.mark.postgres, pytest.mark.nats, pytest.mark.openssh]
