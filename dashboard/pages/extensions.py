@@ -51,17 +51,17 @@ async def ask_extension(request: Request) -> Response:
     session_id = request.path_params["session_id"][:128]
     data = await read_input(request)
     json_answer = wants_json(request)
-    live = await live_sessions_of(request).under_approval(session_id)  # (controller, approval), on any node
+    under = await live_sessions_of(request).under_approval(session_id)  # whichever node runs it
+    controller, approval_id = under if under is not None else (None, None)
     approval: AccessRequest | None = None
     answer: Extension | Refused
-    if live is None:
+    if controller is None:
         answer = Refused(Reason.UNKNOWN_SESSION, "this session is not live (it ended, or never existed)")
-    elif live[0].id != user.id:
+    elif controller.id != user.id:
         answer = Refused(Reason.NOT_CONTROLLER, "only the session's controller may ask to extend it")
-    elif not live[1]:
+    elif not approval_id:
         answer = Refused(Reason.NO_DEADLINE, "this session runs under no approval: it has no end to move")
     else:
-        approval_id = live[1]
         approval = await trio.to_thread.run_sync(services.approvals.request, approval_id)
         until = parse_until(data, approval.window_end) if approval is not None else \
             Refused(Reason.NO_DEADLINE, "the approval this session runs under no longer exists")
