@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from engine.messages import (
-    EndReason, Frame, Joined, Keyframe, Member, Reason, Refused, Role, SessionEnded, SessionState, User,
+    EndReason, Frame, Joined, Keyframe, Member, Reason, Refused, RemoteClipboard, Resized, Role, SessionEnded,
+    SessionState, User,
 )
 from protocols import session_bus as sb
 
@@ -47,3 +48,10 @@ def test_subjects_take_only_safe_ids():
     assert not sb.safe_id("a.b") and not sb.safe_id("*") and not sb.safe_id(">") and not sb.safe_id("")
     assert sb.token_of(sb.participant_subject("s1", "t1")) == "t1"
     assert sb.token_of(sb.frame_subject("s1")) is None
+
+
+def test_what_a_controller_on_another_node_is_told_crosses():
+    """A returned controller served by another node gets the desktop's clipboard, and every
+    viewer the controller's new terminal size (docs/cluster.md)."""
+    body = {"event": RemoteClipboard("copied text"), "size": Resized(90, 20)}
+    assert sb.decode(sb.encode(body)) == body
