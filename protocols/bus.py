@@ -271,8 +271,8 @@ async def open_bus(url: str, *, name: str = "cosession", token: str = "", ca_fil
                     error_cb=error, disconnected_cb=disconnected, reconnected_cb=reconnected, **security)
                 client.options["max_reconnect_attempts"] = -1
             except (nats.errors.Error, OSError, ssl.SSLError) as exc:
-                # the server's own word (a refused sign-in) rather than nats-py's "no servers available"
-                refused = [p for p in problems if p.startswith("authorization violation")]
+                # why (a refused sign-in, a refused connection) rather than nats-py's "no servers available"
+                refused = [p for p in problems if p.startswith("authorization violation")] or problems
                 failure = BusError(f"cannot connect to {where}: {refused[-1] if refused else _reason(exc)}")
         if client is None:
             failure = failure or BusError(f"cannot connect to {where}: " + (

@@ -96,7 +96,7 @@ async def test_the_bus_reconnects_and_its_subscriptions_go_on(nats_server):
 
 async def test_no_server_is_a_clear_error(nats_server):
     nats_server.stop()
-    with pytest.raises(BusError, match=rf"cannot connect to {re.escape(nats_server.url)}: nats: no servers"):
+    with pytest.raises(BusError, match=rf"cannot connect to {re.escape(nats_server.url)}: .*Connect call failed"):
         async with open_bus(nats_server.url):
             pass
 
