@@ -33,7 +33,7 @@ from starlette.routing import BaseRoute, Route
 
 from dashboard.security.auth import require_user
 from dashboard.services import Services, services_of
-from dashboard.services.live_sessions import LiveSession, live_sessions_of
+from dashboard.services.live_sessions import LiveSession, live_sessions_of, live_summary, node_of
 from engine.access import may_transfer_files
 from engine.messages import EndpointProtocol, EndpointSpec, Reason, User
 from protocols.ssh import FILE_CHUNK, RemoteFileError, SshConnection
@@ -66,6 +66,16 @@ NOT_AVAILABLE = {
     EndpointProtocol.VNC: "Files is not available for this endpoint: VNC (RFB) carries no files",
     None: "Files is not available for this endpoint: file transfer works on SSH endpoints only",
 }
+
+
+def run_elsewhere(services: Services, session_id: str) -> str | None:
+    """Why Files cannot reach a live session that another node runs (its SSH connection is
+    there: docs/cluster.md, Not there yet), or None."""
+    if services.cluster is None or services.engine.session(session_id) is not None \
+            or live_summary(services, session_id) is None:
+        return None
+    return (f"Files works only through the node that runs this session ({node_of(services, session_id)}): "
+            "this page is served by another")
 
 
 def files_offer(services: Services, user: User, endpoint: EndpointSpec) -> dict[str, Any]:
@@ -103,6 +113,9 @@ async def _allowed(request: Request, operation: str, path: str) -> _Allowed:
         return FilesRefused(status, reason, detail)
 
     live = live_sessions_of(request).sessions.get(session_id)
+    elsewhere = run_elsewhere(services, session_id)
+    if elsewhere is not None:
+        raise refuse(409, Reason.NOT_PERMITTED.value, elsewhere)
     if live is None:
         raise refuse(404, Reason.SESSION_ENDED.value, "this session has ended, or is not served here")
     if live.controller.id != user.id:

@@ -271,6 +271,10 @@ async def test_a_joint_session_across_three_nodes(tmp_path, postgres_url, nats_s
             reconnects = await trio.to_thread.run_sync(_audit_rows, postgres_url, "reconnect")
             assert [(r.session_id, r.actor_name) for r in reconnects] == [(sid, "alice")]
             controller = back
+            # Files needs the session's SSH connection, on A: B says so rather than 'ended'
+            with httpx.Client(base_url=b.url, headers={"Cookie": COOKIES["alice"]}) as client:
+                files = client.get(f"/sessions/{sid}/files", params={"path": ""})
+            assert files.status_code == 409 and "the node that runs this session (a)" in files.json()["detail"], files.text
 
             # terminate from B: every socket on A, B and C closes, each told why
             answer = await trio.to_thread.run_sync(_terminate, b.url, sid)
