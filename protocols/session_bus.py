@@ -3,10 +3,10 @@
 The one place that knows how a session crosses NATS (docs/cluster.md, "A session across nodes"):
 
 - ``cosession.s.<session>.ctl``: the owning node's inbox for the session. Requests: a join, a
-  terminate, an eject, an approval's extension, the approval it runs under; one-way messages
-  from a remote participant (leave, disconnected, chat, pointer, resync wanted...). Only the
-  node that runs the session subscribes to it, so a request for a session nobody runs has no
-  responder (`BusTimeout` → ``unknown_session``).
+  terminate, an eject, an approval's extension, the approval it runs under, a file operation
+  (Files); one-way messages from a remote participant (leave, disconnected, chat, pointer,
+  resync wanted...). Only the node that runs the session subscribes to it, so a request for a
+  session nobody runs has no responder (`BusTimeout` → ``unknown_session``).
 - ``cosession.access``: a user's requests for access to an endpoint changed (filed, decided,
   withdrawn): every node tells its controllers' pages what Send Password offers now.
 - ``cosession.live.<node>``: a node's live sessions (`SessionSummary`), announced whenever

@@ -12,8 +12,10 @@ browser uploads with progress and saves a download by itself over HTTP:
 - ``GET /sessions/{id}/tools`` and ``POST /sessions/{id}/tools/{tool_id}/send``: Send Tool, a
   file of the administrators' library (pages/tools.py) into the home folder, executable.
 
-Every request is decided again: a signed-in user, a live session served here, its controller
-(a viewer is refused `not_controller`), a profile that allows file transfer now
+Every request is decided again: a signed-in user, a live session served here (or run by
+another node of several, whose SSH connection then runs each operation:
+dashboard/services/cluster_files.py), its controller (a viewer is refused `not_controller`), a
+profile that allows file transfer now
 (`engine.access.may_transfer_files`), an SSH endpoint. A refusal is audited
 (`file_transfer_refused`); every finished transfer is audited with its path, size and SHA-256
 (`file_upload`, `file_download`, `tool_sent`), a folder made or an entry deleted with its path.
@@ -33,6 +35,7 @@ from starlette.routing import BaseRoute, Route
 
 from dashboard.security.auth import require_user
 from dashboard.services import Services, services_of
+from dashboard.services.cluster_files import RemoteFiles
 from dashboard.services.live_sessions import LiveSession, live_sessions_of, live_summary, node_of
 from engine.access import may_transfer_files
 from engine.messages import EndpointProtocol, EndpointSpec, Reason, User
@@ -56,7 +59,7 @@ class _Allowed:
     services: Services
     user: User
     live: LiveSession
-    connection: SshConnection
+    connection: SshConnection | RemoteFiles  # RemoteFiles: the session runs on another node
 
 
 # Why Files is not offered on other endpoints (docs/session.md, docs/rdp.md)
@@ -66,16 +69,6 @@ NOT_AVAILABLE = {
     EndpointProtocol.VNC: "Files is not available for this endpoint: VNC (RFB) carries no files",
     None: "Files is not available for this endpoint: file transfer works on SSH endpoints only",
 }
-
-
-def run_elsewhere(services: Services, session_id: str) -> str | None:
-    """Why Files cannot reach a live session that another node runs (its SSH connection is
-    there: docs/cluster.md, Not there yet), or None."""
-    if services.cluster is None or services.engine.session(session_id) is not None \
-            or live_summary(services, session_id) is None:
-        return None
-    return (f"Files works only through the node that runs this session ({node_of(services, session_id)}): "
-            "this page is served by another")
 
 
 def files_offer(services: Services, user: User, endpoint: EndpointSpec) -> dict[str, Any]:
@@ -113,9 +106,10 @@ async def _allowed(request: Request, operation: str, path: str) -> _Allowed:
         return FilesRefused(status, reason, detail)
 
     live = live_sessions_of(request).sessions.get(session_id)
-    elsewhere = run_elsewhere(services, session_id)
-    if elsewhere is not None:
-        raise refuse(409, Reason.NOT_PERMITTED.value, elsewhere)
+    summary = live_summary(services, session_id) if services.cluster is not None else None
+    runs_elsewhere = summary is not None and services.engine.session(session_id) is None
+    if runs_elsewhere:  # its SSH connection is on the node that runs it: the operations go there
+        live = LiveSession(session_id, summary.endpoint, summary.controller, node=node_of(services, session_id))
     if live is None:
         raise refuse(404, Reason.SESSION_ENDED.value, "this session has ended, or is not served here")
     if live.controller.id != user.id:
@@ -124,6 +118,8 @@ async def _allowed(request: Request, operation: str, path: str) -> _Allowed:
     refused = may_transfer_files(facts.profile)
     if refused is not None:
         raise refuse(403, refused.reason.value, refused.detail)
+    if runs_elsewhere and live.endpoint.protocol is EndpointProtocol.SSH:
+        return _Allowed(services, user, live, RemoteFiles(services.cluster, session_id, user))
     if not isinstance(live.connection, SshConnection):
         raise refuse(409, Reason.NOT_PERMITTED.value, "file transfer is available on SSH endpoints only")
     return _Allowed(services, user, live, live.connection)

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from dashboard.gateway import wire
-from dashboard.gateway.files import files_offer, run_elsewhere
+from dashboard.gateway.files import files_offer
 from dashboard.security import share
 from dashboard.security.auth import require_user
 from dashboard.services import services_of
@@ -73,9 +73,7 @@ async def session_page(request: Request) -> Response:
         stored = await trio.to_thread.run_sync(services.endpoints.get, endpoint.id)
         config["send_password"] = None if stored is None else await trio.to_thread.run_sync(
             password_offer, services, user, stored)
-        elsewhere = run_elsewhere(services, session_id)
-        config["files"] = {"allowed": False, "reason": elsewhere} if elsewhere else \
-            await trio.to_thread.run_sync(files_offer, services, user, endpoint)
+        config["files"] = await trio.to_thread.run_sync(files_offer, services, user, endpoint)
     summary = services.engine.session(session_id)  # None for a moment after the start
     return await render(request, "session.html", {
         "config": config, "summary": summary, "endpoint_name": endpoint.name,

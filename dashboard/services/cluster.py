@@ -35,6 +35,7 @@ import trio
 
 from dashboard.services import Services
 from dashboard.services.cluster_access import AccessAcrossNodes, known_user
+from dashboard.services.cluster_files import serve_files
 from dashboard.services.cluster_live import NodeSessions
 from engine import LoopClosed, tell_session
 from engine.messages import (
@@ -313,10 +314,10 @@ class ClusterLink:
                 answer = await services.bridge.request(
                     lambda reply_to: services.engine.route(session_id, replace(inner, reply_to=reply_to)),
                     ENGINE_SECONDS)
-        elif op == "extend":
-            answer = await self.access.extend_here(session_id, str(body.get("request_id", "")))
-        elif op == "approval":
-            answer = self.access.approval_here(session_id)
+        elif op in ("extend", "approval"):
+            answer = await self.access.answer(op, session_id, body)
+        elif op == "files":
+            answer = await serve_files(self, session_id, body)
         elif op == "resync":
             participant = relay.participants.get(str(body.get("token")))
             if participant is not None:

@@ -73,6 +73,12 @@ class AccessAcrossNodes:
         live = self._served_here(session_id)
         return {"approval_id": live.approval_id if live is not None else None}
 
+    async def answer(self, op: str, session_id: str, body: dict[str, Any]) -> Any:
+        """The owning node's answer to ``extend`` or ``approval`` on the session's control subject."""
+        if op == "extend":
+            return await self.extend_here(session_id, str(body.get("request_id", "")))
+        return self.approval_here(session_id)
+
     # --- the deciding node, the asking node ----------------------------------------------------
 
     async def _ask(self, session_id: str, body: dict[str, Any]) -> Any:

@@ -64,9 +64,10 @@ def _populate(postgres_url: str, openssh: Any) -> str:
         endpoint = repositories.endpoints.create(
             "box", EndpointProtocol.SSH, openssh.host, openssh.port, username=openssh.username,
             password=openssh.password, joint_session=True, host_key=openssh.host_key)
+        files = repositories.profiles.create_profile("Files", "allow", file_transfer=True)
         for name in ["alice", *VIEWERS]:
             user = repositories.users.create(name, PASSWORD)
-            repositories.grants.grant(endpoint.id, user.id)
+            repositories.grants.grant(endpoint.id, user.id, "user", files.id if name == "alice" else None)
         repositories.users.create("root-admin", PASSWORD, is_admin=True)
         return endpoint.id
     finally:
@@ -86,6 +87,25 @@ def _terminate(base_url: str, session_id: str) -> httpx.Response:
     with httpx.Client(base_url=base_url, headers={"Origin": origin_of(base_url)}) as client:
         token = client.post("/api/login", json={"name": "root-admin", "password": PASSWORD}).json()["csrf_token"]
         return client.post(f"/api/sessions/{session_id}/terminate", headers={"x-csrf-token": token})
+
+
+def _files_through(base_url: str, session_id: str, content: bytes) -> tuple[list[str], bytes]:
+    """alice's Files on a node: upload (in chunks), list, download, delete."""
+    with httpx.Client(base_url=base_url, headers={"Origin": origin_of(base_url)}, timeout=30) as client:
+        token = client.post("/api/login", json={"name": "alice", "password": PASSWORD}).json()["csrf_token"]
+        files, chunk = f"/sessions/{session_id}/files", 256 * 1024
+        for offset in range(0, len(content), chunk):
+            sent = client.post(f"{files}/upload", params={"path": "cluster-file.bin", "offset": offset,
+                                                          "total": len(content)},
+                               content=content[offset:offset + chunk], headers={"x-csrf-token": token})
+            assert sent.status_code == 200, sent.text
+        listed = client.get(files, params={"path": ""})
+        assert listed.status_code == 200, listed.text
+        downloaded = client.get(f"{files}/download", params={"path": "cluster-file.bin"})
+        assert downloaded.status_code == 200, downloaded.text
+        deleted = client.post(f"{files}/delete", params={"path": "cluster-file.bin"}, headers={"x-csrf-token": token})
+        assert deleted.status_code == 200, deleted.text
+        return [entry["name"] for entry in listed.json()["entries"]], downloaded.content
 
 
 COOKIES: dict[str, str] = {}  # a sign-in on one node is good on every node (one secret key)
@@ -271,10 +291,15 @@ async def test_a_joint_session_across_three_nodes(tmp_path, postgres_url, nats_s
             reconnects = await trio.to_thread.run_sync(_audit_rows, postgres_url, "reconnect")
             assert [(r.session_id, r.actor_name) for r in reconnects] == [(sid, "alice")]
             controller = back
-            # Files needs the session's SSH connection, on A: B says so rather than 'ended'
-            with httpx.Client(base_url=b.url, headers={"Cookie": COOKIES["alice"]}) as client:
-                files = client.get(f"/sessions/{sid}/files", params={"path": ""})
-            assert files.status_code == 409 and "the node that runs this session (a)" in files.json()["detail"], files.text
+            # Files through B: its SFTP runs on the session's SSH connection, on A
+            content = b"across nodes\n" * 30000  # two chunks and a bit
+            listed, downloaded = await trio.to_thread.run_sync(_files_through, b.url, sid, content)
+            assert "cluster-file.bin" in listed and downloaded == content
+            with trio.fail_after(10):  # audited by B, in the shared chain
+                while not (uploads := await trio.to_thread.run_sync(_audit_rows, postgres_url, "file_upload")):
+                    await trio.sleep(0.05)  # a bound on the audit store's commit, not a wait for time
+            assert [(r.session_id, r.actor_name, json.loads(r.detail)["size"]) for r in uploads] == \
+                [(sid, "alice", len(content))]
 
             # terminate from B: every socket on A, B and C closes, each told why
             answer = await trio.to_thread.run_sync(_terminate, b.url, sid)
