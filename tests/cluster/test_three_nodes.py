@@ -5,11 +5,12 @@ endpoint's output reaches all of them; the 11th viewer, on C, is refused `viewer
 live dashboard lists the session with its node; a viewer's input on B is refused and audited;
 NATS stopped and started again under the session: it goes on, and the viewers get its output
 again; the controller's websocket on A closes and it comes back on B: its typing and resize
-reach the shell through A, the output and the size reach everyone; input forged on the bus, and
-a terminate that makes alice an administrator, are refused and audited; terminate from B
-closes every socket on A, B and C; `kill -9` of A under a second session ends it for its
-viewers on B and C with `node_failed`; `cosession audit verify` passes on the shared chain
-afterwards. No node prints the bus's password."""
+reach the shell through A, the output and the size reach everyone, and its Files work through
+B (upload, list, download, delete, audited); input forged on the bus, and a terminate that
+makes alice an administrator, are refused and audited; terminate from B closes every socket on
+A, B and C; `kill -9` of A under a second session ends it for its viewers on B and C with
+`node_failed`; `cosession audit verify` passes on the shared chain afterwards. No node prints
+the bus's password."""
 
 from __future__ import annotations
 
