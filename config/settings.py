@@ -65,7 +65,7 @@ class EngineSettings:
     endpoint_retries: int
     endpoint_backoff_seconds: float
     endpoint_retry_window_seconds: float
-    database_url: str
+    database_url: str = field(repr=False)  # may hold the database's password: never in a log
     max_joins_per_user: int
     joins_window_seconds: float
     node_id: str

@@ -91,3 +91,9 @@ def test_settings_accept_tls_and_hide_the_metrics_token():
                                             ("", False), ("192.0.2.1", False), ("gw.example.org", False)])
 def test_loopback_hosts(host, loopback):
     assert is_loopback(host) is loopback
+
+
+def test_the_settings_never_show_the_database_password():
+    settings = load(env={"COSESSION_ENGINE_DATABASE_URL": "postgresql://cosession:s3cret-pw@db:5432/cosession"})
+    assert settings.database_url.endswith("@db:5432/cosession")
+    assert "s3cret-pw" not in repr(settings) and "s3cret-pw" not in str(settings.engine)
