@@ -3,21 +3,20 @@ a gateway's websockets.
 
 Without ``--url`` it starts a gateway in this process (its own trio loop in a thread, Hypercorn
 on 127.0.0.1, a temporary data directory) with one synthetic endpoint and one user per
-participant. With ``--url`` it drives a running gateway (or several nodes, docs/protocol.md);
-set ``COSESSION_LOADTEST_USER``,
-``COSESSION_LOADTEST_PASSWORD`` (an account that may use the endpoint; every participant signs
-in as it) and ``COSESSION_LOADTEST_ENDPOINT`` (the id of a synthetic endpoint).
+participant. With ``--url`` it drives a running gateway (or several nodes, docs/protocol.md); set
+``COSESSION_LOADTEST_USER``, ``COSESSION_LOADTEST_PASSWORD`` (an account that may use the endpoint;
+every participant signs in as it) and ``COSESSION_LOADTEST_ENDPOINT`` (a synthetic endpoint's id).
 
 Every participant is a trio-websocket client that signs in with ``POST /api/login``, opens its
 websocket with the session cookie and the gateway's Origin, and counts what it receives:
 
 - frames: each synthetic frame carries an invisible stamp of its emission time (wall-clock ns,
-  `protocols.synthetic.stamps`), so latency is measured at the websocket client; an echoed
-  input is one frame too (the input byte is ``\\x01``, which nothing else sends);
+  `protocols.synthetic.stamps`), so latency is measured at the websocket client; an echoed input
+  is one frame too (the input byte is ``\\x01``, which nothing else sends);
 - drops: the frames a participant should have received and did not, because its queue
   overflowed and the engine resynchronised it from a keyframe (resyncs are counted too);
-- inputs: the endpoint's own count of forwarded inputs (the ``stream`` answer), and the
-  refusals each viewer received for its inputs.
+- inputs: the endpoint's own count of forwarded inputs (the ``stream`` answer), and the refusals
+  each viewer received for its inputs.
 """
 
 from __future__ import annotations
@@ -67,8 +66,7 @@ class WsParticipant:
     def __init__(self, name: str, socket: GatewaySocket) -> None:
         self.name = name
         self.socket = socket
-        self.role = ""
-        self.session_id = ""
+        self.role = self.session_id = ""
         self.refusal: dict[str, Any] | None = None
         self.frames = 0
         self.echoes = 0
@@ -347,7 +345,9 @@ class _Run:
                     self.progress("setup", n + 1, options.sessions)
             report.startup_seconds = round(time.perf_counter() - began, 3)
 
-            for controller, _ in self.sessions:
+            began, phase = trio.current_time(), 0 if options.in_step or options.rate <= 0 else 1 / options.rate
+            for n, (controller, _) in enumerate(self.sessions):  # each at its own phase (--in-step: at once)
+                await trio.sleep_until(began + n / len(self.sessions) * phase)
                 await send_json(controller.socket, {"type": "stream", "rate": options.rate})
             everyone = [p for controller, viewers in self.sessions for p in (controller, *viewers)]
             if options.input_rate > 0:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import trio
 
 from config.settings import load
 from cosession import cli
@@ -31,6 +32,28 @@ def test_the_websocket_load_test_counts_everything_where_it_happens(tmp_path):
     assert report.frames_generated >= 2 * 10  # ~20 frames/s for 1 s per session, and the echoes
     assert 0 < report.fanout_latency_ms["p50"] <= report.fanout_latency_ms["p99"] <= report.fanout_latency_ms["max"]
     assert report.threads_after_stop == report.threads_at_start
+
+
+@pytest.mark.parametrize("in_step", [False, True])
+def test_the_streams_start_at_their_own_phases_unless_in_step(tmp_path, monkeypatch, in_step):
+    # as the engine's load test: independent sessions print at independent moments, spread over
+    # one frame period; --in-step sends every session's frame to every socket at once
+    from cosession import loadtest_ws
+
+    starts: list[float] = []
+    original = loadtest_ws.send_json
+
+    async def recording_send_json(socket, message):
+        if message.get("type") == "stream" and message.get("rate"):
+            starts.append(trio.current_time())
+        await original(socket, message)
+
+    monkeypatch.setattr(loadtest_ws, "send_json", recording_send_json)
+    options = Options(sessions=4, viewers=1, rate=5.0, duration=0.5, in_step=in_step)
+    report = run_websocket_loadtest(options, load(env={}, server={"data_dir": str(tmp_path)}))
+    assert report.errors == [] and len(starts) == 4
+    if not in_step:  # session n starts n/4 of a period (200 ms) after the first (10 ms: the first's own send)
+        assert all(starts[n] - starts[0] >= n / 4 / 5.0 - 0.01 for n in range(4)), starts
 
 
 def test_the_command_prints_the_same_json_report(capsys, tmp_path):
