@@ -75,6 +75,11 @@ class CheckoutGateway(sw.GatewayProcess):
         self.pid = self.info["pid"]
 
 
+def labels(checkouts: list[Path]) -> list[str]:
+    """One per checkout, distinct also when a checkout is given twice (an A/A run: the noise)."""
+    return [f"{n + 1}. {c.name}" for n, c in enumerate(checkouts)]
+
+
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / sw.CLK_TCK
@@ -85,7 +90,7 @@ async def _rounds(args: argparse.Namespace, gateways: list[Any], cat_path: Path)
 
     from cosession.join import login
 
-    names = [str(c) for c in args.checkouts]
+    names = labels(args.checkouts)
     results: dict[str, dict[str, list[float]]] = {n: {f: [] for f in FIGURES} for n in names}
     marks = iter(range(5000, 10**9))
     async with trio.open_nursery() as nursery:
@@ -130,7 +135,7 @@ async def _rounds(args: argparse.Namespace, gateways: list[Any], cat_path: Path)
                     await trio.sleep(0.05)
                 figures["line_p50_ms"].append(sw.pct(latencies, 50))
                 figures["line_p95_ms"].append(sw.pct(latencies, 95))
-                print(f"[paired] round {round_ + 1}: {Path(name).name}: "
+                print(f"[paired] round {round_ + 1}: {name}: "
                       + ", ".join(f"{k}={v[-1]:.3g}" for k, v in figures.items()), file=sys.stderr, flush=True)
         for _, controller, viewer in sides.values():
             for client in (controller, viewer):
@@ -157,7 +162,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for index, checkout in enumerate(args.checkouts):
             gateways.append(CheckoutGateway(checkout, {
                 "host": server.host, "port": server.port, "username": server.username, "private_key": private,
-                "host_key": server.host_key, "sessions": 1, "users": USERS, "settings": {}}, work / f"gateway{index}.log"))
+                "host_key": server.host_key, "sessions": 1, "users": USERS, "settings": {}},
+                work / f"gateway{index}.log"))
         results = trio.run(_rounds, args, gateways, cat_path)
     finally:
         for gateway in gateways:
@@ -166,7 +172,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             server.stop()
             shutil.rmtree(server.directory, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
-    return {"command": sw.command_line(), "rounds": args.rounds, "cat_mb": args.cat_mb, "raw": results}
+    return {"command": sw.command_line(), "checkouts": [str(c) for c in args.checkouts], "rounds": args.rounds,
+            "cat_mb": args.cat_mb, "raw": results}
 
 
 def table(report: dict[str, Any]) -> str:
@@ -181,7 +188,7 @@ def table(report: dict[str, Any]) -> str:
             if name != first and figure != "load1":
                 cell += f", ×{statistics.median(values) / statistics.median(raw[first][figure]):.2f}"
             cells.append(cell)
-        lines.append(f"| {Path(name).name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

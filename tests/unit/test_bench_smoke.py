@@ -143,3 +143,26 @@ def test_the_stalled_viewer_benchmark_produces_every_figure(tmp_path):
     section = text.split("## Stalled viewers and the controller")[1]
     assert "| cat: throughput to the controller (file size / that time), MB/s |" in section
     assert text.startswith(DOC.rstrip("\n"))  # the other sections untouched
+
+
+def test_the_paired_benchmark_gives_each_checkout_every_figure(tmp_path):
+    _skip_unless_runnable()
+    # this checkout twice: two gateways from the same code, each its own figures and ratio
+    report_path = tmp_path / "paired.json"
+    process = subprocess.Popen(
+        [sys.executable, str(ROOT / "bench" / "ssh_paired.py"), f"{ROOT},{ROOT}", "--rounds", "2", "--cat-mb", "1",
+         "--lines", "3", "--json", str(report_path)],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        stdout, stderr = process.communicate(timeout=60)
+        pytest.fail(f"the benchmark did not finish within 120 s: {stderr[-3000:]}")
+    assert process.returncode == 0, stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["rounds"] == 2
+    for figures in report["raw"].values():
+        assert set(figures) == {"cat_s", "cat_cpu_s", "line_p50_ms", "line_p95_ms", "load1"}
+        assert all(len(values) == 2 and all(v >= 0 for v in values) for values in figures.values()), figures
+    assert stdout.count("| ") >= 3 and ", ×" in stdout  # the table: a row per checkout, the second with ratios
