@@ -1,7 +1,7 @@
 """The websocket load test against one cosession node and against two (docs/cluster.md).
 
     .venv/bin/python bench/cluster.py [--runs 3] [--sessions 50] [--viewers 10] [--rate 5]
-                                      [--duration 20] [--json FILE | --from-json FILE]
+                                      [--duration 20] [--in-step] [--json FILE | --from-json FILE]
 
 Needs root (a throwaway PostgreSQL cluster made with Debian's ``initdb``/``pg_ctl``, as
 tests/fixtures/postgres.py does) and ``nats-server``. Everything runs on 127.0.0.1 and stops by
@@ -16,10 +16,11 @@ itself. Each run of each layout starts from a fresh database and fresh nodes:
   (``unknown_session``) and the row says so.
 
 The load is `cosession loadtest --via websocket --url A[,B] [--viewers-on next] --json`
-(synthetic endpoints, one stamped frame per `1/--rate` s per session, latency measured at the
-websocket clients) in a child process; its clients share the machine's cores with the nodes.
-CPU is each node's process time (utime + stime from ``/proc``) over the whole load test, set-up
-included. Medians over `--runs` with the spread (min–max).
+(synthetic endpoints, one stamped frame per `1/--rate` s per session, each stream at its own
+phase unless `--in-step`, latency measured at the websocket clients) in a child process; its
+clients share the machine's cores with the nodes. CPU is each node's process time (utime +
+stime from ``/proc``) over the whole load test, set-up included. Medians over `--runs` with the
+spread (min–max).
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def one_run(postgres: PostgresServer, nats: NatsServer | None, layout: tuple[str
                 [sys.executable, "-m", "cosession.cli", "loadtest", "--via", "websocket",
                  "--url", ",".join(node.url for node in nodes), "--viewers-on", viewers_on,
                  "--sessions", str(args.sessions), "--viewers", str(args.viewers), "--rate", str(args.rate),
-                 "--duration", str(args.duration), "--json"],
+                 "--duration", str(args.duration), "--json", *(["--in-step"] if args.in_step else [])],
                 cwd=ROOT, env=env, capture_output=True, text=True, timeout=args.duration + 600)
             wall = time.monotonic() - began
             tick = os.sysconf("SC_CLK_TCK")
@@ -173,6 +174,8 @@ def main() -> int:
     parser.add_argument("--viewers", type=int, default=10)
     parser.add_argument("--rate", type=float, default=5.0)
     parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--in-step", action="store_true",
+                        help="every session's stream at once, as before 2026-12-02 (default: each at its own phase)")
     parser.add_argument("--layouts", default="all", help="comma-separated indexes into the layouts (0,1,2) or all")
     parser.add_argument("--json", help="also write every run's figures to this file")
     parser.add_argument("--from-json", help="print the table of an earlier --json file, run nothing")
