@@ -31,6 +31,7 @@ from typing import Any
 
 from engine.actors.base import describe_failure, send
 from engine.actors.pool import PooledActor
+from engine.bridge import batched_calls
 from engine.clock import Clock, Timer
 from engine.messages import (
     ChildFailed, DisplayUpdate, EndpointClosed, EndpointError, EndpointFailed, EndpointFinished, EndpointOpened,
@@ -155,13 +156,14 @@ class EndpointActor(PooledActor):
                 log.warning("endpoint of session %s ignored %r", self._session_id, type(message).__name__)
 
     def _fan_out(self, frame: Frame) -> None:
-        for pid, sink in self._fanout:
-            try:
-                if not sink.offer(frame) and pid not in self._refusing_since \
-                        and pid not in self._waiting_for_keyframe:
-                    self._refusing(pid)
-            except Exception as exc:
-                self._sink_failed(pid, exc)
+        with batched_calls():  # the senders it wakes, woken in one call to the loop
+            for pid, sink in self._fanout:
+                try:
+                    if not sink.offer(frame) and pid not in self._refusing_since \
+                            and pid not in self._waiting_for_keyframe:
+                        self._refusing(pid)
+                except Exception as exc:
+                    self._sink_failed(pid, exc)
 
     def _resync(self) -> None:
         """Render one keyframe for every participant waiting for one, unless the last resync

@@ -314,6 +314,27 @@ async def test_the_controller_comes_back_within_the_grace_period(harness):
 # --- output: coalescing, slow viewers ------------------------------------------------------------
 
 
+async def test_every_frame_reaches_every_participant_once_in_order(harness):
+    # the fan-out wakes every participant's sender in one call to the loop (engine.bridge
+    # batched_calls): each still gets every frame, in order, once
+    controller, first, sid = await session_with_viewer(harness)
+    harness.user("carol")
+    second, answer = await harness.join("carol", sid)
+    assert answer["type"] == "joined"
+    await second.control("reset")
+    connection = harness.connection(sid)
+
+    def emit_all() -> None:
+        for i in range(500):
+            connection.emit(b"<%04d>" % i)
+
+    await trio.to_thread.run_sync(emit_all)
+    expected = b"".join(b"<%04d>" % i for i in range(500))
+    for client in (controller, first, second):
+        await client.output_contains(b"<0499>")
+        assert expected in client.output and client.output.count(b"<0250>") == 1
+
+
 async def test_many_tiny_frames_go_out_as_few_websocket_messages(harness):
     controller, viewer, sid = await session_with_viewer(harness)
     await viewer.control("reset")
