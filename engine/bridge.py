@@ -27,8 +27,8 @@ def batched_calls() -> Iterator[None]:
     """On an actor's thread, around a fan-out: what it schedules with `LoopBridge.call_soon`
     (every participant's queue waking its sender) goes to the loop when the block ends, in
     order, as one call. Each call to the loop's token writes to its wake-up socket and lets go
-    of the GIL for the write; behind a busy loop eleven of them took 60 us (median) to hundreds
-    of ms (the GIL's switch interval after each), one took 15 us (docs/engine.md)."""
+    of the GIL for the write; behind a busy loop eleven of them took 56-70 us (median) and up to
+    a second (waiting for the GIL after each), one took 14-17 us (bench/loop_wakes.py)."""
     if getattr(_batch, "calls", None) is not None:  # nested: the outermost block hands them on
         yield
         return
