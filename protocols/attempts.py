@@ -66,16 +66,18 @@ class InputQueue:
         self.send_channel, self.receive_channel = trio.open_memory_channel[bytes](size)
         self.dropped = 0
 
-    def offer(self, data: bytes) -> None:
-        """On the loop: queue `data`, or drop it if the queue is full or closed."""
+    def offer(self, data: bytes) -> bool:
+        """On the loop: queue `data` (True), or drop it if the queue is full or closed (False)."""
         try:
             self.send_channel.send_nowait(data)
+            return True
         except trio.WouldBlock:
             self.dropped += 1
             if self.dropped == 1 or self.dropped % 100 == 0:
                 log.warning("%s: input queue full, %d input message(s) dropped so far", self.name, self.dropped)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             log.debug("%s: input after the connection ended was dropped", self.name)
+        return False
 
 
 class AttemptConnection:

@@ -162,6 +162,15 @@ class _DemoSession(asyncssh.SSHServerSession):
             self._chan.close()
 
     def data_received(self, data: bytes, datatype: Any) -> None:
+        if not self._input_pending and self._master is not None:
+            # nothing waits ahead of it: to the PTY now, not after the input pump's wake (a
+            # keystroke's echo then waits for one pass of the event loop less)
+            try:
+                data = data[os.write(self._master, data):]
+            except OSError:  # full (BlockingIOError) or failing: the pump writes it, or meets the error
+                pass
+            if not data:
+                return
         self._input_pending += len(data)
         self._input_send.send_nowait(data)
         if self._input_pending > _INPUT_HIGH_WATER and not self._reading_paused:
@@ -281,10 +290,10 @@ class _DemoSession(asyncssh.SSHServerSession):
         async for data in self._input_recv:
             view = memoryview(data)
             while view:
-                await trio.lowlevel.wait_writable(master)
                 try:
                     written = os.write(master, view)
-                except BlockingIOError:
+                except BlockingIOError:  # the PTY's buffer is full: wait for the shell to read
+                    await trio.lowlevel.wait_writable(master)
                     continue
                 view = view[written:]
             self._input_pending -= len(data)

@@ -153,10 +153,36 @@ class _Attempt(Attempt):
         self.input = InputQueue("ssh", INPUT_QUEUE_CHUNKS)
         self.size = (cols, rows)
         self.channel: Any = None  # the asyncssh shell channel, once open (loop only)
+        self.shell: _Shell | None = None  # its callbacks, once open (loop only)
+        self.queued = 0  # input chunks taken into the input queue and not yet written to the channel
         self.server_key: asyncssh.SSHKey | None = None
         self.mismatched_key: asyncssh.SSHKey | None = None
         # file operations (SFTP over this attempt's connection), served inside its asyncio loop
         self.files_send, self.files_recv = trio.open_memory_channel[_FileRequest](FILE_QUEUE)
+
+    def feed(self, data: bytes) -> None:
+        """On the loop: the controller's input, to the channel at once or through the queue."""
+        if not self.queued and self._write_now(data):
+            return
+        if self.input.offer(data):
+            self.queued += 1
+
+    def _write_now(self, data: bytes) -> bool:
+        """Write `data` to the shell channel at once if nothing waits ahead of it and the channel
+        takes it; False: queue it for the writer task. A keystroke written here reaches the
+        endpoint in this pass of the event loop instead of after the writer task's wake in the
+        next one: under an anonymous flood each pass a keystroke waits for can be a busy one
+        (docs/benchmarks.md, "An anonymous flood at the edge")."""
+        shell, channel = self.shell, self.channel
+        if shell is None or channel is None or not shell.can_write.is_set() or shell.error is not None:
+            return False
+        try:
+            if channel.is_closing():
+                return False
+            channel.write(data)
+        except Exception:  # the channel is failing: the writer task meets it and reports it
+            return False
+        return True
 
     def apply_size(self) -> None:
         channel = self.channel
@@ -326,7 +352,7 @@ class SshConnection(AttemptConnection):
         if attempt is None or attempt.closed or not data:
             return
         try:
-            self._bridge.call_soon(attempt.input.offer, bytes(data))
+            self._bridge.call_soon(attempt.feed, bytes(data))
         except LoopClosed:
             log.debug("ssh %s: input dropped, loop closed", self.where)
 
@@ -357,6 +383,7 @@ class SshConnection(AttemptConnection):
                 raise cancelled from None
         finally:
             attempt.channel = None
+            attempt.shell = None
             attempt.input.receive_channel.close()
 
     async def _session(self, attempt: _Attempt, loop: Any) -> None:
@@ -390,7 +417,7 @@ class SshConnection(AttemptConnection):
             opened_size = attempt.size
             channel, _ = await trio_asyncio.aio_as_trio(conn.create_session)(
                 lambda: shell, term_type=self._term_type, term_size=opened_size, encoding=None)
-            attempt.channel = channel
+            attempt.channel, attempt.shell = channel, shell
             if attempt.size != opened_size:  # a resize came while the channel was opening
                 attempt.apply_size()
             log.info("ssh %s: shell open for %s (%s, cipher %s)", self.where, creds.username, version,
@@ -436,6 +463,7 @@ class SshConnection(AttemptConnection):
             if shell.error is not None or channel.is_closing():
                 return
             channel.write(data)
+            attempt.queued -= 1
 
     async def _serve_files(self, attempt: _Attempt, conn: Any) -> None:
         """File operations, one at a time, inside this attempt's asyncio loop (where asyncssh
