@@ -161,6 +161,7 @@ class Edge:
     max_anonymous_connections: int
     max_anonymous_connections_per_client: int
     max_anonymous_per_pass: int
+    max_anonymous_wait_ms: int
     max_handshakes_in_flight: int
     max_request_body_bytes: int
 

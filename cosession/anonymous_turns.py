@@ -5,7 +5,16 @@ Under an anonymous flood that put dozens of attackers' connections (0.3-0.5 ms o
 admission and refusal each) in the same pass as a controller's keystroke and its echo: the
 controller's latency p99 grew 6-7x while its median did not move. `AnonymousTurns` lets at most
 ``edge.max_anonymous_per_pass`` anonymous connections start handling what they received per
-pass; `EdgeStream` is where a connection takes its turn, between its socket and Hypercorn.
+pass, and only once a pass has left nothing else runnable (or once they have waited
+``edge.max_anonymous_wait_ms``); `EdgeStream` is where a connection takes its turn, between its
+socket and Hypercorn.
+
+Why the wait for an idle loop: a keystroke and its echo cross the loop a dozen times (the
+websocket, the actors' hand-offs back to the loop, the SSH channel, the output's fan-out), and
+each crossing waits for the pass in progress to end. With turns in every pass, a flood kept the
+loop in long passes (1.5-3 ms, mostly anonymous connections' work) about a fifth of the time,
+and the echo's p99 added up several of them. Handed out when the loop has nothing else to run, the anonymous work
+waits for the controller's instead (docs/benchmarks.md, "An anonymous flood at the edge").
 """
 
 from __future__ import annotations
@@ -21,17 +30,22 @@ class Turns(Protocol):
     async def take_turn(self) -> None: ...
 
 
-class AnonymousTurns:
+class AnonymousTurns(trio.abc.Instrument):
     """At most `per_pass` anonymous connections start handling what they received in one pass
-    of the event loop; the others wait for a later pass, in the order they came. A turn is
-    given, not held: whatever a connection then waits for (its application's answer, a client
-    that does not read) keeps no other connection waiting. `run` hands the turns out, one pass
-    at a time, for as long as the server runs."""
+    of the event loop, the pass after one that left no task runnable, or else the first pass
+    after `max_wait` seconds; the others wait for a later pass, in the order they came. A turn
+    is given, not held: whatever a connection then waits for (its application's answer, a
+    client that does not read) keeps no other connection waiting. `run` hands the turns out for
+    as long as the server runs; it watches the loop as a trio instrument meanwhile."""
 
-    def __init__(self, per_pass: int) -> None:
+    def __init__(self, per_pass: int, max_wait: float) -> None:
         self.per_pass = per_pass
+        self.max_wait = max_wait
         self._queue = trio.lowlevel.ParkingLot()
         self._someone_waits = trio.Event()
+        self._idle = trio.Event()
+        self._wants_idle = False
+        self._token: trio.lowlevel.TrioToken | None = None
 
     @property
     def waiting(self) -> int:
@@ -41,13 +55,35 @@ class AnonymousTurns:
         self._someone_waits.set()
         await self._queue.park()
 
+    def before_io_wait(self, timeout: float) -> None:
+        """The end of a pass. trio waits for I/O with a timeout only when no task is runnable:
+        the loop is idle. An instrument may not reschedule a task (the wait's timeout is already
+        chosen), so `run` is woken through the loop's own wake-up, in the next pass."""
+        if self._wants_idle and timeout > 0 and self._token is not None:
+            self._wants_idle = False
+            try:
+                self._token.run_sync_soon(self._idle.set)
+            except trio.RunFinishedError:
+                pass
+
     async def run(self) -> None:
-        while True:
-            if not self.waiting:
-                self._someone_waits = trio.Event()
-                await self._someone_waits.wait()
-            self._queue.unpark(count=self.per_pass)
-            await trio.lowlevel.checkpoint()  # the tasks it unparked run in the next pass, and so does it
+        self._token = trio.lowlevel.current_trio_token()
+        trio.lowlevel.add_instrument(self)
+        try:
+            while True:
+                if not self.waiting:
+                    self._someone_waits = trio.Event()
+                    await self._someone_waits.wait()
+                self._idle = trio.Event()
+                self._wants_idle = True
+                with trio.move_on_after(self.max_wait):
+                    await self._idle.wait()
+                self._wants_idle = False
+                self._queue.unpark(count=self.per_pass)
+                await trio.lowlevel.checkpoint()  # the tasks it unparked run in the next pass, and so does it
+        finally:
+            self._wants_idle = False
+            trio.lowlevel.remove_instrument(self)
 
 
 class EdgeStream(trio.abc.HalfCloseableStream):

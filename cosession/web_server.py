@@ -19,11 +19,12 @@ server; `ConnectionGuard` is that handler:
   ``503`` and is closed before Hypercorn reads a byte of it.
 - anonymous connections take turns (cosession/anonymous_turns.py): in one pass of the event loop at most
   ``edge.max_anonymous_per_pass`` of them start handling what they received (a request, the
-  end of the stream) or setting themselves up; the others wait for a later pass, first come
-  first served, with their bytes unread by Hypercorn. trio runs, in one pass, every task whose
-  socket became readable during its last wait: without turns a flood put dozens of anonymous
-  connections (0.3-0.5 ms each) in the pass beside a controller's keystroke and its echo. A
-  signed-in connection never waits for a turn.
+  end of the stream) or setting themselves up, in a pass in which nothing else is runnable
+  (or once they have waited ``edge.max_anonymous_wait_ms``); the others wait for a later pass,
+  first come first served, with their bytes unread by Hypercorn. trio runs, in one pass, every
+  task whose socket became readable during its last wait: without turns a flood put dozens of
+  anonymous connections (0.3-0.5 ms each) in the pass beside a controller's keystroke and its
+  echo. A signed-in connection never waits for a turn.
 
 Two behaviours of Hypercorn's websocket code are changed, once per process, by replacing the
 two wsproto names its module looks up (`adjust_hypercorn_websockets`): permessage-deflate is
@@ -157,12 +158,14 @@ class ConnectionLimits:
     max_anonymous_connections: int = 0
     max_anonymous_connections_per_client: int = 0
     max_anonymous_per_pass: int = 0
+    max_anonymous_wait_ms: int = 0
 
     @classmethod
     def of(cls, settings: Any) -> "ConnectionLimits":
         edge = settings.edge
         return cls(edge.max_connections, edge.max_connections_per_client, edge.max_anonymous_connections,
-                   edge.max_anonymous_connections_per_client, edge.max_anonymous_per_pass)
+                   edge.max_anonymous_connections_per_client, edge.max_anonymous_per_pass,
+                   edge.max_anonymous_wait_ms)
 
 
 def client_key(host: str) -> str:
@@ -285,7 +288,8 @@ class ConnectionGuard:
         self.refusals: Counter[str] = Counter()  # connections refused, by the limit that refused them
         self._report_failure = _OncePerInterval(LOG_INTERVAL)
         self._report_refusal = _OncePerInterval(LOG_INTERVAL)
-        self.turns = AnonymousTurns(limits.max_anonymous_per_pass) if limits.max_anonymous_per_pass else None
+        self.turns = (AnonymousTurns(limits.max_anonymous_per_pass, limits.max_anonymous_wait_ms / 1000)
+                      if limits.max_anonymous_per_pass else None)
 
     @property
     def open_connections(self) -> int:

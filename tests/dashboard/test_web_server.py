@@ -402,3 +402,112 @@ class TestAnonymousTurns:
             while gateway.web_server.anonymous_connections or gateway.web_server.anonymous_waiting:
                 await trio.sleep(0.01)
         assert gateway.web_server.failures == 0
+
+
+class Spinner:
+    """A task on the gateway's loop that is runnable in every pass: the loop is never idle."""
+
+    def __init__(self) -> None:
+        self.passes = 0
+        self.stopped = False
+
+    async def run(self) -> None:
+        while not self.stopped:
+            self.passes += 1
+            await trio.sleep(0)
+
+    async def wait_passes(self, count: int) -> None:
+        """Until the spinner has run `count` more passes of the gateway's loop."""
+        target = self.passes + count
+        with trio.fail_after(DEADLINE):
+            while self.passes < target:
+                await trio.sleep(0.01)
+
+
+async def anonymous_streams(gateway: Any, count: int) -> list[trio.SocketStream]:
+    """`count` anonymous connections, accepted and set up, none waiting for a turn."""
+    port = port_of(gateway.base_url)
+    streams = [await trio.open_tcp_stream("127.0.0.1", port) for _ in range(count)]
+    with trio.fail_after(DEADLINE):
+        while gateway.web_server.anonymous_connections < count or gateway.web_server.anonymous_waiting:
+            await trio.sleep(0.01)
+    return streams
+
+
+async def answered(stream: trio.SocketStream) -> bytes:
+    answer = bytearray()
+    with trio.fail_after(DEADLINE):
+        while chunk := await stream.receive_some(65536):
+            answer += chunk
+    return bytes(answer)
+
+
+REQUEST = b"GET /login?turns HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+class TestAnonymousTurnsWaitForAnIdleLoop:
+    """Anonymous connections get their turns in a pass in which nothing else is runnable: while
+    the gateway's loop always has other work, what they sent waits (for at most
+    ``edge.max_anonymous_wait_ms``, an hour here), and a signed-in session's keystroke does not."""
+
+    CONNECTIONS = 6
+
+    @pytest.fixture
+    def gateway_overrides(self):
+        return {"edge": {"max_anonymous_per_pass": 2, "max_anonymous_wait_ms": 3_600_000,
+                         "max_anonymous_connections_per_client": 0}}
+
+    async def test_anonymous_requests_wait_while_the_loop_is_busy_and_a_keystroke_does_not(self, harness):
+        gateway = harness.gateway
+        controller, viewer = await live_session(harness)
+        streams = await anonymous_streams(gateway, self.CONNECTIONS)
+        spinner = Spinner()
+        try:
+            await trio.to_thread.run_sync(gateway.bridge.spawn, spinner.run)
+            await spinner.wait_passes(1)
+            for stream in streams:
+                await stream.send_all(REQUEST)
+            await assert_session_works(controller, viewer, b"typed while the loop is busy")
+            await spinner.wait_passes(500)
+            assert gateway.web_server.anonymous_waiting == self.CONNECTIONS  # every request read, none handled
+            spinner.stopped = True  # the loop goes idle: the turns are handed out
+            for stream in streams:
+                answer = await answered(stream)
+                assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        finally:
+            spinner.stopped = True
+            for stream in streams:
+                await trio.aclose_forcefully(stream)
+        with trio.fail_after(DEADLINE):
+            while gateway.web_server.anonymous_connections or gateway.web_server.anonymous_waiting:
+                await trio.sleep(0.01)
+        assert gateway.web_server.failures == 0
+
+
+class TestAnonymousTurnsOnABusyLoop:
+    """On a loop that is never idle, anonymous connections still get their turns once they have
+    waited ``edge.max_anonymous_wait_ms``."""
+
+    CONNECTIONS = 6
+
+    @pytest.fixture
+    def gateway_overrides(self):
+        return {"edge": {"max_anonymous_per_pass": 2, "max_anonymous_wait_ms": 1,
+                         "max_anonymous_connections_per_client": 0}}
+
+    async def test_anonymous_requests_are_answered_though_the_loop_is_never_idle(self, harness):
+        gateway = harness.gateway
+        streams = await anonymous_streams(gateway, self.CONNECTIONS)
+        spinner = Spinner()
+        try:
+            await trio.to_thread.run_sync(gateway.bridge.spawn, spinner.run)
+            await spinner.wait_passes(1)
+            for stream in streams:
+                await stream.send_all(REQUEST)
+            for stream in streams:
+                answer = await answered(stream)
+                assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        finally:
+            spinner.stopped = True
+            for stream in streams:
+                await trio.aclose_forcefully(stream)
