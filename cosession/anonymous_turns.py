@@ -23,6 +23,8 @@ from typing import Protocol
 
 import trio
 
+TICK = 0.001  # seconds: the longest an idle loop waits for I/O while anonymous connections wait for turns
+
 
 class Turns(Protocol):
     """A connection (web_server.ClientConnection) that waits for its turn while it is anonymous."""
@@ -44,8 +46,8 @@ class AnonymousTurns(trio.abc.Instrument):
         self._queue = trio.lowlevel.ParkingLot()
         self._someone_waits = trio.Event()
         self._idle = trio.Event()
-        self._wants_idle = False
-        self._token: trio.lowlevel.TrioToken | None = None
+        self._wants_idle = False  # run waits for an idle pass
+        self._idle_seen = False  # ... and the loop went to wait for I/O with nothing runnable
 
     @property
     def waiting(self) -> int:
@@ -56,18 +58,20 @@ class AnonymousTurns(trio.abc.Instrument):
         await self._queue.park()
 
     def before_io_wait(self, timeout: float) -> None:
-        """The end of a pass. trio waits for I/O with a timeout only when no task is runnable:
-        the loop is idle. An instrument may not reschedule a task (the wait's timeout is already
-        chosen), so `run` is woken through the loop's own wake-up, in the next pass."""
-        if self._wants_idle and timeout > 0 and self._token is not None:
-            self._wants_idle = False
-            try:
-                self._token.run_sync_soon(self._idle.set)
-            except trio.RunFinishedError:
-                pass
+        """trio waits for I/O with a timeout only when no task is runnable: the loop is idle."""
+        if self._wants_idle and timeout > 0:
+            self._idle_seen = True
+
+    def after_io_wait(self, timeout: float) -> None:
+        """After that wait (for I/O, or `TICK` at most while turns wait), before the next pass
+        is chosen: `run` is in it. The loop did block meanwhile, so the actors' threads got the
+        interpreter (waking `run` at once instead, through the loop's wake-up, kept the loop
+        from ever blocking while a flood waited, and an actor's hand-off waited up to 23 ms)."""
+        if self._idle_seen:
+            self._idle_seen = self._wants_idle = False
+            self._idle.set()
 
     async def run(self) -> None:
-        self._token = trio.lowlevel.current_trio_token()
         trio.lowlevel.add_instrument(self)
         try:
             while True:
@@ -76,13 +80,15 @@ class AnonymousTurns(trio.abc.Instrument):
                     await self._someone_waits.wait()
                 self._idle = trio.Event()
                 self._wants_idle = True
-                with trio.move_on_after(self.max_wait):
-                    await self._idle.wait()
-                self._wants_idle = False
+                deadline = trio.current_time() + self.max_wait
+                while not self._idle.is_set() and trio.current_time() < deadline:
+                    with trio.move_on_at(min(deadline, trio.current_time() + TICK)):  # an idle loop waits no longer
+                        await self._idle.wait()
+                self._wants_idle = self._idle_seen = False
                 self._queue.unpark(count=self.per_pass)
                 await trio.lowlevel.checkpoint()  # the tasks it unparked run in the next pass, and so does it
         finally:
-            self._wants_idle = False
+            self._wants_idle = self._idle_seen = False
             trio.lowlevel.remove_instrument(self)
 
 
