@@ -13,8 +13,9 @@ Why the wait for an idle loop: a keystroke and its echo cross the loop a dozen t
 websocket, the actors' hand-offs back to the loop, the SSH channel, the output's fan-out), and
 each crossing waits for the pass in progress to end. With turns in every pass, a flood kept the
 loop in long passes (1.5-3 ms, mostly anonymous connections' work) about a fifth of the time,
-and the echo's p99 added up several of them. Handed out when the loop has nothing else to run, the anonymous work
-waits for the controller's instead (docs/benchmarks.md, "An anonymous flood at the edge").
+and the echo's p99 added up several of them. Handed out when the loop has nothing else to run,
+the anonymous work waits for the controller's instead (docs/benchmarks.md, "An anonymous flood
+at the edge").
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ server; `ConnectionGuard` is that handler:
   ``503`` and is closed before Hypercorn reads a byte of it.
 - anonymous connections take turns (cosession/anonymous_turns.py): in one pass of the event loop at most
   ``edge.max_anonymous_per_pass`` of them start handling what they received (a request, the
-  end of the stream) or setting themselves up, in a pass in which nothing else is runnable
+  end of the stream) or setting themselves up, once a pass has left nothing else runnable
   (or once they have waited ``edge.max_anonymous_wait_ms``); the others wait for a later pass,
   first come first served, with their bytes unread by Hypercorn. trio runs, in one pass, every
   task whose socket became readable during its last wait: without turns a flood put dozens of
