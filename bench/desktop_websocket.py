@@ -21,7 +21,6 @@ import logging
 import os
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import time
@@ -92,18 +91,8 @@ def gateway_child() -> int:
 class GatewayProcess(_SshGatewayProcess):
     """The SSH benchmark's handle on its gateway child, running this file's child instead."""
 
-    def __init__(self, config: dict[str, Any], log_path: Path) -> None:  # noqa: super().__init__ starts the SSH child
-        self._log = open(log_path, "wb")
-        self.log_path = log_path
-        self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--gateway-child"], cwd=str(ROOT),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, start_new_session=True)
-        self._buffer = b""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps(config) + "\n").encode())
-        self.proc.stdin.flush()
-        self.info = self._answer(60)
-        self.pid = self.info["pid"]
+    def __init__(self, config: dict[str, Any], log_path: Path) -> None:
+        super().__init__(config, log_path, script=Path(__file__).resolve())
 
 
 # =================================================================================================

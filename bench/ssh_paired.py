@@ -31,7 +31,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -62,17 +61,7 @@ class CheckoutGateway(sw.GatewayProcess):
     """bench/ssh_websocket.py's gateway child, run from another checkout's code."""
 
     def __init__(self, checkout: Path, config: dict[str, Any], log_path: Path) -> None:
-        self._log = open(log_path, "wb")
-        self.log_path = log_path
-        self.proc = subprocess.Popen(
-            [sys.executable, str(checkout / "bench" / "ssh_websocket.py"), "--gateway-child"], cwd=str(checkout),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, start_new_session=True)
-        self._buffer = b""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write((json.dumps(config) + "\n").encode())
-        self.proc.stdin.flush()
-        self.info = self._answer(60)
-        self.pid = self.info["pid"]
+        super().__init__(config, log_path, script=checkout / "bench" / "ssh_websocket.py", cwd=checkout)
 
 
 def labels(checkouts: list[Path]) -> list[str]:

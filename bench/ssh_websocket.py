@@ -240,11 +240,14 @@ def gateway_child() -> int:
 class GatewayProcess:
     """The parent's handle on the gateway child."""
 
-    def __init__(self, config: dict[str, Any], log_path: Path) -> None:
+    def __init__(self, config: dict[str, Any], log_path: Path, *, script: Path | None = None,
+                 cwd: Path = ROOT) -> None:
+        """Start `script --gateway-child` (this file by default: another benchmark's, or another
+        checkout's copy of this one) in `cwd`, and read its first answer."""
         self._log = open(log_path, "wb")
         self.log_path = log_path
         self.proc = subprocess.Popen(
-            [sys.executable, str(Path(__file__).resolve()), "--gateway-child"], cwd=str(ROOT),
+            [sys.executable, str(script or Path(__file__).resolve()), "--gateway-child"], cwd=str(cwd),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, start_new_session=True)
         self._buffer = b""
         assert self.proc.stdin is not None
