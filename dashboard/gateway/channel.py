@@ -403,16 +403,25 @@ class Channel:
             self._receive_scope.cancel()  # the client went away; the receiver need not wait
 
     async def _watch_sends(self) -> None:
-        """A send in flight `stall_seconds` after it began: the client took nothing for that
-        long. The session is told it stalled (disconnected, audited), and the connection is cut:
-        Hypercorn cannot cancel the send, and would hold the socket as long as the client does."""
+        """A send in flight `stall_seconds` after it began (or CLOSE_LINGER, once the participant
+        is gone from the session): the client took nothing for that long. The session is told it
+        stalled (disconnected, audited) if it still runs, and the connection is cut: Hypercorn
+        cannot cancel the send, and would hold the socket as long as the client does."""
         while True:
             await self._sending.wait()
             self._sending = trio.Event()
             began = self._send_began
             if began is None:
                 continue
-            await trio.sleep_until(began + self.stall_seconds)
+            # Once the participant is gone from the session (ended, terminated, ejected) what is
+            # left to send is its last messages and the close: a send blocked CLOSE_LINGER is
+            # cut then, not held until stall_seconds (checked every CLOSE_LINGER: a closed queue
+            # wakes no one when it was not empty).
+            deadline = began + self.stall_seconds
+            while self._send_began == began and trio.current_time() < deadline:
+                if self.queue.closed and trio.current_time() >= began + CLOSE_LINGER:
+                    break
+                await trio.sleep_until(min(deadline, trio.current_time() + CLOSE_LINGER))
             if self._send_began != began:
                 continue  # that send completed; the next one, if any, set _sending
             self.stalled = True

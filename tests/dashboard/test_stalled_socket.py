@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from tests.dashboard.test_stalled_viewer import StalledViewer
+from tests.dashboard.test_stalled_viewer import StalledViewer, channel_of
 
 pytestmark = pytest.mark.openssh
 
@@ -55,3 +55,40 @@ async def test_the_gateway_cuts_a_socket_that_takes_nothing(harness, openssh):
         await controller.output_contains(b"still-21")
     finally:
         stalled.close()
+
+
+class TestAtTheSessionsEnd:
+    """When the session ends, a socket that takes nothing is cut soon after (CLOSE_LINGER), not
+    held until `stall_seconds` (an hour here) from its blocked send."""
+
+    @pytest.fixture
+    def gateway_overrides(self):
+        return {"engine": {"stall_seconds": 3600.0}}
+
+    async def test_a_stalled_socket_is_cut_when_its_session_ends(self, harness, openssh):
+        h = harness
+        h.user("alice", grant=False)
+        endpoint = h.openssh_endpoint(openssh, private_key=openssh.private_key, host_key=openssh.host_key)
+        h.gateway.grant(endpoint, "alice")
+        controller, joined = await h.start("alice", endpoint=endpoint)
+        sid = joined["session_id"]
+        await controller.control("state", state="active")
+        h.gateway.grant(endpoint, h.user("bob", grant=False))
+        stalled = StalledViewer()
+        try:
+            await stalled.join(h, "bob", sid)
+            await controller.control("participant_joined")
+            bob = channel_of(h, sid, "bob")
+            await controller.send(b"stty -echo; yes 'no one reads this' | head -c 8000000; echo END-$((6*7))\r")
+            await controller.output_contains(b"END-42", deadline=BOUND)
+            with trio.fail_after(BOUND):
+                while bob._send_began is None:
+                    await trio.sleep(0.05)  # a poll: the send to bob blocks once his buffers are full
+            await controller.send({"type": "leave"})  # the controller leaving ends the session
+            await controller.control("ended", deadline=BOUND)
+            with trio.fail_after(BOUND):
+                while not stalled.closed_by_peer():
+                    await trio.sleep(0.05)  # polls the socket's TCP state: nothing reports it
+            assert await h.audit("participant_stalled") == []  # the session had ended: nothing to tell it
+        finally:
+            stalled.close()
