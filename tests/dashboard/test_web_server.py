@@ -9,12 +9,12 @@ that session must still carry input and output, and a new one must start.
 
 from __future__ import annotations
 
-import base64
+import contextlib
 import json
-import os
 import struct
 import threading
 import zlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -445,6 +445,33 @@ async def answered(stream: trio.SocketStream) -> bytes:
 REQUEST = b"GET /login?turns HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 
 
+@contextlib.asynccontextmanager
+async def requests_on_a_busy_loop(gateway: Any, count: int) -> AsyncIterator[tuple[Spinner, list[trio.SocketStream]]]:
+    """`count` anonymous connections that have sent REQUEST while a Spinner keeps the gateway's
+    loop busy; the spinner stopped and the connections closed at the end, and then none left."""
+    streams = await anonymous_streams(gateway, count)
+    spinner = Spinner()
+    try:
+        await trio.to_thread.run_sync(gateway.bridge.spawn, spinner.run)
+        await spinner.wait_passes(1)
+        for stream in streams:
+            await stream.send_all(REQUEST)
+        yield spinner, streams
+    finally:
+        spinner.stopped = True
+        for stream in streams:
+            await trio.aclose_forcefully(stream)
+    with trio.fail_after(DEADLINE):
+        while gateway.web_server.anonymous_connections or gateway.web_server.anonymous_waiting:
+            await trio.sleep(0.01)
+
+
+async def all_answered(streams: list[trio.SocketStream]) -> None:
+    for stream in streams:
+        answer = await answered(stream)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+
+
 class TestAnonymousTurnsWaitForAnIdleLoop:
     """Anonymous connections get their turns in a pass in which nothing else is runnable: while
     the gateway's loop always has other work, what they sent waits (for at most
@@ -460,27 +487,12 @@ class TestAnonymousTurnsWaitForAnIdleLoop:
     async def test_anonymous_requests_wait_while_the_loop_is_busy_and_a_keystroke_does_not(self, harness):
         gateway = harness.gateway
         controller, viewer = await live_session(harness)
-        streams = await anonymous_streams(gateway, self.CONNECTIONS)
-        spinner = Spinner()
-        try:
-            await trio.to_thread.run_sync(gateway.bridge.spawn, spinner.run)
-            await spinner.wait_passes(1)
-            for stream in streams:
-                await stream.send_all(REQUEST)
+        async with requests_on_a_busy_loop(gateway, self.CONNECTIONS) as (spinner, streams):
             await assert_session_works(controller, viewer, b"typed while the loop is busy")
             await spinner.wait_passes(500)
             assert gateway.web_server.anonymous_waiting == self.CONNECTIONS  # every request read, none handled
             spinner.stopped = True  # the loop goes idle: the turns are handed out
-            for stream in streams:
-                answer = await answered(stream)
-                assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
-        finally:
-            spinner.stopped = True
-            for stream in streams:
-                await trio.aclose_forcefully(stream)
-        with trio.fail_after(DEADLINE):
-            while gateway.web_server.anonymous_connections or gateway.web_server.anonymous_waiting:
-                await trio.sleep(0.01)
+            await all_answered(streams)
         assert gateway.web_server.failures == 0
 
 
@@ -497,17 +509,6 @@ class TestAnonymousTurnsOnABusyLoop:
 
     async def test_anonymous_requests_are_answered_though_the_loop_is_never_idle(self, harness):
         gateway = harness.gateway
-        streams = await anonymous_streams(gateway, self.CONNECTIONS)
-        spinner = Spinner()
-        try:
-            await trio.to_thread.run_sync(gateway.bridge.spawn, spinner.run)
-            await spinner.wait_passes(1)
-            for stream in streams:
-                await stream.send_all(REQUEST)
-            for stream in streams:
-                answer = await answered(stream)
-                assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
-        finally:
-            spinner.stopped = True
-            for stream in streams:
-                await trio.aclose_forcefully(stream)
+        async with requests_on_a_busy_loop(gateway, self.CONNECTIONS) as (_, streams):
+            await all_answered(streams)  # the spinner never stops: the wait's bound hands out the turns
+        assert gateway.web_server.failures == 0

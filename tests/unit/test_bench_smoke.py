@@ -60,23 +60,28 @@ kept too
 """
 
 
+def _run(command: list[str]) -> str:
+    """Run a benchmark from the repository's root; its standard output, once it succeeded
+    within 120 s (SIGTERM past that: a benchmark stops its servers and clients first)."""
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        stdout, stderr = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.terminate()
+        stdout, stderr = process.communicate(timeout=60)
+        pytest.fail(f"the benchmark did not finish within 120 s: {stderr[-3000:]}")
+    assert process.returncode == 0, stderr[-3000:]
+    return stdout
+
+
 def test_the_benchmark_produces_every_figure(tmp_path):
     _skip_unless_runnable()
     bench = _bench_module()
     docs = tmp_path / "benchmarks.md"
     docs.write_text(DOC)
-    process = subprocess.Popen(
-        [sys.executable, str(SCRIPT), "--runs", "1", "--viewers", "2", "--cat-mb", "1", "--lines", "10",
-         "--late", "1", "--idle", "0.2", "--parallel", "2", "--flood-mb", "0.3", "--json", "--quiet",
-         "--write-docs", str(docs)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        stdout, stderr = process.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        process.terminate()  # SIGTERM: the benchmark stops sshd, the gateway and its clients first
-        stdout, stderr = process.communicate(timeout=60)
-        pytest.fail(f"the benchmark did not finish within 120 s: {stderr[-3000:]}")
-    assert process.returncode == 0, stderr[-3000:]
+    stdout = _run([sys.executable, str(SCRIPT), "--runs", "1", "--viewers", "2", "--cat-mb", "1", "--lines", "10",
+                   "--late", "1", "--idle", "0.2", "--parallel", "2", "--flood-mb", "0.3", "--json", "--quiet",
+                   "--write-docs", str(docs)])
     report = json.loads(stdout)
 
     run = report["runs"][0]
@@ -122,17 +127,8 @@ def test_the_stalled_viewer_benchmark_produces_every_figure(tmp_path):
     _skip_unless_runnable()
     docs = tmp_path / "benchmarks.md"
     docs.write_text(DOC)
-    process = subprocess.Popen(
-        [sys.executable, str(STALLED), "--runs", "1", "--stalled", "0,1", "--cat-mb", "1", "--lines", "5",
-         "--steady-kb", "5", "--close-wait", "1", "--json", "--quiet", "--write-docs", str(docs)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        stdout, stderr = process.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        process.terminate()
-        stdout, stderr = process.communicate(timeout=60)
-        pytest.fail(f"the benchmark did not finish within 120 s: {stderr[-3000:]}")
-    assert process.returncode == 0, stderr[-3000:]
+    stdout = _run([sys.executable, str(STALLED), "--runs", "1", "--stalled", "0,1", "--cat-mb", "1", "--lines", "5",
+                   "--steady-kb", "5", "--close-wait", "1", "--json", "--quiet", "--write-docs", str(docs)])
     report = json.loads(stdout)
     for case in ("0", "1"):
         figures = report["runs"][0][case]
@@ -149,17 +145,8 @@ def test_the_paired_benchmark_gives_each_checkout_every_figure(tmp_path):
     _skip_unless_runnable()
     # this checkout twice: two gateways from the same code, each its own figures and ratio
     report_path = tmp_path / "paired.json"
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "bench" / "ssh_paired.py"), f"{ROOT},{ROOT}", "--rounds", "2", "--cat-mb", "1",
-         "--lines", "3", "--json", str(report_path)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        stdout, stderr = process.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        process.terminate()
-        stdout, stderr = process.communicate(timeout=60)
-        pytest.fail(f"the benchmark did not finish within 120 s: {stderr[-3000:]}")
-    assert process.returncode == 0, stderr[-3000:]
+    stdout = _run([sys.executable, str(ROOT / "bench" / "ssh_paired.py"), f"{ROOT},{ROOT}", "--rounds", "2", "--cat-mb", "1",
+                   "--lines", "3", "--json", str(report_path)])
     report = json.loads(report_path.read_text())
     assert report["rounds"] == 2
     for figures in report["raw"].values():
