@@ -36,7 +36,7 @@ from starlette.routing import BaseRoute, Route
 from dashboard.security.auth import require_user
 from dashboard.services import Services, services_of
 from dashboard.services.cluster_files import RemoteFiles
-from dashboard.services.live_sessions import LiveSession, live_sessions_of, live_summary, node_of
+from dashboard.services.live_sessions import LiveSession, live_sessions_of, node_of, remote_summary
 from engine.access import may_transfer_files
 from engine.messages import EndpointProtocol, EndpointSpec, Reason, User
 from protocols.ssh import FILE_CHUNK, RemoteFileError, SshConnection
@@ -106,9 +106,8 @@ async def _allowed(request: Request, operation: str, path: str) -> _Allowed:
         return FilesRefused(status, reason, detail)
 
     live = live_sessions_of(request).sessions.get(session_id)
-    summary = live_summary(services, session_id) if services.cluster is not None else None
-    runs_elsewhere = summary is not None and services.engine.session(session_id) is None
-    if runs_elsewhere:  # its SSH connection is on the node that runs it: the operations go there
+    summary = remote_summary(services, session_id)
+    if summary is not None:  # its SSH connection is on the node that runs it: the operations go there
         live = LiveSession(session_id, summary.endpoint, summary.controller, node=node_of(services, session_id))
     if live is None:
         raise refuse(404, Reason.SESSION_ENDED.value, "this session has ended, or is not served here")
@@ -118,7 +117,7 @@ async def _allowed(request: Request, operation: str, path: str) -> _Allowed:
     refused = may_transfer_files(facts.profile)
     if refused is not None:
         raise refuse(403, refused.reason.value, refused.detail)
-    if runs_elsewhere and live.endpoint.protocol is EndpointProtocol.SSH:
+    if summary is not None and live.endpoint.protocol is EndpointProtocol.SSH:
         return _Allowed(services, user, live, RemoteFiles(services.cluster, session_id, user))
     if not isinstance(live.connection, SshConnection):
         raise refuse(409, Reason.NOT_PERMITTED.value, "file transfer is available on SSH endpoints only")

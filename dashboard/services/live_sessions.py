@@ -47,6 +47,14 @@ def live_summary(services: Services, session_id: str) -> SessionSummary | None:
     return summary
 
 
+def remote_summary(services: Services, session_id: str) -> SessionSummary | None:
+    """The summary of a live session that another node runs (as it announced it); None if this
+    node runs it, or no node does."""
+    if services.cluster is None or services.engine.session(session_id) is not None:
+        return None
+    return services.cluster.sessions.remote_session(session_id)
+
+
 def node_of(services: Services, session_id: str) -> str | None:
     """The node that runs a live session, when this one is a node of several (None otherwise)."""
     return services.cluster.sessions.node_of(session_id) if services.cluster is not None else None
@@ -140,10 +148,8 @@ class LiveSessions:
     async def under_approval(self, session_id: str) -> tuple[User, str | None] | None:
         """A live session's controller and the approval it runs under (None: no node runs it)."""
         live = self.sessions.get(session_id)
-        if live is not None and live.node is None:
-            return live.controller, live.approval_id
-        summary = live_summary(self.services, session_id)
-        if summary is None or self.services.cluster is None or self.services.engine.session(session_id) is not None:
+        summary = remote_summary(self.services, session_id) if live is None or live.node is not None else None
+        if summary is None:
             return (live.controller, live.approval_id) if live is not None else None
         return summary.controller, await self.services.cluster.access.approval_of(session_id)
 
