@@ -376,6 +376,13 @@ class ClusterLink:
 
     # --- a viewer's node -----------------------------------------------------------------------
 
+    async def ask(self, session_id: str, body: dict[str, Any], seconds: float = REQUEST_SECONDS) -> Any:
+        """The answer of the node that runs `session_id` to `body` on its control subject (None
+        if its reply holds none). Raises BusTimeout when no node answers, BusError when the bus
+        fails, sb.WireError when the reply cannot be read."""
+        reply = sb.decode((await self.bus.request(sb.control_subject(session_id), sb.encode(body), seconds)).payload)
+        return reply.get("answer") if isinstance(reply, dict) else None
+
     async def join(self, session_id: str, user: User, queue: Any
                    ) -> tuple[Joined, EndpointSpec, User, str] | Refused:
         """Join a session that another node runs, for a websocket served here whose bounded
@@ -390,9 +397,7 @@ class ClusterLink:
         control = sb.control_subject(session_id)
         queue.attach(lambda: self.publisher.put(control, sb.encode({"op": "resync", "token": token})))
         try:
-            reply = sb.decode((await self.bus.request(
-                control, sb.encode({"op": "join", "token": token, "user": user}), REQUEST_SECONDS)).payload)
-            answer = reply.get("answer") if isinstance(reply, dict) else None
+            answer = await self.ask(session_id, {"op": "join", "token": token, "user": user})
         except BusTimeout:
             log.info("join of %s: no node answered", session_id)
             answer = Refused(Reason.UNKNOWN_SESSION)  # no node runs it
@@ -410,14 +415,12 @@ class ClusterLink:
         if not sb.safe_id(session_id):
             return Refused(Reason.UNKNOWN_SESSION)
         try:
-            reply = sb.decode((await self.bus.request(
-                sb.control_subject(session_id), sb.encode({"op": "terminate", "by": by}), REQUEST_SECONDS)).payload)
+            answer = await self.ask(session_id, {"op": "terminate", "by": by})
         except BusTimeout:
             return Refused(Reason.UNKNOWN_SESSION)
         except (BusError, sb.WireError) as exc:
             log.warning("terminating session %s through the bus: %s", session_id, exc)
             return None
-        answer = reply.get("answer") if isinstance(reply, dict) else None
         return answer if isinstance(answer, (Accepted, Refused)) else None
 
     async def _mirror(self, session_id: str) -> _Mirror | None:

@@ -30,8 +30,6 @@ from protocols.bus import BusError
 
 log = logging.getLogger(__name__)
 
-REQUEST_SECONDS = 5.0  # a request crosses two nodes; the owning node answers in milliseconds
-
 
 async def known_user(services: Any, claimed: Any) -> User | None:
     """The user a message from another node names (a joiner, who terminates), as this node's
@@ -83,14 +81,11 @@ class AccessAcrossNodes:
 
     async def _ask(self, session_id: str, body: dict[str, Any]) -> Any:
         """The owning node's answer to a request on the session's control subject (None: none)."""
-        link = self._link
         try:
-            reply = sb.decode((await link.bus.request(sb.control_subject(session_id), sb.encode(body),
-                                                      REQUEST_SECONDS)).payload)
+            return await self._link.ask(session_id, body)
         except (BusError, sb.WireError) as exc:
             log.info("session %s: no answer from its node to %s (%s)", session_id, body.get("op"), exc)
             return None
-        return reply.get("answer") if isinstance(reply, dict) else None
 
     async def extend(self, request_id: str, controller_id: str, endpoint_id: str) -> list[str]:
         """An approved extension of approval `request_id` (of `controller_id` on `endpoint_id`):

@@ -41,14 +41,12 @@ class RemoteFiles:
         self._user = user
 
     async def _call(self, operation: str, *args: Any) -> Any:
-        payload = sb.encode({"op": "files", "by": self._user, "operation": operation, "args": list(args)})
+        body = {"op": "files", "by": self._user, "operation": operation, "args": list(args)}
         try:
-            reply = sb.decode((await self._link.bus.request(sb.control_subject(self._session_id), payload,
-                                                            FILES_SECONDS)).payload)
+            answer = await self._link.ask(self._session_id, body, FILES_SECONDS)
         except (BusError, sb.WireError) as exc:
             log.info("session %s: %s through its node: %s", self._session_id, operation, exc)
             raise RemoteFileError("the node that runs the session does not answer") from None
-        answer = reply.get("answer") if isinstance(reply, dict) else None
         if not isinstance(answer, dict) or "error" in answer:
             raise RemoteFileError(str(answer.get("error")) if isinstance(answer, dict) else "no answer")
         return answer.get("result")
