@@ -30,7 +30,7 @@ from typing import Any, Callable
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.ssh_websocket import REPLY_PREFIX, GatewayProcess as _SshGatewayProcess  # noqa: E402
+from bench.ssh_websocket import REPLY_PREFIX, GatewayProcess as _SshGatewayProcess, _git_commit  # noqa: E402
 
 MARK = (40, 40, 96, 96)  # bench/vnc_workload.py's marker square
 PASSWORD = "bench-password-1"
@@ -308,6 +308,15 @@ async def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
 
 
 Figures = list[tuple[str, str, str]]  # (key, label, unit)
+
+
+def report(script: str, started: Any, machine: dict[str, Any], options: Any, runs: list[dict[str, Any]],
+           figures: Figures) -> dict[str, Any]:
+    """What a desktop benchmark writes with --json and renders: how it was run, on what, and
+    every run's figures with their summary."""
+    return {"command": f".venv/bin/python bench/{script} " + " ".join(sys.argv[1:]),
+            "commit": _git_commit(), "date": started.strftime("%Y-%m-%d %H:%M UTC"), "machine": machine,
+            "options": dataclasses.asdict(options), "runs": runs, "summary": summarise(runs, figures)}
 
 
 def summarise(runs: list[dict[str, Any]], figures: Figures) -> dict[str, Any]:

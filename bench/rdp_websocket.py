@@ -75,11 +75,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench.desktop_websocket import (  # noqa: E402 - the path above first
     KEY_M, MARK, PASSWORD, BenchError, CosessionSide as _CosessionSide, GatewayProcess, Side, Viewer, WsBytes,
-    markdown as _markdown, parse_options, pct, say, summarise, wait_until, write_docs_section as _write_docs_section,
+    markdown as _markdown, parse_options, pct, report, say, wait_until,
+    write_docs_section as _write_docs_section,
 )
 from bench.desktop_websocket import key as send_key  # noqa: E402
 from bench.ssh_websocket import (  # noqa: E402
-    _first_cause, _git_commit, _proc_status, cpu_pressure, cpu_sample, cpu_seconds, machine_info,
+    _first_cause, _proc_status, cpu_pressure, cpu_sample, cpu_seconds, machine_info,
 )
 
 WIDTH, HEIGHT = 1280, 800  # an RDP session's default size (the launcher's)
@@ -593,9 +594,7 @@ def run_benchmark(options: Options) -> dict[str, Any]:
         server.stop()
         shutil.rmtree(server.directory, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
-    return {"command": ".venv/bin/python bench/rdp_websocket.py " + " ".join(sys.argv[1:]),
-            "commit": _git_commit(), "date": started.strftime("%Y-%m-%d %H:%M UTC"), "machine": machine,
-            "options": dataclasses.asdict(options), "runs": runs, "summary": summarise(runs, FIGURES)}
+    return report("rdp_websocket.py", started, machine, options, runs, FIGURES)
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -59,9 +59,10 @@ sys.path.insert(0, str(ROOT))
 
 from bench.desktop_websocket import (  # noqa: E402 - the path above first
     KEY_F, KEY_M, MARK, PASSWORD, BenchError, CosessionSide, GatewayProcess, Side, Viewer, WsBytes, covers, key,
-    markdown as _markdown, parse_options, pct, say, summarise, wait_until, write_docs_section as _write_docs_section,
+    markdown as _markdown, parse_options, pct, report, say, wait_until,
+    write_docs_section as _write_docs_section,
 )
-from bench.ssh_websocket import _first_cause, _git_commit, cpu_pressure, cpu_sample, cpu_seconds, machine_info  # noqa: E402
+from bench.ssh_websocket import _first_cause, cpu_pressure, cpu_sample, cpu_seconds, machine_info  # noqa: E402
 
 SECTION = "## Joint VNC sessions through real websockets"
 BEGIN = "<!-- bench:vnc_websocket:begin -->"
@@ -332,9 +333,7 @@ def run_benchmark(options: Options) -> dict[str, Any]:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(10)
         shutil.rmtree(work, ignore_errors=True)
-    return {"command": ".venv/bin/python bench/vnc_websocket.py " + " ".join(sys.argv[1:]),
-            "commit": _git_commit(), "date": started.strftime("%Y-%m-%d %H:%M UTC"), "machine": machine,
-            "options": dataclasses.asdict(options), "runs": runs, "summary": summarise(runs, FIGURES)}
+    return report("vnc_websocket.py", started, machine, options, runs, FIGURES)
 
 
 def markdown(report: dict[str, Any]) -> str:
