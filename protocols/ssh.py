@@ -112,9 +112,25 @@ FILE_QUEUE = 8  # file operations waiting for the SFTP client; more are refused,
 FILE_CHUNK = 256 * 1024  # what one read or write moves (a download streams in these)
 
 
+MAX_PATH = 1024  # characters of a path inside the home folder
+
+
 class RemoteFileError(Exception):
     """A file operation the server refused or that could not run; the text says why (it
     names no credential: it is the SFTP server's message, or ours)."""
+
+
+def home_path(raw: str) -> str:
+    """`raw` as a path inside the home folder, as SFTP resolves it from there ('' is the home
+    folder itself). ValueError, saying why, for an absolute path, a parent folder ('..'), a NUL
+    or more than MAX_PATH characters: every file operation's path is checked with this, where
+    the request is read and again on the node that runs the session."""
+    if len(raw) > MAX_PATH or "\x00" in raw or raw.startswith("/"):
+        raise ValueError(f"a path inside your home folder, at most {MAX_PATH} characters")
+    parts = [p for p in raw.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ValueError("a path may not go up a folder ('..')")
+    return "/".join(parts)
 
 
 @dataclass(frozen=True, slots=True)

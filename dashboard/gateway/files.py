@@ -39,9 +39,8 @@ from dashboard.services.cluster_files import RemoteFiles
 from dashboard.services.live_sessions import LiveSession, live_sessions_of, node_of, remote_summary
 from engine.access import may_transfer_files
 from engine.messages import EndpointProtocol, EndpointSpec, Reason, User
-from protocols.ssh import FILE_CHUNK, RemoteFileError, SshConnection
+from protocols.ssh import FILE_CHUNK, RemoteFileError, SshConnection, home_path
 
-MAX_PATH = 1024
 MAX_FILE_BYTES = 1 << 30  # an upload's declared total; a bigger one is refused before any byte
 
 
@@ -83,15 +82,11 @@ def files_offer(services: Services, user: User, endpoint: EndpointSpec) -> dict[
 
 
 def relative_path(raw: str | None) -> str:
-    """A path inside the home folder, as SFTP resolves it from there: no absolute path, no
-    parent folder, no NUL. '' is the home folder itself."""
-    raw = raw or ""
-    if len(raw) > MAX_PATH or "\x00" in raw or raw.startswith("/"):
-        raise FilesRefused(400, Reason.MALFORMED.value, "a path inside your home folder, at most 1024 characters")
-    parts = [p for p in raw.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise FilesRefused(400, Reason.MALFORMED.value, "a path may not go up a folder ('..')")
-    return "/".join(parts)
+    """A path inside the home folder (protocols.ssh.home_path), or a 400 saying why not."""
+    try:
+        return home_path(raw or "")
+    except ValueError as exc:
+        raise FilesRefused(400, Reason.MALFORMED.value, str(exc)) from None
 
 
 async def _allowed(request: Request, operation: str, path: str) -> _Allowed:

@@ -14,7 +14,6 @@ FILE_CHUNK), under NATS's default 1 MiB per message.
 from __future__ import annotations
 
 import logging
-import posixpath
 from typing import Any
 
 import trio
@@ -23,7 +22,7 @@ from dashboard.services.cluster_access import known_user
 from engine.access import may_transfer_files
 from protocols import session_bus as sb
 from protocols.bus import BusError
-from protocols.ssh import RemoteFile, RemoteFileError, SshConnection
+from protocols.ssh import RemoteFile, RemoteFileError, SshConnection, home_path
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +77,11 @@ class RemoteFiles:
 
 
 def _inside_home(path: Any) -> bool:
-    """A path relative to the home folder, as the serving node checked it (dashboard/gateway/files.py)."""
-    return isinstance(path, str) and len(path) <= 1024 and "\x00" not in path and not path.startswith("/") \
-        and ".." not in posixpath.normpath(path or ".").split("/")
+    """A path inside the home folder, as the serving node checked it (dashboard/gateway/files.py)."""
+    try:
+        return isinstance(path, str) and home_path(path) is not None
+    except ValueError:
+        return False
 
 
 async def serve_files(link: Any, session_id: str, body: dict[str, Any]) -> dict[str, Any]:
