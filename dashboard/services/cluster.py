@@ -128,9 +128,8 @@ class RemoteSession:
     session's control subject with this participant's token."""
 
     def __init__(self, link: "ClusterLink", session_id: str, token: str) -> None:
-        self._link = link
+        self._link, self._session_id, self._token = link, session_id, token
         self._subject = sb.control_subject(session_id)
-        self._token = token
 
     def tell(self, message: Any) -> None:
         reply_to = getattr(message, "reply_to", None)
@@ -141,13 +140,12 @@ class RemoteSession:
         self._link.spawn(self._request, message, reply_to)
 
     async def _request(self, message: Any, reply_to: Callable[[Any], None]) -> None:
-        payload = sb.encode({"op": "ask", "token": self._token, "message": message})
         try:
-            answer = sb.decode((await self._link.bus.request(self._subject, payload, REQUEST_SECONDS)).payload)
+            answer = await self._link.ask(self._session_id, {"op": "ask", "token": self._token, "message": message})
         except (BusError, sb.WireError) as exc:
             log.info("no answer from the session's node: %s", exc)
             answer = Refused(Reason.SESSION_ENDED, "the session's node does not answer")
-        reply_to(answer.get("answer") if isinstance(answer, dict) else answer)
+        reply_to(answer)
 
 
 @dataclass(eq=False)
@@ -377,9 +375,8 @@ class ClusterLink:
     # --- a viewer's node -----------------------------------------------------------------------
 
     async def ask(self, session_id: str, body: dict[str, Any], seconds: float = REQUEST_SECONDS) -> Any:
-        """The answer of the node that runs `session_id` to `body` on its control subject (None
-        if its reply holds none). Raises BusTimeout when no node answers, BusError when the bus
-        fails, sb.WireError when the reply cannot be read."""
+        """The answer of the node that runs `session_id` to `body` (None if its reply has none).
+        Raises BusTimeout (no node answers), BusError or sb.WireError (no readable reply)."""
         reply = sb.decode((await self.bus.request(sb.control_subject(session_id), sb.encode(body), seconds)).payload)
         return reply.get("answer") if isinstance(reply, dict) else None
 
@@ -394,8 +391,8 @@ class ClusterLink:
         if mirror is None:
             return Refused(Reason.UNKNOWN_SESSION, "the bus between nodes is unreachable")
         viewer = mirror.viewers[token] = _Viewer(queue)
-        control = sb.control_subject(session_id)
-        queue.attach(lambda: self.publisher.put(control, sb.encode({"op": "resync", "token": token})))
+        resync = sb.encode({"op": "resync", "token": token})
+        queue.attach(lambda: self.publisher.put(sb.control_subject(session_id), resync))
         try:
             answer = await self.ask(session_id, {"op": "join", "token": token, "user": user})
         except BusTimeout:
