@@ -14,6 +14,12 @@
   ``edge.max_request_body_bytes``, and at most `ANONYMOUS_BODY_BYTES` without a signed-in
   session (a sign-in form is a few hundred bytes); else ``411`` / ``413`` before a byte of it
   is read.
+- **An answer before the body** (a 415, a 403, a 400 decided on the headers alone): the rest of
+  the declared body is read and dropped before the answer starts, for at most `DRAIN_SECONDS`,
+  so the client keeps its connection for the next request; a body that does not come in that
+  time, or one past its limit, gets its answer with ``Connection: close``. (Hypercorn closes a
+  connection whose response ended before its request did, without saying so: a client's next
+  request on it would find it closed, "server disconnected without sending a response".)
 - **Signed-in connections**: a request or handshake that carries a signed-in session marks its
   TCP connection as such for the web server's anonymous-connection limits
   (cosession/web_server.py), through the ASGI connection state under
@@ -30,6 +36,7 @@ import logging
 from typing import Any
 
 import sqlalchemy as sa
+import trio
 from starlette.datastructures import Headers
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -45,6 +52,7 @@ DATABASE_UNAVAILABLE = "database_unavailable"
 CONNECTION_STATE_KEY = "cosession.connection"  # in scope["state"]: has mark_signed_in() and abort()
 CLOSE_POLICY = 1008  # a websocket.close before accept: Hypercorn answers the handshake with 403
 ANONYMOUS_BODY_BYTES = 16 << 10
+DRAIN_SECONDS = 1.0  # a client sends its body right after the head: this is generous
 PROBE_PATHS = frozenset({"/healthz", "/readyz"})
 _DECIDED = frozenset({"websocket.accept", "websocket.close", "websocket.http.response.start"})
 
@@ -63,12 +71,11 @@ class Admission:
             signed_in = _mark_if_signed_in(scope)
             if scope.get("path") in PROBE_PATHS:
                 _mark_if_signed_in(scope, signed_in=True)  # not a user's, but not anonymous either
-            refusal = self._refuse_body(Headers(scope=scope), self.max_request_body_bytes if signed_in
+            headers = Headers(scope=scope)
+            refusal = self._refuse_body(headers, self.max_request_body_bytes if signed_in
                                         else min(self.max_request_body_bytes, ANONYMOUS_BODY_BYTES))
-            if refusal is not None:
-                await refusal(scope, receive, send)
-                return
-            await self.app(scope, receive, send)
+            body = _BodyBeforeAnswer(headers, receive, send, drain=refusal is None)
+            await (refusal or self.app)(scope, body.receive, body.send)
         elif scope["type"] == "websocket":
             await self._handshake(scope, receive, send)
         else:
@@ -132,6 +139,35 @@ class Admission:
             return "not_signed_in"
         _mark_if_signed_in(websocket.scope, signed_in=True)
         return None
+
+
+class _BodyBeforeAnswer:
+    """The ASGI receive and send of one request, such that its answer starts only once its body
+    has arrived (read and dropped if the application did not read it), or says ``Connection:
+    close`` when it cannot wait for it (`drain` False: a refused body, or past `DRAIN_SECONDS`)."""
+
+    def __init__(self, headers: Headers, receive: Receive, send: Send, *, drain: bool) -> None:
+        self._receive = receive
+        self._send = send
+        self._drain = drain
+        length = headers.get("content-length", "")
+        self._body_pending = "transfer-encoding" in headers or (length.strip().isdigit() and int(length) > 0)
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            self._body_pending = False
+        return message
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start" and self._body_pending:
+            if self._drain:
+                with trio.move_on_after(DRAIN_SECONDS):
+                    while self._body_pending:
+                        await self.receive()
+            if self._body_pending:
+                message = {**message, "headers": [*message.get("headers", []), (b"connection", b"close")]}
+        await self._send(message)
 
 
 def _mark_if_signed_in(scope: Scope, *, signed_in: bool | None = None) -> bool:
