@@ -377,7 +377,8 @@ class Channel:
         More than one batch per window lets a typed line's echo and its output, a few ms apart,
         both go at once (the line latency's p99 was the window otherwise: docs/benchmarks.md);
         a steady stream is still coalesced. When the queue closes (the participant is gone from
-        the session) the websocket is closed."""
+        the session) what is left goes at once, without waiting for the window (nothing more
+        will come to merge with it), and the websocket is closed."""
         flushes: collections.deque[float] = collections.deque([-math.inf] * self.flush_messages,
                                                               maxlen=self.flush_messages)
         try:
@@ -385,7 +386,7 @@ class Channel:
                 await self._ready.wait()
                 self._ready = trio.Event()
                 delay = flushes[0] + self.flush_seconds - trio.current_time()  # the oldest in the window
-                if delay > 0 and self.queue.pending_bytes < self.flush_bytes:
+                if delay > 0 and self.queue.pending_bytes < self.flush_bytes and not self.queue.closed:
                     with trio.move_on_after(delay):
                         await self._flush_now.wait()
                 items = self.queue.take()

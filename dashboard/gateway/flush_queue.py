@@ -10,10 +10,10 @@ from engine.messages import Frame, Keyframe
 
 
 class FlushQueue(OutboundQueue):
-    """An OutboundQueue that also says when `flush_bytes` are pending, or a frame that asks
-    for it (`Frame.flush`) came, so that the sender does not wait for the end of its window
-    with a full batch in hand, and counts its overflows
-    (the first refused frame since the last resync) and resyncs for /metrics. Frames and
+    """An OutboundQueue that also says when `flush_bytes` are pending, a frame that asks for it
+    (`Frame.flush`) came, or the queue closed, so that the sender does not wait for the end of
+    its window with a full batch or a gone participant's last messages in hand, and counts its
+    overflows (the first refused frame since the last resync) and resyncs for /metrics. Frames and
     keyframes come from the session's one EndpointActor, so the flag needs no lock."""
 
     def __init__(self, max_bytes: int, flush_bytes: int, on_ready: Callable[[], None],
@@ -40,6 +40,10 @@ class FlushQueue(OutboundQueue):
         if resync and not self.closed:  # a participant already gone is not resynchronised
             self._overflowed = False
             self._metrics.resyncs.inc()
+
+    def close(self) -> None:
+        super().close()
+        self._on_full()  # a sender waiting for its window's end: what is left goes now
 
     def take(self) -> list[Any]:
         self._full_signalled = False
