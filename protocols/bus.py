@@ -239,9 +239,11 @@ async def open_bus(url: str, *, name: str = "cosession", token: str = "", ca_fil
     sign-in: ``authorization violation``), never with a credential."""
     where = shown(url)
     problems: list[str] = []  # what the server or the connection said, during the first connection
+    closing = False  # nats-py calls disconnected_cb on its own close too
 
     async def disconnected() -> None:
-        log.warning("bus %s: disconnected; reconnecting", where)
+        if not closing:
+            log.warning("bus %s: disconnected; reconnecting", where)
 
     async def reconnected() -> None:
         log.info("bus %s: reconnected", where)
@@ -291,6 +293,7 @@ async def open_bus(url: str, *, name: str = "cosession", token: str = "", ca_fil
             try:
                 yield Bus(client)
             finally:
+                closing = True
                 with trio.CancelScope(shield=True), trio.move_on_after(CONNECT_TIMEOUT_SECONDS):
                     try:
                         await trio_asyncio.aio_as_trio(client.close)()

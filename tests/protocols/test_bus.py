@@ -4,6 +4,7 @@ server that goes away and comes back."""
 
 from __future__ import annotations
 
+import logging
 import re
 
 import pytest
@@ -76,7 +77,12 @@ async def test_a_reader_that_falls_behind_loses_the_newest_and_slows_no_one(nats
         assert kept == [b"%d" % n for n in range(10)] and slow.dropped == 90
 
 
-async def test_the_bus_reconnects_and_its_subscriptions_go_on(nats_server):
+async def test_the_bus_reconnects_and_its_subscriptions_go_on(nats_server, caplog):
+    caplog.set_level(logging.INFO, logger="protocols.bus")
+
+    def disconnections() -> int:
+        return caplog.text.count("disconnected; reconnecting")
+
     async with open_bus(nats_server.url) as bus:
         sub = await bus.subscribe("control")
         await bus.flush()
@@ -92,6 +98,8 @@ async def test_the_bus_reconnects_and_its_subscriptions_go_on(nats_server):
         with trio.fail_after(DEADLINE):
             message = await sub.__anext__()
         assert message.payload == b"after"
+        assert disconnections() == 1 and "reconnected" in caplog.text
+    assert disconnections() == 1  # the node's own close is not a disconnection
 
 
 async def test_no_server_is_a_clear_error(nats_server):
