@@ -73,6 +73,7 @@ class EngineSettings:
     bus_url: str = field(repr=False)  # may hold a password or a token: never in a log (docs/cluster.md)
     bus_token: str = field(repr=False)
     bus_ca_file: str
+    bus_credentials_file: str  # a path: the file's content is never read outside protocols/bus.py
     actor_workers: int
 
 

@@ -243,7 +243,8 @@ async def _cluster(services: Any) -> AsyncIterator[None]:
     node_id = services.engine.node.node_id if services.engine.node else services.settings.engine.node_id
     try:
         bus_context = open_bus(url, name=f"cosession-{node_id}", token=services.settings.engine.bus_token,
-                               ca_file=services.settings.engine.bus_ca_file)
+                               ca_file=services.settings.engine.bus_ca_file,
+                               credentials_file=services.settings.engine.bus_credentials_file)
         bus = await bus_context.__aenter__()
     except BusError as exc:
         raise BusUnreachable(str(exc)) from None

@@ -22,9 +22,12 @@ here without touching anything else (as protocols/ssh.py does for asyncssh).
 
 NATS's own authentication: a user and password or a token in the URL
 (``nats://USER:PASSWORD@HOST:PORT``, ``nats://TOKEN@HOST:PORT``) or a token given apart
-(`open_bus`'s `token`); TLS with a ``tls://`` URL, the server's certificate checked against
-`ca_file` (else the system's CAs). No credential is ever written out: every message and log
-line names the server as `shown` gives it.
+(`open_bus`'s `token`); NKeys, with a credentials file (`credentials_file`: a ``.creds`` file
+of a user JWT and its seed, as ``nsc`` makes them for a server in operator mode, or a file
+that holds only a user's NKey seed, ``SU…``), which signs the server's nonce and never sends
+the seed; TLS with a ``tls://`` URL, the server's certificate checked against `ca_file` (else
+the system's CAs). No credential is ever written out: every message and log line names the
+server as `shown` gives it.
 
 `cosession serve --bus URL` opens one (docs/cluster.md, dashboard/services/cluster.py).
 """
@@ -38,11 +41,13 @@ import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import nats
 import nats.errors
+import nkeys
 import trio
 import trio_asyncio
 
@@ -222,19 +227,46 @@ def shown(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}" if colon else f"***@{host}"))
 
 
+def credentials_option(path: str) -> dict[str, str]:
+    """nats-py's option for the NATS credentials file at `path`: a ``.creds`` file (a user JWT
+    and its NKey seed) or a file that holds only a user's NKey seed. Raises `BusError`, saying
+    what is wrong but never what the file holds: nats-py itself reads a ``.creds`` file without
+    a JWT for ever, and finds a malformed seed only when it signs in."""
+    try:
+        text = Path(path).read_bytes().decode("ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a text file"
+        raise BusError(f"cannot read the bus's credentials file {path}: {why}") from None
+    option = "nkeys_seed"
+    seed = text.strip()
+    if "-----BEGIN NATS USER JWT-----" in text:
+        option = "user_credentials"
+        _, _, after = text.partition("-----BEGIN USER NKEY SEED-----")
+        seed = after.strip().split("\n", 1)[0].strip()
+    try:
+        if not seed.startswith("SU"):
+            raise ValueError
+        nkeys.from_seed(bytearray(seed.encode())).wipe()
+    except Exception:  # nkeys raises its own errors, binascii's and ValueError for a bad seed
+        raise BusError(f"the bus's credentials file {path} is neither a NATS .creds file (a user JWT and "
+                       "its NKey seed) nor a user's NKey seed (SU…)") from None
+    return {option: path}
+
+
 def _reason(exc: BaseException) -> str:
     """What went wrong with the server, in words: nats-py says a refused sign-in as
     ``nats: 'Authorization Violation'``, and then only that no server is available."""
     text = str(exc).strip() or type(exc).__name__
     if isinstance(exc, nats.errors.AuthorizationError) or "authorization violation" in text.lower():
-        return "authorization violation (the server refused this node's user and password or token)"
+        return "authorization violation (the server refused this node's user and password, token or NKey)"
     return text
 
 
 @asynccontextmanager
-async def open_bus(url: str, *, name: str = "cosession", token: str = "", ca_file: str = "") -> AsyncIterator[Bus]:
+async def open_bus(url: str, *, name: str = "cosession", token: str = "", ca_file: str = "",
+                   credentials_file: str = "") -> AsyncIterator[Bus]:
     """Connect to the NATS server at `url` (``nats://HOST:PORT``, ``tls://HOST:PORT``; with
-    ``USER:PASSWORD@`` or ``TOKEN@``, or `token`) for the block; the connection is drained and
+    ``USER:PASSWORD@`` or ``TOKEN@``, or `token`, or `credentials_file`) for the block; the connection is drained and
     closed at its end. Raises `BusError` if the first connection fails, saying why (a refused
     sign-in: ``authorization violation``), never with a credential."""
     where = shown(url)
@@ -255,6 +287,8 @@ async def open_bus(url: str, *, name: str = "cosession", token: str = "", ca_fil
     security: dict[str, Any] = {}
     if token:
         security["token"] = token
+    if credentials_file:
+        security.update(credentials_option(credentials_file))
     if ca_file:
         try:
             security["tls"] = ssl.create_default_context(cafile=ca_file)

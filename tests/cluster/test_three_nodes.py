@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -374,3 +375,29 @@ def test_a_node_with_wrong_bus_credentials_does_not_start_and_says_why_unsaid(tm
     assert f"cosession serve: cannot connect to nats://{NATS_USER}:***@127.0.0.1:{port}: authorization violation" \
         in started.stderr
     assert NATS_PASSWORD not in started.stdout + started.stderr and "Traceback" not in started.stderr
+
+
+def test_a_node_signs_in_with_a_creds_file_and_a_bad_one_stops_it_unsaid(tmp_path, nats_server_in_operator_mode):
+    """`[engine] bus_credentials_file` (here from the environment): a node signs in to a NATS
+    server in operator mode with a .creds file, as `nsc` makes it, and serves; a file that is
+    not one stops the start with exit 1 and says why; no output shows the seed."""
+    server = nats_server_in_operator_mode
+    creds = Path(server.credentials).read_text()
+    seed = creds.split("-----BEGIN USER NKEY SEED-----")[1].split()[0]
+    node = Served(tmp_path / "node", "--no-demo", "--bus", server.url,
+                  env={"COSESSION_ENGINE_BUS_CREDENTIALS_FILE": server.credentials})
+    assert httpx.get(node.url + "/readyz", timeout=10).status_code == 200
+    code, out, err = node.stop(signal.SIGTERM)
+    assert code == 0 and "Traceback" not in err and seed not in out + err, err
+    assert "disconnected" not in err  # its own close of the bus is no disconnection
+
+    (tmp_path / "half.creds").write_text(creds.split("-----BEGIN USER NKEY SEED")[0])
+    started = subprocess.run([sys.executable, "-m", "cosession.cli", "serve", "--no-demo", "--port", "0",
+                              "--data-dir", str(tmp_path / "other"), "--bus", server.url],
+                             cwd=ROOT, env={**_clean_env(), "COSESSION_ENGINE_BUS_CREDENTIALS_FILE":
+                                            str(tmp_path / "half.creds")},
+                             capture_output=True, text=True, timeout=60)
+    assert started.returncode == 1, started.stdout + started.stderr
+    assert f"cosession serve: the bus's credentials file {tmp_path / 'half.creds'} is neither a NATS .creds file" \
+        in started.stderr
+    assert "Traceback" not in started.stderr

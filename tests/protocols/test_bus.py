@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 
+import nkeys
 import pytest
 import trio
 
@@ -163,3 +165,51 @@ async def test_tls_with_the_servers_ca_and_a_refusal_without_it(start_nats_serve
     with pytest.raises(BusError, match="the server does not use TLS"):
         async with open_bus(f"tls://127.0.0.1:{nats_server.port}", ca_file=str(certificate.certfile)):
             pass
+
+
+async def test_an_nkey_seed_file_signs_in_and_another_users_is_refused(nats_server_with_nkey, tmp_path, caplog):
+    server = nats_server_with_nkey
+    async with open_bus(server.url, credentials_file=server.credentials) as bus:
+        assert await _round_trip(bus) == b"ok"
+    stranger = tmp_path / "stranger.nk"
+    stranger.write_bytes(bytes(nkeys.from_seed(bytearray(nkeys.encode_seed(
+        b"\x07" * 32, nkeys.PREFIX_BYTE_USER))).seed) + b"\n")
+    for credentials in (str(stranger), ""):
+        with pytest.raises(BusError, match="authorization violation"):
+            async with open_bus(server.url, credentials_file=credentials):
+                pass
+    seed = Path(server.credentials).read_text().strip()
+    assert seed not in caplog.text
+
+
+async def test_a_creds_file_signs_in_to_a_server_in_operator_mode(nats_server_in_operator_mode, caplog):
+    server = nats_server_in_operator_mode
+    async with open_bus(server.url, credentials_file=server.credentials) as bus:
+        assert await _round_trip(bus) == b"ok"
+    with pytest.raises(BusError, match="authorization violation"):  # no credentials: refused
+        async with open_bus(server.url):
+            pass
+    seed = Path(server.credentials).read_text().split("-----BEGIN USER NKEY SEED-----")[1].split()[0]
+    assert seed.startswith("SU") and seed not in caplog.text
+
+
+ACCOUNT_SEED = nkeys.encode_seed(b"\x01" * 32, nkeys.PREFIX_BYTE_ACCOUNT)
+
+
+@pytest.mark.parametrize("content, says", [
+    (None, "cannot read the bus's credentials file .*: No such file or directory"),
+    (b"\xff\xfe binary", "cannot read the bus's credentials file .*: not a text file"),
+    (b"SUnotaseed\n", "is neither a NATS .creds file .* nor a user's NKey seed"),
+    (b"-----BEGIN NATS USER JWT-----\neyJ0eXAi.e30.sig\n------END NATS USER JWT------\n",
+     "is neither a NATS .creds file"),  # a JWT without its seed: nats-py would read it for ever
+    (ACCOUNT_SEED + b"\n", "nor a user's NKey seed"),  # a real seed, but an account's
+])
+async def test_a_credentials_file_that_cannot_serve_is_a_clear_error_before_any_connection(
+        nats_server, tmp_path, content, says):
+    path = tmp_path / "bad.creds"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(BusError, match=says) as refused:
+        async with open_bus(nats_server.url, credentials_file=str(path)):
+            pass
+    assert ACCOUNT_SEED.decode() not in str(refused.value)
