@@ -45,6 +45,7 @@ from engine.messages import (
     AuditEvent, Frame, Keyframe, RecordingFailed, RecordingPolicy, Resized,
 )
 from engine.recording_desktop import DesktopEncoder
+from engine.recording_log import CHECKED
 from engine.recordings import CastEncoder, RecordingMeta, is_graphical, marker_label
 from engine.refusals import RefusalCounter
 
@@ -401,7 +402,18 @@ class Recording:
             finally:
                 os.close(self._fd)
                 self._fd = None
+            if self._failure is None:
+                self._remember_checked()
         self._owner.closed(self, reason)
+
+    def _remember_checked(self) -> None:
+        """The closed file is what this recorder wrote and hashed: its first replay need not hash
+        it again (recording_log.CheckedFiles), unless it changes."""
+        try:
+            stat = os.stat(self.path)
+        except OSError:
+            return
+        CHECKED.remember(CHECKED.key(stat, self._sha.hexdigest(), self.bytes_written))
 
     def close_row(self, reason: str, **more: Any) -> dict[str, Any]:
         created = self._created and self._failure != "cannot_create"

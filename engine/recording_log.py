@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -130,6 +132,37 @@ def file_digest(path: Path) -> tuple[int, str]:
             sha.update(chunk)
             size += len(chunk)
     return size, sha.hexdigest()
+
+
+class CheckedFiles:
+    """Closed recordings known to be what their log row says, by what any change to their bytes
+    changes (inode, size, mtime and ctime; ctime cannot be set back by a writer): a desktop's
+    seek reopens its file and must not hash an hour of recording each time, and the recorder
+    that wrote and hashed a file knows it when it closes it, so the first replay need not
+    either. One per process (`CHECKED`); forgets everything past `LIMIT` files."""
+
+    LIMIT = 256
+
+    def __init__(self) -> None:
+        self._keys: set[tuple[Any, ...]] = set()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(stat: os.stat_result, sha256: str | None, size: int | None) -> tuple[Any, ...]:
+        return (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, sha256, size)
+
+    def remember(self, key: tuple[Any, ...]) -> None:
+        with self._lock:
+            if len(self._keys) >= self.LIMIT:
+                self._keys.clear()
+            self._keys.add(key)
+
+    def __contains__(self, key: tuple[Any, ...]) -> bool:
+        with self._lock:
+            return key in self._keys
+
+
+CHECKED = CheckedFiles()
 
 
 @dataclass(frozen=True, slots=True)

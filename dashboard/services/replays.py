@@ -7,16 +7,14 @@ and the desktop replay's websocket (dashboard/gateway/replay.py): who may replay
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from dashboard.services import Services
 from engine.access import may_replay
 from engine.messages import User
 from engine.recording_desktop import DesktopRecording, read_desktop
-from engine.recording_log import RecordingInfo, check_data, check_file
+from engine.recording_log import CHECKED, RecordingInfo, check_data, check_file
 from engine.recordings import DESKTOP_FORMAT, Cast, CorruptRecording, read_cast, valid_session_id
 
 
@@ -99,13 +97,6 @@ def _unreadable(info: RecordingInfo, exc: OSError) -> Unavailable:
                        f"{exc.strerror or type(exc).__name__}.", "unreadable")
 
 
-# Closed recordings already checked against the log, by what any change to their bytes changes
-# (ctime cannot be set back by a writer): a desktop's seek reopens its file, and must not hash
-# an hour of recording each time.
-_checked: dict[tuple[Any, ...], bool] = {}
-_checked_lock = threading.Lock()
-
-
 def open_desktop(services: Services, info: RecordingInfo) -> DesktopReplay | Unavailable:
     """A desktop's recording, checked against the log (closed) and its index read. Blocking."""
     assert info.file is not None
@@ -115,18 +106,13 @@ def open_desktop(services: Services, info: RecordingInfo) -> DesktopReplay | Una
     except OSError as exc:
         return _unreadable(info, exc)
     if info.state == "closed":
-        key = (str(path), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, info.sha256, info.bytes)
-        with _checked_lock:
-            known = key in _checked
-        if not known:
+        key = CHECKED.key(stat, info.sha256, info.bytes)
+        if key not in CHECKED:
             problem = check_file(info, services.settings.recordings_path)
             if problem:
                 return Unavailable(409, "Recording altered", f"This recording is not what the audit log says: "
                                    f"{problem}.", "altered")
-            with _checked_lock:
-                if len(_checked) > 256:
-                    _checked.clear()
-                _checked[key] = True
+            CHECKED.remember(key)
     try:
         with open(path, "rb") as f:
             recording = read_desktop(f, stat.st_size)

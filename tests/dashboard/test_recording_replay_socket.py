@@ -122,3 +122,40 @@ async def test_a_live_desktop_replays_from_its_start_what_is_written_so_far(live
     replays = await audit_rows(live_gateway, "recording_replayed")
     assert [(row["state"], row["position"]) for row in replays] == [("recording", 20.0)]
     await socket.aclose()
+
+
+async def test_the_recording_gateway_does_not_hash_the_file_again_until_it_changes(live_gateway, nursery,
+                                                                                   monkeypatch):
+    """The recorder hashed every byte it wrote: its gateway's first replay reads no hash of its
+    own; a file changed afterwards (another inode's times) is hashed, found altered, refused."""
+    from dashboard.services import replays
+
+    session_id = await trio.to_thread.run_sync(record, live_gateway)
+    with trio.fail_after(20):
+        while (info := live_gateway.services.audit_reader.recording(session_id)) is None or info.state != "closed":
+            await trio.sleep(0.02)  # the writer thread closes the file: poll the audit log for its row
+    hashed: list[str] = []
+    check_file = replays.check_file
+    monkeypatch.setattr(replays, "check_file", lambda info, directory: hashed.append(info.file)
+                        or check_file(info, directory))
+    cookie = await trio.to_thread.run_sync(login, live_gateway.base_url, "root", PASSWORD)
+    socket = await connect_socket(nursery, live_gateway.base_url, f"/ws/recordings/{session_id}?at=3&play=0",
+                                  cookie, message_queue_size=64)
+    r = RfbParticipant(socket)
+    nursery.start_soon(r.read)
+    await r.wait(lambda: r.control and r.pixel() == colour(3))
+    await socket.aclose()
+    assert hashed == []
+
+    path = live_gateway.settings.recordings_path / f"{session_id}.rfbrec"
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0xFF  # one byte of the first frames, in place: same size
+    path.chmod(0o640)
+    path.write_bytes(bytes(data))
+    with pytest.raises(BaseExceptionGroup) as refused:
+        async with open_socket(live_gateway.base_url, f"/ws/recordings/{session_id}?at=3", cookie):
+            pass
+    assert refused.group_contains(HandshakeError, match="403")  # a refusal is the handshake's 403
+    assert hashed == [f"{session_id}.rfbrec"]
+    denied = await audit_rows(live_gateway, "recording_replay_denied")
+    assert [row["reason"] for row in denied] == ["altered"]
