@@ -60,17 +60,29 @@ async def audit_rows(gateway, kind: str) -> list[dict]:
     return await trio.to_thread.run_sync(read)
 
 
-async def test_a_seek_starts_paused_at_its_desktop_and_plays_to_the_end(live_gateway, nursery):
-    session_id = await trio.to_thread.run_sync(record, live_gateway)
+async def recorded(gateway) -> str:
+    """A closed recording's session id (`record`, then its `recording_closed` row)."""
+    session_id = await trio.to_thread.run_sync(record, gateway)
     with trio.fail_after(20):
-        while (info := live_gateway.services.audit_reader.recording(session_id)) is None or info.state != "closed":
+        while (info := gateway.services.audit_reader.recording(session_id)) is None or info.state != "closed":
             await trio.sleep(0.02)  # the writer thread closes the file: poll the audit log for its row
-    cookie = await trio.to_thread.run_sync(login, live_gateway.base_url, "root", PASSWORD)
-    socket = await connect_socket(nursery, live_gateway.base_url, f"/ws/recordings/{session_id}?at=12.5&play=0",
+    return session_id
+
+
+async def seek(nursery, gateway, cookie: str, session_id: str, at: float) -> tuple[object, RfbParticipant]:
+    """A paused replay at `at`, once its picture is that second's colour."""
+    socket = await connect_socket(nursery, gateway.base_url, f"/ws/recordings/{session_id}?at={at}&play=0",
                                   cookie, message_queue_size=64)
     r = RfbParticipant(socket)
     nursery.start_soon(r.read)
-    await r.wait(lambda: r.control and r.pixel() == colour(12))
+    await r.wait(lambda: r.control and r.pixel() == colour(int(at)))
+    return socket, r
+
+
+async def test_a_seek_starts_paused_at_its_desktop_and_plays_to_the_end(live_gateway, nursery):
+    session_id = await recorded(live_gateway)
+    cookie = await trio.to_thread.run_sync(login, live_gateway.base_url, "root", PASSWORD)
+    socket, r = await seek(nursery, live_gateway, cookie, session_id, 12.5)
     assert r.control[0] == {"type": "time", "t": 12.5, "playing": False}
     assert (r.client.width, r.client.height) == (32, 24)  # ServerInit: the desktop's size at that time
 
@@ -87,10 +99,7 @@ async def test_a_seek_starts_paused_at_its_desktop_and_plays_to_the_end(live_gat
 
 
 async def test_who_may_not_replay_gets_403_and_a_row(live_gateway):
-    session_id = await trio.to_thread.run_sync(record, live_gateway)
-    with trio.fail_after(20):
-        while (info := live_gateway.services.audit_reader.recording(session_id)) is None or info.state != "closed":
-            await trio.sleep(0.02)  # the writer thread closes the file: poll the audit log for its row
+    session_id = await recorded(live_gateway)
     cookie = await trio.to_thread.run_sync(login, live_gateway.base_url, "bob", PASSWORD)
     for who in (cookie, None):  # bob below the replay role; anyone signed out (refused at the edge)
         with pytest.raises(BaseExceptionGroup) as refused:
@@ -130,20 +139,13 @@ async def test_the_recording_gateway_does_not_hash_the_file_again_until_it_chang
     own; a file changed afterwards (another inode's times) is hashed, found altered, refused."""
     from dashboard.services import replays
 
-    session_id = await trio.to_thread.run_sync(record, live_gateway)
-    with trio.fail_after(20):
-        while (info := live_gateway.services.audit_reader.recording(session_id)) is None or info.state != "closed":
-            await trio.sleep(0.02)  # the writer thread closes the file: poll the audit log for its row
+    session_id = await recorded(live_gateway)
     hashed: list[str] = []
     check_file = replays.check_file
     monkeypatch.setattr(replays, "check_file", lambda info, directory: hashed.append(info.file)
                         or check_file(info, directory))
     cookie = await trio.to_thread.run_sync(login, live_gateway.base_url, "root", PASSWORD)
-    socket = await connect_socket(nursery, live_gateway.base_url, f"/ws/recordings/{session_id}?at=3&play=0",
-                                  cookie, message_queue_size=64)
-    r = RfbParticipant(socket)
-    nursery.start_soon(r.read)
-    await r.wait(lambda: r.control and r.pixel() == colour(3))
+    socket, _ = await seek(nursery, live_gateway, cookie, session_id, 3)
     await socket.aclose()
     assert hashed == []
 
