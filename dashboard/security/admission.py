@@ -74,8 +74,10 @@ class Admission:
             headers = Headers(scope=scope)
             refusal = self._refuse_body(headers, self.max_request_body_bytes if signed_in
                                         else min(self.max_request_body_bytes, ANONYMOUS_BODY_BYTES))
-            body = _BodyBeforeAnswer(headers, receive, send, drain=refusal is None)
-            await (refusal or self.app)(scope, body.receive, body.send)
+            if _declares_body(headers):
+                body = _BodyBeforeAnswer(receive, send, drain=refusal is None)
+                receive, send = body.receive, body.send
+            await (refusal or self.app)(scope, receive, send)
         elif scope["type"] == "websocket":
             await self._handshake(scope, receive, send)
         else:
@@ -141,17 +143,22 @@ class Admission:
         return None
 
 
-class _BodyBeforeAnswer:
-    """The ASGI receive and send of one request, such that its answer starts only once its body
-    has arrived (read and dropped if the application did not read it), or says ``Connection:
-    close`` when it cannot wait for it (`drain` False: a refused body, or past `DRAIN_SECONDS`)."""
+def _declares_body(headers: Headers) -> bool:
+    length = headers.get("content-length", "").strip()
+    return "transfer-encoding" in headers or (length.isdigit() and int(length) > 0)
 
-    def __init__(self, headers: Headers, receive: Receive, send: Send, *, drain: bool) -> None:
+
+class _BodyBeforeAnswer:
+    """The ASGI receive and send of one request that declares a body, such that its answer
+    starts only once that body has arrived (read and dropped if the application did not read
+    it), or says ``Connection: close`` when it cannot wait for it (`drain` False: a refused
+    body, or past `DRAIN_SECONDS`)."""
+
+    def __init__(self, receive: Receive, send: Send, *, drain: bool) -> None:
         self._receive = receive
         self._send = send
         self._drain = drain
-        length = headers.get("content-length", "")
-        self._body_pending = "transfer-encoding" in headers or (length.strip().isdigit() and int(length) > 0)
+        self._body_pending = True
 
     async def receive(self) -> Message:
         message = await self._receive()
