@@ -243,14 +243,20 @@ def credentials_option(path: str) -> dict[str, str]:
         option = "user_credentials"
         _, _, after = text.partition("-----BEGIN USER NKEY SEED-----")
         seed = after.strip().split("\n", 1)[0].strip()
+    if not _is_user_seed(seed):
+        raise BusError(f"the bus's credentials file {path} is neither a NATS .creds file (a user JWT and "
+                       "its NKey seed) nor a user's NKey seed (SU…)")
+    return {option: path}
+
+
+def _is_user_seed(seed: str) -> bool:
+    if not seed.startswith("SU"):  # an operator's or an account's seed signs nothing in
+        return False
     try:
-        if not seed.startswith("SU"):
-            raise ValueError
         nkeys.from_seed(bytearray(seed.encode())).wipe()
     except Exception:  # nkeys raises its own errors, binascii's and ValueError for a bad seed
-        raise BusError(f"the bus's credentials file {path} is neither a NATS .creds file (a user JWT and "
-                       "its NKey seed) nor a user's NKey seed (SU…)") from None
-    return {option: path}
+        return False
+    return True
 
 
 def _reason(exc: BaseException) -> str:
